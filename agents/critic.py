@@ -1,0 +1,235 @@
+"""Critic agent: decomposes an intent into yes/no checks once, then scores each image against the ORIGINAL intent.
+
+Scores never look at the rewritten prompt: a rewrite that drifts from the intent cannot score well by describing its
+own image, which is what keeps the search from reward hacking.
+
+Aggregation (weights from :class:`agents.config.CriticConfig`, extra scorers from :class:`WeightedScorer`)::
+
+    checks    = (number of checks answered yes) / (number of checks)
+    alignment = VLM alignment rating / 10
+    quality   = VLM quality rating / 10
+    score     = (w_checks*checks + w_alignment*alignment + w_quality*quality + sum_i w_i*extra_i)
+                / (w_checks + w_alignment + w_quality + sum_i w_i)
+
+Held-out scorers are computed and reported in ``Critique.held_out`` but never enter ``score``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from agents import prompts
+from agents.config import CriticConfig
+from agents.messages import (
+    ChatMessage,
+    ChatRequest,
+    ChatResult,
+    Check,
+    CheckAnswer,
+    Critique,
+    ImagePart,
+    Intent,
+    IntentChecks,
+    TextPart,
+)
+from agents.ports import LanguageModel, Scorer
+
+QUESTION_MAX_CHARS = 200
+FEEDBACK_MAX_CHARS = 300
+
+
+class CriticError(Exception):
+    """A model-caused failure to critique (unparseable reply, timeout): recorded on the candidate."""
+
+    def __init__(self, message: str, result: ChatResult | None = None):
+        super().__init__(message)
+        self.result = result
+
+
+@dataclass(frozen=True)
+class WeightedScorer:
+    scorer: Scorer
+    weight: float = 1.0
+    held_out: bool = False
+
+
+def checks_from_structure(spec: IntentChecks, max_checks: int) -> list[Check]:
+    """Deterministic yes/no checks from GenEval-style structured requirements (no LLM call)."""
+    questions: list[str] = []
+    for obj in spec.objects:
+        color = f"{obj.color} " if obj.color else ""
+        if obj.count is not None:
+            noun = obj.name if obj.count == 1 else f"{obj.name}s" if not obj.name.endswith("s") else obj.name
+            questions.append(f"Does the image show exactly {obj.count} {color}{noun}?")
+        else:
+            questions.append(f"Does the image show a {color}{obj.name}?")
+    for rel in spec.relations:
+        questions.append(f"Is the {rel.subject} {rel.relation} the {rel.object}?")
+    questions.extend(spec.questions)
+    return [Check(id=f"q{i + 1}", question=q[:QUESTION_MAX_CHARS]) for i, q in enumerate(questions[:max_checks])]
+
+
+def decompose_schema(max_checks: int) -> dict:
+    return {
+        "type": "object",
+        "properties": {
+            "questions": {
+                "type": "array",
+                "items": {"type": "string", "minLength": 1, "maxLength": QUESTION_MAX_CHARS},
+                "minItems": 1,
+                "maxItems": max_checks,
+            }
+        },
+        "required": ["questions"],
+        "additionalProperties": False,
+    }
+
+
+def critique_schema(checks: list[Check]) -> dict:
+    """Exactly one boolean per check id, two 0..10 integer ratings, bounded feedback."""
+    return {
+        "type": "object",
+        "properties": {
+            "answers": {
+                "type": "object",
+                "properties": {c.id: {"type": "boolean"} for c in checks},
+                "required": [c.id for c in checks],
+                "additionalProperties": False,
+            },
+            "alignment": {"type": "integer", "minimum": 0, "maximum": 10},
+            "quality": {"type": "integer", "minimum": 0, "maximum": 10},
+            "feedback": {"type": "string", "maxLength": FEEDBACK_MAX_CHARS},
+        },
+        "required": ["answers", "alignment", "quality", "feedback"],
+        "additionalProperties": False,
+    }
+
+
+class Critic:
+    """Builds the critic's chat requests, parses its verdicts and aggregates scores."""
+
+    def __init__(
+        self,
+        llm: LanguageModel,
+        config: CriticConfig | None = None,
+        scorers: list[WeightedScorer] | None = None,
+        timeout_s: float = 300.0,
+    ):
+        self.llm = llm
+        self.config = config or CriticConfig()
+        self.scorers = scorers or []
+        self.timeout_s = timeout_s
+
+    # -- decomposition -------------------------------------------------------------------------------------------
+
+    def build_decompose_request(self, intent: Intent, *, request_id: str, seed: int) -> ChatRequest:
+        return ChatRequest(
+            request_id=request_id,
+            messages=[
+                ChatMessage(
+                    role="system",
+                    content=prompts.render("critic", "decompose_system", max_checks=self.config.max_checks),
+                ),
+                ChatMessage(role="user", content=prompts.render("critic", "decompose_user", data={"intent": intent.text})),
+            ],
+            json_schema=decompose_schema(self.config.max_checks),
+            max_tokens=self.config.decompose_max_tokens,
+            temperature=0.0,
+            seed=seed,
+        )
+
+    async def decompose(self, intent: Intent, *, request_id: str, seed: int) -> tuple[list[Check], ChatResult | None]:
+        """Checks for the intent: from its structured spec when given, else from the LLM. If the LLM's reply is
+        unusable, fall back to one holistic check (and return the reply so the caller can record the failure)."""
+        if intent.checks and (intent.checks.objects or intent.checks.relations or intent.checks.questions):
+            return checks_from_structure(intent.checks, self.config.max_checks), None
+        result = await self.llm.chat(self.build_decompose_request(intent, request_id=request_id, seed=seed))
+        questions = []
+        if isinstance(result.parsed, dict) and isinstance(result.parsed.get("questions"), list):
+            questions = [q.strip() for q in result.parsed["questions"] if isinstance(q, str) and q.strip()]
+        if not questions:
+            return [Check(id="q1", question="Does the image show everything the intent describes?")], result
+        return [Check(id=f"q{i + 1}", question=q[:QUESTION_MAX_CHARS]) for i, q in enumerate(questions)], result
+
+    # -- critique ------------------------------------------------------------------------------------------------
+
+    def build_critique_request(
+        self, png: bytes, intent: Intent, checks: list[Check], *, request_id: str, seed: int
+    ) -> ChatRequest:
+        data = {"intent": intent.text, "questions": [{"id": c.id, "question": c.question} for c in checks]}
+        return ChatRequest(
+            request_id=request_id,
+            messages=[
+                ChatMessage(role="system", content=prompts.render("critic", "critique_system")),
+                ChatMessage(
+                    role="user",
+                    content=[ImagePart(png=png), TextPart(text=prompts.render("critic", "critique_user", data=data))],
+                ),
+            ],
+            json_schema=critique_schema(checks),
+            max_tokens=self.config.max_tokens,
+            temperature=0.0,
+            seed=seed,
+        )
+
+    def aggregate(self, parsed: dict, checks: list[Check], extra: dict[str, float], held_out: dict[str, float]) -> Critique:
+        """Apply the module docstring's formula to a parsed verdict."""
+        answers_raw = parsed.get("answers")
+        if not isinstance(answers_raw, dict) or any(not isinstance(answers_raw.get(c.id), bool) for c in checks):
+            raise CriticError(f"verdict does not answer every check: {answers_raw!r}"[:300])
+        try:
+            alignment = min(max(int(parsed["alignment"]), 0), 10) / 10
+            quality = min(max(int(parsed["quality"]), 0), 10) / 10
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CriticError(f"verdict lacks integer ratings: {exc}") from exc
+        answers = [CheckAnswer(check_id=c.id, answer=answers_raw[c.id]) for c in checks]
+        checks_frac = sum(a.answer for a in answers) / len(answers) if answers else 0.0
+        cfg = self.config
+        components = {"checks": checks_frac, "alignment": alignment, "quality": quality}
+        total = cfg.weight_checks * checks_frac + cfg.weight_alignment * alignment + cfg.weight_quality * quality
+        weight = cfg.weight_checks + cfg.weight_alignment + cfg.weight_quality
+        for ws in self.scorers:
+            if not ws.held_out:
+                total += ws.weight * extra[ws.scorer.name]
+                weight += ws.weight
+        components.update(extra)
+        feedback = parsed.get("feedback") if isinstance(parsed.get("feedback"), str) else ""
+        return Critique(
+            answers=answers,
+            alignment=alignment,
+            quality=quality,
+            feedback=feedback[:FEEDBACK_MAX_CHARS],
+            scores=components,
+            score=min(max(total / weight, 0.0), 1.0),
+            held_out=held_out,
+        )
+
+    async def critique(
+        self, png: bytes, intent: Intent, checks: list[Check], *, request_id: str, seed: int
+    ) -> tuple[Critique, ChatResult]:
+        """Score one image. Raises :class:`CriticError` for model-caused failures."""
+        request = self.build_critique_request(png, intent, checks, request_id=request_id, seed=seed)
+        try:
+            result, scored = await asyncio.wait_for(
+                asyncio.gather(self.llm.chat(request), self._extra_scores(png, intent)), timeout=self.timeout_s
+            )
+        except asyncio.TimeoutError as exc:
+            raise CriticError(f"critic timed out after {self.timeout_s:.0f}s") from exc
+        if result.parse_error or not isinstance(result.parsed, dict):
+            raise CriticError(result.parse_error or f"verdict is not a JSON object: {result.text[:200]!r}", result)
+        extra, held_out = scored
+        try:
+            return self.aggregate(result.parsed, checks, extra, held_out), result
+        except CriticError as exc:
+            raise CriticError(str(exc), result) from exc
+
+    async def _extra_scores(self, png: bytes, intent: Intent) -> tuple[dict[str, float], dict[str, float]]:
+        """Each extra scorer's named scores, averaged into one value under the scorer's name."""
+        extra: dict[str, float] = {}
+        held_out: dict[str, float] = {}
+        for ws in self.scorers:
+            values = await ws.scorer.score(png, intent)
+            value = sum(values.values()) / len(values) if values else 0.0
+            (held_out if ws.held_out else extra)[ws.scorer.name] = min(max(value, 0.0), 1.0)
+        return extra, held_out

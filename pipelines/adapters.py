@@ -1,0 +1,28 @@
+"""Adapters from the planner's ports to in-process engines (the Serve adapters live beside the Serve app)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from agents.messages import ChatRequest, ChatResult, RenderRequest, RenderResult
+
+
+class LocalRenderer:
+    """Renderer port over an in-process DiffusionEngine. The pipeline call runs in a worker thread so the event loop
+    (and the LLM engine on it) keeps going; the engine's own lock keeps calls one at a time."""
+
+    def __init__(self, engine):
+        self.engine = engine
+
+    async def render(self, requests: list[RenderRequest]) -> list[RenderResult]:
+        return await asyncio.to_thread(self.engine.render, requests)
+
+
+class LocalLanguageModel:
+    """LanguageModel port over an in-process LLMEngine."""
+
+    def __init__(self, engine):
+        self.engine = engine
+
+    async def chat(self, request: ChatRequest) -> ChatResult:
+        return await self.engine.chat(request)

@@ -1,0 +1,1 @@
+"""Compatibility layers for running the real engines where the usual stack is incomplete (CPU machines)."""

@@ -1,0 +1,6 @@
+"""Model engines: plain classes with no Ray import; ``serving.deployments`` wraps them for Ray Serve."""
+
+from serving.engines.diffusion import DiffusionEngine, ModelLoadError
+from serving.engines.llm import LLMEngine
+
+__all__ = ["DiffusionEngine", "LLMEngine", "ModelLoadError"]

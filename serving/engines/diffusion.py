@@ -1,0 +1,155 @@
+"""DiffusionEngine: any diffusers text-to-image pipeline, a batch of requests per pipeline call."""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import threading
+import time
+from collections import defaultdict
+
+from agents.messages import RenderRequest, RenderResult
+from serving.config import DiffusionEngineConfig
+
+logger = logging.getLogger(__name__)
+
+
+class ModelLoadError(RuntimeError):
+    """A model could not be loaded (unknown id, missing directory, incomplete files)."""
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was requested but torch sees no CUDA device")
+    return device
+
+
+def resolve_dtype(dtype: str, device: str):
+    import torch
+
+    if dtype == "auto":
+        return torch.bfloat16 if device == "cuda" else torch.float32
+    return getattr(torch, dtype)
+
+
+def looks_local(model: str) -> bool:
+    """Hub ids are 'name' or 'org/name'; anything else (a path) must exist on disk."""
+    return model.startswith((".", "/", "~")) or model.count("/") > 1 or os.path.exists(os.path.expanduser(model))
+
+
+def encode_png(image) -> bytes:
+    """PIL image -> PNG bytes (deterministic for identical pixels)."""
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+class DiffusionEngine:
+    """Loads a text-to-image pipeline with ``AutoPipelineForText2Image.from_pretrained`` and renders batches.
+
+    One pipeline call at a time: diffusers pipelines keep scheduler state (step index) on the object, so concurrent
+    calls corrupt each other. Concurrency comes from batching requests *into* one call, not from threads.
+    """
+
+    def __init__(self, config: DiffusionEngineConfig):
+        import torch
+        from diffusers import AutoPipelineForText2Image
+
+        self.config = config
+        self.device = resolve_device(config.device)
+        self.dtype = resolve_dtype(config.dtype, self.device)
+        model = os.path.expanduser(config.model)
+        if looks_local(config.model) and not os.path.isdir(model):
+            raise ModelLoadError(f"diffusion model directory {config.model!r} does not exist")
+        t0 = time.perf_counter()
+        try:
+            self.pipe = AutoPipelineForText2Image.from_pretrained(
+                model, torch_dtype=self.dtype, local_files_only=config.local_files_only
+            )
+        except (OSError, ValueError) as exc:
+            raise ModelLoadError(f"could not load diffusion model {config.model!r}: {exc}") from exc
+        self.pipe.to(self.device)
+        self.pipe.set_progress_bar_config(disable=True)
+        if config.channels_last:
+            for name in ("unet", "transformer", "vae"):
+                module = getattr(self.pipe, name, None)
+                if module is not None:
+                    module.to(memory_format=torch.channels_last)
+        if config.vae_slicing and hasattr(self.pipe, "vae"):
+            self.pipe.vae.enable_slicing()
+        self.load_seconds = time.perf_counter() - t0
+        self._lock = threading.Lock()
+        logger.info("loaded %s on %s/%s in %.1fs", config.model, self.device, self.dtype, self.load_seconds)
+
+    @property
+    def model_name(self) -> str:
+        return self.config.model
+
+    def render(self, requests: list[RenderRequest]) -> list[RenderResult]:
+        """Render all requests, in order. Requests are grouped by their shape settings (size, steps, guidance): each
+        group is one pipeline call (split further at ``max_batch_size``)."""
+        # 1. Check inputs
+        if not requests:
+            return []
+        ids = [r.request_id for r in requests]
+        if len(set(ids)) != len(ids):
+            raise ValueError("request ids in one render call must be unique")
+        # 2. Group by shape-affecting settings
+        groups: dict[tuple, list[int]] = defaultdict(list)
+        for i, r in enumerate(requests):
+            groups[r.shape_key()].append(i)
+        # 3. One pipeline call per group chunk
+        results: list[RenderResult | None] = [None] * len(requests)
+        for indices in groups.values():
+            for start in range(0, len(indices), self.config.max_batch_size):
+                chunk = indices[start : start + self.config.max_batch_size]
+                for i, res in zip(chunk, self._render_same_shape([requests[i] for i in chunk])):
+                    results[i] = res
+        return results  # type: ignore[return-value]
+
+    def _render_same_shape(self, batch: list[RenderRequest]) -> list[RenderResult]:
+        import torch
+
+        first = batch[0]
+        if any(r.shape_key() != first.shape_key() for r in batch):
+            raise ValueError(
+                "requests in one pipeline call must share width, height, steps and guidance_scale; got "
+                f"{sorted({r.shape_key() for r in batch})}"
+            )
+        # One generator per item: each image depends on its own seed only, whatever else is in the batch.
+        generators = [torch.Generator(device=self.device).manual_seed(r.seed) for r in batch]
+        kwargs = dict(
+            prompt=[r.prompt for r in batch],
+            num_inference_steps=first.steps,
+            guidance_scale=first.guidance_scale,
+            width=first.width,
+            height=first.height,
+            generator=generators,
+            output_type="pil",
+        )
+        if any(r.negative_prompt for r in batch):
+            kwargs["negative_prompt"] = [r.negative_prompt or "" for r in batch]
+        with self._lock:
+            t0 = time.perf_counter()
+            with torch.inference_mode():
+                images = self.pipe(**kwargs).images
+            seconds = time.perf_counter() - t0
+        return [
+            RenderResult(
+                request_id=r.request_id,
+                png=encode_png(img),
+                seed=r.seed,
+                model=self.config.model,
+                width=first.width,
+                height=first.height,
+                steps=first.steps,
+                batch_size=len(batch),
+                render_seconds=seconds,
+            )
+            for r, img in zip(batch, images)
+        ]
