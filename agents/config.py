@@ -61,9 +61,11 @@ class SearchConfig(_Config):
 class RewriterConfig(_Config):
     """The LLM that proposes prompts."""
 
-    max_prompt_chars: int = Field(default=400, ge=10, le=1000, description="Longer rewrites are dropped.")
+    max_prompt_chars: int = Field(default=300, ge=10, le=1000, description="Longer rewrites are dropped.")
     history_size: int = Field(default=6, ge=0, le=50, description="Earlier attempts shown, best first.")
-    max_tokens: int = Field(default=384, ge=16, le=8192, description="Token budget of one proposal.")
+    max_tokens: int = Field(
+        default=2048, ge=16, le=16384, description="Cap on one proposal's tokens (a model stops at the JSON's end)."
+    )
 
 
 class CriticConfig(_Config):
@@ -77,8 +79,8 @@ class CriticConfig(_Config):
     weight_checks: float = Field(default=0.5, ge=0.0, le=10.0)
     weight_alignment: float = Field(default=0.35, ge=0.0, le=10.0)
     weight_quality: float = Field(default=0.15, ge=0.0, le=10.0)
-    max_tokens: int = Field(default=256, ge=16, le=8192, description="Token budget of one critique.")
-    decompose_max_tokens: int = Field(default=256, ge=16, le=8192)
+    max_tokens: int = Field(default=1024, ge=16, le=16384, description="Cap on one critique's tokens.")
+    decompose_max_tokens: int = Field(default=1024, ge=16, le=16384, description="Cap on the decomposition's tokens.")
 
     @model_validator(mode="after")
     def _some_weight(self) -> CriticConfig:

@@ -35,7 +35,7 @@ from agents.messages import (
 )
 from agents.ports import LanguageModel, Scorer
 
-QUESTION_MAX_CHARS = 200
+QUESTION_MAX_CHARS = 150
 FEEDBACK_MAX_CHARS = 300
 
 
@@ -216,8 +216,8 @@ class Critic:
             )
         except asyncio.TimeoutError as exc:
             raise CriticError(f"critic timed out after {self.timeout_s:.0f}s") from exc
-        if result.parse_error or not isinstance(result.parsed, dict):
-            raise CriticError(result.parse_error or f"verdict is not a JSON object: {result.text[:200]!r}", result)
+        if result.error or result.parse_error or not isinstance(result.parsed, dict):
+            raise CriticError(result.error or result.parse_error or f"verdict is not a JSON object: {result.text[:200]!r}", result)
         extra, held_out = scored
         try:
             return self.aggregate(result.parsed, checks, extra, held_out), result

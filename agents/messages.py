@@ -181,12 +181,14 @@ class ChatRequest(Message):
 
 class ChatResult(Message):
     """The model's reply. ``parsed`` is set when a schema was given and the text parsed as JSON; otherwise
-    ``parse_error`` says why (a model-caused error that callers record and move past)."""
+    ``parse_error`` says why. ``error`` is set when the server refused the request for its content (e.g. longer than
+    the context). Both are model-side failures that callers record and move past."""
 
     request_id: str
     text: str
     parsed: Any = None
     parse_error: str | None = None
+    error: str | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
     finish_reason: str | None = None
@@ -264,6 +266,7 @@ class CallCounts(Message):
     render_calls: int = 0
 
     def add_chat(self, result: ChatResult) -> None:
+        """Count one LLM call and its tokens."""
         self.llm_calls += 1
         self.prompt_tokens += result.prompt_tokens
         self.completion_tokens += result.completion_tokens

@@ -11,6 +11,10 @@ from agents.ports import LanguageModel
 from agents.safety import OutputFilter, normalize
 
 
+FEEDBACK_CHARS = 200
+"""Critic feedback shown per attempt is cut to this length, which bounds the rewriter's prompt."""
+
+
 def proposal_schema(k: int, max_chars: int) -> dict:
     """JSON schema of a proposal: exactly ``k`` non-empty strings of bounded length."""
     return {
@@ -58,9 +62,13 @@ class Rewriter:
         data = {
             "intent": intent.text,
             "current_prompt": parent.prompt if parent else intent.text,
-            "current_feedback": parent.critique.feedback if parent and parent.critique else None,
+            "current_feedback": parent.critique.feedback[:FEEDBACK_CHARS] if parent and parent.critique else None,
             "earlier_attempts_best_first": [
-                {"prompt": c.prompt, "score": round(c.score, 3), "feedback": c.critique.feedback if c.critique else ""}
+                {
+                    "prompt": c.prompt,
+                    "score": round(c.score, 3),
+                    "feedback": c.critique.feedback[:FEEDBACK_CHARS] if c.critique else "",
+                }
                 for c in scored
             ],
         }
@@ -119,6 +127,8 @@ class Rewriter:
         )
         result = await self.llm.chat(request)
         parent_id = parent.id if parent else None
+        if result.error:
+            return Proposal(parent_id=parent_id, prompts=[], error=result.error), result
         if result.parse_error or not isinstance(result.parsed, dict) or not isinstance(result.parsed.get("prompts"), list):
             error = result.parse_error or f"reply has no 'prompts' list: {result.text[:200]!r}"
             return Proposal(parent_id=parent_id, prompts=[], error=error), result

