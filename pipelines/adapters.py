@@ -26,3 +26,24 @@ class LocalLanguageModel:
 
     async def chat(self, request: ChatRequest) -> ChatResult:
         return await self.engine.chat(request)
+
+
+class ServeRenderer:
+    """Renderer port over the diffusion deployment's handle. One call per image: the deployment's ``@serve.batch``
+    gathers concurrent calls (from this round and from every other intent in flight) into pipeline batches."""
+
+    def __init__(self, handle):
+        self.handle = handle
+
+    async def render(self, requests: list[RenderRequest]) -> list[RenderResult]:
+        return list(await asyncio.gather(*(self.handle.render.remote(r) for r in requests)))
+
+
+class ServeLanguageModel:
+    """LanguageModel port over the LLM deployment's handle."""
+
+    def __init__(self, handle):
+        self.handle = handle
+
+    async def chat(self, request: ChatRequest) -> ChatResult:
+        return await self.handle.chat.remote(request)
