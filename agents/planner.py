@@ -271,6 +271,7 @@ class BeamSearchPlanner:
         state.counts.render_calls += 1
         for c, res in zip(candidates, results):
             c.timings["render_s"] = res.render_seconds
+            c.timings["render_share_s"] = res.render_seconds / res.batch_size  # this image's share of the call
             c.image = await self._store_image(state, c, res.png)
         pngs = [res.png for res in results]
         await asyncio.gather(*(self._critique(state, c, png, checks) for c, png in zip(candidates, pngs)))

@@ -21,6 +21,7 @@ from agents.planner import BeamSearchPlanner, IntentRejected
 from agents.ports import LanguageModel, Renderer
 from agents.rewriter import Rewriter
 from pipelines.store import CampaignStore
+from serving import metrics
 
 logger = logging.getLogger(__name__)
 
@@ -152,6 +153,7 @@ def result_line(intent: Intent, search: SearchResult, baseline: SearchResult | N
         "baseline_image": base.image if base else None,
         "improvement": (best.score - base.score) if best and base else None,
         "images": search.counts.images,
+        "blocked": sum(1 for p in search.proposals for _, reason in p.dropped if reason.startswith("blocked")),
         "baseline_images": baseline.counts.images if baseline else 0,
         "rounds": search.rounds_run,
         "stop_reason": search.stop_reason,
@@ -231,7 +233,10 @@ class CampaignRunner:
             part = self.store.read_part(intent_id)
             if part:
                 self._account(part["result"], skipped=True)
-        pending = iter([i for i in self.spec.intents if i.id not in done])
+        todo = [i for i in self.spec.intents if i.id not in done]
+        metrics.inc(metrics.INTENTS_SUBMITTED, len(todo), campaign=self.id)
+        pending = iter(todo)
+        heartbeat = asyncio.create_task(self._heartbeat())
         try:
             await asyncio.gather(*(self._worker(pending) for _ in range(self.spec.concurrency)))
             self.status.state = CampaignState.failed if self.status.intents_failed else CampaignState.done
@@ -239,9 +244,16 @@ class CampaignRunner:
             self.status.state = CampaignState.cancelled
             raise
         finally:
+            heartbeat.cancel()
+            self._publish_gauges()
             self.status.finished_at = time.time()
             self.store.compile(i.id for i in self.spec.intents)
         return self.status
+
+    async def _heartbeat(self, every_s: float = 5.0) -> None:
+        while True:
+            self._publish_gauges()
+            await asyncio.sleep(every_s)
 
     async def _worker(self, pending) -> None:
         for intent in pending:  # the shared iterator hands each intent to exactly one worker
@@ -271,12 +283,50 @@ class CampaignRunner:
         except Exception as exc:  # infrastructure: not committed, so a resume retries this intent
             logger.exception("intent %s failed", intent.id)
             self.status.intents_failed += 1
+            metrics.inc(metrics.INTENTS_FINISHED, campaign=self.id, status="failed")
             self.status.errors = (self.status.errors + [f"{intent.id}: {type(exc).__name__}: {exc}"[:300]])[-20:]
             return
         await asyncio.to_thread(self.store.write_part, intent.id, line, lineage)
         self._account(line)
+        self._record_metrics(line, lineage)
         if self.on_intent_done:
             self.on_intent_done(line)
+
+    def _publish_gauges(self) -> None:
+        st = self.status
+        metrics.set_gauge(metrics.INTENTS_TOTAL, st.intents_total, campaign=self.id)
+        metrics.set_gauge(metrics.BACKLOG, st.intents_total - st.intents_done - st.intents_rejected, campaign=self.id)
+        if st.mean_improvement_over_baseline is not None:
+            metrics.set_gauge(metrics.IMPROVEMENT, st.mean_improvement_over_baseline, campaign=self.id)
+
+    def _record_metrics(self, line: dict[str, Any], lineage: list[dict[str, Any]]) -> None:
+        """Campaign-level metrics of one committed intent (names and labels: serving/metrics.py)."""
+        cid = self.id
+        metrics.inc(metrics.INTENTS_FINISHED, campaign=cid, status=line["status"])
+        self._publish_gauges()
+        if line["status"] != "done":
+            return
+        for mode in ("beam", "best_of_n"):
+            n = sum(1 for c in lineage if c["mode"] == mode)
+            if n:
+                metrics.inc(metrics.IMAGES_RENDERED, n, campaign=cid, mode=mode)
+        for status in ("scored", "failed"):
+            n = sum(1 for c in lineage if c["mode"] == "beam" and c["status"] == status)
+            if n:
+                metrics.inc(metrics.CANDIDATES, n, campaign=cid, status=status)
+        if line.get("blocked"):
+            metrics.inc(metrics.CANDIDATES, line["blocked"], campaign=cid, status="blocked")
+        metrics.inc(metrics.ROUNDS, line["rounds"], campaign=cid)
+        for r, score in enumerate(line["best_score_per_round"]):
+            if score is not None:
+                metrics.observe(metrics.BEST_SCORE_BY_ROUND, score, campaign=cid, round=str(r))
+        if line.get("improvement") is not None:
+            delta = line["improvement"]
+            outcome = "better" if delta > 1e-9 else "worse" if delta < -1e-9 else "tie"
+            metrics.inc(metrics.COMPARED, campaign=cid, outcome=outcome)
+        metrics.observe(metrics.IMAGES_PER_INTENT, line["images"] + line["baseline_images"], campaign=cid)
+        share = sum(c["timings"].get("render_share_s", 0.0) for c in lineage)
+        metrics.observe(metrics.RENDER_SECONDS_PER_INTENT, share, campaign=cid)
 
     def _account(self, line: dict[str, Any], skipped: bool = False) -> None:
         st = self.status

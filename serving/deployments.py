@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ray import serve
 
 from agents.messages import ChatRequest, ChatResult, RenderRequest, RenderResult
+from serving import metrics
 from serving.config import DiffusionEngineConfig, LLMEngineConfig
 
 logger = logging.getLogger(__name__)
@@ -94,19 +95,31 @@ class DiffusionDeployment:
     async def _render_batch(self, requests: list[RenderRequest]) -> list[RenderResult]:
         # The pipeline call blocks for seconds: run it off the replica's event loop so it keeps accepting requests
         # (which form the next batch meanwhile). The engine's lock keeps pipeline calls one at a time.
-        return await asyncio.to_thread(self.engine.render, requests)
+        results = await asyncio.to_thread(self.engine.render, requests)
+        for seconds, size in {(r.render_seconds, r.batch_size) for r in results}:  # one entry per pipeline call
+            metrics.observe(metrics.RENDER_BATCH_SIZE, size)
+            metrics.observe(metrics.RENDER_LATENCY, seconds)
+        return results
 
 
 class LLMDeployment:
     """The critic/rewriter model: vLLM's async engine, which batches concurrent requests itself."""
 
     def __init__(self, engine_config: LLMEngineConfig):
+        from vllm.v1.metrics.ray_wrappers import RayPrometheusStatLogger
+
         from serving.engines import LLMEngine
 
-        self.engine = LLMEngine(engine_config)
+        # vLLM's own engine metrics (tokens, queue, KV cache, latencies) through Ray's metrics agent: ray_vllm_*
+        self.engine = LLMEngine(engine_config, stat_loggers=[RayPrometheusStatLogger])
 
     async def chat(self, request: ChatRequest) -> ChatResult:
-        return await self.engine.chat(request)
+        result = await self.engine.chat(request)
+        kind = metrics.request_kind(request.request_id)
+        metrics.observe(metrics.LLM_LATENCY, result.seconds, kind=kind)
+        metrics.inc(metrics.LLM_TOKENS, result.prompt_tokens, kind=kind, type="prompt")
+        metrics.inc(metrics.LLM_TOKENS, result.completion_tokens, kind=kind, type="completion")
+        return result
 
     def __del__(self):
         engine = getattr(self, "engine", None)

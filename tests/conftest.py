@@ -97,3 +97,47 @@ def vlm_engine(tiny_profile, loop_thread):
         engine.shutdown()
 
     loop_thread.run(stop())
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def serve_app(tiny_models, tmp_path_factory):
+    """Ray (2 CPUs, bound to loopback, metrics exported every second) + the promptbeam Serve app, once per session."""
+    import ray
+    from ray import serve
+
+    from pipelines.app import AppConfig, build_app
+    from serving.deployments import DiffusionServeOptions
+
+    port, metrics_port = free_port(), free_port()
+    store = tmp_path_factory.mktemp("serve-store")
+    # Ray's dashboard process writes the Prometheus service-discovery file; drop a stale one so tests see this run's.
+    Path("/tmp/ray/prom_metrics_service_discovery.json").unlink(missing_ok=True)
+    ray.init(
+        num_cpus=2,
+        include_dashboard=True,
+        dashboard_host="127.0.0.1",
+        dashboard_port=free_port(),
+        log_to_driver=False,
+        _node_ip_address="127.0.0.1",
+        _metrics_export_port=metrics_port,
+        _system_config={"metrics_report_interval_ms": 1000},
+    )
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    config = AppConfig(
+        profile="tiny",
+        tiny_dir=str(tiny_models["diffusion"].parent),
+        store_root=str(store),
+        diffusion=DiffusionServeOptions(max_batch_size=8, batch_wait_timeout_s=0.2),
+    )
+    serve.run(build_app(config), name="promptbeam", route_prefix="/")
+    yield {"url": f"http://127.0.0.1:{port}", "store": store, "metrics_port": metrics_port}
+    serve.shutdown()
+    ray.shutdown()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import time
 
 import httpx
@@ -16,36 +15,6 @@ from agents.messages import RenderRequest
 pytestmark = [pytest.mark.serve, pytest.mark.slow]
 
 SEARCH = {"beam_width": 2, "candidates_per_beam": 2, "rounds": 2, "max_images": 12, "steps": 2}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="session")
-def serve_app(tiny_models, tmp_path_factory):
-    import ray
-    from ray import serve
-
-    from pipelines.app import AppConfig, build_app
-    from serving.deployments import DiffusionServeOptions
-
-    port = _free_port()
-    store = tmp_path_factory.mktemp("serve-store")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    config = AppConfig(
-        profile="tiny",
-        tiny_dir=str(tiny_models["diffusion"].parent),
-        store_root=str(store),
-        diffusion=DiffusionServeOptions(max_batch_size=8, batch_wait_timeout_s=0.2),
-    )
-    serve.run(build_app(config), name="promptbeam", route_prefix="/")
-    yield {"url": f"http://127.0.0.1:{port}", "store": store}
-    serve.shutdown()
-    ray.shutdown()
 
 
 def wait_done(client: httpx.Client, cid: str, timeout: float = 600) -> dict:

@@ -43,7 +43,8 @@ class LLMEngine:
     Construct inside the event loop that will call :meth:`chat`; call :meth:`shutdown` when done.
     """
 
-    def __init__(self, config: LLMEngineConfig):
+    def __init__(self, config: LLMEngineConfig, stat_loggers: list | None = None):
+        """``stat_loggers``: vLLM stat logger classes (the Serve deployment passes vLLM's Ray logger)."""
         self.config = config
         model = os.path.expanduser(config.model)
         if looks_local(config.model) and not os.path.isdir(model):
@@ -82,7 +83,7 @@ class LLMEngine:
         )
         t0 = time.perf_counter()
         try:
-            self.engine = AsyncLLM.from_engine_args(args)
+            self.engine = AsyncLLM.from_engine_args(args, stat_loggers=stat_loggers)
         except Exception as exc:
             if "does not appear to have" in str(exc) or isinstance(exc, OSError):
                 raise ModelLoadError(f"could not load LLM {config.model!r}: {exc}") from exc

@@ -1,0 +1,152 @@
+"""Every promptbeam metric, in one module: fixed ``promptbeam_`` prefix, fixed label sets, explicit buckets.
+
+Metrics are recorded with ``ray.serve.metrics`` inside Serve replicas (the campaign ingress and the two model
+deployments). Ray's metrics agent exports them on each node's metrics port with its own namespace in front:
+``promptbeam_images_rendered`` is scraped as ``ray_promptbeam_images_rendered_total`` (``_total``/``_bucket``/... per
+Prometheus type). :func:`exported` gives that name; the Grafana dashboard queries exactly these names and
+``tests/test_metrics.py`` proves it. Ray Serve's own ``ray_serve_*`` series (replicas, queue, latency) and vLLM's engine
+series (``ray_vllm_*``, through vLLM's Ray stat logger) are used as they are, not duplicated.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+EXPORT_NAMESPACE = "ray_"
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    name: str
+    kind: str  # counter | gauge | histogram
+    description: str
+    tag_keys: tuple[str, ...] = ()
+    buckets: tuple[float, ...] = ()
+
+
+SCORE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+COUNT_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+SECONDS_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+# -- campaign level (ingress / runner) ---------------------------------------------------------------------------------
+INTENTS_SUBMITTED = MetricSpec("promptbeam_intents_submitted", "counter", "Intents submitted", ("campaign",))
+INTENTS_FINISHED = MetricSpec(
+    "promptbeam_intents_finished", "counter", "Intents finished, by status (done, rejected, failed)",
+    ("campaign", "status"),
+)
+CANDIDATES = MetricSpec(
+    "promptbeam_candidates", "counter", "Search candidates, by status (scored, failed, blocked)", ("campaign", "status")
+)
+IMAGES_RENDERED = MetricSpec(
+    "promptbeam_images_rendered", "counter", "Images rendered, by mode (beam, best_of_n)", ("campaign", "mode")
+)
+ROUNDS = MetricSpec("promptbeam_rounds", "counter", "Search rounds run", ("campaign",))
+BEST_SCORE_BY_ROUND = MetricSpec(
+    "promptbeam_best_score_by_round", "histogram", "Best score reached in each round of each intent",
+    ("campaign", "round"), SCORE_BUCKETS,
+)
+IMPROVEMENT = MetricSpec(
+    "promptbeam_campaign_mean_improvement", "gauge",
+    "Mean over finished intents of (best search score - best-of-N baseline score at equal budget)", ("campaign",),
+)
+COMPARED = MetricSpec(
+    "promptbeam_intents_compared", "counter", "Intents whose search beat, tied or lost to the baseline",
+    ("campaign", "outcome"),
+)
+IMAGES_PER_INTENT = MetricSpec(
+    "promptbeam_images_per_intent", "histogram", "Images one intent used (search + baseline)", ("campaign",),
+    COUNT_BUCKETS,
+)
+RENDER_SECONDS_PER_INTENT = MetricSpec(
+    "promptbeam_render_seconds_per_intent", "histogram",
+    "Accelerator-seconds one intent used: each image's share of its pipeline call", ("campaign",), SECONDS_BUCKETS,
+)
+# Gauges are re-published every few seconds while a campaign runs (CampaignRunner._publish_gauges): Ray exports a
+# gauge's value only after it was set.
+BACKLOG = MetricSpec("promptbeam_campaign_backlog", "gauge", "Intents not finished yet", ("campaign",))
+INTENTS_TOTAL = MetricSpec("promptbeam_campaign_intents", "gauge", "Intents in the campaign", ("campaign",))
+
+# -- deployment level (model replicas; Serve adds deployment/replica/application tags) -----------------------------------
+RENDER_BATCH_SIZE = MetricSpec(
+    "promptbeam_render_batch_size", "histogram", "Images per pipeline call", (), COUNT_BUCKETS
+)
+RENDER_LATENCY = MetricSpec(
+    "promptbeam_render_batch_seconds", "histogram", "Wall time of one pipeline call", (), SECONDS_BUCKETS
+)
+LLM_LATENCY = MetricSpec(
+    "promptbeam_llm_request_seconds", "histogram", "Wall time of one chat request, by kind", ("kind",),
+    SECONDS_BUCKETS,
+)
+LLM_TOKENS = MetricSpec(
+    "promptbeam_llm_tokens", "counter", "Tokens processed, by kind and type (prompt, completion)", ("kind", "type")
+)
+
+ALL = [v for v in list(globals().values()) if isinstance(v, MetricSpec)]
+
+
+def exported(spec: MetricSpec, suffix: str = "") -> str:
+    """The series name Prometheus scrapes. ``suffix``: '' for gauges, '_total' for counters, '_bucket'/'_sum'/'_count'
+    for histograms."""
+    if spec.kind == "counter" and not suffix:
+        suffix = "_total"
+    return f"{EXPORT_NAMESPACE}{spec.name}{suffix}"
+
+
+def request_kind(request_id: str) -> str:
+    """decompose | rewrite | critique | other, from the planner's request-id scheme."""
+    for kind in ("decompose", "rewrite", "critique"):
+        if kind in request_id:
+            return kind
+    return "other"
+
+
+class _Noop:
+    def inc(self, *a, **k): ...
+    def set(self, *a, **k): ...
+    def observe(self, *a, **k): ...
+
+
+class Metrics:
+    """Creates each metric once per process. Outside a Ray worker every metric is a no-op, so engines and the
+    runner can record unconditionally (tests, in-process runs)."""
+
+    _cache: dict[str, Any] = {}
+
+    @classmethod
+    def get(cls, spec: MetricSpec):
+        if spec.name in cls._cache:
+            return cls._cache[spec.name]
+        metric: Any = _Noop()
+        try:
+            import ray
+
+            if ray.is_initialized():
+                from ray.serve import metrics as sm
+
+                if spec.kind == "counter":
+                    metric = sm.Counter(spec.name, description=spec.description, tag_keys=spec.tag_keys)
+                elif spec.kind == "gauge":
+                    metric = sm.Gauge(spec.name, description=spec.description, tag_keys=spec.tag_keys)
+                else:
+                    metric = sm.Histogram(spec.name, description=spec.description, boundaries=list(spec.buckets),
+                                          tag_keys=spec.tag_keys)
+        except Exception:  # never fail the request path over a metric
+            logger.exception("metric %s unavailable", spec.name)
+        cls._cache[spec.name] = metric
+        return metric
+
+
+def inc(spec: MetricSpec, value: float = 1.0, **tags: str) -> None:
+    Metrics.get(spec).inc(value, tags=tags or None)
+
+
+def set_gauge(spec: MetricSpec, value: float, **tags: str) -> None:
+    Metrics.get(spec).set(value, tags=tags or None)
+
+
+def observe(spec: MetricSpec, value: float, **tags: str) -> None:
+    Metrics.get(spec).observe(value, tags=tags or None)
