@@ -41,6 +41,9 @@ class ServeOptions(BaseModel):
     max_queued_requests: int = Field(default=1024, ge=-1, description="Beyond this, callers get BackPressureError.")
     num_cpus: float = Field(default=1.0, ge=0)
     num_gpus: float = Field(default=0.0, ge=0)
+    resources: dict[str, float] = Field(
+        default_factory=dict, description="Custom Ray resources, e.g. to pin a deployment to a KubeRay worker group."
+    )
 
     @model_validator(mode="after")
     def _bounds(self) -> ServeOptions:
@@ -58,7 +61,7 @@ class ServeOptions(BaseModel):
                 "upscale_delay_s": self.upscale_delay_s,
                 "downscale_delay_s": self.downscale_delay_s,
             },
-            "ray_actor_options": {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus},
+            "ray_actor_options": {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus, "resources": dict(self.resources)},
             "max_ongoing_requests": self.max_ongoing_requests,
             "max_queued_requests": self.max_queued_requests,
         }
