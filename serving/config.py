@@ -21,8 +21,17 @@ class DiffusionEngineConfig(_Config):
     )
     max_batch_size: int = Field(default=16, ge=1, le=256, description="Largest batch in one pipeline call.")
     local_files_only: bool = Field(default=False, description="Never contact a hub (set on offline machines).")
+    # Speed options (benchmarks/gpu/bench_renderer.py measures each on and off). Attention always uses PyTorch SDPA
+    # (diffusers' default with torch 2), which dispatches to flash / memory-efficient kernels on GPU.
     channels_last: bool = Field(default=False, description="UNet/VAE in channels_last memory format (GPU speed).")
+    fuse_qkv: bool = Field(default=False, description="Fuse attention Q/K/V projections into one matmul.")
+    compile: Literal["none", "regional", "full"] = Field(
+        default="none",
+        description="torch.compile: 'regional' compiles the repeated transformer blocks once (bounded compile time, "
+        "dynamic batch dimension so batch-size changes do not recompile); 'full' the whole denoiser.",
+    )
     vae_slicing: bool = Field(default=False, description="Decode the batch one image at a time (bounds memory).")
+    vae_tiling: bool = Field(default=False, description="Decode large images in tiles (bounds memory at 1024²+).")
 
 
 class LLMEngineConfig(_Config):

@@ -57,7 +57,6 @@ class DiffusionEngine:
     """
 
     def __init__(self, config: DiffusionEngineConfig):
-        import torch
         from diffusers import AutoPipelineForText2Image
 
         self.config = config
@@ -73,18 +72,48 @@ class DiffusionEngine:
             )
         except (OSError, ValueError) as exc:
             raise ModelLoadError(f"could not load diffusion model {config.model!r}: {exc}") from exc
-        self.pipe.to(self.device)
-        self.pipe.set_progress_bar_config(disable=True)
-        if config.channels_last:
-            for name in ("unet", "transformer", "vae"):
-                module = getattr(self.pipe, name, None)
-                if module is not None:
-                    module.to(memory_format=torch.channels_last)
-        if config.vae_slicing and hasattr(self.pipe, "vae"):
-            self.pipe.vae.enable_slicing()
+        self._setup_pipeline()
         self.load_seconds = time.perf_counter() - t0
         self._lock = threading.Lock()
         logger.info("loaded %s on %s/%s in %.1fs", config.model, self.device, self.dtype, self.load_seconds)
+
+    @classmethod
+    def from_pipeline(cls, pipe, config: DiffusionEngineConfig) -> DiffusionEngine:
+        """Wrap an already built pipeline (benchmarks build random-weight pipelines in memory on the GPU)."""
+        engine = cls.__new__(cls)
+        engine.config = config
+        engine.device = resolve_device(config.device)
+        engine.dtype = resolve_dtype(config.dtype, engine.device)
+        engine.pipe = pipe.to(dtype=engine.dtype)
+        engine._setup_pipeline()
+        engine.load_seconds = 0.0
+        engine._lock = threading.Lock()
+        return engine
+
+    def _setup_pipeline(self) -> None:
+        """Device, progress bar and the speed options of the config."""
+        import torch
+
+        cfg = self.config
+        self.pipe.to(self.device)
+        self.pipe.set_progress_bar_config(disable=True)
+        denoiser = getattr(self.pipe, "unet", None) or getattr(self.pipe, "transformer", None)
+        vae = getattr(self.pipe, "vae", None)
+        if cfg.channels_last:
+            for module in (denoiser, vae):
+                if module is not None:
+                    module.to(memory_format=torch.channels_last)
+        if cfg.fuse_qkv and hasattr(self.pipe, "fuse_qkv_projections"):
+            self.pipe.fuse_qkv_projections()
+        if cfg.vae_slicing and vae is not None:
+            vae.enable_slicing()
+        if cfg.vae_tiling and vae is not None:
+            vae.enable_tiling()
+        if cfg.compile == "regional" and denoiser is not None:
+            # compile each repeated block once; dynamic=True keeps a new batch size from recompiling
+            denoiser.compile_repeated_blocks(fullgraph=True, dynamic=True)
+        elif cfg.compile == "full" and denoiser is not None:
+            denoiser.compile(fullgraph=True, dynamic=True)
 
     @property
     def model_name(self) -> str:

@@ -1,0 +1,142 @@
+"""Serving overhead and dynamic batching on CPU with the tiny models.
+
+1. Serving overhead: the same campaign (fixed intents and search config) run (a) through the Serve app over HTTP, as
+   users run it, and (b) by the campaign runner calling the engines in-process. Reports images/s and (a)/(b).
+2. Dynamic batching: N concurrent single-image requests to the diffusion deployment vs one in-process batch of N.
+   Reports the ratio (in-process time / served time) and the batch sizes the deployment formed.
+
+    .venv/bin/python -m benchmarks.bench_serving [--intents 6] [--n 8] [--no-record]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks._util import report
+
+SEARCH = {"rounds": 2, "beam_width": 2, "candidates_per_beam": 2, "seeds_per_prompt": 1, "max_images": 8,
+          "steps": 2, "width": 64, "height": 64, "guidance_scale": 0.0}
+
+
+def intents(n: int) -> list[dict]:
+    texts = ["a red apple on a wooden table", "two cats on a blue sofa", "a lighthouse at sunset",
+             "a bowl of ramen, overhead shot", "a fox in a snowy forest", "a green bicycle by a wall"]
+    return [{"id": f"b{k}", "text": texts[k % len(texts)] + f", variant {k}"} for k in range(n)]
+
+
+async def in_process(tiny_dir: Path, n_intents: int, store_dir: Path) -> tuple[float, int]:
+    from pipelines.adapters import LocalLanguageModel, LocalRenderer
+    from pipelines.campaign import CampaignRunner, CampaignSpec
+    from pipelines.store import CampaignStore
+    from serving.engines import DiffusionEngine, LLMEngine
+    from serving.profiles import tiny_profile
+
+    prof = tiny_profile(tiny_dir)
+    diffusion, llm = DiffusionEngine(prof.diffusion), LLMEngine(prof.llm)
+    try:
+        spec = CampaignSpec(name="bench", intents=intents(n_intents), search=SEARCH, concurrency=4)
+        runner = CampaignRunner(spec, spec.search_config({}), LocalRenderer(diffusion), LocalLanguageModel(llm),
+                                CampaignStore(str(store_dir)))
+        t0 = time.perf_counter()
+        status = await runner.run()
+        return time.perf_counter() - t0, status.images_rendered
+    finally:
+        llm.shutdown()
+
+
+def served(tiny_dir: Path, n_intents: int, store_dir: Path, n_burst: int) -> tuple[float, int, list[float], list[int]]:
+    import httpx
+    import ray
+    from ray import serve
+
+    from agents.messages import RenderRequest
+    from pipelines.app import AppConfig, build_app
+    from serving.deployments import DiffusionServeOptions
+    from serving.engines import DiffusionEngine
+    from serving.profiles import tiny_profile
+
+    port = 18765
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    try:
+        serve.run(build_app(AppConfig(profile="tiny", tiny_dir=str(tiny_dir), store_root=str(store_dir),
+                                      diffusion=DiffusionServeOptions(max_batch_size=n_burst,
+                                                                      batch_wait_timeout_s=0.1))),
+                  name="promptbeam")
+        # 1. the campaign over HTTP
+        body = {"name": "bench", "intents": intents(n_intents), "search": SEARCH, "concurrency": 4}
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
+            t0 = time.perf_counter()
+            assert client.post("/v1/campaigns", json=body).status_code == 202
+            while (st := client.get("/v1/campaigns/bench").json())["state"] == "running":
+                time.sleep(0.2)
+            seconds = time.perf_counter() - t0
+        # 2. batching: N concurrent single-image calls vs one in-process batch of N (same engine settings)
+        handle = serve.get_deployment_handle("diffusion", app_name="promptbeam")
+        engine = DiffusionEngine(tiny_profile(tiny_dir).diffusion)
+        reqs = [RenderRequest(request_id=f"r{i}", prompt="a red apple", seed=i, steps=4) for i in range(n_burst)]
+        engine.render(reqs)  # warm-up
+
+        async def burst():
+            return await asyncio.gather(*(handle.render.remote(r) for r in reqs))
+
+        asyncio.run(burst())  # warm-up
+        served_t, local_t, sizes = [], [], []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            out = asyncio.run(burst())
+            served_t.append(time.perf_counter() - t0)
+            sizes.extend(sorted({(r.render_seconds, r.batch_size) for r in out}))
+            t0 = time.perf_counter()
+            engine.render(reqs)
+            local_t.append(time.perf_counter() - t0)
+        return seconds, st["images_rendered"], [statistics.median(served_t), statistics.median(local_t)], \
+            [s for _, s in sizes]
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--intents", type=int, default=6)
+    ap.add_argument("--n", type=int, default=8, help="burst size for the batching benchmark")
+    ap.add_argument("--tiny-dir", type=Path, default=None)
+    ap.add_argument("--no-record", action="store_true", help="print only; do not append to RESULTS.md")
+    args = ap.parse_args()
+    from serving.tiny_models import make_tiny_models
+
+    tiny_dir = args.tiny_dir or Path(tempfile.mkdtemp()) / "tiny"
+    make_tiny_models(tiny_dir)
+    with tempfile.TemporaryDirectory() as a, tempfile.TemporaryDirectory() as b:
+        local_s, local_images = asyncio.run(in_process(tiny_dir, args.intents, Path(a)))
+        serve_s, serve_images, (burst_served, burst_local), sizes = served(tiny_dir, args.intents, Path(b), args.n)
+    local_ips, serve_ips = local_images / local_s, serve_images / serve_s
+    report(
+        "Serving overhead (CPU, tiny models)",
+        ["path", "intents", "images", "seconds", "images/s"],
+        [["(b) in-process engines", args.intents, local_images, local_s, local_ips],
+         ["(a) Serve app over HTTP", args.intents, serve_images, serve_s, serve_ips],
+         ["ratio (a)/(b)", "", "", "", serve_ips / local_ips]],
+        notes=f"search config: {json.dumps(SEARCH)}; campaign concurrency 4; goal: ratio >= 0.8",
+        record=not args.no_record,
+    )
+    report(
+        "Dynamic batching efficiency (CPU, tiny diffusion)",
+        ["path", "images", "median seconds", "batch sizes formed"],
+        [[f"{args.n} concurrent single-image calls to the deployment", args.n, burst_served, sorted(set(sizes))],
+         [f"one in-process batch of {args.n}", args.n, burst_local, [args.n]],
+         ["efficiency (in-process / served)", "", burst_local / burst_served, ""]],
+        notes="5 repetitions after warm-up, medians; 64x64, 4 steps; goal: efficiency >= 0.8",
+        record=not args.no_record,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,142 @@
+"""GPU renderer: the project's DiffusionEngine vs a plain diffusers loop at equal batch, and each speed option on/off.
+
+Random weights built from real architecture configs on the device (compute does not depend on the weights). Reports
+images/s, the engine/plain ratio and MFU = FLOPs (counted with torch.utils.flop_counter over one pipeline call) / time
+/ peak. ``--tiny`` runs the tiny CPU model instead (what CI runs, to keep the script working).
+
+Architectures built here: SD1.5 (``serving.tiny_models.make_random_sd15``: 860M UNet, CLIP ViT-L/14 text encoder,
+SD VAE) at 512², 25 steps, CFG 7.5. SDXL and FLUX.1-schnell builders are not written yet (see the issue notes).
+
+On a lent GPU machine (torch + diffusers there; promptbeam's own code travels with the tree):
+    PYTHONPATH=. python -m benchmarks.gpu.bench_renderer --batch 8 --reps 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks._util import report
+
+PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0}  # dense bf16/fp16 tensor-core peaks
+
+OPTION_SETS = {
+    "engine (same settings)": {},
+    "+ channels_last": {"channels_last": True},
+    "+ fused QKV": {"fuse_qkv": True},
+    "+ torch.compile regional": {"compile": "regional"},
+    "+ all of the above": {"channels_last": True, "fuse_qkv": True, "compile": "regional"},
+}
+
+
+def build_pipeline(tiny: bool, workdir: Path):
+    from diffusers import StableDiffusionPipeline
+
+    from serving.tiny_models import make_random_sd15, make_tiny_diffusion
+
+    path = workdir / ("tiny" if tiny else "sd15")
+    if not path.exists():
+        (make_tiny_diffusion if tiny else make_random_sd15)(path)
+    return str(path), StableDiffusionPipeline
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def timed(fn, device: str, reps: int) -> float:
+    fn()  # warm-up (and compilation)
+    times = []
+    for _ in range(reps):
+        sync(device)
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tiny", action="store_true", help="tiny CPU model (CI smoke run)")
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=25)
+    ap.add_argument("--size", type=int, default=512)
+    ap.add_argument("--guidance", type=float, default=7.5)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32"])
+    ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "promptbeam-bench")
+    ap.add_argument("--no-record", action="store_true")
+    args = ap.parse_args()
+
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from agents.messages import RenderRequest
+    from serving.config import DiffusionEngineConfig
+    from serving.engines import DiffusionEngine
+
+    device = "cpu" if args.tiny or not torch.cuda.is_available() else "cuda"
+    if args.tiny:
+        args.size, args.steps, args.dtype = min(args.size, 64), min(args.steps, 4), "float32"
+    dtype = getattr(torch, args.dtype)
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    path, pipe_cls = build_pipeline(args.tiny, args.workdir)
+    prompts = [f"a photo of a red apple, variant {i}" for i in range(args.batch)]
+    call = dict(num_inference_steps=args.steps, guidance_scale=args.guidance, width=args.size, height=args.size)
+
+    def load():
+        return pipe_cls.from_pretrained(path, dtype=dtype).to(device)
+
+    # plain diffusers loop: the reference
+    pipe = load()
+    pipe.set_progress_bar_config(disable=True)
+
+    def plain():
+        gens = [torch.Generator(device).manual_seed(i) for i in range(args.batch)]
+        with torch.inference_mode():
+            pipe(prompt=prompts, generator=gens, output_type="pil", **call)
+
+    with FlopCounterMode(display=False) as counter, torch.inference_mode():
+        pipe(prompt=prompts, generator=[torch.Generator(device).manual_seed(0)] * args.batch, output_type="pil", **call)
+    flops = counter.get_total_flops()
+    t_plain = timed(plain, device, args.reps)
+    del pipe
+    name = torch.cuda.get_device_name(0) if device == "cuda" else "cpu"
+    peak = next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
+
+    def mfu(seconds: float):
+        return f"{flops / seconds / (peak * 1e12):.3f}" if peak else "n/a (no peak for this device)"
+
+    rows = [["plain diffusers loop", args.batch, t_plain, args.batch / t_plain, 1.0, mfu(t_plain)]]
+    requests = [RenderRequest(request_id=f"r{i}", prompt=p, seed=i, steps=args.steps, guidance_scale=args.guidance,
+                              width=args.size, height=args.size) for i, p in enumerate(prompts)]
+    for label, options in OPTION_SETS.items():
+        if args.tiny and options.get("compile"):
+            continue  # inductor compile of the tiny model on 2 CPU cores only measures the compiler
+        config = DiffusionEngineConfig(model=path, device=device, dtype=args.dtype, max_batch_size=args.batch, **options)
+        engine = DiffusionEngine.from_pipeline(load(), config)
+        t = timed(lambda: engine.render(requests), device, args.reps)
+        rows.append([label, args.batch, t, args.batch / t, t_plain / t, mfu(t)])
+        del engine
+        if device == "cuda":
+            torch.cuda.empty_cache()
+    arch = "tiny SD (CPU smoke run)" if args.tiny else "SD1.5 arch"
+    report(
+        f"GPU renderer: {arch}, {args.size}², {args.steps} steps, CFG {args.guidance}, {args.dtype}",
+        ["path", "batch", "median s/call", "images/s", "x plain", "MFU"],
+        rows,
+        notes=f"device: {name}; FLOPs per call (flop_counter): {flops / 1e12:.2f} T; engine includes PNG encoding; "
+              "goal: engine >= 0.95x plain at the same settings",
+        record=not args.no_record,
+    )
+
+
+if __name__ == "__main__":
+    main()
