@@ -18,30 +18,17 @@ import tempfile
 from benchmarks._util import report
 
 CHILD = r"""
-import asyncio, io, json, resource, sys, time
-import numpy as np
-from PIL import Image
-from agents.messages import RenderResult
+import asyncio, json, resource, sys, time
 from pipelines.campaign import CampaignRunner, CampaignSpec
 from pipelines.store import CampaignStore
 from tests.fakes import FakeRenderer, ScriptedLLM
 
-class NoiseRenderer(FakeRenderer):
-    async def render(self, requests):
-        out = await super().render(requests)
-        for r, res in zip(requests, out):  # a real-sized image instead of the 8x8 swatch
-            rng = np.random.default_rng(r.seed)
-            buf = io.BytesIO(); Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(buf, "PNG")
-            self.origin[buf.getvalue()] = self.origin[res.png]
-            res.png = buf.getvalue()
-        return out
-
 n, store = int(sys.argv[1]), sys.argv[2]
 spec = CampaignSpec(name="mem", intents=[{"id": f"i{k}", "text": f"a red apple number {k}"} for k in range(n)],
                     search={"rounds": 1, "candidates_per_beam": 3, "max_images": 8}, concurrency=8)
-renderer = NoiseRenderer()
+renderer = FakeRenderer(keep_calls=False, size=64)  # 64x64 noise PNGs, nothing kept by the fakes
 t0 = time.perf_counter()
-status = asyncio.run(CampaignRunner(spec, spec.search_config({}), renderer, ScriptedLLM(renderer),
+status = asyncio.run(CampaignRunner(spec, spec.search_config({}), renderer, ScriptedLLM(keep_requests=False),
                                     CampaignStore(store)).run())
 print(json.dumps({"intents": status.intents_done, "images": status.images_rendered,
                   "seconds": time.perf_counter() - t0,

@@ -10,27 +10,47 @@ from collections.abc import Callable
 from agents.messages import ChatRequest, ChatResult, RenderRequest, RenderResult
 
 
-class FakeRenderer:
-    """Deterministic tiny PNGs whose pixels depend on (prompt, seed); remembers which image came from what."""
+def origin(png: bytes) -> tuple[str, int]:
+    """(prompt, seed) that FakeRenderer wrote into the PNG's text chunk."""
+    from PIL import Image
 
-    def __init__(self):
+    info = Image.open(io.BytesIO(png)).text
+    return info["prompt"], int(info["seed"])
+
+
+class FakeRenderer:
+    """Deterministic PNGs whose pixels depend on (prompt, seed), which are also written into the PNG's metadata so
+    the scripted critic knows what it is looking at (no growing lookup table). ``size=64`` gives noise images of a
+    realistic byte size (for the memory benchmark)."""
+
+    def __init__(self, keep_calls: bool = True, size: int = 8):
         self.calls: list[list[RenderRequest]] = []
-        self.origin: dict[bytes, tuple[str, int]] = {}  # png -> (prompt, seed)
+        self.keep_calls = keep_calls
+        self.size = size
         self.fail_with: Exception | None = None
 
     async def render(self, requests: list[RenderRequest]) -> list[RenderResult]:
-        from PIL import Image
+        import numpy as np
+        from PIL import Image, PngImagePlugin
 
         if self.fail_with is not None:
             raise self.fail_with
-        self.calls.append(list(requests))
+        if self.keep_calls:
+            self.calls.append(list(requests))
         out = []
         for r in requests:
             h = hashlib.sha256(f"{r.prompt}|{r.seed}".encode()).digest()
+            if self.size <= 8:
+                image = Image.new("RGB", (self.size, self.size), tuple(h[:3]))
+            else:
+                rng = np.random.default_rng(int.from_bytes(h[:8], "big"))
+                image = Image.fromarray(rng.integers(0, 255, (self.size, self.size, 3), dtype=np.uint8))
+            meta = PngImagePlugin.PngInfo()
+            meta.add_text("prompt", r.prompt)
+            meta.add_text("seed", str(r.seed))
             buf = io.BytesIO()
-            Image.new("RGB", (8, 8), tuple(h[:3])).save(buf, format="PNG")
+            image.save(buf, format="PNG", pnginfo=meta)
             png = buf.getvalue()
-            self.origin[png] = (r.prompt, r.seed)
             out.append(
                 RenderResult(
                     request_id=r.request_id,
@@ -62,25 +82,27 @@ class ScriptedLLM:
 
     - decompose: two fixed questions;
     - rewrite: ``rewrite_fn(current_prompt, k, seed)`` prompts (default: numbered variations);
-    - critique: ``score_fn(prompt, seed)`` of the image's origin, as recorded by the FakeRenderer.
+    - critique: ``score_fn(prompt, seed)`` of the image's origin, as the FakeRenderer wrote it into the PNG.
     ``broken`` lists request-id substrings that get a non-JSON reply instead.
     """
 
     def __init__(
         self,
-        renderer: FakeRenderer,
+        renderer: FakeRenderer | None = None,
         score_fn: ScoreFn | None = None,
         rewrite_fn: Callable[[str, int, int], list[str]] | None = None,
         broken: tuple[str, ...] = (),
+        keep_requests: bool = True,
     ):
-        self.renderer = renderer
+        self.keep_requests = keep_requests
         self.score_fn = score_fn or (lambda prompt, seed: (len(prompt) % 11, 5, True))
         self.rewrite_fn = rewrite_fn or (lambda prompt, k, seed: [f"{prompt}, variation {seed % 997}-{i}" for i in range(k)])
         self.broken = broken
         self.requests: list[ChatRequest] = []
 
     async def chat(self, request: ChatRequest) -> ChatResult:
-        self.requests.append(request)
+        if self.keep_requests:
+            self.requests.append(request)
         if any(b in request.request_id for b in self.broken):
             return ChatResult(request_id=request.request_id, text="{not json", parse_error="invalid JSON (scripted)",
                               prompt_tokens=10, completion_tokens=3)
@@ -93,7 +115,7 @@ class ScriptedLLM:
             reply = {"prompts": self.rewrite_fn(data["current_prompt"], k, request.seed or 0)}
         else:
             png = request.messages[-1].images()[0]
-            prompt, seed = self.renderer.origin[png]
+            prompt, seed = origin(png)
             alignment, quality, yes = self.score_fn(prompt, seed)
             ids = list(props["answers"]["properties"])
             reply = {"answers": {i: yes for i in ids}, "alignment": alignment, "quality": quality,

@@ -84,7 +84,7 @@ class DiffusionEngine:
         engine.config = config
         engine.device = resolve_device(config.device)
         engine.dtype = resolve_dtype(config.dtype, engine.device)
-        engine.pipe = pipe.to(dtype=engine.dtype)
+        engine.pipe = pipe if pipe.dtype == engine.dtype else pipe.to(dtype=engine.dtype)
         engine._setup_pipeline()
         engine.load_seconds = 0.0
         engine._lock = threading.Lock()
