@@ -34,6 +34,7 @@ from agents.messages import (
     TextPart,
 )
 from agents.ports import LanguageModel, Scorer
+from agents.schemas import string_list_schema
 
 QUESTION_MAX_CHARS = 150
 FEEDBACK_MAX_CHARS = 300
@@ -71,19 +72,7 @@ def checks_from_structure(spec: IntentChecks, max_checks: int) -> list[Check]:
 
 
 def decompose_schema(max_checks: int) -> dict:
-    return {
-        "type": "object",
-        "properties": {
-            "questions": {
-                "type": "array",
-                "items": {"type": "string", "minLength": 1, "maxLength": QUESTION_MAX_CHARS},
-                "minItems": 1,
-                "maxItems": max_checks,
-            }
-        },
-        "required": ["questions"],
-        "additionalProperties": False,
-    }
+    return string_list_schema("questions", 1, max_checks, QUESTION_MAX_CHARS)
 
 
 def critique_schema(checks: list[Check]) -> dict:

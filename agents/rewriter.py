@@ -9,6 +9,7 @@ from agents.config import RewriterConfig
 from agents.messages import Candidate, ChatMessage, ChatRequest, ChatResult, Intent, Proposal
 from agents.ports import LanguageModel
 from agents.safety import OutputFilter, normalize
+from agents.schemas import string_list_schema
 
 
 FEEDBACK_CHARS = 200
@@ -17,19 +18,7 @@ FEEDBACK_CHARS = 200
 
 def proposal_schema(k: int, max_chars: int) -> dict:
     """JSON schema of a proposal: exactly ``k`` non-empty strings of bounded length."""
-    return {
-        "type": "object",
-        "properties": {
-            "prompts": {
-                "type": "array",
-                "items": {"type": "string", "minLength": 1, "maxLength": max_chars},
-                "minItems": k,
-                "maxItems": k,
-            }
-        },
-        "required": ["prompts"],
-        "additionalProperties": False,
-    }
+    return string_list_schema("prompts", k, k, max_chars)
 
 
 def clean_prompt(text: str) -> str:

@@ -94,6 +94,10 @@ def _bytes_to_unicode() -> dict[int, str]:
     return dict(zip(bs, (chr(c) for c in cs)))
 
 
+_CLIP_VOCAB_SIZE = 2 * 256 + 64 + 2
+"""Bytes, bytes with the end-of-word marker, up to 64 merges, and the two special tokens (see below)."""
+
+
 def _clip_tokenizer_files(out: Path) -> None:
     """Write vocab.json + merges.txt for a CLIP BPE tokenizer: every byte as a token (with and without the
     end-of-word marker) plus a few merges learned from the corpus, so words tokenize into several pieces."""
@@ -121,54 +125,31 @@ def _clip_tokenizer_files(out: Path) -> None:
     (out / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
 
 
-def make_tiny_diffusion(out: str | os.PathLike, seed: int = 0) -> Path:
-    """A Stable-Diffusion-style text-to-image pipeline with random weights (shapes as in diffusers' own tests)."""
+def _make_sd_pipeline(out: Path, seed: int, unet: dict, vae: dict, text: dict) -> Path:
+    """Build a StableDiffusionPipeline from UNet / VAE / CLIP-text configs with random weights and save it to ``out``,
+    with the local CLIP BPE tokenizer and an Euler scheduler (the SD-Turbo-style sampler)."""
+    import shutil
+
     import torch
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-    out = Path(out)
     tok_dir = out / "_tokenizer_src"
     _clip_tokenizer_files(tok_dir)
     tokenizer = CLIPTokenizer.from_pretrained(tok_dir, model_max_length=77)  # from a directory: the vocab_file= path builds a broken one
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        sample_size=32,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=32,
-        norm_num_groups=32,
-    )
-    vae = AutoencoderKL(
-        block_out_channels=[32, 64],
-        in_channels=3,
-        out_channels=3,
-        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
-        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
-        latent_channels=4,
-        norm_num_groups=32,
-    )
     text_encoder = CLIPTextModel(
         CLIPTextConfig(
             bos_token_id=tokenizer.bos_token_id,
             eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id,
-            hidden_size=32,
-            intermediate_size=37,
-            layer_norm_eps=1e-05,
-            num_attention_heads=4,
-            num_hidden_layers=2,
-            vocab_size=len(tokenizer),
             max_position_embeddings=77,
+            **text,
         )
     )
     pipe = StableDiffusionPipeline(
-        unet=unet,
-        vae=vae,
+        unet=UNet2DConditionModel(**unet),
+        vae=AutoencoderKL(**vae),
         text_encoder=text_encoder,
         tokenizer=tokenizer,
         scheduler=EulerDiscreteScheduler(
@@ -179,10 +160,44 @@ def make_tiny_diffusion(out: str | os.PathLike, seed: int = 0) -> Path:
         requires_safety_checker=False,
     )
     pipe.save_pretrained(out)
-    for f in tok_dir.iterdir():
-        f.unlink()
-    tok_dir.rmdir()
+    shutil.rmtree(tok_dir)
     return out
+
+
+def make_tiny_diffusion(out: str | os.PathLike, seed: int = 0) -> Path:
+    """A Stable-Diffusion-style text-to-image pipeline with random weights (shapes as in diffusers' own tests)."""
+    return _make_sd_pipeline(
+        Path(out),
+        seed,
+        unet=dict(
+            block_out_channels=(32, 64),
+            layers_per_block=1,
+            sample_size=32,
+            in_channels=4,
+            out_channels=4,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+            cross_attention_dim=32,
+            norm_num_groups=32,
+        ),
+        vae=dict(
+            block_out_channels=[32, 64],
+            in_channels=3,
+            out_channels=3,
+            down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
+            up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
+            latent_channels=4,
+            norm_num_groups=32,
+        ),
+        text=dict(
+            hidden_size=32,
+            intermediate_size=37,
+            layer_norm_eps=1e-05,
+            num_attention_heads=4,
+            num_hidden_layers=2,
+            vocab_size=_CLIP_VOCAB_SIZE,
+        ),
+    )
 
 
 def make_tiny_chat_llm(out: str | os.PathLike, seed: int = 0) -> Path:
@@ -299,60 +314,32 @@ def make_random_sd15(out: str | os.PathLike, seed: int = 0) -> Path:
     Compute does not depend on the weights, so this stands in for SD1.5 in GPU tests and benchmarks without a hub.
     Several GB in float32: build it on the machine that will run it.
     """
-    import torch
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
-
-    out = Path(out)
-    tok_dir = out / "_tokenizer_src"
-    _clip_tokenizer_files(tok_dir)
-    tokenizer = CLIPTokenizer.from_pretrained(tok_dir, model_max_length=77)
-    torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
-        sample_size=64,
-        layers_per_block=2,
-        block_out_channels=(320, 640, 1280, 1280),
-        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=768,
-        attention_head_dim=8,
-    )
-    vae = AutoencoderKL(
-        block_out_channels=(128, 256, 512, 512),
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        layers_per_block=2,
-        latent_channels=4,
-        sample_size=512,
-    )
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
+    return _make_sd_pipeline(
+        Path(out),
+        seed,
+        unet=dict(
+            sample_size=64,
+            layers_per_block=2,
+            block_out_channels=(320, 640, 1280, 1280),
+            down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+            cross_attention_dim=768,
+            attention_head_dim=8,
+        ),
+        vae=dict(
+            block_out_channels=(128, 256, 512, 512),
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
+            layers_per_block=2,
+            latent_channels=4,
+            sample_size=512,
+        ),
+        text=dict(
             vocab_size=49408,
             hidden_size=768,
             intermediate_size=3072,
             num_hidden_layers=12,
             num_attention_heads=12,
-            max_position_embeddings=77,
             hidden_act="quick_gelu",
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-    )
-    pipe = StableDiffusionPipeline(
-        unet=unet,
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        scheduler=EulerDiscreteScheduler(
-            beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, steps_offset=1
         ),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
     )
-    pipe.save_pretrained(out)
-    for f in tok_dir.iterdir():
-        f.unlink()
-    tok_dir.rmdir()
-    return out
