@@ -1,0 +1,54 @@
+"""The critic's aggregation formula, extra scorers with weights, and held-out scorers."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from agents.config import CriticConfig
+from agents.critic import Critic, CriticError, WeightedScorer, critique_schema
+from agents.messages import Check, Intent, RenderRequest
+from tests.fakes import FakeRenderer, ScriptedLLM
+
+
+class ConstScorer:
+    def __init__(self, name: str, value: float):
+        self.name, self.value = name, value
+
+    async def score(self, png: bytes, intent: Intent) -> dict[str, float]:
+        return {"a": self.value, "b": self.value}
+
+
+CHECKS = [Check(id="q1", question="apple?"), Check(id="q2", question="table?")]
+
+
+def test_aggregation_formula():
+    critic = Critic(llm=None, config=CriticConfig(weight_checks=0.5, weight_alignment=0.3, weight_quality=0.2))
+    c = critic.aggregate({"answers": {"q1": True, "q2": False}, "alignment": 8, "quality": 4, "feedback": "no table"},
+                         CHECKS, {}, {})
+    assert c.scores == {"checks": 0.5, "alignment": 0.8, "quality": 0.4}
+    assert c.score == pytest.approx((0.5 * 0.5 + 0.3 * 0.8 + 0.2 * 0.4) / 1.0)
+    assert [a.answer for a in c.answers] == [True, False] and c.feedback == "no table"
+
+
+def test_verdict_missing_an_answer_is_a_model_failure():
+    critic = Critic(llm=None)
+    with pytest.raises(CriticError, match="does not answer every check"):
+        critic.aggregate({"answers": {"q1": True}, "alignment": 5, "quality": 5, "feedback": ""}, CHECKS, {}, {})
+    schema = critique_schema(CHECKS)
+    assert schema["properties"]["answers"]["required"] == ["q1", "q2"]
+
+
+def test_extra_scorers_are_weighted_and_held_out_ones_only_reported():
+    renderer = FakeRenderer()
+    llm = ScriptedLLM(renderer, score_fn=lambda p, s: (10, 10, True))  # the VLM part scores 1.0
+    critic = Critic(llm, CriticConfig(weight_checks=1, weight_alignment=1, weight_quality=1),
+                    scorers=[WeightedScorer(ConstScorer("clip", 0.0), weight=3.0),
+                             WeightedScorer(ConstScorer("aesthetic", 0.2), held_out=True)])
+    png = asyncio.run(renderer.render([RenderRequest(request_id="x", prompt="an apple", seed=1)]))[0].png
+    critique, _ = asyncio.run(critic.critique(png, Intent(id="i", text="an apple"), CHECKS, request_id="c", seed=0))
+    assert critique.scores["clip"] == 0.0
+    assert critique.score == pytest.approx((1 + 1 + 1 + 3 * 0.0) / (3 + 3))  # the extra scorer pulls it down
+    assert critique.held_out == {"aesthetic": pytest.approx(0.2)}
+    assert "aesthetic" not in critique.scores  # reported, never optimised
