@@ -125,40 +125,45 @@ def _clip_tokenizer_files(out: Path) -> None:
     (out / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
 
 
-def _make_sd_pipeline(out: Path, seed: int, unet: dict, vae: dict, text: dict) -> Path:
-    """Build a StableDiffusionPipeline from UNet / VAE / CLIP-text configs with random weights and save it to ``out``,
-    with the local CLIP BPE tokenizer and an Euler scheduler (the SD-Turbo-style sampler)."""
+def _make_sd_pipeline(out: Path, seed: int, unet: dict, vae: dict, text: dict, text_2: dict | None = None) -> Path:
+    """Build a Stable Diffusion pipeline from UNet / VAE / CLIP-text configs with random weights and save it to
+    ``out``, with the local CLIP BPE tokenizer and an Euler scheduler. ``text_2`` (the second, projecting text
+    encoder) makes it an SDXL pipeline."""
     import shutil
 
     import torch
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from diffusers import (
+        AutoencoderKL,
+        EulerDiscreteScheduler,
+        StableDiffusionPipeline,
+        StableDiffusionXLPipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
     tok_dir = out / "_tokenizer_src"
     _clip_tokenizer_files(tok_dir)
-    tokenizer = CLIPTokenizer.from_pretrained(tok_dir, model_max_length=77)  # from a directory: the vocab_file= path builds a broken one
+    # from a directory: CLIPTokenizer(vocab_file=..., merges_file=...) silently builds a broken 2-token tokenizer
+    tokenizer = CLIPTokenizer.from_pretrained(tok_dir, model_max_length=77)
     torch.manual_seed(seed)
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-            max_position_embeddings=77,
-            **text,
-        )
-    )
-    pipe = StableDiffusionPipeline(
+    ids = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+               pad_token_id=tokenizer.pad_token_id, max_position_embeddings=77)
+    parts = dict(
         unet=UNet2DConditionModel(**unet),
         vae=AutoencoderKL(**vae),
-        text_encoder=text_encoder,
+        text_encoder=CLIPTextModel(CLIPTextConfig(**ids, **text)),
         tokenizer=tokenizer,
         scheduler=EulerDiscreteScheduler(
             beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, steps_offset=1
         ),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
     )
+    if text_2 is None:
+        pipe = StableDiffusionPipeline(**parts, safety_checker=None, feature_extractor=None,
+                                       requires_safety_checker=False)
+    else:
+        pipe = StableDiffusionXLPipeline(
+            **parts, text_encoder_2=CLIPTextModelWithProjection(CLIPTextConfig(**ids, **text_2)), tokenizer_2=tokenizer
+        )
     pipe.save_pretrained(out)
     shutil.rmtree(tok_dir)
     return out
@@ -342,4 +347,77 @@ def make_random_sd15(out: str | os.PathLike, seed: int = 0) -> Path:
             num_attention_heads=12,
             hidden_act="quick_gelu",
         ),
+    )
+
+
+def make_tiny_sdxl(out: str | os.PathLike, seed: int = 0) -> Path:
+    """A tiny SDXL-architecture pipeline (two text encoders, text-time conditioning), shapes as in diffusers' tests."""
+    return _make_sd_pipeline(
+        Path(out),
+        seed,
+        unet=dict(
+            block_out_channels=(32, 64),
+            layers_per_block=2,
+            sample_size=32,
+            in_channels=4,
+            out_channels=4,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+            attention_head_dim=(2, 4),
+            use_linear_projection=True,
+            addition_embed_type="text_time",
+            addition_time_embed_dim=8,
+            transformer_layers_per_block=(1, 2),
+            projection_class_embeddings_input_dim=8 * 6 + 32,  # 6 time ids x 8 + pooled text_encoder_2 output
+            cross_attention_dim=64,  # both encoders' hidden sizes, concatenated
+            norm_num_groups=32,
+        ),
+        vae=dict(
+            block_out_channels=[32, 64],
+            down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
+            up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
+            latent_channels=4,
+            sample_size=128,
+            norm_num_groups=32,
+        ),
+        text=dict(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
+                  vocab_size=_CLIP_VOCAB_SIZE, hidden_act="gelu", projection_dim=32),
+        text_2=dict(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
+                    vocab_size=_CLIP_VOCAB_SIZE, hidden_act="gelu", projection_dim=32),
+    )
+
+
+def make_random_sdxl(out: str | os.PathLike, seed: int = 0) -> Path:
+    """An SDXL-base-architecture pipeline (2.6B UNet, CLIP ViT-L + OpenCLIP bigG text encoders, SDXL VAE) with random
+    weights, for GPU benchmarks at 1024². Build it on the machine that runs it (~14 GB in float32)."""
+    return _make_sd_pipeline(
+        Path(out),
+        seed,
+        unet=dict(
+            sample_size=128,
+            layers_per_block=2,
+            block_out_channels=(320, 640, 1280),
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+            attention_head_dim=(5, 10, 20),
+            transformer_layers_per_block=(1, 2, 10),
+            use_linear_projection=True,
+            addition_embed_type="text_time",
+            addition_time_embed_dim=256,
+            projection_class_embeddings_input_dim=2816,  # 6 x 256 + 1280
+            cross_attention_dim=2048,  # 768 + 1280
+        ),
+        vae=dict(
+            block_out_channels=(128, 256, 512, 512),
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
+            layers_per_block=2,
+            latent_channels=4,
+            sample_size=1024,
+            scaling_factor=0.13025,
+        ),
+        text=dict(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                  num_attention_heads=12, hidden_act="quick_gelu", projection_dim=768),
+        text_2=dict(vocab_size=49408, hidden_size=1280, intermediate_size=5120, num_hidden_layers=32,
+                    num_attention_heads=20, hidden_act="gelu", projection_dim=1280),
     )

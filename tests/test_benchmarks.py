@@ -21,8 +21,9 @@ def _run(*args: str, timeout: int = 600) -> str:
 
 
 @pytest.mark.slow
-def test_gpu_renderer_script_runs_tiny_on_cpu(tmp_path):
-    out = _run("benchmarks.gpu.bench_renderer", "--tiny", "--no-record", "--reps", "1", "--batch", "2",
+@pytest.mark.parametrize("arch", ["sd15", "sdxl"])
+def test_gpu_renderer_script_runs_tiny_on_cpu(tmp_path, arch):
+    out = _run("benchmarks.gpu.bench_renderer", "--arch", arch, "--tiny", "--no-record", "--reps", "1", "--batch", "2",
                "--workdir", str(tmp_path))
     assert "plain diffusers loop" in out and "engine (same settings)" in out and "+ fused QKV" in out
     assert "FLOPs per call" in out

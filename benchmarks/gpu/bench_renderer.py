@@ -4,11 +4,13 @@ Random weights built from real architecture configs on the device (compute does 
 images/s, the engine/plain ratio and MFU = FLOPs (counted with torch.utils.flop_counter over one pipeline call) / time
 / peak. ``--tiny`` runs the tiny CPU model instead (what CI runs, to keep the script working).
 
-Architectures built here: SD1.5 (``serving.tiny_models.make_random_sd15``: 860M UNet, CLIP ViT-L/14 text encoder,
-SD VAE) at 512², 25 steps, CFG 7.5. SDXL and FLUX.1-schnell builders are not written yet (see the issue notes).
+Architectures (``serving.tiny_models``): ``sd15`` (860M UNet, CLIP ViT-L/14, SD VAE; 512², 25 steps, CFG 7.5, fp16)
+and ``sdxl`` (2.6B UNet, CLIP ViT-L + bigG, SDXL VAE; 1024², 25 steps, CFG 5, bf16). A FLUX.1-schnell builder is not
+written yet (it needs a T5 tokenizer built offline).
 
 On a lent GPU machine (torch + diffusers there; promptbeam's own code travels with the tree):
-    PYTHONPATH=. python -m benchmarks.gpu.bench_renderer --batch 8 --reps 3
+    PYTHONPATH=. python -m benchmarks.gpu.bench_renderer --arch sd15 --batch 8 --reps 3
+    PYTHONPATH=. python -m benchmarks.gpu.bench_renderer --arch sdxl --batch 8 --reps 2
 """
 
 from __future__ import annotations
@@ -32,15 +34,21 @@ OPTION_SETS = {
 }
 
 
-def build_pipeline(tiny: bool, workdir: Path):
-    from diffusers import StableDiffusionPipeline
+ARCHS = {  # arch: (tiny builder, real builder, size, steps, guidance, dtype)
+    "sd15": ("make_tiny_diffusion", "make_random_sd15", 512, 25, 7.5, "float16"),
+    "sdxl": ("make_tiny_sdxl", "make_random_sdxl", 1024, 25, 5.0, "bfloat16"),
+}
 
-    from serving.tiny_models import make_random_sd15, make_tiny_diffusion
 
-    path = workdir / ("tiny" if tiny else "sd15")
+def build_pipeline(arch: str, tiny: bool, workdir: Path):
+    from diffusers import AutoPipelineForText2Image
+
+    from serving import tiny_models
+
+    path = workdir / f"{arch}{'-tiny' if tiny else ''}"
     if not path.exists():
-        (make_tiny_diffusion if tiny else make_random_sd15)(path)
-    return str(path), StableDiffusionPipeline
+        getattr(tiny_models, ARCHS[arch][0 if tiny else 1])(path)
+    return str(path), AutoPipelineForText2Image
 
 
 def sync(device: str) -> None:
@@ -64,13 +72,14 @@ def timed(fn, device: str, reps: int) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--arch", default="sd15", choices=sorted(ARCHS))
     ap.add_argument("--tiny", action="store_true", help="tiny CPU model (CI smoke run)")
     ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--steps", type=int, default=25)
-    ap.add_argument("--size", type=int, default=512)
-    ap.add_argument("--guidance", type=float, default=7.5)
+    ap.add_argument("--steps", type=int, default=None, help="default: the architecture's")
+    ap.add_argument("--size", type=int, default=None, help="default: the architecture's")
+    ap.add_argument("--guidance", type=float, default=None)
     ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32"])
+    ap.add_argument("--dtype", default=None, choices=["float16", "bfloat16", "float32"])
     ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "promptbeam-bench")
     ap.add_argument("--no-record", action="store_true")
     args = ap.parse_args()
@@ -83,11 +92,15 @@ def main() -> None:
     from serving.engines import DiffusionEngine
 
     device = "cpu" if args.tiny or not torch.cuda.is_available() else "cuda"
+    _, _, size, steps, guidance, dtype_name = ARCHS[args.arch]
+    args.size, args.steps = args.size or size, args.steps or steps
+    args.guidance = guidance if args.guidance is None else args.guidance
+    args.dtype = args.dtype or dtype_name
     if args.tiny:
         args.size, args.steps, args.dtype = min(args.size, 64), min(args.steps, 4), "float32"
     dtype = getattr(torch, args.dtype)
     args.workdir.mkdir(parents=True, exist_ok=True)
-    path, pipe_cls = build_pipeline(args.tiny, args.workdir)
+    path, pipe_cls = build_pipeline(args.arch, args.tiny, args.workdir)
     prompts = [f"a photo of a red apple, variant {i}" for i in range(args.batch)]
     call = dict(num_inference_steps=args.steps, guidance_scale=args.guidance, width=args.size, height=args.size)
 
@@ -127,7 +140,7 @@ def main() -> None:
         del engine
         if device == "cuda":
             torch.cuda.empty_cache()
-    arch = "tiny SD (CPU smoke run)" if args.tiny else "SD1.5 arch"
+    arch = f"tiny {args.arch} (CPU smoke run)" if args.tiny else f"{args.arch} arch"
     report(
         f"GPU renderer: {arch}, {args.size}², {args.steps} steps, CFG {args.guidance}, {args.dtype}",
         ["path", "batch", "median s/call", "images/s", "x plain", "MFU"],
