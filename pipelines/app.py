@@ -95,7 +95,7 @@ class CampaignIngress:
         runner = CampaignRunner(spec, search, self.renderer, self.llm, store,
                                 models={"diffusion": self.profile.diffusion.model, "llm": self.profile.llm.model})
         try:
-            await asyncio.to_thread(runner._check_manifest)
+            await asyncio.to_thread(runner.prepare_store)
         except ValueError as exc:
             raise HTTPException(409, str(exc)) from exc
         resumed = len(await asyncio.to_thread(store.done_intents))

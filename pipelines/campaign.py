@@ -201,7 +201,8 @@ class CampaignRunner:
         )
         self._improvements: list[float] = []
 
-    def _check_manifest(self) -> None:
+    def prepare_store(self) -> None:
+        """Write the manifest, or check that the store holds this same campaign (raises ValueError if not)."""
         manifest = self.store.read_manifest()
         fingerprint = self.spec.fingerprint()
         if manifest is not None and manifest.get("fingerprint") != fingerprint:
@@ -227,7 +228,7 @@ class CampaignRunner:
         )
 
     async def run(self) -> CampaignStatus:
-        self._check_manifest()
+        self.prepare_store()
         done = self.store.done_intents()
         for intent_id in done:
             part = self.store.read_part(intent_id)
