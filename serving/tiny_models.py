@@ -421,3 +421,63 @@ def make_random_sdxl(out: str | os.PathLike, seed: int = 0) -> Path:
         text_2=dict(vocab_size=49408, hidden_size=1280, intermediate_size=5120, num_hidden_layers=32,
                     num_attention_heads=20, hidden_act="gelu", projection_dim=1280),
     )
+
+
+def _t5_tokenizer(vocab_size: int = 256):
+    """A T5-style (Unigram, SentencePiece-like) fast tokenizer trained on the small corpus above."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from transformers import T5TokenizerFast
+
+    tok = Tokenizer(models.Unigram())
+    tok.normalizer = normalizers.NFKC()
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=["<pad>", "</s>", "<unk>"],
+                                      unk_token="<unk>", show_progress=False)
+    tok.train_from_iterator(_CORPUS * 4, trainer=trainer)
+    return T5TokenizerFast(tokenizer_object=tok, eos_token="</s>", pad_token="<pad>", unk_token="<unk>",
+                           extra_ids=0, model_max_length=512)
+
+
+def make_tiny_flux(out: str | os.PathLike, seed: int = 0) -> Path:
+    """A tiny FLUX-architecture pipeline (MMDiT transformer, CLIP + T5 text encoders, 16→1-channel packed VAE,
+    flow-matching scheduler), shapes as in diffusers' own FLUX tests."""
+    import shutil
+
+    import torch
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, T5Config, T5EncoderModel
+
+    out = Path(out)
+    tok_dir = out / "_tokenizer_src"
+    _clip_tokenizer_files(tok_dir)
+    tokenizer = CLIPTokenizer.from_pretrained(tok_dir, model_max_length=77)
+    tokenizer_2 = _t5_tokenizer()
+    torch.manual_seed(seed)
+    pipe = FluxPipeline(
+        transformer=FluxTransformer2DModel(
+            patch_size=1, in_channels=4, num_layers=1, num_single_layers=1, attention_head_dim=16,
+            num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=[4, 4, 8],
+        ),
+        text_encoder=CLIPTextModel(CLIPTextConfig(
+            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id, max_position_embeddings=77, hidden_size=32, intermediate_size=37,
+            num_attention_heads=4, num_hidden_layers=2, vocab_size=_CLIP_VOCAB_SIZE, hidden_act="gelu",
+            projection_dim=32,
+        )),
+        text_encoder_2=T5EncoderModel(T5Config(
+            vocab_size=len(tokenizer_2), d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
+            pad_token_id=tokenizer_2.pad_token_id, eos_token_id=tokenizer_2.eos_token_id, decoder_start_token_id=0,
+        )),
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer_2,
+        vae=AutoencoderKL(
+            sample_size=32, in_channels=3, out_channels=3, block_out_channels=(4,), layers_per_block=1,
+            latent_channels=1, norm_num_groups=1, use_quant_conv=False, use_post_quant_conv=False,
+            shift_factor=0.0609, scaling_factor=1.5035,
+        ),
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+    )
+    pipe.save_pretrained(out)
+    shutil.rmtree(tok_dir)
+    return out

@@ -21,7 +21,7 @@ def _run(*args: str, timeout: int = 600) -> str:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("arch", ["sd15", "sdxl"])
+@pytest.mark.parametrize("arch", ["sd15", "sdxl", "flux"])
 def test_gpu_renderer_script_runs_tiny_on_cpu(tmp_path, arch):
     out = _run("benchmarks.gpu.bench_renderer", "--arch", arch, "--tiny", "--no-record", "--reps", "1", "--batch", "2",
                "--workdir", str(tmp_path))

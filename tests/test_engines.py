@@ -100,15 +100,22 @@ def test_unknown_model_path_is_a_clear_error(tmp_path):
         LLMEngine(LLMEngineConfig(model=missing))
 
 
-def test_sdxl_architecture_loads_and_renders(tmp_path):
-    """The same engine loads an SDXL pipeline (two text encoders) through AutoPipelineForText2Image."""
-    from serving.tiny_models import make_tiny_sdxl
+@pytest.mark.parametrize(
+    "builder,pipeline,kw",
+    [("make_tiny_sdxl", "StableDiffusionXLPipeline", {"guidance_scale": 5.0}),
+     ("make_tiny_flux", "FluxPipeline", {"width": 32, "height": 32, "steps": 2})],
+)
+def test_other_architectures_load_and_render(tmp_path, builder, pipeline, kw):
+    """The same engine loads SDXL (two CLIP encoders) and FLUX (MMDiT, CLIP + T5, flow matching) pipelines through
+    AutoPipelineForText2Image, batches them, and keeps each image a function of its own seed."""
+    from serving import tiny_models
 
-    engine = DiffusionEngine(DiffusionEngineConfig(model=str(make_tiny_sdxl(tmp_path / "sdxl")), device="cpu"))
-    assert type(engine.pipe).__name__ == "StableDiffusionXLPipeline"
-    a, b = engine.render([req(0, 5, guidance_scale=5.0), req(1, 6, guidance_scale=5.0)])
+    path = getattr(tiny_models, builder)(tmp_path / "model")
+    engine = DiffusionEngine(DiffusionEngineConfig(model=str(path), device="cpu"))
+    assert type(engine.pipe).__name__ == pipeline
+    a, b = engine.render([req(0, 5, **kw), req(1, 6, **kw)])
     assert a.batch_size == 2 and a.png != b.png
-    alone = engine.render([req(0, 5, guidance_scale=5.0)])[0]  # its seed decides, not its batch neighbours
+    alone = engine.render([req(0, 5, **kw)])[0]
     assert np.abs(pixels(alone.png) - pixels(a.png)).max() <= 2
 
 

@@ -5,8 +5,8 @@ images/s, the engine/plain ratio and MFU = FLOPs (counted with torch.utils.flop_
 / peak. ``--tiny`` runs the tiny CPU model instead (what CI runs, to keep the script working).
 
 Architectures (``serving.tiny_models``): ``sd15`` (860M UNet, CLIP ViT-L/14, SD VAE; 512², 25 steps, CFG 7.5, fp16)
-and ``sdxl`` (2.6B UNet, CLIP ViT-L + bigG, SDXL VAE; 1024², 25 steps, CFG 5, bf16). A FLUX.1-schnell builder is not
-written yet (it needs a T5 tokenizer built offline).
+and ``sdxl`` (2.6B UNet, CLIP ViT-L + bigG, SDXL VAE; 1024², 25 steps, CFG 5, bf16). ``flux`` runs tiny only: the
+full-size FLUX.1-schnell builder (12B transformer + T5-XXL, built directly on the GPU) is not written yet.
 
 On a lent GPU machine (torch + diffusers there; promptbeam's own code travels with the tree):
     PYTHONPATH=. python -m benchmarks.gpu.bench_renderer --arch sd15 --batch 8 --reps 3
@@ -37,6 +37,7 @@ OPTION_SETS = {
 ARCHS = {  # arch: (tiny builder, real builder, size, steps, guidance, dtype)
     "sd15": ("make_tiny_diffusion", "make_random_sd15", 512, 25, 7.5, "float16"),
     "sdxl": ("make_tiny_sdxl", "make_random_sdxl", 1024, 25, 5.0, "bfloat16"),
+    "flux": ("make_tiny_flux", None, 1024, 4, 0.0, "bfloat16"),  # full-size FLUX.1-schnell builder: not yet
 }
 
 
@@ -46,6 +47,8 @@ def build_pipeline(arch: str, tiny: bool, workdir: Path):
     from serving import tiny_models
 
     path = workdir / f"{arch}{'-tiny' if tiny else ''}"
+    if ARCHS[arch][0 if tiny else 1] is None:
+        raise SystemExit(f"no full-size random-weight builder for {arch!r} yet; use --tiny")
     if not path.exists():
         getattr(tiny_models, ARCHS[arch][0 if tiny else 1])(path)
     return str(path), AutoPipelineForText2Image
@@ -98,6 +101,8 @@ def main() -> None:
     args.dtype = args.dtype or dtype_name
     if args.tiny:
         args.size, args.steps, args.dtype = min(args.size, 64), min(args.steps, 4), "float32"
+        if args.arch == "flux":
+            args.size = 32  # FLUX packs 2x2 latent patches: sizes must divide by 16
     dtype = getattr(torch, args.dtype)
     args.workdir.mkdir(parents=True, exist_ok=True)
     path, pipe_cls = build_pipeline(args.arch, args.tiny, args.workdir)
