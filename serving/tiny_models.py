@@ -169,31 +169,34 @@ def _make_sd_pipeline(out: Path, seed: int, unet: dict, vae: dict, text: dict, t
     return out
 
 
+# Shapes of diffusers' own fast tests: two resolution levels, 32/64 channels.
+_TINY_UNET = dict(
+    block_out_channels=(32, 64),
+    sample_size=32,
+    in_channels=4,
+    out_channels=4,
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+    norm_num_groups=32,
+)
+_TINY_VAE = dict(
+    block_out_channels=[32, 64],
+    in_channels=3,
+    out_channels=3,
+    down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
+    up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
+    latent_channels=4,
+    norm_num_groups=32,
+)
+
+
 def make_tiny_diffusion(out: str | os.PathLike, seed: int = 0) -> Path:
     """A Stable-Diffusion-style text-to-image pipeline with random weights (shapes as in diffusers' own tests)."""
     return _make_sd_pipeline(
         Path(out),
         seed,
-        unet=dict(
-            block_out_channels=(32, 64),
-            layers_per_block=1,
-            sample_size=32,
-            in_channels=4,
-            out_channels=4,
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-            cross_attention_dim=32,
-            norm_num_groups=32,
-        ),
-        vae=dict(
-            block_out_channels=[32, 64],
-            in_channels=3,
-            out_channels=3,
-            down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
-            up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
-            latent_channels=4,
-            norm_num_groups=32,
-        ),
+        unet=dict(_TINY_UNET, layers_per_block=1, cross_attention_dim=32),
+        vae=_TINY_VAE,
         text=dict(
             hidden_size=32,
             intermediate_size=37,
@@ -313,6 +316,16 @@ def make_tiny_models(root: str | os.PathLike, force: bool = False) -> dict[str, 
     return paths
 
 
+# The Stable Diffusion VAE (SD1.5 and SDXL share the architecture; SDXL rescales latents differently).
+_SD_VAE = dict(
+    block_out_channels=(128, 256, 512, 512),
+    down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4,
+    layers_per_block=2,
+    latent_channels=4,
+)
+
+
 def make_random_sd15(out: str | os.PathLike, seed: int = 0) -> Path:
     """A Stable Diffusion 1.5-architecture pipeline (860M UNet, ViT-L/14 text encoder, SD VAE) with random weights.
 
@@ -331,14 +344,7 @@ def make_random_sd15(out: str | os.PathLike, seed: int = 0) -> Path:
             cross_attention_dim=768,
             attention_head_dim=8,
         ),
-        vae=dict(
-            block_out_channels=(128, 256, 512, 512),
-            down_block_types=("DownEncoderBlock2D",) * 4,
-            up_block_types=("UpDecoderBlock2D",) * 4,
-            layers_per_block=2,
-            latent_channels=4,
-            sample_size=512,
-        ),
+        vae=dict(_SD_VAE, sample_size=512),
         text=dict(
             vocab_size=49408,
             hidden_size=768,
@@ -356,13 +362,8 @@ def make_tiny_sdxl(out: str | os.PathLike, seed: int = 0) -> Path:
         Path(out),
         seed,
         unet=dict(
-            block_out_channels=(32, 64),
+            _TINY_UNET,
             layers_per_block=2,
-            sample_size=32,
-            in_channels=4,
-            out_channels=4,
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
             attention_head_dim=(2, 4),
             use_linear_projection=True,
             addition_embed_type="text_time",
@@ -370,16 +371,8 @@ def make_tiny_sdxl(out: str | os.PathLike, seed: int = 0) -> Path:
             transformer_layers_per_block=(1, 2),
             projection_class_embeddings_input_dim=8 * 6 + 32,  # 6 time ids x 8 + pooled text_encoder_2 output
             cross_attention_dim=64,  # both encoders' hidden sizes, concatenated
-            norm_num_groups=32,
         ),
-        vae=dict(
-            block_out_channels=[32, 64],
-            down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
-            up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
-            latent_channels=4,
-            sample_size=128,
-            norm_num_groups=32,
-        ),
+        vae=dict(_TINY_VAE, sample_size=128),
         text=dict(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
                   vocab_size=_CLIP_VOCAB_SIZE, hidden_act="gelu", projection_dim=32),
         text_2=dict(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
@@ -407,15 +400,7 @@ def make_random_sdxl(out: str | os.PathLike, seed: int = 0) -> Path:
             projection_class_embeddings_input_dim=2816,  # 6 x 256 + 1280
             cross_attention_dim=2048,  # 768 + 1280
         ),
-        vae=dict(
-            block_out_channels=(128, 256, 512, 512),
-            down_block_types=("DownEncoderBlock2D",) * 4,
-            up_block_types=("UpDecoderBlock2D",) * 4,
-            layers_per_block=2,
-            latent_channels=4,
-            sample_size=1024,
-            scaling_factor=0.13025,
-        ),
+        vae=dict(_SD_VAE, sample_size=1024, scaling_factor=0.13025),
         text=dict(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
                   num_attention_heads=12, hidden_act="quick_gelu", projection_dim=768),
         text_2=dict(vocab_size=49408, hidden_size=1280, intermediate_size=5120, num_hidden_layers=32,
