@@ -57,6 +57,12 @@ api = FastAPI(
 )
 
 
+def _log_failure(task: asyncio.Task) -> None:
+    """A campaign task that died (not cancelled) leaves its reason in the replica log; its status says 'failed'."""
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("campaign task failed: %r", task.exception())
+
+
 @serve.ingress(api)
 class CampaignIngress:
     def __init__(self, diffusion, llm, config: AppConfig):
@@ -100,7 +106,7 @@ class CampaignIngress:
             raise HTTPException(409, str(exc)) from exc
         resumed = len(await asyncio.to_thread(store.done_intents))
         task = asyncio.create_task(runner.run())
-        task.add_done_callback(lambda t: t.cancelled() or t.exception() and logger.error("campaign %s: %r", cid, t.exception()))
+        task.add_done_callback(_log_failure)
         self.runs[cid] = (runner, task)
         return CampaignAccepted(id=cid, state=runner.status.state, intents=len(spec.intents), resumed_intents=resumed,
                                 status_url=f"/v1/campaigns/{cid}", results_url=f"/v1/campaigns/{cid}/results")

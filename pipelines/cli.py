@@ -32,10 +32,6 @@ def make_tiny(
         console.print(f"{name:10s} {path}")
 
 
-def _safe_name(candidate_id: str) -> str:
-    return candidate_id.replace("/", "__")
-
-
 @app.command()
 def search(
     text: str = typer.Argument(..., help="The intent: what you want to see."),
@@ -90,10 +86,12 @@ async def _search(intent, config, prof, out: Path) -> None:
             baseline = await planner.run_baseline(intent, result.counts.images, checks=result.checks)
     finally:
         llm_engine.shutdown()
+    from pipelines.store import CampaignStore
+
     (out / "images").mkdir(parents=True, exist_ok=True)
     for res in (result, baseline):
         for cid, png in res.images.items():
-            (out / "images" / f"{_safe_name(cid)}.png").write_bytes(png)
+            (out / "images" / CampaignStore.image_name(cid)).write_bytes(png)
     (out / "result.json").write_text(result.model_dump_json(indent=2))
     (out / "baseline.json").write_text(baseline.model_dump_json(indent=2))
     table = Table(title=f"intent: {intent.text}")
@@ -239,8 +237,10 @@ def _finish_report(campaign_dir: Path, status: dict | None = None) -> None:
     for col in ("intent", "best", "baseline", "Δ", "images", "stop"):
         table.add_column(col)
     manifest = store.read_manifest() or {}
+    def fmt(x: float | None) -> str:
+        return "-" if x is None else f"{x:.3f}"
+
     for r in store.iter_results(manifest.get("intent_ids", [])):
-        fmt = lambda x: "-" if x is None else f"{x:.3f}"  # noqa: E731
         table.add_row(r["intent_id"], fmt(r.get("best_score")), fmt(r.get("baseline_best_score")),
                       fmt(r.get("improvement")), str(r.get("images", 0)), r.get("stop_reason", r["status"]))
     Console().print(table)

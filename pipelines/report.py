@@ -93,8 +93,9 @@ def _tree(store, lineage: list[dict[str, Any]], best_id: str | None, embed: bool
 def write_report(store: CampaignStore, out_name: str = "report.html") -> str:
     """Render the campaign in ``store`` to ``<campaign>/report.html``; returns its path."""
     manifest = store.read_manifest() or {}
-    order = manifest.get("intent_ids") or sorted(store.done_intents())
-    parts = [(i, store.read_part(i)) for i in order if i in store.done_intents()]
+    done = store.done_intents()  # one listing, not one per intent
+    order = manifest.get("intent_ids") or sorted(done)
+    parts = [(i, store.read_part(i)) for i in order if i in done]
     embed_lineage = len(parts) <= EMBED_LINEAGE_IMAGES_UP_TO
     rows, sections = [], []
     improvements = [p["result"]["improvement"] for _, p in parts if p["result"].get("improvement") is not None]

@@ -110,9 +110,13 @@ class _Noop:
     def observe(self, *a, **k): ...
 
 
+_NOOP = _Noop()
+
+
 class Metrics:
     """Creates each metric once per process. Outside a Ray worker every metric is a no-op, so engines and the
-    runner can record unconditionally (tests, in-process runs)."""
+    runner can record unconditionally (tests, in-process runs). Only real metrics are cached: a process that records
+    before ``ray.init`` still gets real metrics afterwards."""
 
     _cache: dict[str, Any] = {}
 
@@ -120,22 +124,23 @@ class Metrics:
     def get(cls, spec: MetricSpec):
         if spec.name in cls._cache:
             return cls._cache[spec.name]
-        metric: Any = _Noop()
         try:
             import ray
 
-            if ray.is_initialized():
-                from ray.serve import metrics as sm
+            if not ray.is_initialized():
+                return _NOOP
+            from ray.serve import metrics as sm
 
-                if spec.kind == "counter":
-                    metric = sm.Counter(spec.name, description=spec.description, tag_keys=spec.tag_keys)
-                elif spec.kind == "gauge":
-                    metric = sm.Gauge(spec.name, description=spec.description, tag_keys=spec.tag_keys)
-                else:
-                    metric = sm.Histogram(spec.name, description=spec.description, boundaries=list(spec.buckets),
-                                          tag_keys=spec.tag_keys)
-        except Exception:  # never fail the request path over a metric
+            if spec.kind == "counter":
+                metric = sm.Counter(spec.name, description=spec.description, tag_keys=spec.tag_keys)
+            elif spec.kind == "gauge":
+                metric = sm.Gauge(spec.name, description=spec.description, tag_keys=spec.tag_keys)
+            else:
+                metric = sm.Histogram(spec.name, description=spec.description, boundaries=list(spec.buckets),
+                                      tag_keys=spec.tag_keys)
+        except Exception:  # never fail the request path over a metric (and say so once)
             logger.exception("metric %s unavailable", spec.name)
+            metric = _NOOP
         cls._cache[spec.name] = metric
         return metric
 

@@ -119,3 +119,51 @@ def test_rejected_intents_are_recorded():
 def test_bad_specs_are_rejected_with_the_reason(body, message):
     with pytest.raises(ValidationError, match=message):
         CampaignSpec.model_validate(body)
+
+
+KILL_CHILD = r"""
+import asyncio, sys
+from pipelines.campaign import CampaignRunner, CampaignSpec
+from pipelines.store import CampaignStore
+from tests.fakes import FakeRenderer, ScriptedLLM
+
+class SlowRenderer(FakeRenderer):
+    async def render(self, requests):
+        await asyncio.sleep(0.3)
+        return await super().render(requests)
+
+spec = CampaignSpec.model_validate_json(sys.argv[1])
+renderer = SlowRenderer()
+asyncio.run(CampaignRunner(spec, spec.search_config({}), renderer, ScriptedLLM(renderer), CampaignStore(sys.argv[2])).run())
+"""
+
+
+def test_resume_after_the_runner_process_is_killed(tmp_path):
+    """SIGKILL the process running a campaign mid-way (no cleanup runs), then resume: every intent exactly once."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    s = spec(10)
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen([sys.executable, "-c", KILL_CHILD, s.model_dump_json(), str(tmp_path)], cwd=root,
+                            env={**os.environ, "PYTHONPATH": str(root)})
+    store = CampaignStore(str(tmp_path))
+    deadline = time.time() + 120
+    while len(store.done_intents()) < 3 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    committed = store.done_intents()
+    assert 3 <= len(committed) < 10, committed
+    assert not (tmp_path / "results.jsonl").exists()  # killed before compiling: only parts exist
+    status = asyncio.run(runner(s, store).run())
+    assert status.intents_skipped == len(committed) and status.intents_done == 10
+    results = read_jsonl(tmp_path / "results.jsonl")
+    assert [r["intent_id"] for r in results] == [f"i{k}" for k in range(10)]
+    lineage = read_jsonl(tmp_path / "lineage.jsonl")
+    keys = [(line["mode"], line["id"]) for line in lineage]
+    assert len(keys) == len(set(keys)) == sum(r["images"] + r["baseline_images"] for r in results)

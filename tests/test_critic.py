@@ -52,3 +52,27 @@ def test_extra_scorers_are_weighted_and_held_out_ones_only_reported():
     assert critique.score == pytest.approx((1 + 1 + 1 + 3 * 0.0) / (3 + 3))  # the extra scorer pulls it down
     assert critique.held_out == {"aesthetic": pytest.approx(0.2)}
     assert "aesthetic" not in critique.scores  # reported, never optimised
+
+
+def test_critic_timeout_is_a_recorded_model_failure():
+    """A critic that does not answer in time fails the candidate (status failed, reason recorded); the search goes on."""
+    from agents.config import SearchConfig
+    from agents.messages import CandidateStatus
+    from agents.planner import BeamSearchPlanner
+    from agents.rewriter import Rewriter
+
+    renderer = FakeRenderer()
+    llm = ScriptedLLM(renderer)
+
+    class SlowCritiques:
+        async def chat(self, request):
+            if "/critique" in request.request_id and "/r0/p0/" in request.request_id:
+                await asyncio.sleep(5)
+            return await llm.chat(request)
+
+    slow = SlowCritiques()
+    planner = BeamSearchPlanner(renderer, Rewriter(slow), Critic(slow, timeout_s=0.2), SearchConfig(rounds=2))
+    result = asyncio.run(planner.run(Intent(id="t", text="a cat")))
+    timed_out = [c for c in result.candidates if c.id.startswith("t/r0/p0/")]
+    assert timed_out and all(c.status == CandidateStatus.failed and "timed out" in c.error for c in timed_out)
+    assert result.rounds_run == 2 and result.best is not None

@@ -7,6 +7,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -128,3 +129,14 @@ def test_every_dashboard_expression_returns_data_from_real_prometheus(serve_app,
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_metrics_outside_ray_are_noops_that_are_not_cached():
+    """Recording before ray.init must not pin a no-op for the life of the process (fresh interpreter, no Ray)."""
+    code = (
+        "from serving import metrics as m\n"
+        "m.inc(m.ROUNDS, campaign='x'); m.observe(m.RENDER_BATCH_SIZE, 4)\n"
+        "print(sorted(m.Metrics._cache))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT, timeout=120)
+    assert out.stdout.strip() == "[]"

@@ -11,12 +11,9 @@ from collections import defaultdict
 
 from agents.messages import RenderRequest, RenderResult
 from serving.config import DiffusionEngineConfig
+from serving.engines.common import ModelLoadError, looks_local
 
 logger = logging.getLogger(__name__)
-
-
-class ModelLoadError(RuntimeError):
-    """A model could not be loaded (unknown id, missing directory, incomplete files)."""
 
 
 def resolve_device(device: str) -> str:
@@ -35,11 +32,6 @@ def resolve_dtype(dtype: str, device: str):
     if dtype == "auto":
         return torch.bfloat16 if device == "cuda" else torch.float32
     return getattr(torch, dtype)
-
-
-def looks_local(model: str) -> bool:
-    """Hub ids are 'name' or 'org/name'; anything else (a path) must exist on disk."""
-    return model.startswith((".", "/", "~")) or model.count("/") > 1 or os.path.exists(os.path.expanduser(model))
 
 
 def encode_png(image) -> bytes:

@@ -11,7 +11,7 @@ import uuid
 
 from agents.messages import ChatMessage, ChatRequest, ChatResult, ImagePart
 from serving.config import LLMEngineConfig
-from serving.engines.diffusion import ModelLoadError, looks_local
+from serving.engines.common import ModelLoadError, looks_local
 
 logger = logging.getLogger(__name__)
 
@@ -88,10 +88,8 @@ class LLMEngine:
             if "does not appear to have" in str(exc) or isinstance(exc, OSError):
                 raise ModelLoadError(f"could not load LLM {config.model!r}: {exc}") from exc
             raise
-        from transformers import AutoTokenizer
-
-        # The chat template lives with the tokenizer; vLLM's own tokenizer is the same files.
-        self.tokenizer = AutoTokenizer.from_pretrained(model)
+        # vLLM already loaded the tokenizer (and its chat template): use that one rather than load it again.
+        self.tokenizer = self.engine.tokenizer
         self.load_seconds = time.perf_counter() - t0
         logger.info("vLLM engine for %s ready in %.1fs", config.model, self.load_seconds)
 
