@@ -115,6 +115,7 @@ class Critic:
     def build_decompose_request(self, intent: Intent, *, request_id: str, seed: int) -> ChatRequest:
         return ChatRequest(
             request_id=request_id,
+            purpose="decompose",
             messages=[
                 ChatMessage(
                     role="system",
@@ -149,6 +150,7 @@ class Critic:
         data = {"intent": intent.text, "questions": [{"id": c.id, "question": c.question} for c in checks]}
         return ChatRequest(
             request_id=request_id,
+            purpose="critique",
             messages=[
                 ChatMessage(role="system", content=prompts.render("critic", "critique_system")),
                 ChatMessage(

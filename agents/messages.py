@@ -115,6 +115,16 @@ class RenderRequest(Message):
         return (self.width, self.height, self.steps, self.guidance_scale)
 
 
+class RendererInfo(Message):
+    """What a renderer tells its callers about the prompts it can read."""
+
+    model: str
+    max_prompt_tokens: int | None = Field(
+        default=None, description="Tokens the text encoder reads (77 for CLIP, incl. start/end); longer is truncated."
+    )
+    tokenizer: str | None = Field(default=None, description="Which tokenizer counts them, e.g. 'CLIPTokenizer'.")
+
+
 class RenderResult(Message):
     """A rendered image plus what produced it."""
 
@@ -167,10 +177,15 @@ class ChatMessage(Message):
         return [p.png for p in self.content if isinstance(p, ImagePart)]
 
 
+ChatPurpose = Literal["decompose", "rewrite", "critique", "other"]
+"""Why a chat request was made; metrics and logs label requests by it (never by parsing request ids)."""
+
+
 class ChatRequest(Message):
     """A chat completion, optionally constrained to a JSON schema (guided decoding)."""
 
     request_id: str = Field(min_length=1, max_length=256)
+    purpose: ChatPurpose = Field(default="other", description="decompose | rewrite | critique | other.")
     messages: list[ChatMessage] = Field(min_length=1)
     json_schema: dict[str, Any] | None = Field(default=None, description="Constrain the output to this JSON schema.")
     max_tokens: int = Field(default=256, ge=1, le=32768)

@@ -156,6 +156,14 @@ class BeamSearchPlanner:
                     break
         return self._result(state, checks, rounds_run, stop_reason, best_per_round)
 
+    async def run_with_baseline(self, intent: Intent, baseline: bool = True) -> tuple[SearchResult, SearchResult | None]:
+        """The search and, if ``baseline``, the best-of-N baseline at the same image budget: the one entry point the
+        campaign runner uses for an intent."""
+        search = await self.run(intent)
+        if not baseline or not search.counts.images:
+            return search, None
+        return search, await self.run_baseline(intent, search.counts.images, checks=search.checks)
+
     # ------------------------------------------------------------------------------------------------------------
     # Best-of-N baseline
     # ------------------------------------------------------------------------------------------------------------

@@ -5,13 +5,21 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
-from agents.messages import ChatRequest, ChatResult, Intent, RenderRequest, RenderResult
+from agents.messages import ChatRequest, ChatResult, Intent, RendererInfo, RenderRequest, RenderResult
 
 
 @runtime_checkable
 class Renderer(Protocol):
     async def render(self, requests: list[RenderRequest]) -> list[RenderResult]:
         """Draw every request; results in request order. Raises on infrastructure errors."""
+        ...
+
+    async def info(self) -> RendererInfo:
+        """The model and its prompt limit (tokens its text encoder reads)."""
+        ...
+
+    async def count_tokens(self, prompts: list[str]) -> list[int]:
+        """How many tokens each prompt takes in the renderer's (limiting) text encoder, special tokens included."""
         ...
 
 

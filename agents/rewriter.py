@@ -66,6 +66,7 @@ class Rewriter:
         max_chars = self.config.max_prompt_chars
         return ChatRequest(
             request_id=request_id,
+            purpose="rewrite",
             messages=[
                 ChatMessage(role="system", content=prompts.render("rewriter", "system", k=k, max_chars=max_chars)),
                 ChatMessage(role="user", content=prompts.render("rewriter", "user", k=k, data=data)),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from agents.messages import ChatRequest, ChatResult, RenderRequest, RenderResult
+from agents.messages import ChatRequest, ChatResult, RendererInfo, RenderRequest, RenderResult
 
 
 class LocalRenderer:
@@ -16,6 +16,12 @@ class LocalRenderer:
 
     async def render(self, requests: list[RenderRequest]) -> list[RenderResult]:
         return await asyncio.to_thread(self.engine.render, requests)
+
+    async def info(self) -> RendererInfo:
+        return self.engine.info()
+
+    async def count_tokens(self, prompts: list[str]) -> list[int]:
+        return self.engine.count_tokens(prompts)
 
 
 class LocalLanguageModel:
@@ -37,6 +43,12 @@ class ServeRenderer:
 
     async def render(self, requests: list[RenderRequest]) -> list[RenderResult]:
         return list(await asyncio.gather(*(self.handle.render.remote(r) for r in requests)))
+
+    async def info(self) -> RendererInfo:
+        return await self.handle.info.remote()
+
+    async def count_tokens(self, prompts: list[str]) -> list[int]:
+        return await self.handle.count_tokens.remote(prompts)
 
 
 class ServeLanguageModel:

@@ -18,7 +18,7 @@ import logging
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ray import serve
 
-from agents.messages import ChatRequest, ChatResult, RenderRequest, RenderResult
+from agents.messages import ChatRequest, ChatResult, RendererInfo, RenderRequest, RenderResult
 from serving import metrics
 from serving.config import DiffusionEngineConfig, LLMEngineConfig
 
@@ -98,6 +98,12 @@ class DiffusionDeployment:
     async def render(self, request: RenderRequest) -> RenderResult:
         return await self._render_batch(request)
 
+    def info(self) -> RendererInfo:
+        return self.engine.info()
+
+    def count_tokens(self, prompts: list[str]) -> list[int]:
+        return self.engine.count_tokens(prompts)
+
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.05)
     async def _render_batch(self, requests: list[RenderRequest]) -> list[RenderResult]:
         # The pipeline call blocks for seconds: run it off the replica's event loop so it keeps accepting requests
@@ -122,7 +128,7 @@ class LLMDeployment:
 
     async def chat(self, request: ChatRequest) -> ChatResult:
         result = await self.engine.chat(request)
-        kind = metrics.request_kind(request.request_id)
+        kind = request.purpose
         metrics.observe(metrics.LLM_LATENCY, result.seconds, kind=kind)
         metrics.inc(metrics.LLM_TOKENS, result.prompt_tokens, kind=kind, type="prompt")
         metrics.inc(metrics.LLM_TOKENS, result.completion_tokens, kind=kind, type="completion")

@@ -96,14 +96,6 @@ def exported(spec: MetricSpec, suffix: str = "") -> str:
     return f"{EXPORT_NAMESPACE}{spec.name}{suffix}"
 
 
-def request_kind(request_id: str) -> str:
-    """decompose | rewrite | critique | other, from the planner's request-id scheme."""
-    for kind in ("decompose", "rewrite", "critique"):
-        if kind in request_id:
-            return kind
-    return "other"
-
-
 class _Noop:
     def inc(self, *a, **k): ...
     def set(self, *a, **k): ...

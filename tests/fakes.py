@@ -7,7 +7,7 @@ import io
 import json
 from collections.abc import Callable
 
-from agents.messages import ChatRequest, ChatResult, RenderRequest, RenderResult
+from agents.messages import ChatRequest, ChatResult, RendererInfo, RenderRequest, RenderResult
 
 
 def origin(png: bytes) -> tuple[str, int]:
@@ -28,6 +28,15 @@ class FakeRenderer:
         self.keep_calls = keep_calls
         self.size = size
         self.fail_with: Exception | None = None
+
+    max_prompt_tokens = 77
+
+    async def info(self) -> RendererInfo:
+        return RendererInfo(model="fake", max_prompt_tokens=self.max_prompt_tokens, tokenizer="words+2")
+
+    async def count_tokens(self, prompts: list[str]) -> list[int]:
+        """One token per word plus start and end, like CLIP counts short words."""
+        return [len(p.split()) + 2 for p in prompts]
 
     async def render(self, requests: list[RenderRequest]) -> list[RenderResult]:
         import numpy as np

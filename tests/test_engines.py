@@ -247,3 +247,10 @@ def test_prompt_longer_than_the_context_is_reported_not_raised(vlm_engine, loop_
     result = loop_thread.run(vlm_engine.chat(chat(0, "apple " * 5000, max_tokens=4)))
     assert result.error and "context length" in result.error
     assert result.text == "" and result.parsed is None
+
+
+def test_renderer_reports_its_prompt_limit_and_counts_tokens(diffusion_engine):
+    info = diffusion_engine.info()
+    assert info.max_prompt_tokens == 77 and info.tokenizer.startswith("CLIPTokenizer")
+    short, long = diffusion_engine.count_tokens(["a red apple", "apple " * 100])
+    assert 3 <= short < 10 and long > info.max_prompt_tokens

@@ -9,7 +9,7 @@ import threading
 import time
 from collections import defaultdict
 
-from agents.messages import RenderRequest, RenderResult
+from agents.messages import RendererInfo, RenderRequest, RenderResult
 from serving.config import DiffusionEngineConfig
 from serving.engines.common import ModelLoadError, looks_local
 
@@ -110,6 +110,29 @@ class DiffusionEngine:
     @property
     def model_name(self) -> str:
         return self.config.model
+
+    def _limiting_tokenizer(self):
+        """The tokenizer whose limit truncates prompts: T5's where the pipeline has one (FLUX, SD3), else CLIP's."""
+        tok2 = getattr(self.pipe, "tokenizer_2", None)
+        if tok2 is not None and "T5" in type(tok2).__name__:
+            return tok2, 512  # FluxPipeline's default max_sequence_length
+        tok = getattr(self.pipe, "tokenizer", None)
+        if tok is None:
+            return None, None
+        return tok, int(tok.model_max_length)
+
+    def info(self) -> RendererInfo:
+        """The model and the number of tokens its text encoder reads (longer prompts are cut silently by diffusers)."""
+        tok, limit = self._limiting_tokenizer()
+        return RendererInfo(model=self.config.model, max_prompt_tokens=limit,
+                            tokenizer=type(tok).__name__ if tok is not None else None)
+
+    def count_tokens(self, prompts: list[str]) -> list[int]:
+        """Tokens per prompt in the limiting tokenizer, start/end tokens included (compare with ``info()``)."""
+        tok, _ = self._limiting_tokenizer()
+        if tok is None:
+            return [len(p.split()) for p in prompts]
+        return [len(ids) for ids in tok(list(prompts), truncation=False)["input_ids"]]
 
     def render(self, requests: list[RenderRequest]) -> list[RenderResult]:
         """Render all requests, in order. Requests are grouped by their shape settings (size, steps, guidance): each
