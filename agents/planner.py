@@ -241,10 +241,11 @@ class BeamSearchPlanner:
         k = self.config.candidates_per_beam
         suffix = "/retry" if retry else ""
         request_ids = [f"{state.intent.id}/r{r}/rewrite{i}{suffix}" for i in range(len(parents))]
+        scores = self._branch_scores(state)
         replies = await asyncio.gather(
             *(
                 self.rewriter.propose(
-                    self._context(state, parent, r, k, max_tokens),
+                    self._context(state, scores, parent, r, k, max_tokens),
                     request_id=rid, seed=stable_seed(self.config.base_seed, rid), temperature=temperature,
                 )
                 for parent, rid in zip(parents, request_ids)
@@ -424,8 +425,11 @@ class BeamSearchPlanner:
     # The rewriter's context
     # ------------------------------------------------------------------------------------------------------------
 
-    def _context(self, state: SearchCheckpoint, parent: str | None, r: int, k: int, max_tokens: int | None):
-        scores = self._branch_scores(state)
+    def _context(
+        self, state: SearchCheckpoint, scores: dict[str, float], parent: str | None, r: int, k: int,
+        max_tokens: int | None,
+    ) -> RewriteContext:
+        """What the rewriter sees for extending ``parent`` (None in round 0); ``scores`` are the branch scores."""
         questions = {c.id: c.question for c in state.checks}
         ancestry: list[BranchStep] = []
         prompt = parent

@@ -77,7 +77,9 @@ def seed_adjusted_means(
     shrunk toward 0 by ``ridge`` pseudo-observations. Why: in a paired search a child keeps its parent's best seed and
     adds a new one, so raw means would credit children with their parent's lucky seed; the seed effects, estimated
     from every prompt rendered on a seed, remove that. When all prompts share one seed set (round 0), ``m`` equals the
-    plain mean; when no seed is shared (fresh seeds), it also equals the plain mean.
+    plain mean; when no seed is shared (fresh seeds), it also equals the plain mean. Each result is clipped to the
+    range of the prompt's own scores: the model may move a prompt within what it was seen to score, never beyond (so a
+    score threshold is reached only by a prompt that did reach it on some seed).
     """
     by_prompt: dict[str, list[tuple[int, float]]] = {}
     by_seed: dict[int, list[tuple[str, float]]] = {}
@@ -92,7 +94,7 @@ def seed_adjusted_means(
         m = new
         if delta < tol:
             break
-    return m
+    return {p: min(max(m[p], min(y for _, y in obs)), max(y for _, y in obs)) for p, obs in by_prompt.items()}
 
 
 # --------------------------------------------------------------------------------------------------------------------
