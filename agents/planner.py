@@ -80,6 +80,21 @@ def baseline_sampled(intent_id: str, fraction: float, base_seed: int) -> bool:
     return stable_seed(base_seed, intent_id, "baseline-sample") / 2**31 < fraction
 
 
+def baseline_fraction(policy: str) -> float:
+    """The share of intents that get a baseline under a campaign's ``baseline`` policy: ``all`` (1), ``none`` (0) or
+    ``sample:<fraction>``. Raises ValueError naming the policy otherwise."""
+    if policy in ("all", "none"):
+        return 1.0 if policy == "all" else 0.0
+    head, _, tail = policy.partition(":")
+    try:
+        fraction = float(tail) if head == "sample" else None
+    except ValueError:
+        fraction = None
+    if fraction is None or not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"baseline policy must be 'all', 'none' or 'sample:<fraction in [0, 1]>' but is {policy!r}")
+    return fraction
+
+
 def check_intent(intent: Intent, config: SearchConfig) -> str | None:
     """Why the intent cannot be searched under ``config`` as given (None if it can). Also for submit-time checks."""
     if intent.negative_prompt and config.guidance_scale <= 1.0:

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from agents.config import RewriterConfig, SearchConfig
 from agents.critic import Critic
 from agents.messages import CallCounts, CandidateStatus, Intent, SearchCheckpoint
-from agents.planner import BeamSearchPlanner, IntentRejected, baseline_sampled, check_intent
+from agents.planner import BeamSearchPlanner, IntentRejected, baseline_fraction, baseline_sampled, check_intent
 from agents.ports import ImageCritic, PromptRewriter
 from agents.rewriter import Rewriter
 from tests.fakes import CountingRewriter, DictSink, FakeRenderer, ScriptedCritic, ScriptedLLM, origin
@@ -456,6 +456,10 @@ def test_baseline_sampling_is_deterministic_and_close_to_its_fraction():
     assert not any(baseline_sampled(f"i{n}", 0.0, 0) for n in range(50))
     with pytest.raises(ValueError, match="1.5"):
         baseline_sampled("x", 1.5, 0)
+    assert [baseline_fraction(p) for p in ("all", "none", "sample:0.25")] == [1.0, 0.0, 0.25]
+    for bad in ("some", "sample:", "sample:2", "sample:x"):
+        with pytest.raises(ValueError, match="baseline policy must be"):
+            baseline_fraction(bad)
 
 
 def test_call_counts_add_field_by_field():
