@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
@@ -12,19 +14,43 @@ class _Config(BaseModel):
 class SearchConfig(_Config):
     """How hard to search for one intent.
 
-    Images per round: round 0 renders (1 original + ``candidates_per_beam`` rewrites) x ``seeds_per_prompt``; each later
-    round renders up to ``beam_width`` x ``candidates_per_beam`` x ``seeds_per_prompt``. ``max_images`` caps the total.
+    Round 0 renders the original prompt and ``candidates_per_beam`` (K) rewrites of it; each later round renders K
+    children of each of the ``beam_width`` (B) best branches. Every prompt is rendered on ``seeds_per_prompt`` (S)
+    seeds. In ``paired`` seed mode all prompts of a round share seeds (common random numbers): round 0's prompts share
+    one seed set; a child keeps its parent's best S - E seeds and adds the round's E = ``explore_seeds`` new seeds,
+    which every prompt of the round shares. ``max_images`` caps the total; a round is cut by whole prompts (every
+    prompt gets all S seeds), so selection never favours a prompt scored on fewer seeds.
+    :meth:`round_plan` / :meth:`planned_images` say what a full run renders.
     """
 
     beam_width: int = Field(default=2, ge=1, le=16, description="Branches kept after each round (B).")
     candidates_per_beam: int = Field(default=2, ge=1, le=16, description="Rewrites proposed per branch per round (K).")
-    rounds: int = Field(default=2, ge=1, le=20, description="Rounds including round 0 (R).")
-    seeds_per_prompt: int = Field(default=1, ge=1, le=8, description="Seeds rendered per prompt (S).")
+    rounds: int = Field(default=3, ge=1, le=20, description="Rounds including round 0 (R).")
+    seeds_per_prompt: int = Field(default=2, ge=1, le=8, description="Seeds each prompt is rendered on per round (S).")
+    seed_mode: Literal["paired", "fresh"] = Field(
+        default="paired",
+        description="paired: prompts of a round share seeds and children keep their parent's best seeds; "
+        "fresh: every image gets its own new seed (the unpaired ablation).",
+    )
+    explore_seeds: int = Field(
+        default=1, ge=0, le=8,
+        description="Paired mode, rounds >= 1: of a prompt's S seeds, this many are new seeds shared by the round; "
+        "the other S - E are its parent's best seeds. 0 never explores; S never carries.",
+    )
     max_images: int = Field(default=64, ge=1, le=10_000, description="Image budget of one intent; never exceeded.")
-    score_threshold: float = Field(default=1.0, ge=0.0, le=1.0, description="Stop once the best score reaches this.")
+    score_threshold: float = Field(
+        default=1.0, ge=0.0, le=1.0, description="Stop after the first round whose best branch score reaches this."
+    )
     patience: int = Field(default=2, ge=1, le=20, description="Stop after this many rounds without improvement.")
-    min_improvement: float = Field(default=1e-3, ge=0.0, le=1.0, description="Smaller gains count as no improvement.")
+    min_improvement: float = Field(
+        default=1e-3, ge=0.0, le=1.0, description="A smaller gain of the best branch score counts as no improvement."
+    )
     temperature: float = Field(default=0.8, ge=0.0, le=2.0, description="Rewriter sampling temperature.")
+    retry_temperature: float = Field(
+        default=1.2, ge=0.0, le=2.0,
+        description="Temperature of the one retry of a round whose rewrites were all unusable (duplicate, too long, "
+        "blocked); if the retry fails too, the round renders the beam's prompts on new seeds instead.",
+    )
     base_seed: int = Field(default=0, ge=0, lt=2**31, description="Seeds of an intent derive from this and its id.")
     run_baseline: bool = Field(default=True, description="Also run best-of-N of the original prompt at equal budget.")
     steps: int = Field(default=4, ge=1, le=200, description="Denoising steps per image.")
@@ -34,35 +60,56 @@ class SearchConfig(_Config):
 
     @model_validator(mode="after")
     def _consistent(self) -> SearchConfig:
-        round0 = (1 + self.candidates_per_beam) * self.seeds_per_prompt
+        k, s = self.candidates_per_beam, self.seeds_per_prompt
+        round0 = (1 + k) * s
         if self.max_images < round0:
             raise ValueError(
                 f"max_images ({self.max_images}) must be at least the images of round 0: "
-                f"(1 + candidates_per_beam ({self.candidates_per_beam})) x seeds_per_prompt ({self.seeds_per_prompt})"
-                f" = {round0}"
+                f"(1 + candidates_per_beam ({k})) x seeds_per_prompt ({s}) = {round0}"
             )
-        if self.beam_width > (1 + self.candidates_per_beam) * self.seeds_per_prompt * max(1, self.rounds):
+        if self.explore_seeds > s:
+            raise ValueError(f"explore_seeds ({self.explore_seeds}) must be at most seeds_per_prompt ({s})")
+        prompts = sum(self.round_plan())
+        if self.beam_width > prompts:
             raise ValueError(
-                f"beam_width ({self.beam_width}) can never be filled with candidates_per_beam "
-                f"({self.candidates_per_beam}) and seeds_per_prompt ({self.seeds_per_prompt})"
+                f"beam_width ({self.beam_width}) can never be filled: with candidates_per_beam ({k}), rounds "
+                f"({self.rounds}), seeds_per_prompt ({s}) and max_images ({self.max_images}) the search renders "
+                f"{prompts} prompts in all"
             )
         return self
 
+    def round_plan(self) -> list[int]:
+        """Prompts rendered in each round of a full run (every rewrite usable, no early stop), budget applied.
+
+        The beam after a round holds min(B, prompts so far); the next round asks K children of each; a round is cut to
+        the whole prompts that the remaining budget can render on all S seeds. The planner cuts rounds the same way."""
+        slots = self.max_images // self.seeds_per_prompt
+        plan: list[int] = []
+        width = 0
+        for r in range(self.rounds):
+            n = min(1 + self.candidates_per_beam if r == 0 else width * self.candidates_per_beam, slots)
+            if n == 0:
+                break
+            plan.append(n)
+            slots -= n
+            width = min(self.beam_width, width + n)
+        return plan
+
     def planned_images(self) -> int:
-        """Images the search renders when it runs every round and every rewrite survives (budget applied)."""
-        per_round = [(1 + self.candidates_per_beam) * self.seeds_per_prompt]
-        width = min(self.beam_width, per_round[0])
-        for _ in range(1, self.rounds):
-            per_round.append(width * self.candidates_per_beam * self.seeds_per_prompt)
-            width = min(self.beam_width, width * self.candidates_per_beam * self.seeds_per_prompt)
-        return min(self.max_images, sum(per_round))
+        """Images a full run renders (see :meth:`round_plan`); an upper bound for any run."""
+        return sum(self.round_plan()) * self.seeds_per_prompt
 
 
 class RewriterConfig(_Config):
     """The LLM that proposes prompts."""
 
     max_prompt_chars: int = Field(default=300, ge=10, le=1000, description="Longer rewrites are dropped.")
-    history_size: int = Field(default=6, ge=0, le=50, description="Earlier attempts shown, best first.")
+    history_size: int = Field(default=6, ge=0, le=50, description="Best distinct prompts shown, best first.")
+    context_tokens: int = Field(
+        default=1500, ge=200, le=32768,
+        description="Budget of the rendered user message (estimated as characters / 4): the oldest tried prompts, "
+        "then the weakest best prompts, then the oldest ancestors are dropped until it fits.",
+    )
     max_tokens: int = Field(
         default=2048, ge=16, le=16384, description="Cap on one proposal's tokens (a model stops at the JSON's end)."
     )
@@ -81,6 +128,11 @@ class CriticConfig(_Config):
     weight_quality: float = Field(default=0.15, ge=0.0, le=10.0)
     max_tokens: int = Field(default=1024, ge=16, le=16384, description="Cap on one critique's tokens.")
     decompose_max_tokens: int = Field(default=1024, ge=16, le=16384, description="Cap on the decomposition's tokens.")
+    max_pixels: int = Field(
+        default=448 * 448, ge=28 * 28, le=4096 * 4096,
+        description="Images with more pixels are downscaled (aspect kept) before they are sent to the critic: a VLM's "
+        "image tokens grow with pixels (Qwen2-VL: one per 28x28 patch).",
+    )
 
     @model_validator(mode="after")
     def _some_weight(self) -> CriticConfig:

@@ -12,11 +12,19 @@ Aggregation (weights from :class:`agents.config.CriticConfig`, extra scorers fro
                 / (w_checks + w_alignment + w_quality + sum_i w_i)
 
 Held-out scorers are computed and reported in ``Critique.held_out`` but never enter ``score``.
+:func:`build_critique` applies the formula; any critic (a VLM here, a programmatic judge elsewhere) calls it, so scores
+mean the same thing whoever answered the checks.
+
+The critique request puts the parts that are the same for every image of an intent first (system text, then the
+intent and its checks) and the image last, so a serving engine with prefix caching reuses them across the intent's
+images; the image is downscaled to ``CriticConfig.max_pixels`` first.
 """
 
 from __future__ import annotations
 
 import asyncio
+import io
+import math
 from dataclasses import dataclass
 
 from agents import prompts
@@ -33,19 +41,11 @@ from agents.messages import (
     IntentChecks,
     TextPart,
 )
-from agents.ports import LanguageModel, Scorer
+from agents.ports import CriticError, LanguageModel, Scorer
 from agents.schemas import string_list_schema
 
 QUESTION_MAX_CHARS = 150
 FEEDBACK_MAX_CHARS = 300
-
-
-class CriticError(Exception):
-    """A model-caused failure to critique (unparseable reply, timeout): recorded on the candidate."""
-
-    def __init__(self, message: str, result: ChatResult | None = None):
-        super().__init__(message)
-        self.result = result
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,57 @@ class WeightedScorer:
     scorer: Scorer
     weight: float = 1.0
     held_out: bool = False
+
+
+def build_critique(
+    config: CriticConfig,
+    checks: list[Check],
+    answers: dict[str, bool],
+    *,
+    alignment: float,
+    quality: float,
+    feedback: str = "",
+    extra: dict[str, tuple[float, float]] | None = None,
+    held_out: dict[str, float] | None = None,
+) -> Critique:
+    """The module docstring's formula. ``answers`` maps every check id to its answer; ``alignment`` and ``quality``
+    are in 0..1; ``extra`` maps an optimised scorer's name to (value in 0..1, weight)."""
+    missing = [c.id for c in checks if not isinstance(answers.get(c.id), bool)]
+    if missing:
+        raise CriticError(f"verdict does not answer every check: missing {missing}, got {answers!r}"[:300])
+    extra = extra or {}
+    answer_list = [CheckAnswer(check_id=c.id, answer=answers[c.id]) for c in checks]
+    checks_frac = sum(a.answer for a in answer_list) / len(answer_list) if answer_list else 0.0
+    total = config.weight_checks * checks_frac + config.weight_alignment * alignment + config.weight_quality * quality
+    weight = config.weight_checks + config.weight_alignment + config.weight_quality
+    for value, w in extra.values():
+        total += w * value
+        weight += w
+    return Critique(
+        answers=answer_list,
+        alignment=alignment,
+        quality=quality,
+        feedback=feedback[:FEEDBACK_MAX_CHARS],
+        scores={"checks": checks_frac, "alignment": alignment, "quality": quality}
+        | {name: value for name, (value, _) in extra.items()},
+        score=min(max(total / weight, 0.0), 1.0),
+        held_out=held_out or {},
+    )
+
+
+def fit_pixels(png: bytes, max_pixels: int) -> bytes:
+    """The PNG downscaled (aspect ratio kept) to at most ``max_pixels`` pixels; unchanged if it already fits."""
+    from PIL import Image
+
+    image = Image.open(io.BytesIO(png))
+    w, h = image.size
+    if w * h <= max_pixels:
+        return png
+    scale = math.sqrt(max_pixels / (w * h))
+    size = (max(1, math.floor(w * scale)), max(1, math.floor(h * scale)))
+    buf = io.BytesIO()
+    image.convert("RGB").resize(size, Image.Resampling.BICUBIC).save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def checks_from_structure(spec: IntentChecks, max_checks: int) -> list[Check]:
@@ -147,6 +198,7 @@ class Critic:
     def build_critique_request(
         self, png: bytes, intent: Intent, checks: list[Check], *, request_id: str, seed: int
     ) -> ChatRequest:
+        """System text, then the intent and its checks, then the image (see the module docstring for why)."""
         data = {"intent": intent.text, "questions": [{"id": c.id, "question": c.question} for c in checks]}
         return ChatRequest(
             request_id=request_id,
@@ -155,7 +207,10 @@ class Critic:
                 ChatMessage(role="system", content=prompts.render("critic", "critique_system")),
                 ChatMessage(
                     role="user",
-                    content=[ImagePart(png=png), TextPart(text=prompts.render("critic", "critique_user", data=data))],
+                    content=[
+                        TextPart(text=prompts.render("critic", "critique_user", data=data)),
+                        ImagePart(png=fit_pixels(png, self.config.max_pixels)),
+                    ],
                 ),
             ],
             json_schema=critique_schema(checks),
@@ -165,35 +220,20 @@ class Critic:
         )
 
     def aggregate(self, parsed: dict, checks: list[Check], extra: dict[str, float], held_out: dict[str, float]) -> Critique:
-        """Apply the module docstring's formula to a parsed verdict."""
-        answers_raw = parsed.get("answers")
-        if not isinstance(answers_raw, dict) or any(not isinstance(answers_raw.get(c.id), bool) for c in checks):
-            raise CriticError(f"verdict does not answer every check: {answers_raw!r}"[:300])
+        """Turn a parsed VLM verdict into a :class:`Critique` with :func:`build_critique`."""
+        answers = parsed.get("answers")
+        if not isinstance(answers, dict):
+            raise CriticError(f"verdict does not answer every check: {answers!r}"[:300])
         try:
             alignment = min(max(int(parsed["alignment"]), 0), 10) / 10
             quality = min(max(int(parsed["quality"]), 0), 10) / 10
         except (KeyError, TypeError, ValueError) as exc:
             raise CriticError(f"verdict lacks integer ratings: {exc}") from exc
-        answers = [CheckAnswer(check_id=c.id, answer=answers_raw[c.id]) for c in checks]
-        checks_frac = sum(a.answer for a in answers) / len(answers) if answers else 0.0
-        cfg = self.config
-        components = {"checks": checks_frac, "alignment": alignment, "quality": quality}
-        total = cfg.weight_checks * checks_frac + cfg.weight_alignment * alignment + cfg.weight_quality * quality
-        weight = cfg.weight_checks + cfg.weight_alignment + cfg.weight_quality
-        for ws in self.scorers:
-            if not ws.held_out:
-                total += ws.weight * extra[ws.scorer.name]
-                weight += ws.weight
-        components.update(extra)
+        weights = {ws.scorer.name: ws.weight for ws in self.scorers if not ws.held_out}
         feedback = parsed.get("feedback") if isinstance(parsed.get("feedback"), str) else ""
-        return Critique(
-            answers=answers,
-            alignment=alignment,
-            quality=quality,
-            feedback=feedback[:FEEDBACK_MAX_CHARS],
-            scores=components,
-            score=min(max(total / weight, 0.0), 1.0),
-            held_out=held_out,
+        return build_critique(
+            self.config, checks, answers, alignment=alignment, quality=quality, feedback=feedback,
+            extra={name: (value, weights[name]) for name, value in extra.items()}, held_out=held_out,
         )
 
     async def critique(

@@ -9,7 +9,7 @@ import enum
 import hashlib
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 MAX_PROMPT_CHARS = 1000
 """Longest prompt (intent text, rewrite or negative prompt) accepted anywhere. CLIP reads 77 tokens; T5-based
@@ -216,12 +216,15 @@ class ChatResult(Message):
 
 
 class Proposal(Message):
-    """What the rewriter proposed for one branch: prompts kept, prompts dropped with reasons."""
+    """What the rewriter proposed for one branch, after the planner's checks: prompts kept, prompts dropped with
+    reasons. A proposal with ``retry`` True is the one hotter retry of a round whose rewrites were all unusable."""
 
     parent_id: str | None
     prompts: list[str]
     dropped: list[tuple[str, str]] = Field(default_factory=list, description="(prompt, reason) pairs.")
     error: str | None = None
+    round: int = Field(default=0, ge=0)
+    retry: bool = False
 
 
 class Check(Message):
@@ -263,7 +266,10 @@ class Candidate(Message):
     round: int = Field(ge=0)
     prompt: str
     seed: int
-    source: Literal["original", "rewrite", "baseline"]
+    source: Literal["original", "rewrite", "reseed", "baseline"] = Field(
+        description="original: the intent's text; rewrite: a rewriter proposal; reseed: a beam prompt on new seeds "
+        "(a round whose rewrites were all unusable); baseline: best-of-N on the original."
+    )
     image: str | None = Field(default=None, description="Image reference: a store path/URI or a content hash.")
     critique: Critique | None = None
     score: float | None = None
@@ -273,22 +279,38 @@ class Candidate(Message):
 
 
 class CallCounts(Message):
-    llm_calls: int = 0
-    llm_failures: int = 0
+    """What one arm (search or baseline) of an intent cost. Adding two arms' counts gives the intent's total."""
+
+    llm_calls: int = Field(default=0, description="Chat requests sent (decompose, rewrite, critique).")
+    llm_failures: int = Field(default=0, description="Of those, replies that were unusable (model-caused).")
     prompt_tokens: int = 0
     completion_tokens: int = 0
-    images: int = 0
-    render_calls: int = 0
+    images: int = Field(default=0, description="Images rendered.")
+    render_calls: int = Field(default=0, description="Calls to the renderer (each a list of requests).")
+    render_seconds: float = Field(default=0.0, description="Sum of each image's share of its pipeline call's time.")
+    critique_seconds: float = Field(default=0.0, description="Sum of the wall time of every critique.")
 
-    def add_chat(self, result: ChatResult) -> None:
-        """Count one LLM call and its tokens."""
+    def add_chat(self, result: ChatResult | None) -> None:
+        """Count one LLM call and its tokens; ``None`` (an agent that made no LLM call) costs nothing."""
+        if result is None:
+            return
         self.llm_calls += 1
         self.prompt_tokens += result.prompt_tokens
         self.completion_tokens += result.completion_tokens
 
+    def __add__(self, other: CallCounts) -> CallCounts:
+        return CallCounts(**{k: getattr(self, k) + getattr(other, k) for k in CallCounts.model_fields})
+
+
+StopReason = Literal["rounds", "threshold", "plateau", "budget", "no_candidates"]
+
 
 class SearchResult(Message):
-    """Everything a search did: every candidate (lineage via ``parent_id``), the best one, why it stopped."""
+    """Everything one arm did for an intent: every candidate (lineage via ``parent_id``), the best one, why it stopped.
+
+    ``best_score_per_round`` is the best image score among each round's candidates (comparable with the baseline's
+    images); ``branch_score_per_round`` is the best branch's score after each round, the statistic that selection and
+    the stop rules use (see ``agents.planner``)."""
 
     intent: Intent
     mode: Literal["beam", "best_of_n"]
@@ -296,21 +318,120 @@ class SearchResult(Message):
     proposals: list[Proposal] = Field(default_factory=list, description="Every rewriter reply: kept and dropped.")
     best_id: str | None
     rounds_run: int
-    stop_reason: Literal["rounds", "threshold", "plateau", "budget", "no_candidates"]
+    stop_reason: StopReason
     best_score_per_round: list[float | None]
+    branch_score_per_round: list[float | None] = Field(default_factory=list)
     counts: CallCounts
     checks: list[Check] = Field(default_factory=list)
-    _images: dict[str, bytes] = PrivateAttr(default_factory=dict)
-
-    @property
-    def images(self) -> dict[str, bytes]:
-        """PNG bytes by candidate id, when the planner had no image sink (not serialised)."""
-        return self._images
-
-    @images.setter
-    def images(self, value: dict[str, bytes]) -> None:
-        self._images = value
 
     @property
     def best(self) -> Candidate | None:
         return next((c for c in self.candidates if c.id == self.best_id), None)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# What the planner tells a rewriter (any rewriter: LLM, rule-based) and what it answers
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class BranchStep(Message):
+    """One prompt on a branch's path from round 0, with what the critic said about it over all its seeds."""
+
+    prompt: str
+    round: int = Field(ge=0, description="Round in which this prompt was first rendered.")
+    score: float | None = Field(description="The branch statistic (seed-adjusted mean over its seeds); None if none scored.")
+    seeds: int = Field(ge=0, description="Seeds it was scored on.")
+    check_pass_rate: dict[str, float] = Field(
+        default_factory=dict, description="Check question -> share of its scored seeds on which the check passed."
+    )
+    feedback: list[str] = Field(default_factory=list, description="Distinct critic feedback, worst-scored seed first.")
+
+
+class PromptScore(Message):
+    """A distinct prompt already rendered for the intent and its branch statistic."""
+
+    prompt: str
+    score: float
+    seeds: int = Field(ge=1)
+
+
+class RewriteContext(Message):
+    """Everything a rewriter may use to propose ``k`` prompts: built by the planner, read by any rewriter.
+
+    An LLM rewriter renders it into its template (dropping the oldest entries to fit its token budget); a rule-based
+    rewriter reads the fields directly."""
+
+    intent: Intent
+    round: int = Field(ge=0)
+    k: int = Field(ge=1, description="How many prompts to propose.")
+    ancestry: list[BranchStep] = Field(
+        default_factory=list, description="The branch being extended, root first; its last entry is the parent. "
+        "Empty in round 0 (the rewriter starts from the intent)."
+    )
+    failed_checks: list[str] = Field(
+        default_factory=list, description="Questions the parent failed on at least one seed, most often failed first."
+    )
+    checks: list[str] = Field(default_factory=list, description="Every check question of the intent.")
+    best_prompts: list[PromptScore] = Field(
+        default_factory=list, description="The intent's distinct prompts so far, best first, one entry per prompt."
+    )
+    tried: list[str] = Field(
+        default_factory=list, description="Prompts already rendered or dropped, oldest first: do not propose them again."
+    )
+    max_prompt_tokens: int | None = Field(
+        default=None, description="Tokens the renderer's text encoder reads; longer proposals are dropped."
+    )
+
+    @property
+    def parent(self) -> BranchStep | None:
+        return self.ancestry[-1] if self.ancestry else None
+
+    @property
+    def current_prompt(self) -> str:
+        """The prompt being improved: the parent's, or the intent's text in round 0."""
+        return self.ancestry[-1].prompt if self.ancestry else self.intent.text
+
+
+class RewriteReply(Message):
+    """A rewriter's answer. ``chat`` is the LLM call it made (None for a rewriter that calls no model: zero cost).
+    The planner still checks every prompt (length in renderer tokens, duplicates, output filter)."""
+
+    prompts: list[str] = Field(default_factory=list)
+    dropped: list[tuple[str, str]] = Field(
+        default_factory=list, description="(prompt, reason) the rewriter itself refused, e.g. over its character cap."
+    )
+    error: str | None = Field(default=None, description="Model-caused failure (unparseable reply, refusal).")
+    chat: ChatResult | None = None
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Per-round checkpoint of one intent's search (and its baseline arm)
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class ArmState(Message):
+    """What one arm has done so far."""
+
+    candidates: list[Candidate] = Field(default_factory=list)
+    proposals: list[Proposal] = Field(default_factory=list)
+    counts: CallCounts = Field(default_factory=CallCounts)
+    best_score_per_round: list[float | None] = Field(default_factory=list)
+
+
+class SearchCheckpoint(Message):
+    """Everything needed to continue an intent's search after its last finished round.
+
+    Seeds and rewriter sampling seeds derive from ``base_seed``, the intent id and the round (no hidden RNG state),
+    so resuming from the checkpoint of round r runs round r+1 with the same seeds as an uninterrupted run."""
+
+    intent: Intent
+    config: dict[str, Any] = Field(description="The SearchConfig it ran under; resuming under another is refused.")
+    rounds_done: int = Field(ge=0, description="Finished rounds; the next round has this index.")
+    checks: list[Check]
+    search: ArmState
+    baseline: ArmState | None = Field(default=None, description="The best-of-N arm, when it runs beside the search.")
+    beam: list[str] = Field(default_factory=list, description="Prompts in the beam, best first.")
+    branch_score_per_round: list[float | None] = Field(default_factory=list)
+    best_branch_score: float | None = Field(default=None, description="Best branch score at the last improvement.")
+    stale_rounds: int = Field(default=0, ge=0, description="Rounds since the last improvement (plateau rule).")
+    stop_reason: StopReason | None = Field(default=None, description="Set once the search has stopped.")

@@ -1,4 +1,28 @@
-"""BeamSearchPlanner: iterative prompt refinement for one intent, and a best-of-N baseline at equal image budget."""
+"""BeamSearchPlanner: paired prompt x seed beam search for one intent, beside a best-of-N baseline at equal budget.
+
+A run, as :meth:`BeamSearchPlanner.run_with_baseline` does it (the campaign runner's one entry point per intent):
+
+1. check the intent: moderation, and a negative prompt that ``guidance_scale`` <= 1 would silently ignore;
+2. decompose it into yes/no checks (once; the baseline is judged by the same checks);
+3. each round:
+   a. propose: round 0 is the intent plus K rewrites of it; later rounds ask for K children of each beam branch, the
+      rewriter seeing a :class:`RewriteContext` (the branch's ancestry, its failed checks, the best and the tried
+      prompts). Every proposal is checked (renderer tokens, duplicates, output filter). If no rewrite of a round is
+      usable, the round retries once hotter, and then renders the beam's prompts on new seeds instead of stopping;
+   b. plan candidates: each prompt on S seeds (paired mode: the round's shared seeds plus the parent's best seeds),
+      whole prompts within the budget; the baseline arm gets as many images of the original prompt;
+   c. render and critique both arms concurrently (one render call each, batched together by the serving side);
+   d. select the B best branches among the old beam and this round's prompts by the branch score;
+   e. stop rules: score threshold, plateau, budget, rounds;
+   f. hand a :class:`SearchCheckpoint` to ``on_round``: a run resumed from it continues with the next round;
+4. return one :class:`SearchResult` per arm.
+
+**Branch score**, used by selection and by the threshold and plateau rules alike: a prompt's mean critic score over
+its seeds, seed-adjusted (``agents.stats.seed_adjusted_means``) so that prompts rendered on different seed sets are
+compared on an average seed. The result's best image is the single best-scored image.
+
+**Seeds** derive from ``base_seed``, the intent id and the round (``stable_seed``): deterministic, no RNG state.
+"""
 
 from __future__ import annotations
 
@@ -6,31 +30,40 @@ import asyncio
 import hashlib
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 
 from agents.config import SearchConfig
-from agents.critic import Critic, CriticError
 from agents.messages import (
-    CallCounts,
+    ArmState,
+    BranchStep,
     Candidate,
     CandidateStatus,
-    ChatResult,
     Check,
     Intent,
+    PromptScore,
     Proposal,
     RenderRequest,
+    RewriteContext,
+    RewriteReply,
+    SearchCheckpoint,
     SearchResult,
 )
-from agents.ports import Renderer
-from agents.rewriter import Rewriter
-from agents.safety import KeywordModerator, Moderator, normalize
+from agents.ports import CriticError, ImageCritic, PromptRewriter, Renderer
+from agents.rewriter import clean_prompt
+from agents.safety import KeywordModerator, Moderator, OutputFilter, normalize
+from agents.stats import seed_adjusted_means
 
 ImageSink = Callable[[Candidate, bytes], Awaitable[str]]
 """Stores a candidate's PNG and returns its reference (store path or URI), recorded as ``Candidate.image``."""
 
+RoundCallback = Callable[[SearchCheckpoint], Awaitable[None]]
+"""Called after every finished round with a snapshot from which the search can be resumed."""
+
+MAX_PROMPT_CHARS = 1000  # RenderRequest's limit (agents.messages.MAX_PROMPT_CHARS)
+
 
 class IntentRejected(ValueError):
-    """The intent was refused by moderation before any work was done."""
+    """The intent was refused before any work was done (moderation, or settings that would silently ignore part of
+    it); the message says why."""
 
 
 def stable_seed(*parts: object) -> int:
@@ -39,53 +72,57 @@ def stable_seed(*parts: object) -> int:
     return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
 
 
-@dataclass
-class _Branch:
-    """A prompt in the beam: its candidates (one per seed) and their mean score (robust to one lucky seed)."""
-
-    prompt: str
-    candidates: list[Candidate]
-
-    @property
-    def score(self) -> float:
-        scores = [c.score for c in self.candidates if c.score is not None]
-        return sum(scores) / len(scores)
-
-    @property
-    def best(self) -> Candidate:
-        return max((c for c in self.candidates if c.score is not None), key=lambda c: c.score)
+def baseline_sampled(intent_id: str, fraction: float, base_seed: int) -> bool:
+    """Whether an intent gets a baseline under ``baseline: sample:<fraction>``: a deterministic draw per intent, so a
+    resumed campaign and every reader of its results agree. ``fraction`` 1 samples all, 0 none."""
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"baseline sample fraction must be in [0, 1] but is {fraction}")
+    return stable_seed(base_seed, intent_id, "baseline-sample") / 2**31 < fraction
 
 
-@dataclass
-class _State:
-    """Everything one run accumulates."""
+def baseline_fraction(policy: str) -> float:
+    """The share of intents that get a baseline under a campaign's ``baseline`` policy: ``all`` (1), ``none`` (0) or
+    ``sample:<fraction>``. Raises ValueError naming the policy otherwise."""
+    if policy in ("all", "none"):
+        return 1.0 if policy == "all" else 0.0
+    head, _, tail = policy.partition(":")
+    try:
+        fraction = float(tail) if head == "sample" else None
+    except ValueError:
+        fraction = None
+    if fraction is None or not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"baseline policy must be 'all', 'none' or 'sample:<fraction in [0, 1]>' but is {policy!r}")
+    return fraction
 
-    intent: Intent
-    mode: str
-    candidates: list[Candidate] = field(default_factory=list)
-    proposals: list[Proposal] = field(default_factory=list)
-    counts: CallCounts = field(default_factory=CallCounts)
-    seen: set[str] = field(default_factory=set)
-    images: dict[str, bytes] = field(default_factory=dict)
+
+def check_intent(intent: Intent, config: SearchConfig) -> str | None:
+    """Why the intent cannot be searched under ``config`` as given (None if it can). Also for submit-time checks."""
+    if intent.negative_prompt and config.guidance_scale <= 1.0:
+        return (
+            f"intent {intent.id!r} has a negative_prompt but guidance_scale is {config.guidance_scale} (<= 1 disables "
+            "classifier-free guidance), so the negative prompt would be ignored: remove it or set guidance_scale > 1"
+        )
+    return None
 
 
 class BeamSearchPlanner:
-    """Beam search over prompts (and seeds) for one intent.
+    """Beam search over prompts and seeds for one intent (see the module docstring for the algorithm).
 
-    Round 0 renders the original prompt and K rewrites; every later round asks the rewriter for K children of each of
-    the B best branches, seeing earlier attempts sorted by score with the critic's feedback. Every image is scored
-    against the ORIGINAL intent. The search stops after ``rounds``, on ``score_threshold``, after ``patience`` rounds
-    without improvement, or when ``max_images`` is spent (never exceeded).
+    The rewriter and the critic are any :class:`PromptRewriter` and :class:`ImageCritic` (the LLM-backed
+    ``Rewriter`` and ``Critic``, a rule-based rewriter, a judge-backed critic). ``image_sink`` stores every rendered
+    PNG and returns its reference; the planner keeps no image bytes.
     """
 
     def __init__(
         self,
         renderer: Renderer,
-        rewriter: Rewriter,
-        critic: Critic,
+        rewriter: PromptRewriter,
+        critic: ImageCritic,
         config: SearchConfig | None = None,
         moderator: Moderator | None = None,
-        image_sink: ImageSink | None = None,
+        *,
+        image_sink: ImageSink,
+        output_filter: OutputFilter | None = None,
     ):
         self.renderer = renderer
         self.rewriter = rewriter
@@ -93,255 +130,410 @@ class BeamSearchPlanner:
         self.config = config or SearchConfig()
         self.moderator = moderator or KeywordModerator()
         self.image_sink = image_sink
+        self.output_filter = output_filter or OutputFilter(self.moderator)
 
     # ------------------------------------------------------------------------------------------------------------
-    # Beam search
+    # Entry points
     # ------------------------------------------------------------------------------------------------------------
 
-    async def run(self, intent: Intent) -> SearchResult:
-        cfg = self.config
+    async def run(
+        self, intent: Intent, *, checkpoint: SearchCheckpoint | None = None, on_round: RoundCallback | None = None
+    ) -> SearchResult:
+        """The search alone."""
+        search, _ = await self.run_with_baseline(intent, False, checkpoint=checkpoint, on_round=on_round)
+        return search
+
+    async def run_with_baseline(
+        self,
+        intent: Intent,
+        baseline: bool = True,
+        *,
+        checkpoint: SearchCheckpoint | None = None,
+        on_round: RoundCallback | None = None,
+    ) -> tuple[SearchResult, SearchResult | None]:
+        """The search and, if ``baseline``, the best-of-N baseline run beside it: in each round the baseline renders
+        as many images of the original prompt as the search renders, in the same render/critique wave, so both arms
+        spend the same budget and the baseline adds no rounds of latency. The baseline's first seeds are the original
+        prompt's round-0 seeds, so the two arms share noise where they overlap. Each arm's costs are its own.
+
+        ``checkpoint`` resumes from a snapshot handed to ``on_round`` (same intent and config; raises ValueError
+        otherwise); the result equals that of an uninterrupted run when the models are deterministic."""
         # 1. Check inputs
-        self._moderate(intent)
-        state = _State(intent=intent, mode="beam")
-        # 2. Decompose the intent into yes/no checks (once per intent)
-        checks = await self._decompose(state)
-        # 3. Round 0 prompts: the original intent is always a candidate, plus K rewrites of it
-        state.seen.add(normalize(intent.text))
-        proposal = await self._propose(state, parent=None, round_=0, index=0)
-        pending: list[tuple[str | None, str, str]] = [(None, intent.text, "original")]
-        pending += [(None, p, "rewrite") for p in proposal.prompts]
-
-        beam: list[_Branch] = []
-        best_per_round: list[float | None] = []
-        best_so_far: float | None = None
-        stale_rounds = 0
-        stop_reason = "rounds"
-        rounds_run = 0
-        for round_ in range(cfg.rounds):
-            # 4. Propose children of every branch in the beam, concurrently
-            if round_ > 0:
-                proposals = await asyncio.gather(
-                    *(self._propose(state, parent=b.best, round_=round_, index=i) for i, b in enumerate(beam))
-                )
-                pending = [(b.best.id, p, "rewrite") for b, prop in zip(beam, proposals) for p in prop.prompts]
-            # 5. Make candidates within the image budget, render and critique them all concurrently
-            candidates = self._make_candidates(state, pending, round_)
-            if not candidates:
-                stop_reason = "budget" if self._budget_left(state) == 0 else "no_candidates"
-                break
-            await self._render_and_critique(state, candidates, checks)
-            rounds_run += 1
-            # 6. Select: the best B branches among the old beam and this round's prompts
-            beam = self._select(beam, candidates)
-            scored = [c.score for c in candidates if c.score is not None]
-            round_best = max(scored) if scored else None
-            best_per_round.append(round_best)
-            # 7. Stop rules
-            if round_best is not None and (best_so_far is None or round_best > best_so_far + cfg.min_improvement):
-                best_so_far, stale_rounds = round_best, 0
-            elif round_ > 0:
-                stale_rounds += 1
-            if best_so_far is not None and best_so_far >= cfg.score_threshold:
-                stop_reason = "threshold"
-                break
-            if not beam:
-                stop_reason = "no_candidates"
-                break
-            if round_ + 1 < cfg.rounds:
-                if stale_rounds >= cfg.patience:
-                    stop_reason = "plateau"
-                    break
-                if self._budget_left(state) == 0:
-                    stop_reason = "budget"
-                    break
-        return self._result(state, checks, rounds_run, stop_reason, best_per_round)
-
-    async def run_with_baseline(self, intent: Intent, baseline: bool = True) -> tuple[SearchResult, SearchResult | None]:
-        """The search and, if ``baseline``, the best-of-N baseline at the same image budget: the one entry point the
-        campaign runner uses for an intent."""
-        search = await self.run(intent)
-        if not baseline or not search.counts.images:
-            return search, None
-        return search, await self.run_baseline(intent, search.counts.images, checks=search.checks)
-
-    # ------------------------------------------------------------------------------------------------------------
-    # Best-of-N baseline
-    # ------------------------------------------------------------------------------------------------------------
+        self._check(intent)
+        if checkpoint is None:
+            state = SearchCheckpoint(
+                intent=intent, config=self.config.model_dump(mode="json"), rounds_done=0, checks=[],
+                search=ArmState(), baseline=ArmState() if baseline else None,
+            )
+            # 2. Decompose the intent into yes/no checks (once; the baseline is judged by the same ones)
+            state.checks = await self._decompose(intent, state.search)
+        else:
+            state = self._restore(checkpoint, intent, baseline)
+        max_tokens = (await self.renderer.info()).max_prompt_tokens
+        # 3. Rounds
+        while state.stop_reason is None:
+            await self._round(state, max_tokens)
+            if on_round is not None:
+                await on_round(state.model_copy(deep=True))
+        # 4. Results
+        search = self._result(state, state.search, "beam")
+        return search, self._result(state, state.baseline, "best_of_n") if state.baseline else None
 
     async def run_baseline(self, intent: Intent, n_images: int, checks: list[Check] | None = None) -> SearchResult:
-        """The original prompt with ``n_images`` different seeds, scored the same way. Pass the search's ``checks``
-        so both are judged by the same questions and the comparison is at equal budget."""
+        """Best-of-N on its own: the original prompt on ``n_images`` seeds (the first ones the search's round-0 seeds),
+        scored the same way. Pass the search's ``checks`` so both are judged by the same questions."""
         if n_images < 1:
             raise ValueError(f"`n_images` must be at least 1 but is {n_images}")
-        self._moderate(intent)
-        state = _State(intent=intent, mode="best_of_n")
+        self._check(intent)
+        arm = ArmState()
         if checks is None:
-            checks = await self._decompose(state)
-        candidates = [
-            Candidate(
-                id=f"{intent.id}/baseline/i{i}",
-                intent_id=intent.id,
-                parent_id=None,
-                round=0,
-                prompt=intent.text,
-                seed=stable_seed(self.config.base_seed, intent.id, "baseline", i),
-                source="baseline",
+            checks = await self._decompose(intent, arm)
+        state = SearchCheckpoint(intent=intent, config=self.config.model_dump(mode="json"), rounds_done=1,
+                                 checks=checks, search=ArmState(), baseline=arm, stop_reason="rounds")
+        await self._render_and_critique(state, arm, self._baseline_candidates(state, n_images, 0))
+        return self._result(state, arm, "best_of_n")
+
+    # ------------------------------------------------------------------------------------------------------------
+    # One round
+    # ------------------------------------------------------------------------------------------------------------
+
+    async def _round(self, state: SearchCheckpoint, max_tokens: int | None) -> None:
+        cfg = self.config
+        r = state.rounds_done
+        # a. Propose: the original and K rewrites in round 0, K children per beam branch later
+        plan = await self._propose_round(state, r, max_tokens)
+        # b. Candidates: whole prompts x S seeds within the budget; the baseline gets as many images
+        slots = self._budget_left(state) // cfg.seeds_per_prompt
+        candidates = self._candidates(state, plan[:slots], r)
+        baseline = self._baseline_candidates(state, len(candidates), r) if state.baseline is not None else []
+        # c. Render and critique both arms concurrently
+        await asyncio.gather(
+            self._render_and_critique(state, state.search, candidates),
+            *([self._render_and_critique(state, state.baseline, baseline)] if baseline else []),
+        )
+        state.rounds_done = r + 1
+        # d. Select the B best branches among the old beam and this round's prompts
+        scores = self._branch_scores(state)
+        pool = list(dict.fromkeys(state.beam + [c.prompt for c in candidates]))
+        ranked = sorted((p for p in pool if p in scores), key=lambda p: -scores[p])  # stable: older first on ties
+        state.beam = ranked[: cfg.beam_width]
+        # e. Stop rules, on the best branch's score
+        top = scores[state.beam[0]] if state.beam else None
+        state.branch_score_per_round.append(top)
+        if top is not None and (state.best_branch_score is None or top > state.best_branch_score + cfg.min_improvement):
+            state.best_branch_score, state.stale_rounds = top, 0
+        elif r > 0:
+            state.stale_rounds += 1
+        if top is not None and top >= cfg.score_threshold:
+            state.stop_reason = "threshold"
+        elif not state.beam:
+            state.stop_reason = "no_candidates"  # nothing scored: no branch to extend
+        elif state.rounds_done >= cfg.rounds:
+            state.stop_reason = "rounds"
+        elif state.stale_rounds >= cfg.patience:
+            state.stop_reason = "plateau"
+        elif self._budget_left(state) < cfg.seeds_per_prompt:
+            state.stop_reason = "budget"
+
+    async def _propose_round(self, state: SearchCheckpoint, r: int, max_tokens: int | None) -> list[tuple]:
+        """(parent candidate id, prompt, source) for the round, in beam order."""
+        if r == 0:
+            proposals = await self._propose(state, [None], 0, max_tokens, self.config.temperature, retry=False)
+            return [(None, state.intent.text, "original")] + [(None, p, "rewrite") for p in proposals[0].prompts]
+        parents = list(state.beam)
+        proposals = await self._propose(state, parents, r, max_tokens, self.config.temperature, retry=False)
+        if not any(p.prompts for p in proposals):  # nothing usable: one hotter retry
+            proposals = await self._propose(state, parents, r, max_tokens, self.config.retry_temperature, retry=True)
+        if not any(p.prompts for p in proposals):  # still nothing: spend the round on new seeds for the beam
+            return [(self._branch(state, p)[0].parent_id, p, "reseed") for p in parents]
+        return [(prop.parent_id, p, "rewrite") for prop in proposals for p in prop.prompts]
+
+    async def _propose(
+        self, state: SearchCheckpoint, parents: list[str | None], r: int, max_tokens: int | None, temperature: float,
+        retry: bool,
+    ) -> list[Proposal]:
+        """Ask the rewriter for children of every parent prompt concurrently, then check the replies in beam order."""
+        k = self.config.candidates_per_beam
+        suffix = "/retry" if retry else ""
+        request_ids = [f"{state.intent.id}/r{r}/rewrite{i}{suffix}" for i in range(len(parents))]
+        scores = self._branch_scores(state)
+        replies = await asyncio.gather(
+            *(
+                self.rewriter.propose(
+                    self._context(state, scores, parent, r, k, max_tokens),
+                    request_id=rid, seed=stable_seed(self.config.base_seed, rid), temperature=temperature,
+                )
+                for parent, rid in zip(parents, request_ids)
             )
-            for i in range(n_images)
+        )
+        # Count every reply's tokens in one renderer call (the renderer's own tokenizer decides what fits).
+        texts = [clean_prompt(p) if isinstance(p, str) else "" for reply in replies for p in reply.prompts]
+        tokens = iter(await self.renderer.count_tokens(texts) if texts and max_tokens else [0] * len(texts))
+        seen = {normalize(state.intent.text)} | {normalize(c.prompt) for c in state.search.candidates}
+        proposals = []
+        for parent, reply in zip(parents, replies):
+            parent_id = self._best(state, parent).id if parent is not None else None
+            proposal = self._check_reply(reply, parent_id, seen, tokens, max_tokens)
+            proposal.round, proposal.retry = r, retry
+            self._count_chat(state.search, reply.chat, failed=reply.error is not None)
+            state.search.proposals.append(proposal)
+            proposals.append(proposal)
+        return proposals
+
+    def _check_reply(self, reply: RewriteReply, parent_id: str | None, seen: set[str], tokens, max_tokens) -> Proposal:
+        """Keep non-empty, renderable, allowed, new prompts; record every dropped one with its reason. ``seen`` (the
+        normalized prompts already tried for this intent) is updated in place."""
+        kept: list[str] = []
+        dropped = list(reply.dropped)
+        for item in reply.prompts:
+            prompt = clean_prompt(item) if isinstance(item, str) else ""
+            n_tokens = next(tokens)
+            if not isinstance(item, str):
+                dropped.append((repr(item)[:200], "not a string"))
+            elif not prompt:
+                dropped.append((item[:200], "empty"))
+            elif len(prompt) > MAX_PROMPT_CHARS:
+                dropped.append((prompt[:200], f"longer than {MAX_PROMPT_CHARS} characters"))
+            elif max_tokens and n_tokens > max_tokens:
+                dropped.append((prompt, f"longer than the renderer's {max_tokens} tokens ({n_tokens})"))
+            elif normalize(prompt) in seen:
+                dropped.append((prompt, "duplicate"))
+            elif reason := self.output_filter.check(prompt):
+                dropped.append((prompt, f"blocked: {reason}"))
+            else:
+                seen.add(normalize(prompt))
+                kept.append(prompt)
+        error = reply.error
+        if error is None and not kept:
+            error = "no usable rewrite (all empty, too long, duplicate or blocked)"
+        return Proposal(parent_id=parent_id, prompts=kept, dropped=dropped, error=error)
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Seeds and candidates
+    # ------------------------------------------------------------------------------------------------------------
+
+    def _round_seeds(self, intent: Intent, r: int) -> list[int]:
+        """Round r's new seeds, shared by every prompt of the round (paired mode)."""
+        return [stable_seed(self.config.base_seed, intent.id, "seed", r, j) for j in range(self.config.seeds_per_prompt)]
+
+    def _seeds_for(self, state: SearchCheckpoint, parent_prompt: str | None, source: str, r: int) -> list[int]:
+        """A prompt's S seeds in paired mode: round 0 and reseeds take the round's seeds; a child keeps its parent's
+        best S - E seeds (by the parent's score on them) and fills up with the round's seeds, explore seeds first."""
+        fresh = self._round_seeds(state.intent, r)
+        if r == 0 or source == "reseed" or parent_prompt is None:
+            return fresh
+        keep = self.config.seeds_per_prompt - self.config.explore_seeds
+        carried = [c.seed for c in sorted(self._branch(state, parent_prompt), key=lambda c: -c.score)][:keep]
+        return carried + [s for s in fresh if s not in carried][: self.config.seeds_per_prompt - len(carried)]
+
+    def _candidates(self, state: SearchCheckpoint, plan: list[tuple], r: int) -> list[Candidate]:
+        intent = state.intent
+        by_id = {c.id: c for c in state.search.candidates}
+        out = []
+        for p_index, (parent_id, prompt, source) in enumerate(plan):
+            parent_prompt = by_id[parent_id].prompt if parent_id and source == "rewrite" else None
+            seeds = self._seeds_for(state, parent_prompt, source, r)
+            for s in range(self.config.seeds_per_prompt):
+                cid = f"{intent.id}/r{r}/p{p_index}/s{s}"
+                seed = seeds[s] if self.config.seed_mode == "paired" else stable_seed(self.config.base_seed, cid)
+                out.append(Candidate(id=cid, intent_id=intent.id, parent_id=parent_id, round=r, prompt=prompt,
+                                     seed=seed, source=source))
+        state.search.candidates.extend(out)
+        return out
+
+    def _baseline_seed(self, state: SearchCheckpoint, i: int) -> int:
+        """The baseline's i-th seed: the original prompt's round-0 seeds first, then its own."""
+        s = self.config.seeds_per_prompt
+        if i < s:
+            if self.config.seed_mode == "paired":
+                return self._round_seeds(state.intent, 0)[i]
+            return stable_seed(self.config.base_seed, f"{state.intent.id}/r0/p0/s{i}")
+        return stable_seed(self.config.base_seed, state.intent.id, "baseline", i)
+
+    def _baseline_candidates(self, state: SearchCheckpoint, n: int, r: int) -> list[Candidate]:
+        arm = state.baseline
+        start = len(arm.candidates)
+        intent = state.intent
+        out = [
+            Candidate(id=f"{intent.id}/baseline/i{i}", intent_id=intent.id, parent_id=None, round=r, prompt=intent.text,
+                      seed=self._baseline_seed(state, i), source="baseline")
+            for i in range(start, start + n)
         ]
-        state.candidates.extend(candidates)
-        await self._render_and_critique(state, candidates, checks)
+        arm.candidates.extend(out)
+        return out
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Render, critique, score
+    # ------------------------------------------------------------------------------------------------------------
+
+    async def _render_and_critique(self, state: SearchCheckpoint, arm: ArmState, candidates: list[Candidate]) -> None:
+        cfg = self.config
+        requests = [
+            RenderRequest(request_id=c.id, prompt=c.prompt, negative_prompt=state.intent.negative_prompt, seed=c.seed,
+                          steps=cfg.steps, guidance_scale=cfg.guidance_scale, width=cfg.width, height=cfg.height)
+            for c in candidates
+        ]
+        # Infrastructure errors (renderer down, bad request) raise: they are not the model's fault.
+        results = await self.renderer.render(requests)
+        arm.counts.images += len(results)
+        arm.counts.render_calls += 1
+        for c, res in zip(candidates, results):
+            c.timings["render_s"] = res.render_seconds
+            c.timings["render_share_s"] = res.render_seconds / res.batch_size  # this image's share of the call
+            arm.counts.render_seconds += c.timings["render_share_s"]
+        await asyncio.gather(*(self._store_and_critique(state, arm, c, res.png) for c, res in zip(candidates, results)))
         scored = [c.score for c in candidates if c.score is not None]
-        return self._result(state, checks, 1, "rounds", [max(scored) if scored else None])
+        arm.best_score_per_round.append(max(scored) if scored else None)
+
+    async def _store_and_critique(self, state: SearchCheckpoint, arm: ArmState, candidate: Candidate, png: bytes):
+        candidate.image = await self.image_sink(candidate, png)
+        t0 = time.perf_counter()
+        try:
+            critique, chat = await self.critic.critique(
+                png, state.intent, state.checks, request_id=f"{candidate.id}/critique",
+                seed=stable_seed(candidate.id, "critic"),
+            )
+        except CriticError as exc:  # model-caused: record it on the candidate and carry on
+            candidate.status = CandidateStatus.failed
+            candidate.error = f"critic: {exc}"
+            self._count_chat(arm, exc.result, failed=True)
+            return
+        finally:
+            candidate.timings["critique_s"] = time.perf_counter() - t0
+            arm.counts.critique_seconds += candidate.timings["critique_s"]
+        self._count_chat(arm, chat, failed=False)
+        candidate.critique = critique
+        candidate.score = critique.score
+
+    async def _decompose(self, intent: Intent, arm: ArmState) -> list[Check]:
+        checks, chat = await self.critic.decompose(
+            intent, request_id=f"{intent.id}/decompose", seed=stable_seed(self.config.base_seed, intent.id, "decompose")
+        )
+        self._count_chat(arm, chat, failed=chat is not None and chat.parsed is None)
+        return checks
+
+    @staticmethod
+    def _count_chat(arm: ArmState, chat, failed: bool) -> None:
+        arm.counts.add_chat(chat)
+        if failed:
+            arm.counts.llm_failures += 1
+
+    @staticmethod
+    def _branch(state: SearchCheckpoint, prompt: str) -> list[Candidate]:
+        """The scored candidates of one prompt (a branch), in order."""
+        return [c for c in state.search.candidates if c.prompt == prompt and c.score is not None]
+
+    @classmethod
+    def _best(cls, state: SearchCheckpoint, prompt: str) -> Candidate:
+        """A branch's best-scored image (the first of equal scores): its children's parent in the lineage."""
+        return max(cls._branch(state, prompt), key=lambda c: c.score)
+
+    @staticmethod
+    def _branch_scores(state: SearchCheckpoint) -> dict[str, float]:
+        """Branch score of every scored prompt (see the module docstring)."""
+        return seed_adjusted_means((c.prompt, c.seed, c.score) for c in state.search.candidates if c.score is not None)
+
+    def _budget_left(self, state: SearchCheckpoint) -> int:
+        return self.config.max_images - len(state.search.candidates)
 
     # ------------------------------------------------------------------------------------------------------------
-    # Steps
+    # The rewriter's context
     # ------------------------------------------------------------------------------------------------------------
 
-    def _moderate(self, intent: Intent) -> None:
+    def _context(
+        self, state: SearchCheckpoint, scores: dict[str, float], parent: str | None, r: int, k: int,
+        max_tokens: int | None,
+    ) -> RewriteContext:
+        """What the rewriter sees for extending ``parent`` (None in round 0); ``scores`` are the branch scores."""
+        questions = {c.id: c.question for c in state.checks}
+        ancestry: list[BranchStep] = []
+        prompt = parent
+        while prompt is not None:
+            branch = self._branch(state, prompt)
+            ancestry.insert(0, self._step(prompt, branch, scores, questions))
+            parent_id = branch[0].parent_id if branch else None
+            prompt = next((c.prompt for c in state.search.candidates if c.id == parent_id), None)
+        failed = []
+        if ancestry:
+            rates = ancestry[-1].check_pass_rate
+            failed = sorted((q for q, rate in rates.items() if rate < 1.0), key=lambda q: rates[q])
+        rendered = list(dict.fromkeys(c.prompt for c in state.search.candidates))
+        counts = {p: len(self._branch(state, p)) for p in scores}
+        dropped = [p for prop in state.search.proposals for p, why in prop.dropped
+                   if why not in ("duplicate", "empty", "not a string")]
+        tried: dict[str, str] = {}
+        for p in rendered + dropped:
+            tried.setdefault(normalize(p), p)
+        return RewriteContext(
+            intent=state.intent,
+            round=r,
+            k=k,
+            ancestry=ancestry,
+            failed_checks=failed,
+            checks=list(questions.values()),
+            best_prompts=[PromptScore(prompt=p, score=scores[p], seeds=counts[p])
+                          for p in sorted((p for p in rendered if p in scores), key=lambda p: -scores[p])],
+            tried=list(tried.values()),
+            max_prompt_tokens=max_tokens,
+        )
+
+    @staticmethod
+    def _step(prompt: str, branch: list[Candidate], scores: dict[str, float], questions: dict[str, str]) -> BranchStep:
+        passed: dict[str, int] = {}
+        for c in branch:
+            for a in c.critique.answers:
+                passed[a.check_id] = passed.get(a.check_id, 0) + a.answer
+        feedback = [c.critique.feedback for c in sorted(branch, key=lambda c: c.score) if c.critique.feedback]
+        return BranchStep(
+            prompt=prompt,
+            round=min((c.round for c in branch), default=0),
+            score=scores.get(prompt),
+            seeds=len(branch),
+            check_pass_rate={questions.get(cid, cid): n / len(branch) for cid, n in passed.items()},
+            feedback=list(dict.fromkeys(feedback)),
+        )
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Checks, checkpoints, results
+    # ------------------------------------------------------------------------------------------------------------
+
+    def _check(self, intent: Intent) -> None:
         reason = self.moderator.check(intent.text) or (
             self.moderator.check(intent.negative_prompt) if intent.negative_prompt else None
         )
         if reason:
             raise IntentRejected(f"intent {intent.id!r} was refused by moderation: {reason}")
+        if reason := check_intent(intent, self.config):
+            raise IntentRejected(reason)
 
-    async def _decompose(self, state: _State) -> list[Check]:
-        intent = state.intent
-        checks, result = await self.critic.decompose(
-            intent, request_id=f"{intent.id}/decompose", seed=stable_seed(self.config.base_seed, intent.id, "decompose")
-        )
-        if result is not None:
-            self._count_chat(state, result, failed=result.parsed is None)
-        return checks
-
-    async def _propose(self, state: _State, parent: Candidate | None, round_: int, index: int) -> Proposal:
-        intent = state.intent
-        request_id = f"{intent.id}/r{round_}/rewrite{index}"
-        proposal, result = await self.rewriter.propose(
-            intent,
-            parent,
-            state.candidates,
-            self.config.candidates_per_beam,
-            state.seen,
-            request_id=request_id,
-            seed=stable_seed(self.config.base_seed, request_id),
-            temperature=self.config.temperature,
-        )
-        self._count_chat(state, result, failed=proposal.error is not None and result.parsed is None)
-        state.proposals.append(proposal)
-        return proposal
-
-    def _budget_left(self, state: _State) -> int:
-        return self.config.max_images - sum(1 for c in state.candidates if c.source != "baseline")
-
-    def _make_candidates(self, state: _State, pending: list[tuple[str | None, str, str]], round_: int) -> list[Candidate]:
-        """(parent, prompt, source) x seeds -> candidates, in beam order, cut at the remaining image budget."""
-        intent = state.intent
-        out: list[Candidate] = []
-        budget = self._budget_left(state)
-        for p_index, (parent_id, prompt, source) in enumerate(pending):
-            for s in range(self.config.seeds_per_prompt):
-                if len(out) == budget:
-                    break
-                cid = f"{intent.id}/r{round_}/p{p_index}/s{s}"
-                out.append(
-                    Candidate(
-                        id=cid,
-                        intent_id=intent.id,
-                        parent_id=parent_id,
-                        round=round_,
-                        prompt=prompt,
-                        seed=stable_seed(self.config.base_seed, cid),
-                        source=source,
-                    )
-                )
-        state.candidates.extend(out)
-        return out
-
-    async def _render_and_critique(self, state: _State, candidates: list[Candidate], checks: list[Check]) -> None:
-        cfg = self.config
-        requests = [
-            RenderRequest(
-                request_id=c.id,
-                prompt=c.prompt,
-                negative_prompt=state.intent.negative_prompt,
-                seed=c.seed,
-                steps=cfg.steps,
-                guidance_scale=cfg.guidance_scale,
-                width=cfg.width,
-                height=cfg.height,
+    def _restore(self, checkpoint: SearchCheckpoint, intent: Intent, baseline: bool) -> SearchCheckpoint:
+        if checkpoint.intent != intent:
+            raise ValueError(f"checkpoint is for intent {checkpoint.intent.id!r}, not {intent.id!r} as given")
+        config = self.config.model_dump(mode="json")
+        changed = sorted(k for k in config.keys() | checkpoint.config.keys() if config.get(k) != checkpoint.config.get(k))
+        if changed:
+            raise ValueError(
+                f"checkpoint of intent {intent.id!r} was made under another search config: "
+                + ", ".join(f"{k} {checkpoint.config.get(k)!r} -> {config.get(k)!r}" for k in changed)
             )
-            for c in candidates
-        ]
-        # Infrastructure errors (renderer down, bad request) raise: they are not the model's fault.
-        results = await self.renderer.render(requests)
-        state.counts.images += len(results)
-        state.counts.render_calls += 1
-        for c, res in zip(candidates, results):
-            c.timings["render_s"] = res.render_seconds
-            c.timings["render_share_s"] = res.render_seconds / res.batch_size  # this image's share of the call
-            c.image = await self._store_image(state, c, res.png)
-        pngs = [res.png for res in results]
-        await asyncio.gather(*(self._critique(state, c, png, checks) for c, png in zip(candidates, pngs)))
+        if baseline != (checkpoint.baseline is not None):
+            raise ValueError(f"checkpoint of intent {intent.id!r} has baseline={checkpoint.baseline is not None}, "
+                             f"resumed with baseline={baseline}")
+        return checkpoint.model_copy(deep=True)
 
-    async def _store_image(self, state: _State, candidate: Candidate, png: bytes) -> str:
-        if self.image_sink is not None:
-            return await self.image_sink(candidate, png)
-        state.images[candidate.id] = png
-        return f"sha256:{hashlib.sha256(png).hexdigest()}"
-
-    async def _critique(self, state: _State, candidate: Candidate, png: bytes, checks: list[Check]) -> None:
-        t0 = time.perf_counter()
-        try:
-            critique, result = await self.critic.critique(
-                png, state.intent, checks, request_id=f"{candidate.id}/critique", seed=stable_seed(candidate.id, "critic")
-            )
-        except CriticError as exc:  # model-caused: record it on the candidate and carry on
-            candidate.status = CandidateStatus.failed
-            candidate.error = f"critic: {exc}"
-            if exc.result is not None:
-                self._count_chat(state, exc.result, failed=True)
-            else:
-                state.counts.llm_failures += 1
-            return
-        finally:
-            candidate.timings["critique_s"] = time.perf_counter() - t0
-        self._count_chat(state, result, failed=False)
-        candidate.critique = critique
-        candidate.score = critique.score
-
-    def _select(self, beam: list[_Branch], candidates: list[Candidate]) -> list[_Branch]:
-        """Top ``beam_width`` branches by mean score over (old beam + this round's prompts); ties keep older first."""
-        by_prompt: dict[str, list[Candidate]] = {}
-        for c in candidates:
-            if c.score is not None:
-                by_prompt.setdefault(c.prompt, []).append(c)
-        pool = beam + [_Branch(prompt=p, candidates=cs) for p, cs in by_prompt.items()]
-        ranked = sorted(enumerate(pool), key=lambda ib: (-ib[1].score, ib[0]))
-        return [b for _, b in ranked[: self.config.beam_width]]
-
-    @staticmethod
-    def _count_chat(state: _State, result: ChatResult, failed: bool) -> None:
-        state.counts.add_chat(result)
-        if failed:
-            state.counts.llm_failures += 1
-
-    def _result(
-        self, state: _State, checks: list[Check], rounds_run: int, stop_reason: str, best_per_round: list[float | None]
-    ) -> SearchResult:
-        scored = [c for c in state.candidates if c.score is not None]
+    def _result(self, state: SearchCheckpoint, arm: ArmState, mode: str) -> SearchResult:
+        scored = [c for c in arm.candidates if c.score is not None]
         best = max(scored, key=lambda c: c.score) if scored else None  # max keeps the first of equal scores
-        result = SearchResult(
+        return SearchResult(
             intent=state.intent,
-            mode=state.mode,
-            candidates=state.candidates,
-            proposals=state.proposals,
+            mode=mode,
+            candidates=arm.candidates,
+            proposals=arm.proposals,
             best_id=best.id if best else None,
-            rounds_run=rounds_run,
-            stop_reason=stop_reason if state.candidates else "no_candidates",
-            best_score_per_round=best_per_round,
-            counts=state.counts,
-            checks=checks,
+            rounds_run=state.rounds_done,
+            stop_reason=state.stop_reason if arm.candidates else "no_candidates",
+            best_score_per_round=arm.best_score_per_round,
+            branch_score_per_round=state.branch_score_per_round if mode == "beam" else [],
+            counts=arm.counts,
+            checks=state.checks,
         )
-        result.images = state.images
-        return result

@@ -1,11 +1,28 @@
-"""The three things the planner needs from the outside world. Adapters implement them over in-process engines
-(``pipelines.adapters``) or Ray Serve handles; the planner code is the same for both."""
+"""What the planner needs from the outside world, as protocols.
+
+Models: a :class:`Renderer` and a :class:`LanguageModel`, implemented by adapters over in-process engines or Ray Serve
+handles. Agents: a :class:`PromptRewriter` and an :class:`ImageCritic`; the LLM-backed ``agents.rewriter.Rewriter``
+and ``agents.critic.Critic`` are one implementation each, and a rule-based rewriter or a critic whose answers come
+from a programmatic judge plug in through the same interfaces (``agents.critic.build_critique`` is the shared score
+formula). The planner code is the same for all of them.
+"""
 
 from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
-from agents.messages import ChatRequest, ChatResult, Intent, RendererInfo, RenderRequest, RenderResult
+from agents.messages import (
+    ChatRequest,
+    ChatResult,
+    Check,
+    Critique,
+    Intent,
+    RendererInfo,
+    RenderRequest,
+    RenderResult,
+    RewriteContext,
+    RewriteReply,
+)
 
 
 @runtime_checkable
@@ -37,3 +54,37 @@ class Scorer(Protocol):
     name: str
 
     async def score(self, png: bytes, intent: Intent) -> dict[str, float]: ...
+
+
+class CriticError(Exception):
+    """A model-caused failure to critique (unparseable reply, timeout): recorded on the candidate, the search goes on.
+    ``result`` is the LLM reply that failed, if a call was made (its tokens are still counted)."""
+
+    def __init__(self, message: str, result: ChatResult | None = None):
+        super().__init__(message)
+        self.result = result
+
+
+@runtime_checkable
+class PromptRewriter(Protocol):
+    """Proposes new prompts for a branch. Model-caused failures go into ``RewriteReply.error``; infrastructure errors
+    raise. The planner checks every returned prompt (renderer token limit, duplicates, output filter)."""
+
+    async def propose(self, context: RewriteContext, *, request_id: str, seed: int, temperature: float) -> RewriteReply:
+        ...
+
+
+@runtime_checkable
+class ImageCritic(Protocol):
+    """Turns an intent into yes/no checks once, then scores each image against the ORIGINAL intent.
+
+    Both return the LLM reply they used (for cost accounting), or None when no LLM call was made (zero cost).
+    ``critique`` raises :class:`CriticError` for model-caused failures."""
+
+    async def decompose(self, intent: Intent, *, request_id: str, seed: int) -> tuple[list[Check], ChatResult | None]:
+        ...
+
+    async def critique(
+        self, png: bytes, intent: Intent, checks: list[Check], *, request_id: str, seed: int
+    ) -> tuple[Critique, ChatResult | None]:
+        ...

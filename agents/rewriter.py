@@ -1,19 +1,19 @@
-"""Rewriter agent: proposes new prompts for a branch from the intent, the branch and the history of attempts."""
+"""The LLM rewriter: renders the planner's :class:`RewriteContext` into a chat request and parses the proposals.
+
+It is one implementation of :class:`agents.ports.PromptRewriter`; the planner checks what any rewriter returns
+(length in renderer tokens, duplicates, output filter), so this class only parses and applies its own character cap.
+"""
 
 from __future__ import annotations
 
 import unicodedata
+from typing import Any
 
 from agents import prompts
 from agents.config import RewriterConfig
-from agents.messages import Candidate, ChatMessage, ChatRequest, ChatResult, Intent, Proposal
+from agents.messages import ChatMessage, ChatRequest, RewriteContext, RewriteReply
 from agents.ports import LanguageModel
-from agents.safety import OutputFilter, normalize
 from agents.schemas import string_list_schema
-
-
-FEEDBACK_CHARS = 200
-"""Critic feedback shown per attempt is cut to this length, which bounds the rewriter's prompt."""
 
 
 def proposal_schema(k: int, max_chars: int) -> dict:
@@ -27,102 +27,100 @@ def clean_prompt(text: str) -> str:
     return " ".join(text.split())
 
 
-class Rewriter:
-    """Turns (intent, parent, history) into a chat request and validates what comes back."""
+def approx_tokens(text: str) -> int:
+    """Rough LLM token count (characters / 4): the rewriter cannot see the serving model's tokenizer."""
+    return len(text) // 4 + 1
 
-    def __init__(self, llm: LanguageModel, config: RewriterConfig | None = None, output_filter: OutputFilter | None = None):
+
+def words_for_tokens(max_prompt_tokens: int) -> int:
+    """About how many English words fit in a text encoder's token limit (start/end tokens and punctuation aside)."""
+    return max(1, int((max_prompt_tokens - 2) * 0.75))
+
+
+class Rewriter:
+    """Turns a :class:`RewriteContext` into a chat request for ``context.k`` prompts and parses the reply."""
+
+    def __init__(self, llm: LanguageModel, config: RewriterConfig | None = None):
         self.llm = llm
         self.config = config or RewriterConfig()
-        self.output_filter = output_filter or OutputFilter()
 
-    def build_request(
-        self,
-        intent: Intent,
-        parent: Candidate | None,
-        history: list[Candidate],
-        k: int,
-        *,
-        request_id: str,
-        seed: int,
-        temperature: float,
-    ) -> ChatRequest:
-        """The chat request for ``k`` proposals. ``history`` is shown best first (DSPy COPRO's ordering)."""
-        scored = sorted((c for c in history if c.score is not None), key=lambda c: -c.score)[: self.config.history_size]
-        data = {
-            "intent": intent.text,
-            "current_prompt": parent.prompt if parent else intent.text,
-            "current_feedback": parent.critique.feedback[:FEEDBACK_CHARS] if parent and parent.critique else None,
-            "earlier_attempts_best_first": [
-                {
-                    "prompt": c.prompt,
-                    "score": round(c.score, 3),
-                    "feedback": c.critique.feedback[:FEEDBACK_CHARS] if c.critique else "",
-                }
-                for c in scored
-            ],
-        }
-        if intent.negative_prompt:
-            data["avoid"] = intent.negative_prompt
-        max_chars = self.config.max_prompt_chars
+    def context_data(self, context: RewriteContext) -> dict[str, Any]:
+        """The JSON shown to the model, trimmed to ``context_tokens``: the oldest tried prompts go first, then the
+        weakest of the best prompts, then the oldest ancestors (the parent and the top prompt always stay)."""
+        tried = list(context.tried)
+        best = [{"prompt": p.prompt, "score": round(p.score, 3), "seeds": p.seeds}
+                for p in context.best_prompts[: self.config.history_size]]
+        branch = [
+            {
+                "prompt": step.prompt,
+                "round": step.round,
+                "score": None if step.score is None else round(step.score, 3),
+                "seeds": step.seeds,
+                "checks_passed": {q: round(rate, 2) for q, rate in step.check_pass_rate.items()},
+                "feedback": step.feedback,
+            }
+            for step in context.ancestry
+        ]
+
+        def data() -> dict[str, Any]:
+            d: dict[str, Any] = {"intent": context.intent.text}
+            if context.intent.negative_prompt:
+                d["avoid"] = context.intent.negative_prompt
+            d["checks"] = context.checks
+            d["current_prompt"] = context.current_prompt
+            d["failed_checks"] = context.failed_checks
+            d["branch_oldest_first"] = branch
+            d["best_prompts_so_far"] = best
+            d["already_tried"] = tried
+            return d
+
+        while approx_tokens(self._user_text(context, data())) > self.config.context_tokens:
+            if tried:
+                tried.pop(0)
+            elif len(best) > 1:
+                best.pop()
+            elif len(branch) > 1:
+                branch.pop(0)
+            else:
+                break  # what is left is the intent, the parent and the best prompt: send it as it is
+        return data()
+
+    @staticmethod
+    def _user_text(context: RewriteContext, data: dict[str, Any]) -> str:
+        return prompts.render("rewriter", "user", k=context.k, data=data)
+
+    def build_request(self, context: RewriteContext, *, request_id: str, seed: int, temperature: float) -> ChatRequest:
+        limit = context.max_prompt_tokens
+        system = prompts.render(
+            "rewriter", "system", k=context.k, max_chars=self.config.max_prompt_chars,
+            max_prompt_tokens=limit, max_words=words_for_tokens(limit) if limit else None,
+        )
         return ChatRequest(
             request_id=request_id,
             purpose="rewrite",
             messages=[
-                ChatMessage(role="system", content=prompts.render("rewriter", "system", k=k, max_chars=max_chars)),
-                ChatMessage(role="user", content=prompts.render("rewriter", "user", k=k, data=data)),
+                ChatMessage(role="system", content=system),
+                ChatMessage(role="user", content=self._user_text(context, self.context_data(context))),
             ],
-            json_schema=proposal_schema(k, max_chars),
+            json_schema=proposal_schema(context.k, self.config.max_prompt_chars),
             max_tokens=self.config.max_tokens,
             temperature=temperature,
             seed=seed,
         )
 
-    def validate(self, raw: list, parent_id: str | None, seen: set[str]) -> Proposal:
-        """Keep non-empty, not over-long, allowed, new prompts; record every dropped one with its reason.
-        ``seen`` holds normalized prompts already tried for this intent and is updated in place."""
-        kept: list[str] = []
-        dropped: list[tuple[str, str]] = []
-        for item in raw:
-            if not isinstance(item, str):
-                dropped.append((repr(item)[:200], "not a string"))
-                continue
-            prompt = clean_prompt(item)
-            if not prompt:
-                dropped.append((item[:200], "empty"))
-            elif len(prompt) > self.config.max_prompt_chars:
-                dropped.append((prompt[:200], f"longer than {self.config.max_prompt_chars} characters"))
-            elif normalize(prompt) in seen:
-                dropped.append((prompt, "duplicate"))
-            elif reason := self.output_filter.check(prompt):
-                dropped.append((prompt, f"blocked: {reason}"))
-            else:
-                seen.add(normalize(prompt))
-                kept.append(prompt)
-        return Proposal(parent_id=parent_id, prompts=kept, dropped=dropped)
-
-    async def propose(
-        self,
-        intent: Intent,
-        parent: Candidate | None,
-        history: list[Candidate],
-        k: int,
-        seen: set[str],
-        *,
-        request_id: str,
-        seed: int,
-        temperature: float,
-    ) -> tuple[Proposal, ChatResult]:
-        request = self.build_request(
-            intent, parent, history, k, request_id=request_id, seed=seed, temperature=temperature
-        )
-        result = await self.llm.chat(request)
-        parent_id = parent.id if parent else None
+    async def propose(self, context: RewriteContext, *, request_id: str, seed: int, temperature: float) -> RewriteReply:
+        result = await self.llm.chat(self.build_request(context, request_id=request_id, seed=seed, temperature=temperature))
         if result.error:
-            return Proposal(parent_id=parent_id, prompts=[], error=result.error), result
+            return RewriteReply(error=result.error, chat=result)
         if result.parse_error or not isinstance(result.parsed, dict) or not isinstance(result.parsed.get("prompts"), list):
             error = result.parse_error or f"reply has no 'prompts' list: {result.text[:200]!r}"
-            return Proposal(parent_id=parent_id, prompts=[], error=error), result
-        proposal = self.validate(result.parsed["prompts"], parent_id, seen)
-        if not proposal.prompts:
-            proposal.error = "no usable rewrite (all empty, too long, duplicate or blocked)"
-        return proposal, result
+            return RewriteReply(error=error, chat=result)
+        kept: list[str] = []
+        dropped: list[tuple[str, str]] = []
+        cap = self.config.max_prompt_chars
+        for item in result.parsed["prompts"]:
+            if isinstance(item, str) and len(clean_prompt(item)) > cap:
+                dropped.append((clean_prompt(item)[:200], f"longer than {cap} characters"))
+            else:
+                kept.append(item)  # the planner checks the rest (type, emptiness, tokens, duplicates, filter)
+        return RewriteReply(prompts=kept, dropped=dropped, chat=result)

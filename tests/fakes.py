@@ -7,7 +7,21 @@ import io
 import json
 from collections.abc import Callable
 
-from agents.messages import ChatRequest, ChatResult, RendererInfo, RenderRequest, RenderResult
+from agents.config import CriticConfig
+from agents.critic import build_critique
+from agents.messages import (
+    Candidate,
+    ChatRequest,
+    ChatResult,
+    Check,
+    Critique,
+    Intent,
+    RendererInfo,
+    RenderRequest,
+    RenderResult,
+    RewriteContext,
+    RewriteReply,
+)
 
 
 def origin(png: bytes) -> tuple[str, int]:
@@ -28,6 +42,7 @@ class FakeRenderer:
         self.keep_calls = keep_calls
         self.size = size
         self.fail_with: Exception | None = None
+        self.fail_on: str | None = None  # raise on a call holding a request id containing this
 
     max_prompt_tokens = 77
 
@@ -44,6 +59,8 @@ class FakeRenderer:
 
         if self.fail_with is not None:
             raise self.fail_with
+        if self.fail_on and any(self.fail_on in r.request_id for r in requests):
+            raise ConnectionError(f"renderer died (scripted, on a request matching {self.fail_on!r})")
         if self.keep_calls:
             self.calls.append(list(requests))
         out = []
@@ -82,8 +99,8 @@ def _user_data(request: ChatRequest) -> dict:
     return json.loads(text[start : text.index("</user_data>")])
 
 
-ScoreFn = Callable[[str, int], tuple[int, int, bool]]
-"""(prompt, seed) -> (alignment 0..10, quality 0..10, every check answered yes?)"""
+ScoreFn = Callable[[str, int], tuple[int, int, bool | list[bool]]]
+"""(prompt, seed) -> (alignment 0..10, quality 0..10, every check answered yes? or one answer per check in order)"""
 
 
 class ScriptedLLM:
@@ -108,6 +125,8 @@ class ScriptedLLM:
         self.rewrite_fn = rewrite_fn or (lambda prompt, k, seed: [f"{prompt}, variation {seed % 997}-{i}" for i in range(k)])
         self.broken = broken
         self.requests: list[ChatRequest] = []
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
 
     async def chat(self, request: ChatRequest) -> ChatResult:
         if self.keep_requests:
@@ -127,8 +146,58 @@ class ScriptedLLM:
             prompt, seed = origin(png)
             alignment, quality, yes = self.score_fn(prompt, seed)
             ids = list(props["answers"]["properties"])
-            reply = {"answers": {i: yes for i in ids}, "alignment": alignment, "quality": quality,
+            answers = yes if isinstance(yes, list) else [yes] * len(ids)
+            reply = {"answers": dict(zip(ids, answers)), "alignment": alignment, "quality": quality,
                      "feedback": f"more detail for {prompt[:20]}"}
         text = json.dumps(reply)
-        return ChatResult(request_id=request.request_id, text=text, parsed=reply, prompt_tokens=20,
-                          completion_tokens=len(text) // 4)
+        result = ChatResult(request_id=request.request_id, text=text, parsed=reply, prompt_tokens=20,
+                            completion_tokens=len(text) // 4)
+        self.prompt_tokens += result.prompt_tokens
+        self.completion_tokens += result.completion_tokens
+        return result
+
+
+class DictSink:
+    """An image sink that keeps PNGs in a dict by candidate id (the planner keeps no image bytes itself)."""
+
+    def __init__(self):
+        self.images: dict[str, bytes] = {}
+
+    async def __call__(self, candidate: Candidate, png: bytes) -> str:
+        self.images[candidate.id] = png
+        return f"mem://{candidate.id}"
+
+
+class ScriptedCritic:
+    """A critic that calls no LLM (like a programmatic judge): two checks, answers and ratings from ``score_fn`` of the
+    image's origin, scored with the shared formula (``agents.critic.build_critique``)."""
+
+    CHECKS = [Check(id="q1", question="Is the main subject present?"), Check(id="q2", question="Is the style right?")]
+
+    def __init__(self, score_fn: ScoreFn, config: CriticConfig | None = None):
+        self.score_fn = score_fn
+        self.config = config or CriticConfig()
+
+    async def decompose(self, intent: Intent, *, request_id: str, seed: int) -> tuple[list[Check], None]:
+        return list(self.CHECKS), None
+
+    async def critique(self, png: bytes, intent: Intent, checks: list[Check], *, request_id: str, seed: int
+                       ) -> tuple[Critique, None]:
+        prompt, image_seed = origin(png)
+        alignment, quality, yes = self.score_fn(prompt, image_seed)
+        answers = yes if isinstance(yes, list) else [yes] * len(checks)
+        critique = build_critique(self.config, checks, {c.id: a for c, a in zip(checks, answers)},
+                                  alignment=alignment / 10, quality=quality / 10, feedback=f"judged {prompt[:20]}")
+        return critique, None
+
+
+class CountingRewriter:
+    """A rewriter that calls no LLM: ``k`` new prompts numbered by round (every one usable); keeps each context."""
+
+    def __init__(self):
+        self.contexts: list[RewriteContext] = []
+
+    async def propose(self, context: RewriteContext, *, request_id: str, seed: int, temperature: float) -> RewriteReply:
+        self.contexts.append(context)
+        return RewriteReply(prompts=[f"{context.current_prompt} | r{context.round} {request_id[-2:]} v{i}"
+                                     for i in range(context.k)])

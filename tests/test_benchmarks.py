@@ -33,3 +33,17 @@ def test_gpu_renderer_script_runs_tiny_on_cpu(tmp_path, arch):
 def test_memory_benchmark_runs(tmp_path):
     out = _run("benchmarks.bench_memory", "--n", "3", "--no-record")
     assert "growth 10x intents" in out
+
+
+@pytest.mark.slow
+def test_search_simulator_runs_and_the_paired_search_beats_best_of_n_where_prompts_differ():
+    out = _run("benchmarks.bench_search_sim", "--intents", "40", "--no-record")
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in out.splitlines() if line.startswith("| ")]
+    table = {(r[0], r[1]): r for r in rows[1:]}
+    worlds = {"prompts differ", "prompts differ a little", "seeds dominate", "prompts do not differ"}
+    assert {w for w, _ in table} == worlds
+    for world in worlds:  # every arm spent the same images
+        assert {table[(world, arm)][2] for arm in ("best-of-N", "paired search (default)", "fresh-seed search")} \
+            == {"22.000"}
+    low = float(table[("prompts differ", "paired search (default)")][3].split("[")[1].split(",")[0])
+    assert low > 0  # the interval of the improvement over best-of-N lies above 0

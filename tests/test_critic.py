@@ -9,7 +9,7 @@ import pytest
 from agents.config import CriticConfig
 from agents.critic import Critic, CriticError, WeightedScorer, critique_schema
 from agents.messages import Check, Intent, RenderRequest
-from tests.fakes import FakeRenderer, ScriptedLLM
+from tests.fakes import DictSink, FakeRenderer, ScriptedLLM
 
 
 class ConstScorer:
@@ -71,8 +71,51 @@ def test_critic_timeout_is_a_recorded_model_failure():
             return await llm.chat(request)
 
     slow = SlowCritiques()
-    planner = BeamSearchPlanner(renderer, Rewriter(slow), Critic(slow, timeout_s=0.2), SearchConfig(rounds=2))
+    planner = BeamSearchPlanner(renderer, Rewriter(slow), Critic(slow, timeout_s=0.2), SearchConfig(rounds=2),
+                                image_sink=DictSink())
     result = asyncio.run(planner.run(Intent(id="t", text="a cat")))
     timed_out = [c for c in result.candidates if c.id.startswith("t/r0/p0/")]
     assert timed_out and all(c.status == CandidateStatus.failed and "timed out" in c.error for c in timed_out)
     assert result.rounds_run == 2 and result.best is not None
+
+
+def _png(width: int, height: int) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (width, height), (200, 30, 30)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_critique_request_puts_the_shared_prefix_first_and_a_downscaled_image_last():
+    import io
+
+    from PIL import Image
+
+    critic = Critic(llm=None, config=CriticConfig(max_pixels=64 * 64))
+    intent = Intent(id="i", text="a red apple")
+    a = critic.build_critique_request(_png(256, 128), intent, CHECKS, request_id="a", seed=1)
+    b = critic.build_critique_request(_png(32, 32), intent, CHECKS, request_id="b", seed=2)
+    assert [m.role for m in a.messages] == ["system", "user"]
+    parts = a.messages[1].content
+    assert [p.type for p in parts] == ["text", "image"]  # the image last
+    assert "apple?" in parts[0].text and "a red apple" in parts[0].text
+    # everything before the image is identical for two images of one intent: a prefix cache can reuse it
+    assert a.messages[0] == b.messages[0] and a.messages[1].content[0] == b.messages[1].content[0]
+    w, h = Image.open(io.BytesIO(parts[1].png)).size
+    assert w * h <= 64 * 64 and (w, h) == (90, 45)  # aspect kept: sqrt(4096 / 32768) * (256, 128), floored
+    assert b.messages[1].content[1].png == _png(32, 32)  # small images pass untouched
+
+
+def test_a_judge_and_the_vlm_critic_score_the_same_answers_alike():
+    from agents.critic import build_critique
+
+    config = CriticConfig()
+    vlm = Critic(llm=None, config=config).aggregate(
+        {"answers": {"q1": True, "q2": False}, "alignment": 7, "quality": 3, "feedback": "f"}, CHECKS, {}, {})
+    judge = build_critique(config, CHECKS, {"q1": True, "q2": False}, alignment=0.7, quality=0.3, feedback="f")
+    assert judge == vlm
+    with pytest.raises(CriticError, match=r"missing \['q2'\]"):
+        build_critique(config, CHECKS, {"q1": True}, alignment=0.5, quality=0.5)
