@@ -1,17 +1,19 @@
 """C2PA Content Credentials (``c2pa-python``): sign a PNG's manifest with the generative-AI assertion, and read one.
 
-What c2pa-rs (0.91, inside c2pa-python 0.38) requires of the signing credentials, checked offline:
-- a chain, not a self-signed certificate: signing with a self-signed end-entity certificate fails with "the
-  certificate is invalid". Give the end-entity certificate first, then any intermediates (not the root), in one PEM.
-- the end-entity certificate: not a CA, key usage ``digitalSignature``, an extended key usage C2PA accepts
-  (``emailProtection``, ``documentSigning``, ``timeStamping``, ``OCSPSigning`` or C2PA's claim-signing EKU), currently
-  valid; the key in PKCS#8 PEM matching ``algorithm``.
+What c2pa-rs (0.91, inside c2pa-python 0.38) requires of the signing credentials, checked offline in
+``tests/test_provenance.py``:
+- the end-entity certificate must carry an authority key identifier: without one, signing fails with "the certificate
+  is invalid" (so do certificates made without the usual extensions). With the extensions, not a CA, key usage
+  ``digitalSignature`` and an extended key usage C2PA accepts (``emailProtection``, ``documentSigning``, ...), both a
+  CA-issued and a self-signed certificate sign. Give the end-entity certificate first, then any intermediates (not the
+  root), in one PEM; the key in PKCS#8 PEM, matching ``algorithm``.
 - without a time-stamp authority (``tsa_url``) the signature carries no trusted time: readers accept it only while the
   certificate is valid. A TSA is reached over the network at every signing; the default is none.
 
-A reader reports ``Valid`` when the signature and hashes check out and ``Trusted`` when, in addition, the chain ends
-in one of the trust anchors it was given (``trust_anchors``); otherwise C2PA's default trust list applies, which a
-private CA is not on.
+A reader reports ``Valid`` when the signature and hashes check out (with the failure ``signingCredential.untrusted``
+when the chain ends nowhere it trusts) and ``Trusted`` when the chain ends in one of the trust anchors it was given
+(``trust_anchors``); a private CA or a self-signed certificate is trusted only that way. ``Invalid`` means the image
+or its manifest changed after signing (e.g. ``assertion.dataHash.mismatch``).
 
 The dependency is required, not an extra: its wheel is about 16 MB (53 MB installed) beside a venv of about 3 GB, and
 ``promptbeam verify`` must read credentials wherever it is installed. It is imported only when signing is configured
@@ -95,7 +97,7 @@ def manifest_for(record: ProvenanceRecord) -> dict[str, Any]:
                     ]
                 },
             },
-            {"label": ASSERTION_LABEL, "data": record.model_dump(mode="json")},
+            {"label": ASSERTION_LABEL, "data": record.model_dump(mode="json", by_alias=True)},
         ],
     }
 
