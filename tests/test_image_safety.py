@@ -12,7 +12,7 @@ from serving.safety import ImageSafetyChecker, ImageSafetyConfig, OpenNSFWChecke
 from serving.safety.images import ImageDecodeError
 from serving.safety.nsfw import load_image_safety_checker
 from serving.safety.provenance import ProvenanceRecord, verify
-from tests.drawn import png, scene
+from tests.safety_data import png, scene
 
 
 @pytest.fixture(scope="module")
@@ -132,3 +132,11 @@ def test_checker_runs_on_rendered_images(diffusion_engine, checker):
     scores = [v.score for v in verdicts]
     strict = OpenNSFWChecker(ImageSafetyConfig(threshold=max(scores)))
     assert [v.flagged for v in strict.check_batch([r.png for r in results])] == [s >= max(scores) for s in scores]
+
+
+@pytest.mark.slow
+def test_safety_benchmark_runs():
+    from tests.test_benchmarks import _run
+
+    out = _run("benchmarks.bench_safety", "--quick", "--no-record", "--reps", "1", "--images", "2")
+    assert "stamp + C2PA signature" in out and "JPEG q75" in out and "µs per check" in out

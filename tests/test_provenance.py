@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime
 import io
 import json
 import struct
@@ -19,7 +18,7 @@ from serving.safety.images import ImageDecodeError
 from serving.safety.provenance import RECORD_KEY, ProvenanceConfig, Stamper, verify
 from serving.safety.record import DIGITAL_SOURCE_TYPE, ProvenanceRecord
 from serving.safety.watermark import WatermarkConfig
-from tests.drawn import decode, jpeg, png, scene
+from tests.safety_data import decode, jpeg, make_credentials, png, scene
 
 RECORD = ProvenanceRecord(
     campaign="parti", intent="p-0007", candidate="r1-b0-c2-s0", prompt='a red <apple> & "pear" on a table, ünïcode ✓',
@@ -127,59 +126,9 @@ def test_watermark_can_be_disabled_and_keyed(stamped):
 # -- C2PA --------------------------------------------------------------------------------------------------------------
 
 
-def _credentials(directory: Path, self_signed: bool = False, key_id: bool = True) -> tuple[Path, Path, Path]:
-    """A test CA and an end-entity signing certificate (ECDSA P-256) as C2PA wants them: CA:false, digitalSignature,
-    EKU emailProtection, an authority key identifier (c2pa refuses to sign without one), issued by the CA -- or,
-    with ``self_signed``, by itself."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-    now = datetime.datetime.now(datetime.timezone.utc)
-
-    def name(cn: str) -> x509.Name:
-        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn),
-                          x509.NameAttribute(NameOID.ORGANIZATION_NAME, "promptbeam tests")])
-
-    def usage(**on) -> x509.KeyUsage:
-        flags = dict.fromkeys(["digital_signature", "content_commitment", "key_encipherment", "data_encipherment",
-                               "key_agreement", "key_cert_sign", "crl_sign", "encipher_only", "decipher_only"], False)
-        return x509.KeyUsage(**{**flags, **on})
-
-    def base(subject, issuer, key) -> x509.CertificateBuilder:
-        return (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer).public_key(key.public_key())
-                .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
-                .not_valid_after(now + datetime.timedelta(days=30)))
-
-    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
-    ca = (base(name("promptbeam test root"), name("promptbeam test root"), ca_key)
-          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-          .add_extension(usage(key_cert_sign=True, crl_sign=True), critical=True)
-          .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
-          .sign(ca_key, hashes.SHA256()))
-    issuer, signing_key = (name("promptbeam signer"), key) if self_signed else (ca.subject, ca_key)
-    leaf = (base(name("promptbeam signer"), issuer, key)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(usage(digital_signature=True), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.EMAIL_PROTECTION]), critical=False)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False))
-    if key_id:
-        leaf = leaf.add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(signing_key.public_key()),
-                                  critical=False)
-    leaf = leaf.sign(signing_key, hashes.SHA256())
-    pem = lambda c: c.public_bytes(serialization.Encoding.PEM)  # noqa: E731
-    chain, key_file, root = directory / "chain.pem", directory / "key.pem", directory / "root.pem"
-    chain.write_bytes(pem(leaf) + (b"" if self_signed else pem(ca)))
-    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    root.write_bytes(pem(ca))
-    return chain, key_file, root
-
-
 @pytest.fixture(scope="module")
 def credentials(tmp_path_factory) -> tuple[Path, Path, Path]:
-    return _credentials(tmp_path_factory.mktemp("c2pa"))
+    return make_credentials(tmp_path_factory.mktemp("c2pa"))
 
 
 @pytest.fixture(scope="module")
@@ -231,14 +180,14 @@ def test_c2pa_detects_changed_pixels(signed, credentials):
 
 
 def test_self_signed_certificate_signs_but_is_trusted_only_as_an_anchor(tmp_path):
-    chain, key, _ = _credentials(tmp_path, self_signed=True)
+    chain, key, _ = make_credentials(tmp_path, self_signed=True)
     data = Stamper(ProvenanceConfig(c2pa=C2paConfig(cert_chain=chain, private_key=key))).stamp(scene(64), RECORD).png
     assert verify(data).c2pa.failures == ["signingCredential.untrusted"]
     assert verify(data, ProvenanceConfig(trust_anchors=chain)).c2pa.validation_state == "Trusted"
 
 
 def test_bad_credentials_fail_at_start_with_the_paths(tmp_path, credentials):
-    chain, key, _ = _credentials(tmp_path, key_id=False)
+    chain, key, _ = make_credentials(tmp_path, key_id=False)
     with pytest.raises(C2paError, match="chain.pem.*certificate is invalid"):
         Stamper(ProvenanceConfig(c2pa=C2paConfig(cert_chain=chain, private_key=key)))
     with pytest.raises(C2paError, match="missing.pem"):

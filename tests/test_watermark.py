@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from serving.safety.watermark import Watermarker, WatermarkConfig, WatermarkError
-from tests.drawn import decode, jpeg, png, resized, scene
+from tests.safety_data import decode, jpeg, png, resized, scene
 
 PAYLOAD = 0xC0FFEE42
 
