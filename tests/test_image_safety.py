@@ -130,8 +130,15 @@ def test_checker_runs_on_rendered_images(diffusion_engine, checker):
     assert all(0.0 <= v.score <= 1.0 for v in verdicts)
     # the withholding path: an operator threshold at an image's score flags exactly that image
     scores = [v.score for v in verdicts]
-    strict = OpenNSFWChecker(ImageSafetyConfig(threshold=max(scores)))
-    assert [v.flagged for v in strict.check_batch([r.png for r in results])] == [s >= max(scores) for s in scores]
+    strict = ImageSafetyConfig(threshold=max(scores))
+    assert [v.flagged for v in OpenNSFWChecker(strict).check_batch([r.png for r in results])] == [
+        s >= max(scores) for s in scores]
+    # ... and through the guard the renderer will call: flagged ones withheld, the rest stamped
+    records = [ProvenanceRecord(candidate=r.request_id, prompt="a red apple on a table", seed=r.seed, model=r.model,
+                                width=r.width, height=r.height, steps=r.steps) for r in results]
+    out = OutputGuard(OutputSafetyConfig(image_check=strict)).process([r.png for r in results], records)
+    assert [o.withheld for o in out] == [s >= max(scores) for s in scores]
+    assert all(verify(o.png).watermark_matches_record for o in out if not o.withheld)
 
 
 @pytest.mark.slow
