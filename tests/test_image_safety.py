@@ -80,6 +80,7 @@ def test_thread_safe(checker, images):
 
 def test_loaded_once_per_config_and_satisfies_the_protocol(checker):
     assert load_image_safety_checker(ImageSafetyConfig()) is checker
+    assert load_image_safety_checker() is checker
     assert isinstance(checker, ImageSafetyChecker)
 
 

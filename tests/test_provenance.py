@@ -98,6 +98,16 @@ def test_small_images_get_metadata_and_say_why_no_watermark(stamper):
     assert any("stamper: images must be at least 64x64" in line for line in report.lines())
 
 
+def test_same_render_same_pixels_whenever_it_is_stamped(stamper):
+    later = RECORD.model_copy(update={"created": "2027-01-01T00:00:00+00:00"})
+    assert later.watermark_id() == RECORD.watermark_id()
+    assert RECORD.model_copy(update={"seed": 1235}).watermark_id() != RECORD.watermark_id()
+    image = scene(64, seed=23)
+    first, second = stamper.stamp(image, RECORD).png, stamper.stamp(image, later).png
+    assert first != second and (decode(first) == decode(second)).all()  # the metadata differs, the pixels do not
+    assert verify(second).record == later and verify(second).watermark_matches_record
+
+
 def test_odd_prompts_round_trip(stamper):
     record = RECORD.model_copy(update={"prompt": "nul\x00 tab\t bell\x07 <x:y/> ]]> 𝔘𝔫𝔦 " + "long " * 800})
     report = verify(stamper.stamp(scene(64, seed=17), record).png)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from serving.safety.images import ImageLike, encode_png
+from serving.safety.images import ImageLike, encode_png, to_rgb
 from serving.safety.nsfw import ImageSafetyChecker, ImageSafetyConfig, SafetyVerdict, load_image_safety_checker
 from serving.safety.provenance import ProvenanceConfig, Stamper
 from serving.safety.record import ProvenanceRecord
@@ -56,11 +56,12 @@ class OutputGuard:
     def process(self, images: Sequence[ImageLike], records: Sequence[ProvenanceRecord]) -> list[GuardedImage]:
         if len(images) != len(records):
             raise ValueError(f"one provenance record per image: got {len(images)} images and {len(records)} records")
+        arrays = [to_rgb(img) for img in images]  # decode once for both the check and the stamp
         verdicts: list[SafetyVerdict | None] = (
-            list(self.checker.check_batch(images)) if self.checker is not None else [None] * len(images)
+            list(self.checker.check_batch(arrays)) if self.checker is not None else [None] * len(arrays)
         )
         out = []
-        for image, record, verdict in zip(images, records, verdicts):
+        for image, record, verdict in zip(arrays, records, verdicts):
             if verdict is not None and verdict.flagged:
                 out.append(GuardedImage(png=None, verdict=verdict, watermarked=False, watermark_error=None,
                                         signed=False))

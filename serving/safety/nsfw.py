@@ -96,7 +96,11 @@ class OpenNSFWChecker:
         return verdicts
 
 
-@functools.lru_cache(maxsize=4)
 def load_image_safety_checker(config: ImageSafetyConfig | None = None) -> OpenNSFWChecker:
     """The process-wide checker for this config (the model is loaded once, on first use)."""
+    return _load(config or ImageSafetyConfig())
+
+
+@functools.lru_cache(maxsize=4)
+def _load(config: ImageSafetyConfig) -> OpenNSFWChecker:
     return OpenNSFWChecker(config)

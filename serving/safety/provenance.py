@@ -3,7 +3,7 @@
 :meth:`Stamper.stamp` writes, in this order (each layer covers what the previous cannot):
 
 1. the invisible watermark (:mod:`serving.safety.watermark`) carrying the first 32 bits of the SHA-256 of the
-   provenance record -- survives PNG round trips, and for images of 256 pixels and up JPEG re-encoding and resizing
+   provenance record (all but its time: the same render gets the same pixels) -- survives PNG round trips, and for images of 256 pixels and up JPEG re-encoding and resizing
    that strip all metadata;
 2. PNG text chunks: ``promptbeam:provenance`` (the record as JSON, plus the watermark's status), an XMP packet
    (``XML:com.adobe.xmp``) with the IPTC digital source type ``trainedAlgorithmicMedia`` (what Google, Adobe and C2PA

@@ -46,11 +46,16 @@ class ProvenanceRecord(BaseModel):
     steps: int | None = Field(default=None, ge=1)
     created: str = Field(default_factory=_now, description="ISO 8601 UTC time of stamping.")
 
-    def canonical_json(self) -> str:
-        """Sorted keys, ASCII only (non-ASCII escaped): the same record always hashes to the same bytes."""
-        return json.dumps(self.model_dump(mode="json", by_alias=True), sort_keys=True, ensure_ascii=True,
-                          separators=(",", ":"))
+    def canonical_json(self, exclude: frozenset[str] = frozenset()) -> str:
+        """Sorted keys, ASCII only (non-ASCII escaped): the same record always gives the same bytes."""
+        body = self.model_dump(mode="json", by_alias=True, exclude=set(exclude))
+        return json.dumps(body, sort_keys=True, ensure_ascii=True, separators=(",", ":"))
 
     def watermark_id(self) -> int:
-        """First 32 bits of the SHA-256 of :meth:`canonical_json`: what the invisible watermark carries."""
-        return int.from_bytes(hashlib.sha256(self.canonical_json().encode("ascii")).digest()[:4], "big")
+        """First 32 bits of the SHA-256 of the record without ``created``: what the invisible watermark carries.
+
+        The time is left out so that the same render stamps the same pixels whenever it happens (a resumed or
+        repeated search sees bit-identical images); it still lies in the metadata, which the id is checked against.
+        """
+        digest = hashlib.sha256(self.canonical_json(exclude=frozenset({"created"})).encode("ascii")).digest()
+        return int.from_bytes(digest[:4], "big")
