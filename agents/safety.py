@@ -320,7 +320,10 @@ class KeywordModerator:
         if MASK in reading:
             letters, masks = sum(ch.isalpha() for ch in reading), reading.count(MASK)
             return _masked(reading, self._vocabulary) if letters >= 2 and masks <= len(reading) // 2 else None
-        for form in (reading, reading[:-1] if reading.endswith("s") else "", reading[:-2] if reading.endswith("es") else ""):
+        plurals: tuple[str, ...] = ()
+        if reading.endswith("s"):
+            plurals = (reading[:-1], reading[:-2]) if reading.endswith("es") else (reading[:-1],)
+        for form in (reading, *plurals):
             if form in words:
                 return form
         return None

@@ -13,7 +13,6 @@ Table 3 -- input moderation: microseconds per check over the moderation test tab
 from __future__ import annotations
 
 import argparse
-import io
 import statistics
 import tempfile
 import time
@@ -21,7 +20,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from benchmarks._util import report
 from serving.safety.credentials import C2paConfig

@@ -144,7 +144,8 @@ def credentials(tmp_path_factory) -> tuple[Path, Path, Path]:
 @pytest.fixture(scope="module")
 def signed(credentials) -> bytes:
     chain, key, _ = credentials
-    out = Stamper(ProvenanceConfig(c2pa=C2paConfig(cert_chain=chain, private_key=key))).stamp(scene(64, seed=21), RECORD)
+    stamper = Stamper(ProvenanceConfig(c2pa=C2paConfig(cert_chain=chain, private_key=key)))
+    out = stamper.stamp(scene(64, seed=21), RECORD)
     assert out.signed and out.watermarked
     return out.png
 

@@ -15,7 +15,7 @@ app = typer.Typer(add_completion=False, help="Image provenance.")
 
 @app.command("verify")
 def verify_command(
-    image: Path = typer.Argument(..., exists=True, dir_okay=False, readable=True, help="An image file (PNG, JPEG, ...)."),
+    image: Path = typer.Argument(..., exists=True, dir_okay=False, readable=True, help="An image (PNG, JPEG, ...)."),
     key: str | None = typer.Option(None, help="Watermark key, if the operator set a private one."),
     trust_anchors: Path | None = typer.Option(
         None, exists=True, dir_okay=False, help="PEM root certificates to trust as C2PA signers."

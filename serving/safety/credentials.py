@@ -122,7 +122,9 @@ class C2paSigner:
             self._signer = c2pa.Signer.from_info(c2pa.C2paSignerInfo(alg, chain, key, config.tsa_url))
             self._context = c2pa.Context(settings=c2pa.Settings.from_dict(_SIGNING_SETTINGS))
         except c2pa.C2paError as exc:
-            raise C2paError(f"c2pa refused the credentials in {config.cert_chain} / {config.private_key}: {exc}") from exc
+            raise C2paError(
+                f"c2pa refused the credentials in {config.cert_chain} / {config.private_key}: {exc}"
+            ) from exc
         self.sign(_probe_png(), ProvenanceRecord(prompt="probe", seed=0, model="probe"))
 
     def sign(self, png: bytes, record: ProvenanceRecord) -> bytes:

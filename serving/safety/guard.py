@@ -40,7 +40,8 @@ class GuardedImage:
     def withheld_reason(self) -> str | None:
         if self.verdict is None or not self.verdict.flagged:
             return None
-        return f"image flagged by {self.verdict.checker}: NSFW score {self.verdict.score:.3f} >= {self.verdict.threshold}"
+        v = self.verdict
+        return f"image flagged by {v.checker}: NSFW score {v.score:.3f} >= {v.threshold}"
 
 
 class OutputGuard:

@@ -20,7 +20,7 @@ class ImageDecodeError(ValueError):
 
 
 def to_rgb(image: ImageLike) -> np.ndarray:
-    """An ``(H, W, 3)`` uint8 RGB array from encoded bytes, a PIL image, or an ``(H, W)``/``(H, W, 3|4)`` uint8 array."""
+    """An ``(H, W, 3)`` uint8 RGB array from encoded bytes, a PIL image or an (H, W) / (H, W, 3|4) uint8 array."""
     if isinstance(image, (bytes, bytearray)):
         try:
             with Image.open(io.BytesIO(bytes(image))) as img:

@@ -25,7 +25,7 @@ class ImageSafetyConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    enabled: bool = Field(default=True, description="Check every rendered image; off only where an upstream filter does.")
+    enabled: bool = Field(default=True, description="Check every rendered image (off only if something upstream does).")
     threshold: float = Field(
         default=0.5, ge=0.0, le=1.0,
         description="Flag (withhold) images whose NSFW probability is >= this. open_nsfw's authors read < 0.2 as "

@@ -3,8 +3,8 @@
 :meth:`Stamper.stamp` writes, in this order (each layer covers what the previous cannot):
 
 1. the invisible watermark (:mod:`serving.safety.watermark`) carrying the first 32 bits of the SHA-256 of the
-   provenance record (all but its time: the same render gets the same pixels) -- survives PNG round trips, and for images of 256 pixels and up JPEG re-encoding and resizing
-   that strip all metadata;
+   provenance record (all but its time: the same render gets the same pixels) -- survives PNG round trips, and for
+   images of 256 pixels and up JPEG re-encoding and resizing that strip all metadata;
 2. PNG text chunks: ``promptbeam:provenance`` (the record as JSON, plus the watermark's status), an XMP packet
    (``XML:com.adobe.xmp``) with the IPTC digital source type ``trainedAlgorithmicMedia`` (what Google, Adobe and C2PA
    tools read as "AI-generated"), and the PNG standard keywords ``Software``, ``Source`` (model), ``Description``
@@ -197,7 +197,8 @@ class ProvenanceReport(BaseModel):
                        f"model {rec.model!r}, created {rec.created}")
             out.append(f"prompt:     {rec.prompt!r}")
         else:
-            out.append(f"metadata:   {'unreadable: ' + (self.metadata_error or '') if self.metadata_present else 'absent'}")
+            state = f"unreadable: {self.metadata_error}" if self.metadata_present else "absent"
+            out.append(f"metadata:   {state}")
         if self.xmp_digital_source_type:
             out.append(f"XMP:        DigitalSourceType {self.xmp_digital_source_type}")
         if wm.present:

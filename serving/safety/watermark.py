@@ -74,7 +74,7 @@ class WatermarkReading(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    present: bool = Field(description="The 48 bits decode with a matching CRC-16 (chance for an unmarked image: 2^-16).")
+    present: bool = Field(description="The 48 bits decode with a matching CRC-16 (an unmarked image: chance 2^-16).")
     payload: int | None = Field(default=None, description="The 32-bit id, when present.")
     confidence: float = Field(
         description="Mean decoding margin over the 48 bits, 0..1: about 1 for an untouched mark, about 0.5 for an "
@@ -184,7 +184,8 @@ class Watermarker:
         """Read the mark from an (H, W, 3) uint8 image of any size (under 64 pixels it is upsampled first)."""
         h, w = image.shape[:2]
         if h < CARRIER or w < CARRIER:
-            image = np.asarray(Image.fromarray(image).resize((max(w, CARRIER), max(h, CARRIER)), Image.Resampling.BILINEAR))
+            size = (max(w, CARRIER), max(h, CARRIER))
+            image = np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BILINEAR))
         p = self._projections(self._carrier(image))
         step = self.config.strength
 
