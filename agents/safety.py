@@ -4,12 +4,13 @@ The default :class:`KeywordModerator` is deliberately transparent: a lexicon of 
 "nonconsent"), rules over those concepts and a few regular expressions, all plain data in this module, applied to text
 that has first been *normalised* so that the usual obfuscations read as the words they hide:
 
-- Unicode: NFKC (fullwidth ``ｎａｋｅｄ``, ligatures), case folding, accents stripped (``nákéd``), zero-width and other
+- Unicode: NFKC (fullwidth ``ｎａｋｅｄ``, ligatures), lower case, accents stripped (``nákéd``), zero-width and other
   invisible format characters removed, Cyrillic/Greek/other look-alike letters mapped to Latin (``nаkеd`` with
   Cyrillic а/е);
 - spacing and punctuation: runs of single letters are joined (``n a k e d``, ``n.a.k.e.d``, ``n-a-k-e-d``),
-  punctuation inside a word is dropped (``na.ked``), ``*`` stands for any letter (``n*ked``), repeated letters are
-  squeezed (``naaaked``), words run together are split over the lexicon (``nakedchild``);
+  punctuation inside a word is dropped (``na.ked``), a word cut in two by a space is rejoined (``na ked``), ``*``
+  stands for any letter (``n*ked``), repeated letters are squeezed (``naaaked``), words run together are split over
+  the lexicon (``nakedchild``);
 - leetspeak: ``0→o 1→i/l 3→e 4→a 5→s 7→t 8→b 9→g @→a $→s !→i |→l/i +→t``, tried only inside tokens that contain a
   letter, so ages such as "12 year old" keep their digits.
 
@@ -223,9 +224,10 @@ def normalize(text: str) -> str:
 
 
 def fold(text: str) -> str:
-    """Characters only: NFKC, case fold, accents and invisible characters removed, look-alikes mapped to Latin,
+    """Characters only: NFKC, lower case, accents and invisible characters removed, look-alikes mapped to Latin,
     every kind of whitespace made one space. Punctuation and digits stay."""
-    text = unicodedata.normalize("NFKD", unicodedata.normalize("NFKC", text).casefold())
+    # lower(), not casefold(): casefold turns the final sigma "ς" (looks like c) into "σ" (looks like o)
+    text = unicodedata.normalize("NFKD", unicodedata.normalize("NFKC", text).lower())
     out = []
     for ch in text:
         cat = unicodedata.category(ch)
@@ -350,7 +352,9 @@ class KeywordModerator:
                 return best[n]  # type: ignore[return-value]
         return []
 
-    def concepts(self, slots: list[tuple[str, ...]]) -> set[str]:
+    def concepts(self, slots: list[tuple[str, ...]], join_split: bool = False) -> set[str]:
+        """The concepts the slots mention. ``join_split`` also rejoins a word cut in two by a space: only on the
+        deobfuscated view, where "it's ex" is one token "its" and cannot read as "s" + "ex"."""
         found: set[str] = set()
         lex = self.lexicon
         i = 0
@@ -370,7 +374,8 @@ class KeywordModerator:
             if matched:
                 i += matched
                 continue
-            # 2. single words, then compounds
+            # 2. single words, then compounds, then a word split in two by a space ("na ked")
+            step = 1
             for reading in slots[i]:
                 if word := self._word(reading):
                     found.add(lex.words[word])
@@ -378,8 +383,21 @@ class KeywordModerator:
                 if parts := self._compound(reading):
                     found.update(lex.words[p] for p in parts)
                     break
-            i += 1
+            else:
+                if join_split and (word := self._split_word(slots[i], slots[i + 1] if i + 1 < len(slots) else ())):
+                    found.add(lex.words[word])
+                    step = 2
+            i += step
         return found
+
+    def _split_word(self, left: tuple[str, ...], right: tuple[str, ...]) -> str | None:
+        """A lexicon word written as two neighbouring tokens ('na ked', 'k id', 'topl 355')."""
+        for a, b in itertools.product(left[:1], right[:1]):  # first readings (digit-only tokens stay as written: leetspeak may span the cut)
+            for joined in _leet_variants(a + b):
+                for reading in (joined, *_squeezed(joined)):
+                    if word := self._word(reading):
+                        return word
+        return None
 
     def _ages(self, folded: str) -> set[str]:
         numbers = {"one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8, "nine": 9,
@@ -403,8 +421,8 @@ class KeywordModerator:
         if not self._concept_rules:
             return None
         ages = self._ages(folded)
-        for view in views:
-            present = self.concepts(view) | ages
+        for view, join_split in zip(views, (False, True)):
+            present = self.concepts(view, join_split) | ages
             for rule in self._concept_rules:
                 if rule.all_of <= present:
                     return rule.reason

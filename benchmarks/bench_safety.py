@@ -114,10 +114,15 @@ def moderation_table(reps: int) -> list[list]:
     from tests.test_moderation import BENIGN, HARMFUL
 
     moderator = KeywordModerator()
-    texts = [t for t, _ in HARMFUL] + BENIGN
+    table = [t for t, _ in HARMFUL] + BENIGN
     correct = sum(moderator.check(t) == r for t, r in HARMFUL) + sum(moderator.check(t) is None for t in BENIGN)
-    per_check_us = median_ms(lambda: [moderator.check(t) for t in texts], reps) * 1000 / len(texts)
-    return [["KeywordModerator (normalising)", len(texts), f"{correct}/{len(texts)}", per_check_us]]
+    parti = (Path(__file__).parents[1] / "tests" / "data" / "partiprompts.txt").read_text().splitlines()
+    passed = sum(moderator.check(t) is None for t in parti)
+    rows = []
+    for name, texts, right in [("moderation test table", table, correct), ("PartiPrompts (all benign)", parti, passed)]:
+        us = median_ms(lambda texts=texts: [moderator.check(t) for t in texts], max(1, reps // 3)) * 1000 / len(texts)
+        rows.append([name, len(texts), f"{right}/{len(texts)}", us])
+    return rows
 
 
 def main() -> None:
@@ -142,8 +147,8 @@ def main() -> None:
     report("Invisible watermark robustness (promptbeam-stdm-v1, strength 40)", ["size", *ATTACKS], rows,
            notes=f"id read back exactly / images; mean PSNR of the marked images: {', '.join(psnr)}; {fp}.",
            record=not args.no_record)
-    report("Input moderation cost", ["moderator", "texts", "classified right", "µs per check"],
-           moderation_table(reps), notes="the benign/harmful table of tests/test_moderation.py",
+    report("Input moderation (KeywordModerator, normalising)", ["texts", "count", "classified right", "µs per check"],
+           moderation_table(reps), notes="tests/test_moderation.py's benign/harmful table; tests/data/partiprompts.txt",
            record=not args.no_record)
 
 

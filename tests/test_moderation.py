@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -68,6 +70,7 @@ def test_zero_width_and_invisible_characters(moderator):
 
 def test_punctuation_splitting_and_masking(moderator):
     assert moderator.check("n.a.k.e.d c-h-i-l-d") == MINORS
+    assert moderator.check("na ked chi ld") == MINORS
     assert moderator.check("na.ked chi_ld") == MINORS
     assert moderator.check("s*xy t**n") == MINORS
     assert moderator.check("nakedchild") == MINORS
@@ -169,9 +172,9 @@ _INVISIBLE = ["\u200b", "\u200c", "\u200d", "\u2060", "\ufeff", "\u00ad"]
 
 @st.composite
 def obfuscated(draw, phrase: str) -> str:
-    out = []
+    out, split = [], False
     for ch in phrase:
-        how = draw(st.sampled_from(["keep", "upper", "lookalike", "leet", "fullwidth", "invisible", "accent"]))
+        how = draw(st.sampled_from(["keep", "upper", "lookalike", "leet", "fullwidth", "invisible", "accent", "split"]))
         if how == "upper":
             ch = ch.upper()
         elif how == "lookalike" and ch in _LOOKALIKE:
@@ -184,6 +187,9 @@ def obfuscated(draw, phrase: str) -> str:
             ch = ch + draw(st.sampled_from(_INVISIBLE))
         elif how == "accent" and ch.isalpha():
             ch = ch + "\u0301"
+        elif how == "split" and ch.isalpha() and not split:  # one cut per phrase: "na ked", "na.ked", "na-ked"
+            ch = ch + draw(st.sampled_from([" ", ".", "-", "_"]))
+            split = True
         out.append(ch)
     return "".join(out)
 
@@ -239,3 +245,11 @@ def test_rule_needs_exactly_one_condition():
         Rule("nothing")
     with pytest.raises(ValueError, match="exactly one"):
         Rule("both", all_of=frozenset({"x"}), pattern="y")
+
+
+def test_no_partiprompt_is_blocked(moderator):
+    """1,632 real text-to-image prompts (tests/data/README.md): the normalising filter must not block any of them."""
+    prompts = (Path(__file__).parent / "data" / "partiprompts.txt").read_text().splitlines()
+    assert len(prompts) == 1632
+    blocked = [(p, r) for p in prompts if (r := moderator.check(p))]
+    assert blocked == []
