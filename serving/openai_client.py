@@ -36,7 +36,7 @@ from typing import Any
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from agents.messages import ChatMessage, ChatRequest, ChatResult, ImagePart
+from agents.messages import ChatMessage, ChatRequest, ChatResult, ImagePart, TextPart
 
 logger = logging.getLogger(__name__)
 
@@ -146,20 +146,17 @@ def open_language_models(
 
 def openai_messages(messages: list[ChatMessage]) -> list[dict]:
     """Chat messages -> OpenAI chat format; images become base64 PNG data URLs."""
-    out = []
-    for m in messages:
-        if isinstance(m.content, str):
-            out.append({"role": m.role, "content": m.content})
-            continue
-        parts = []
-        for p in m.content:
-            if isinstance(p, ImagePart):
-                url = "data:image/png;base64," + base64.b64encode(p.png).decode("ascii")
-                parts.append({"type": "image_url", "image_url": {"url": url}})
-            else:
-                parts.append({"type": "text", "text": p.text})
-        out.append({"role": m.role, "content": parts})
-    return out
+    return [
+        {"role": m.role, "content": m.content if isinstance(m.content, str) else [_openai_part(p) for p in m.content]}
+        for m in messages
+    ]
+
+
+def _openai_part(part: TextPart | ImagePart) -> dict:
+    if isinstance(part, ImagePart):
+        url = "data:image/png;base64," + base64.b64encode(part.png).decode("ascii")
+        return {"type": "image_url", "image_url": {"url": url}}
+    return {"type": "text", "text": part.text}
 
 
 def parse_json_reply(text: str, finish_reason: str | None) -> tuple[Any, str | None]:

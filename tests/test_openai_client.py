@@ -43,7 +43,8 @@ def png_of(color=(200, 30, 30), size=(64, 64)) -> bytes:
 
 
 def chat(content, **kw) -> ChatRequest:
-    return ChatRequest(request_id=kw.pop("request_id", "c0"), messages=[ChatMessage(role="user", content=content)], **kw)
+    request_id = kw.pop("request_id", "c0")
+    return ChatRequest(request_id=request_id, messages=[ChatMessage(role="user", content=content)], **kw)
 
 
 def completion(content: str = '{"ok": true}', prompt_tokens: int = 11, completion_tokens: int = 3) -> dict:
@@ -181,7 +182,8 @@ def test_no_seed_no_schema_and_max_completion_tokens_when_configured(scripted):
 def test_reply_that_is_not_json_is_a_parse_error(scripted):
     server = scripted([(200, completion('{"a": '))])
     result = run_chat(config_for(server.url), chat("x", json_schema={"type": "object"}))
-    assert result.parsed is None and result.parse_error.startswith("invalid JSON") and "finish_reason=stop" in result.parse_error
+    assert result.parsed is None and result.parse_error.startswith("invalid JSON")
+    assert "finish_reason=stop" in result.parse_error
 
 
 def test_a_refusal_is_a_model_side_error(scripted):
@@ -328,7 +330,7 @@ def test_rewriter_and_critic_get_their_own_endpoints():
 
 SERVED_NAME = "tiny-vlm"
 KEY_ENV = "PB_TEST_VLLM_API_KEY"
-MAX_MODEL_LEN = 1024
+MAX_MODEL_LEN = 2048
 
 
 @pytest.fixture(scope="session")
@@ -415,7 +417,7 @@ def test_text_chat_reports_the_servers_token_usage(vllm_client, loop_thread, tin
     tokenizer = AutoTokenizer.from_pretrained(tiny_models["vlm"])
     expected = tokenizer.apply_chat_template([m.model_dump() for m in messages], add_generation_prompt=True,
                                              tokenize=True)
-    expected = expected["input_ids"] if isinstance(expected, dict) else expected
+    expected = expected["input_ids"] if hasattr(expected, "keys") else expected  # transformers 5: a BatchEncoding
     assert result.prompt_tokens == len(expected)  # the chat template, tokenized, is what the server counted
     assert 1 <= result.completion_tokens <= 8
     if result.finish_reason == "length":
@@ -431,11 +433,14 @@ def test_chat_with_an_image_returns_schema_valid_json(vllm_client, loop_thread):
     schema = critique_schema([Check(id="q1", question="Is there an apple?"), Check(id="q2", question="Is it red?")])
 
     def request(i, content):
-        return chat(content, request_id=f"img{i}", json_schema=schema, max_tokens=160, temperature=1.0, seed=i)
+        # room for the longest verdict the schema allows even from random weights: feedback <= 300 characters of up
+        # to 4 byte-level tokens each
+        return chat(content, request_id=f"img{i}", json_schema=schema, max_tokens=1536, temperature=1.0, seed=i)
 
     async def go():
-        with_image = [request(i, [ImagePart(png=png_of((60 * i, 90, 200))), TextPart(text="Judge the image.")])
-                      for i in range(3)]
+        sizes = [(64, 64), (128, 96), (64, 64)]
+        with_image = [request(i, [ImagePart(png=png_of((60 * i, 90, 200), size)), TextPart(text="Judge the image.")])
+                      for i, size in enumerate(sizes)]
         text_only = request(9, "Judge the image.")
         return await asyncio.gather(*(vllm_client.chat(r) for r in [*with_image, text_only]))
 
@@ -443,8 +448,10 @@ def test_chat_with_an_image_returns_schema_valid_json(vllm_client, loop_thread):
     for result in results:
         assert result.error is None and result.parse_error is None, (result.error, result.parse_error, result.text)
         jsonschema.validate(result.parsed, schema)
-        # the image reached the model: its patch tokens are part of the prompt
-        assert result.prompt_tokens > text_only.prompt_tokens + 4
+    # the image reached the model: its patch tokens are part of the prompt, more for a larger image (Qwen2-VL's
+    # dynamic resolution)
+    assert all(r.prompt_tokens > text_only.prompt_tokens for r in results)
+    assert results[1].prompt_tokens > results[0].prompt_tokens == results[2].prompt_tokens
 
 
 @real_server
@@ -464,7 +471,7 @@ def test_seeded_sampling_is_deterministic_through_the_server(vllm_client, loop_t
 
 @real_server
 def test_prompt_longer_than_the_context_becomes_chat_result_error(vllm_client, loop_thread):
-    result = loop_thread.run(vllm_client.chat(chat("apple " * 3000, max_tokens=4)))
+    result = loop_thread.run(vllm_client.chat(chat("apple " * 5000, max_tokens=4)))
     assert result.error is not None and result.error.startswith("HTTP 400: ")
     assert str(MAX_MODEL_LEN) in result.error  # vLLM names the context length it was over
     assert result.text == "" and result.parsed is None
