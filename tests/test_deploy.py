@@ -50,13 +50,6 @@ def test_rayservice_embeds_the_gpu_serve_config():
     assert "nvidia.com/gpu" not in str(cluster["headGroupSpec"])
 
 
-def test_dockerfile_installs_the_gpu_extra_and_the_code():
-    text = (ROOT / "deploy" / "Dockerfile").read_text()
-    assert '".[gpu]"' in text and "rayproject/ray:2.60.0" in text
-    for pkg in ("agents", "serving", "pipelines"):
-        assert f"COPY --chown=ray:users {pkg} ./{pkg}" in text
-
-
 def test_prometheus_scrapes_rays_service_discovery_file():
     config = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())
     (job,) = config["scrape_configs"]
