@@ -227,11 +227,11 @@ TINY_SD = dict(
 
 TINY_SD_512 = dict(
     TINY_SD,
-    vae=dict(_TINY_VAE, block_out_channels=[8, 16, 32, 32], down_block_types=["DownEncoderBlock2D"] * 4,
-             up_block_types=["UpDecoderBlock2D"] * 4, norm_num_groups=8),
+    vae=dict(_TINY_VAE, block_out_channels=[4, 4, 8, 8, 8], layers_per_block=1, norm_num_groups=4,
+             down_block_types=["DownEncoderBlock2D"] * 5, up_block_types=["UpDecoderBlock2D"] * 5),
 )
-"""The tiny UNet with a narrow 4-level VAE (8x upsampling, as SD's): a 512² image costs little compute, so its
-encoding weighs as much as on a GPU (benchmarks/bench_encode.py)."""
+"""The tiny UNet with a narrow 5-level VAE (16x upsampling): a 512² image is a 32² latent and costs little compute,
+so its encoding weighs about as much as on a GPU (benchmarks/bench_encode.py)."""
 
 
 def make_tiny_diffusion(out: str | os.PathLike, seed: int = 0) -> Path:
