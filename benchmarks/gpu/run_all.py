@@ -130,7 +130,24 @@ def requests_for(s: Setting):
              for i in range(s.batch)] for b in range(s.batches)]
 
 
-def measure_plain(run: Run, group: str, pipe, s: Setting, device: str) -> None:
+def guarded(measure):
+    """A row that fails (an out-of-memory, a compile error) is reported as failed and the run goes on: one device
+    call has to bring back every row it can."""
+    import functools
+    import traceback
+
+    @functools.wraps(measure)
+    def wrapper(run: Run, group: str, pipe, s: Setting, device: str, path: str = "plain diffusers loop", **options):
+        try:
+            measure(run, group, pipe, s, device, path, **options)
+        except Exception as exc:  # noqa: BLE001 - reported in the table and on stderr
+            traceback.print_exc()
+            run.add([group, s.arch, s.label(), path, "", "", "", "", "", f"failed: {type(exc).__name__}: {exc}"[:300]])
+    return wrapper
+
+
+@guarded
+def measure_plain(run: Run, group: str, pipe, s: Setting, device: str, path: str) -> None:
     """The reference: the pipeline called directly, PIL images out, nothing encoded. Counts FLOPs on its first call."""
     import numpy as np
     import torch
@@ -155,7 +172,7 @@ def measure_plain(run: Run, group: str, pipe, s: Setting, device: str) -> None:
 
     rate, warm = stream_rate(run_batch, s.batches, s.batch, run.args.reps)
     run.plain[s] = (rate, flops, np.stack([np.asarray(im) for im in first]))
-    run.add([group, s.arch, s.label(), "plain diffusers loop", rate, 1.0, mfu(run, flops, rate, s.batch), warm, "",
+    run.add([group, s.arch, s.label(), path, rate, 1.0, mfu(run, flops, rate, s.batch), warm, "",
              f"{flops / 1e12:.2f} TFLOP per call"])
 
 
@@ -165,7 +182,8 @@ def mfu(run: Run, flops: float, rate: float, batch: int) -> str:
     return f"{flops * rate / batch / (run.args.peak * 1e12):.3f}"
 
 
-def measure_engine(run: Run, group: str, pipe, s: Setting, device: str, path: str, **options) -> object:
+@guarded
+def measure_engine(run: Run, group: str, pipe, s: Setting, device: str, path: str, **options) -> None:
     """The engine on ``pipe`` with ``options``, batches issued back-to-back as the deployment issues them: the next
     starts when the previous pipeline call returns, the images finish encoding in the pool."""
     import numpy as np
@@ -180,7 +198,7 @@ def measure_engine(run: Run, group: str, pipe, s: Setting, device: str, path: st
         engine = DiffusionEngine.from_pipeline(pipe, config)
     except (ValueError, ImportError) as exc:  # an option this machine cannot run (fp8 on CPU, no torchao): say why
         run.add([group, s.arch, s.label(), path, "", "", "", "", "", f"not run: {exc}"])
-        return None
+        return
     reqs = requests_for(s)
     first: list = []  # the futures of the latest stream's first batch, compared with the plain loop's images
 
@@ -219,7 +237,6 @@ def measure_engine(run: Run, group: str, pipe, s: Setting, device: str, path: st
     run.add([group, s.arch, s.label(), path, rate, rate / plain_rate if plain_rate else "",
              mfu(run, flops, rate, s.batch) if flops else "", warm, f"{graphs_warm}/{graphs_steady}",
              "; ".join(notes)])
-    return engine
 
 
 def free() -> None:
@@ -252,8 +269,9 @@ def settings(tiny: bool) -> dict[str, Setting]:
                 "flux": Setting("flux", 32, 2, 0.0, 2, "float32", 2)}
     return {"sd15-4": Setting("sd15", 512, 4, 0.0, 16, "float16", 4),
             "sd15-25": Setting("sd15", 512, 25, 7.5, 8, "float16", 2),
-            "sdxl": Setting("sdxl", 1024, 25, 5.0, 4, "bfloat16", 2),
-            "flux": Setting("flux", 1024, 4, 0.0, 4, "bfloat16", 2)}
+            # calls of seconds: one batch per stream (host overhead is negligible against them)
+            "sdxl": Setting("sdxl", 1024, 25, 5.0, 4, "bfloat16", 1),
+            "flux": Setting("flux", 1024, 4, 0.0, 4, "bfloat16", 1)}
 
 
 def main() -> None:
@@ -309,13 +327,14 @@ def main() -> None:
 
     if "a" in args.groups and run.fits("build sd15", 20 * scale):
         sd15 = build(run, "sd15", "float16" if device == "cuda" else "float32", device)
-        if run.fits("sd15 4-step rows", 30 * scale):
+        if run.fits("sd15 4-step rows", 25 * scale):
             measure_plain(run, "a", sd15, S["sd15-4"], device)
             measure_engine(run, "a", sd15, S["sd15-4"], device, "engine (defaults, encoder pool)")
-            measure_engine(run, "a", sd15, S["sd15-4"], device, "engine, encoding inside the call", encode_workers=0)
         if run.fits("sd15 25-step rows", 30 * scale):
             measure_plain(run, "a", sd15, S["sd15-25"], device)
             measure_engine(run, "a", sd15, S["sd15-25"], device, "engine (defaults, encoder pool)")
+        if run.fits("sd15 4-step, encoding inside the call", 20 * scale):
+            measure_engine(run, "a", sd15, S["sd15-4"], device, "engine, encoding inside the call", encode_workers=0)
     else:
         sd15 = None
     if "b" in args.groups:
@@ -328,30 +347,33 @@ def main() -> None:
                                attention_backend=backend)
         if sd15 is not None and run.fits("sd15 compile='full'", 75 * scale):
             measure_engine(run, "b", sd15, S["sd15-4"], device, "engine + compile='full'", **full)
-    if "d" in args.groups and sd15 is not None and device == "cuda" and run.fits("sd15 CUDA graphs", 75 * scale):
-        measure_engine(run, "d", sd15, S["sd15-4"], device, "engine + compile='full' + CUDA graphs", **full,
-                       cuda_graphs=True)
-    sd15 = None
-    free()
-    if "b" in args.groups and run.fits("build sdxl + eager rows", 45 * scale):
+    if "b" in args.groups and run.fits("build sdxl + eager rows", 50 * scale):
         sdxl = build(run, "sdxl", S["sdxl"].dtype, device)
         measure_plain(run, "b", sdxl, S["sdxl"], device)
         measure_engine(run, "b", sdxl, S["sdxl"], device, "engine (defaults)")
-        if run.fits("sdxl compile='full'", 110 * scale):
+        if run.fits("sdxl compile='full'", 120 * scale):
             measure_engine(run, "b", sdxl, S["sdxl"], device, "engine + compile='full'", **full)
         sdxl = None
         free()
-    if ("c" in args.groups or "d" in args.groups) and run.fits("build flux + eager rows", 60 * scale):
-        flux = build(run, "flux", S["flux"].dtype, device)
+    flux = None
+    if ("c" in args.groups or "d" in args.groups) and run.fits("build flux + eager rows", 80 * scale):
+        flux = build(run, "flux", S["flux"].dtype, device)  # ~34 GB beside SD1.5's 2 GB
         measure_plain(run, "c", flux, S["flux"], device)
         measure_engine(run, "c", flux, S["flux"], device, "engine (defaults)")
-        if "c" in args.groups and run.fits("flux compile='full'", 130 * scale):
+        if "c" in args.groups and run.fits("flux compile='full'", 150 * scale):
             measure_engine(run, "c", flux, S["flux"], device, "engine + compile='full'", **full)
-        if "d" in args.groups and run.fits("flux fp8 + compile='full'", 140 * scale):
-            measure_engine(run, "d", flux, S["flux"], device, "engine + fp8 (torchao) + compile='full'", **full,
-                           quantization="fp8")
-        flux = None
-        free()
+    if "d" in args.groups and sd15 is None and device == "cuda" and run.fits("build sd15 for CUDA graphs", 100):
+        sd15 = build(run, "sd15", "float16", device)
+        measure_plain(run, "d", sd15, S["sd15-4"], device)
+    if "d" in args.groups and sd15 is not None and device == "cuda" and run.fits("sd15 CUDA graphs", 80 * scale):
+        measure_engine(run, "d", sd15, S["sd15-4"], device, "engine + compile='full' + CUDA graphs", **full,
+                       cuda_graphs=True)
+    sd15 = None
+    if "d" in args.groups and flux is not None and run.fits("flux fp8 + compile='full'", 160 * scale):
+        measure_engine(run, "d", flux, S["flux"], device, "engine + fp8 (torchao) + compile='full'", **full,
+                       quantization="fp8")
+    flux = None
+    free()
     timer.cancel()
     finish("finished")
 

@@ -16,7 +16,6 @@ import contextlib
 import io
 import logging
 import os
-import threading
 import time
 from collections import defaultdict
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -99,8 +98,8 @@ _SDPA_BACKENDS = {"flash": "FLASH_ATTENTION", "efficient": "EFFICIENT_ATTENTION"
 class DiffusionEngine:
     """Loads a text-to-image pipeline with ``AutoPipelineForText2Image.from_pretrained`` and renders batches.
 
-    One pipeline call at a time: diffusers pipelines keep scheduler state (step index) on the object, so concurrent
-    calls corrupt each other. Concurrency comes from batching requests *into* one call, and from encoding the last
+    One pipeline call at a time, on one thread: diffusers pipelines keep scheduler state (step index) on the object,
+    so concurrent calls corrupt each other. Concurrency comes from batching requests *into* one call, and from encoding the last
     batch's images while the next batch runs (see the module docstring).
 
     ``busy_seconds`` adds up the wall time spent inside pipeline calls; over wall time it is the replica's busy
@@ -145,7 +144,9 @@ class DiffusionEngine:
             _check_fp8_support(self.device)
         self.pipe = pipe if pipe.dtype == self.dtype else pipe.to(dtype=self.dtype)
         self._buckets = config.buckets()
-        self._lock = threading.Lock()
+        # Every pipeline call runs on this one thread: calls stay one at a time, and state that torch keeps per
+        # thread (CUDA graph trees, inference mode) is made once, whichever thread a caller (Serve's to_thread) uses.
+        self._pipeline_thread = ThreadPoolExecutor(1, thread_name_prefix="pipeline")
         self._closed = False
         self._pool = (ThreadPoolExecutor(config.encode_workers, thread_name_prefix="encode")
                       if config.encode_workers else None)
@@ -274,6 +275,9 @@ class DiffusionEngine:
 
     def _generate(self, batch: list[RenderRequest]) -> _Decoded:
         """Stage 1: one pipeline call, padded up to its batch bucket, decoded to uint8 on the device."""
+        return self._pipeline_thread.submit(self._call_pipeline, batch).result()
+
+    def _call_pipeline(self, batch: list[RenderRequest]) -> _Decoded:
         import torch
 
         first = batch[0]
@@ -297,16 +301,15 @@ class DiffusionEngine:
         )
         if any(r.negative_prompt for r in batch):
             kwargs["negative_prompt"] = [r.negative_prompt or "" for r in padded]
-        with self._lock:
-            t0 = time.perf_counter()
-            with torch.inference_mode(), self._attention():
-                images = self.pipe(**kwargs).images  # (size, 3, H, W) in [0, 1], on the device
-                # the same arithmetic as diffusers' numpy_to_pil, in float32, so the bytes match output_type="pil"
-                pixels = images[:n].float().mul_(255).round_().to(torch.uint8).permute(0, 2, 3, 1).contiguous()
-                host, ready = self._to_host(pixels)
-            seconds = time.perf_counter() - t0
-            self.busy_seconds += seconds
-            self.pipeline_calls += 1
+        t0 = time.perf_counter()
+        with torch.inference_mode(), self._attention():
+            images = self.pipe(**kwargs).images  # (size, 3, H, W) in [0, 1], on the device
+            # the same arithmetic as diffusers' numpy_to_pil, in float32, so the bytes match output_type="pil"
+            pixels = images[:n].float().mul_(255).round_().to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+            host, ready = self._to_host(pixels)
+        seconds = time.perf_counter() - t0
+        self.busy_seconds += seconds
+        self.pipeline_calls += 1
         return _Decoded(host, ready, PipelineCall(batch_size=n, padded_size=size, seconds=seconds))
 
     def _to_host(self, pixels):
@@ -391,6 +394,7 @@ class DiffusionEngine:
     def shutdown(self) -> None:
         """Stop taking work and let the encoder pool finish the images already handed to it."""
         self._closed = True
+        self._pipeline_thread.shutdown(wait=True)
         if self._pool is not None:
             self._pool.shutdown(wait=True)
 
