@@ -56,6 +56,12 @@ def test_encode_benchmark_runs(tmp_path):
 
 
 @pytest.mark.slow
+def test_compile_cache_benchmark_runs():
+    out = _run("benchmarks.bench_compile_cache", "--backend", "eager", "--no-record")
+    assert "restart (same cache dir)" in out and "restart / first start" in out
+
+
+@pytest.mark.slow
 def test_memory_benchmark_runs(tmp_path):
     out = _run("benchmarks.bench_memory", "--n", "3", "--no-record")
     assert "growth 10x intents" in out
