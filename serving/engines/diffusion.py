@@ -99,8 +99,8 @@ class DiffusionEngine:
     """Loads a text-to-image pipeline with ``AutoPipelineForText2Image.from_pretrained`` and renders batches.
 
     One pipeline call at a time, on one thread: diffusers pipelines keep scheduler state (step index) on the object,
-    so concurrent calls corrupt each other. Concurrency comes from batching requests *into* one call, and from encoding the last
-    batch's images while the next batch runs (see the module docstring).
+    so concurrent calls corrupt each other. Concurrency comes from batching requests *into* one call, and from encoding
+    the last batch's images while the next batch runs (see the module docstring).
 
     ``busy_seconds`` adds up the wall time spent inside pipeline calls; over wall time it is the replica's busy
     fraction (``serving.metrics.RENDERER_BUSY_SECONDS``).
