@@ -92,8 +92,8 @@ def main() -> None:
         f"Image encoding per {args.size}² image (CPU, tiny model output)",
         ["format", "ms/image, 1 thread", f"ms/image, pool of {args.workers}", "KiB/image"],
         rows,
-        notes=f"{len(sample)} images of serving.tiny_models.TINY_SD_512 ({args.steps} steps, random weights: noise-like, "
-              "which compresses worse than photographs); medians of "
+        notes=f"{len(sample)} images of serving.tiny_models.TINY_SD_512 ({args.steps} steps, random weights: "
+              "noise-like, which compresses worse than photographs); medians of "
               f"{args.reps} after a warm-up; torch threads {torch.get_num_threads()}",
         record=not args.no_record,
     )

@@ -49,7 +49,7 @@ class DiffusionEngineConfig(_Config):
         "the next pipeline call. 0: encode inside the render call (the accelerator waits for it).",
     )
 
-    # -- speed options ---------------------------------------------------------------------------------------------------
+    # -- speed options -------------------------------------------------------------------------------------------------
     channels_last: bool = Field(default=False, description="UNet/VAE in channels_last memory format (GPU speed).")
     fuse_qkv: bool = Field(default=False, description="Fuse attention Q/K/V projections into one matmul.")
     compile: Literal["none", "regional", "full"] = Field(

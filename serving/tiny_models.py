@@ -172,7 +172,8 @@ def build_sd_pipeline(unet: dict, vae: dict, text: dict, text_2: dict | None = N
     ids = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                pad_token_id=tokenizer.pad_token_id, max_position_embeddings=77)
     # the scheduler's tables stay float32 on the host, outside the building context
-    scheduler = EulerDiscreteScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, steps_offset=1)
+    scheduler = EulerDiscreteScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                                       steps_offset=1)
     with _building(device, dtype):
         torch.manual_seed(seed)
         parts = dict(

@@ -6,7 +6,7 @@ nothing saved (compute does not depend on the weights). Rows run in order of imp
 it is measured; a row whose estimated cost no longer fits ``--budget-s`` is skipped with a line saying so, and a
 watchdog ends the run at the budget whatever is running (the table so far is kept).
 
-  group a  SD1.5 512², 4 steps, no CFG, fp16, batch 16 (like SD-Turbo) and 25 steps, CFG 7.5, batch 8: the plain loop vs
+  group a  SD1.5 512², 4 steps, no CFG, fp16, batch 16 (like SD-Turbo), and 25 steps, CFG 7.5, batch 8: plain loop vs
            the engine served as the deployment issues batches (the next batch starts when the pipeline call returns;
            encoding in the pool) and vs encoding inside the call (the renderer as it was). Goal: engine >= 0.97x.
   group b  compile='full' (denoiser + VAE decoder, static shapes) on SD1.5 4-step; the SDPA backends; SDXL 1024²,

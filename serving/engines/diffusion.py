@@ -132,7 +132,7 @@ class DiffusionEngine:
         engine.load_seconds = 0.0
         return engine
 
-    # -- setup -----------------------------------------------------------------------------------------------------------
+    # -- setup ---------------------------------------------------------------------------------------------------------
 
     def _setup(self, pipe, config: DiffusionEngineConfig) -> None:
         self.config = config
@@ -210,7 +210,7 @@ class DiffusionEngine:
     def model_name(self) -> str:
         return self.config.model
 
-    # -- prompts -----------------------------------------------------------------------------------------------------------
+    # -- prompts -------------------------------------------------------------------------------------------------------
 
     def _limiting_tokenizer(self):
         """The tokenizer whose limit truncates prompts: T5's where the pipeline has one (FLUX, SD3), else CLIP's."""
@@ -235,7 +235,7 @@ class DiffusionEngine:
             return [len(p.split()) for p in prompts]
         return [len(ids) for ids in tok(list(prompts), truncation=False)["input_ids"]]
 
-    # -- rendering ---------------------------------------------------------------------------------------------------------
+    # -- rendering -----------------------------------------------------------------------------------------------------
 
     def render(self, requests: list[RenderRequest]) -> list[RenderResult]:
         """Render all requests, in order, and wait for their encoded images."""
@@ -356,7 +356,7 @@ class DiffusionEngine:
             render_seconds=call.seconds,
         )
 
-    # -- compile, accounting, lifecycle ------------------------------------------------------------------------------------
+    # -- compile, accounting, lifecycle --------------------------------------------------------------------------------
 
     def warmup(self, width: int, height: int, guidance_scale: float = 0.0, steps: int = 1) -> dict[int, float]:
         """Run one pipeline call per batch bucket (or at max_batch_size without buckets) so that compilation happens
