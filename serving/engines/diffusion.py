@@ -148,8 +148,8 @@ class DiffusionEngine:
         # thread (CUDA graph trees, inference mode) is made once, whichever thread a caller (Serve's to_thread) uses.
         self._pipeline_thread = ThreadPoolExecutor(1, thread_name_prefix="pipeline")
         self._closed = False
-        self._pool = (ThreadPoolExecutor(config.encode_workers, thread_name_prefix="encode")
-                      if config.encode_workers else None)
+        self._pool = (ThreadPoolExecutor(config.encode_workers, thread_name_prefix="encode",
+                                         initializer=_yield_to_the_pipeline) if config.encode_workers else None)
         self.busy_seconds = 0.0
         self.pipeline_calls = 0
         self._started = time.monotonic()
@@ -397,6 +397,18 @@ class DiffusionEngine:
         self._pipeline_thread.shutdown(wait=True)
         if self._pool is not None:
             self._pool.shutdown(wait=True)
+
+
+def _yield_to_the_pipeline() -> None:
+    """Encoder threads run at a lower priority (Linux niceness is per thread): they use the CPU the pipeline thread
+    leaves, and never delay the thread that feeds the accelerator. Where that cannot be set, they run as they are."""
+    import threading
+
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + 10))
+    except (AttributeError, OSError):
+        pass
 
 
 def _check_fp8_support(device: str) -> None:
