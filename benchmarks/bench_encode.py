@@ -57,7 +57,7 @@ def main() -> None:
     ap.add_argument("--batches", type=int, default=4, help="batches per stream")
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--workers", type=int, default=4, help="encoder threads of the pool")
-    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--torch-threads", type=int, default=None,
                     help="torch's intra-op threads; 1 leaves the other core to the encoders, as a GPU leaves the CPU")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes, one rep (CI)")
@@ -120,11 +120,18 @@ def main() -> None:
             return [f.result() for f in futures]
         return run
 
-    t_plain = median_time(plain, args.reps)
     inline = DiffusionEngine.from_pipeline(pipe, base.model_copy(update={"encode_workers": 0}))
-    t_inline = median_time(served(inline), args.reps)
     pooled = DiffusionEngine.from_pipeline(pipe, base.model_copy(update={"encode_workers": args.workers}))
-    t_pool = median_time(served(pooled), args.reps)
+    paths = {"plain": plain, "inline": served(inline), "pool": served(pooled)}
+    times: dict[str, list[float]] = {k: [] for k in paths}
+    for fn in paths.values():
+        fn()  # warm-up
+    for _ in range(args.reps):  # interleaved, so that load from elsewhere on a shared machine hits all three alike
+        for key, fn in paths.items():
+            t0 = time.perf_counter()
+            fn()
+            times[key].append(time.perf_counter() - t0)
+    t_plain, t_inline, t_pool = (statistics.median(times[k]) for k in paths)
     busy = pooled.busy_fraction()
     inline.shutdown()
     pooled.shutdown()
@@ -137,8 +144,9 @@ def main() -> None:
          [f"(c) engine, encoder pool of {args.workers}", images, t_pool, images / t_pool, t_plain / t_pool],
          ["(c) over (b)", "", "", "", t_inline / t_pool],
          ["hidden: (t_b - t_c) / (t_b - t_a)", "", "", "", hidden]],
-        notes=f"{args.batches} batches streamed back-to-back per rep, medians of {args.reps} after a warm-up; the "
-              f"pooled engine's busy fraction over its life {busy:.2f}; {torch.get_num_threads()} torch thread(s) and "
+        notes=f"{args.batches} batches streamed back-to-back per rep, medians of {args.reps} interleaved reps after a "
+              f"warm-up; the pooled engine's busy fraction over its life (idle while the others ran) {busy:.2f}; "
+              f"{torch.get_num_threads()} torch thread(s) and "
               f"the encoder threads share {os.cpu_count()} cores (on a GPU the device computes and the CPU is free to "
               "encode: --torch-threads 1 comes closer to that); goal on GPU: engine >= 0.97x plain",
         record=not args.no_record,
