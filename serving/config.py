@@ -58,10 +58,10 @@ class DiffusionEngineConfig(_Config):
         "'full': the whole denoiser and the VAE decoder with static shapes, one graph per batch bucket "
         "(`batch_buckets`); batches are padded up to their bucket so steady state never recompiles.",
     )
-    compile_backend: Literal["inductor", "aot_eager", "eager"] = Field(
+    compile_backend: Literal["inductor", "eager"] = Field(
         default="inductor",
-        description="torch.compile backend. 'eager'/'aot_eager' trace and guard without generating code: for tests "
-        "of the bucketing and recompile accounting on machines where inductor's compile is too slow.",
+        description="torch.compile backend. 'eager' traces and guards without generating code: for tests of the "
+        "bucketing and recompile accounting on machines where inductor's compile is too slow.",
     )
     cuda_graphs: bool = Field(
         default=False,
