@@ -12,7 +12,13 @@ class _Config(BaseModel):
 
 
 class DiffusionEngineConfig(_Config):
-    """A diffusers text-to-image pipeline and how to run it."""
+    """A diffusers text-to-image pipeline and how to run it.
+
+    The engine runs in two stages: one pipeline call at a time on the accelerator (decoded to uint8 there), and a pool
+    of encoder threads that turns the pixels into image bytes while the next batch runs. The speed options below are
+    each measured on and off by ``benchmarks/gpu/run_all.py``; their defaults stay off until a GPU run shows they pay
+    (README, "Renderer").
+    """
 
     model: str = Field(description="Hub model id (e.g. 'stabilityai/sd-turbo') or a local directory.")
     device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="'auto': cuda when available.")
@@ -21,17 +27,93 @@ class DiffusionEngineConfig(_Config):
     )
     max_batch_size: int = Field(default=16, ge=1, le=256, description="Largest batch in one pipeline call.")
     local_files_only: bool = Field(default=False, description="Never contact a hub (set on offline machines).")
-    # Speed options (benchmarks/gpu/bench_renderer.py measures each on and off). Attention always uses PyTorch SDPA
-    # (diffusers' default with torch 2), which dispatches to flash / memory-efficient kernels on GPU.
+
+    # -- output: encoded off the accelerator's path --------------------------------------------------------------------
+    image_format: Literal["png", "webp", "jpeg"] = Field(
+        default="png",
+        description="Bytes in RenderResult.png: 'png' (lossless), 'webp' (lossless WebP) or 'jpeg' (lossy, "
+        "`jpeg_quality`). benchmarks/bench_encode.py measures each one's cost per image.",
+    )
+    png_compress_level: int = Field(
+        default=6, ge=0, le=9, description="zlib level for PNG (Pillow's default 6); 1 is faster, larger."
+    )
+    webp_method: int = Field(
+        default=4, ge=0, le=6, description="WebP effort (Pillow's default 4); 0 is several times faster, larger."
+    )
+    jpeg_quality: int = Field(default=90, ge=1, le=100, description="JPEG quality (only with image_format='jpeg').")
+    encode_workers: int = Field(
+        default=4,
+        ge=0,
+        le=64,
+        description="Encoder threads. Pillow releases the GIL while it compresses, so threads run in parallel with "
+        "the next pipeline call. 0: encode inside the render call (the accelerator waits for it).",
+    )
+
+    # -- speed options -------------------------------------------------------------------------------------------------
     channels_last: bool = Field(default=False, description="UNet/VAE in channels_last memory format (GPU speed).")
     fuse_qkv: bool = Field(default=False, description="Fuse attention Q/K/V projections into one matmul.")
     compile: Literal["none", "regional", "full"] = Field(
         default="none",
-        description="torch.compile: 'regional' compiles the repeated transformer blocks once (bounded compile time, "
-        "dynamic batch dimension so batch-size changes do not recompile); 'full' the whole denoiser.",
+        description="torch.compile. 'regional': the repeated transformer blocks once each, dynamic batch dimension. "
+        "'full': the whole denoiser and the VAE decoder with static shapes, one graph per batch bucket "
+        "(`batch_buckets`); batches are padded up to their bucket so steady state never recompiles.",
+    )
+    compile_backend: Literal["inductor", "eager"] = Field(
+        default="inductor",
+        description="torch.compile backend. 'eager' traces and guards without generating code: for tests of the "
+        "bucketing and recompile accounting on machines where inductor's compile is too slow.",
+    )
+    cuda_graphs: bool = Field(
+        default=False,
+        description="With compile='full': CUDA graphs (inductor's mode='reduce-overhead'), which remove per-kernel "
+        "launch cost; pays for few-step models at small batch.",
+    )
+    batch_buckets: tuple[int, ...] = Field(
+        default=(),
+        description="Batch sizes a pipeline call is padded up to (ascending, the last one = max_batch_size). Empty: "
+        "no padding, except with compile='full' or cuda_graphs, where powers of two up to max_batch_size are used.",
+    )
+    compile_cache_dir: str | None = Field(
+        default=None,
+        description="Directory for torch's compile caches (inductor's FX graph, AOTAutograd and Triton kernel "
+        "caches; sets TORCHINDUCTOR_CACHE_DIR for the process). Point replicas at a persistent volume so a restarted "
+        "replica loads compiled kernels instead of compiling again.",
+    )
+    quantization: Literal["none", "fp8"] = Field(
+        default="none",
+        description="'fp8': torchao float8 dynamic activation + weight quantization (per row) of the denoiser's "
+        "linear layers. Needs torchao and a GPU of compute capability >= 8.9 (Ada, Hopper).",
+    )
+    attention_backend: Literal["auto", "flash", "efficient", "cudnn", "math"] = Field(
+        default="auto",
+        description="PyTorch SDPA kernel for every pipeline call ('auto': PyTorch chooses; diffusers' default "
+        "attention is SDPA). 'cudnn' is often fastest on Hopper.",
     )
     vae_slicing: bool = Field(default=False, description="Decode the batch one image at a time (bounds memory).")
     vae_tiling: bool = Field(default=False, description="Decode large images in tiles (bounds memory at 1024²+).")
+
+    @model_validator(mode="after")
+    def _options_fit(self) -> DiffusionEngineConfig:
+        if self.cuda_graphs and self.compile != "full":
+            raise ValueError(f"cuda_graphs needs compile='full' (static shapes) but compile is {self.compile!r}")
+        if self.batch_buckets:
+            b = self.batch_buckets
+            if list(b) != sorted(set(b)) or b[0] < 1:
+                raise ValueError(f"batch_buckets must be ascending positive sizes without repeats but are {b}")
+            if b[-1] != self.max_batch_size:
+                raise ValueError(
+                    f"the largest of batch_buckets ({b[-1]}) must equal max_batch_size ({self.max_batch_size})"
+                )
+        return self
+
+    def buckets(self) -> tuple[int, ...]:
+        """The batch sizes pipeline calls are padded to; () means no padding."""
+        if self.batch_buckets:
+            return self.batch_buckets
+        if self.compile == "full" or self.cuda_graphs:
+            sizes = [1 << i for i in range(self.max_batch_size.bit_length()) if 1 << i < self.max_batch_size]
+            return (*sizes, self.max_batch_size)
+        return ()
 
 
 class LLMEngineConfig(_Config):

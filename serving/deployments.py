@@ -13,6 +13,7 @@ API it would add is not used by the planner.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -96,7 +97,10 @@ class DiffusionDeployment:
         self._render_batch.set_batch_wait_timeout_s(batch_wait_timeout_s)
 
     async def render(self, request: RenderRequest) -> RenderResult:
-        return await self._render_batch(request)
+        # The batch hands back a future per request as soon as the pipeline call is done; the image is encoded in
+        # the engine's pool while the next batch already runs.
+        encoded = await self._render_batch(request)
+        return await asyncio.wrap_future(encoded)
 
     def info(self) -> RendererInfo:
         return self.engine.info()
@@ -105,14 +109,17 @@ class DiffusionDeployment:
         return self.engine.count_tokens(prompts)
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.05)
-    async def _render_batch(self, requests: list[RenderRequest]) -> list[RenderResult]:
+    async def _render_batch(self, requests: list[RenderRequest]) -> list[concurrent.futures.Future]:
         # The pipeline call blocks for seconds: run it off the replica's event loop so it keeps accepting requests
-        # (which form the next batch meanwhile). The engine's lock keeps pipeline calls one at a time.
-        results = await asyncio.to_thread(self.engine.render, requests)
-        for seconds, size in {(r.render_seconds, r.batch_size) for r in results}:  # one entry per pipeline call
-            metrics.observe(metrics.RENDER_BATCH_SIZE, size)
-            metrics.observe(metrics.RENDER_LATENCY, seconds)
-        return results
+        # (which form the next batch meanwhile). Ray 2.60's batcher forms batches regardless of
+        # max_concurrent_batches, which only caps how many run this function at once: returning after the
+        # accelerator's stage (not after encoding) is what lets the next batch start while these images encode.
+        pending = await asyncio.to_thread(self.engine.start_render, requests)
+        for call in pending.calls:
+            metrics.observe(metrics.RENDER_BATCH_SIZE, call.batch_size)
+            metrics.observe(metrics.RENDER_LATENCY, call.seconds)
+            metrics.inc(metrics.RENDERER_BUSY_SECONDS, call.seconds)
+        return pending.futures
 
 
 class LLMDeployment:

@@ -147,3 +147,14 @@ def set_gauge(spec: MetricSpec, value: float, **tags: str) -> None:
 
 def observe(spec: MetricSpec, value: float, **tags: str) -> None:
     Metrics.get(spec).observe(value, tags=tags or None)
+
+# -- appended: renderer utilisation (issue 13) -----------------------------------------------------------------------
+# A counter, not a gauge: Prometheus computes the busy fraction per replica as
+#   rate(ray_promptbeam_renderer_busy_seconds_total[1m])
+# (seconds inside pipeline calls per second of wall time), which stays right across scrapes and replica restarts.
+RENDERER_BUSY_SECONDS = MetricSpec(
+    "promptbeam_renderer_busy_seconds", "counter",
+    "Seconds a diffusion replica spent inside pipeline calls; its rate is the replica's busy fraction",
+)
+# Not in ALL yet: tests/test_metrics.py requires a dashboard panel for every metric in ALL, and the panel
+# (deploy/grafana/make_dashboard.py) comes with the dashboard change; add it to ALL there.

@@ -3,7 +3,8 @@
 Nothing here touches a model hub. Each builder writes a directory that the *real* loading code reads with
 ``from_pretrained(dir)`` exactly as it would read a hub checkout, so the engines are tested on the code path they run in
 production; only the weights are random. Compute does not depend on the weights, so these also serve as architecture
-stand-ins for benchmarks.
+stand-ins for benchmarks: :func:`build_random_pipeline` builds SD1.5, SDXL and FLUX.1-schnell from their real configs
+(or at test shapes) in memory, directly on the GPU, without saving.
 
 Layout written by :func:`make_tiny_models`::
 
@@ -14,6 +15,7 @@ Layout written by :func:`make_tiny_models`::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -125,12 +127,37 @@ def _clip_tokenizer_files(out: Path) -> None:
     (out / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
 
 
-def _make_sd_pipeline(out: Path, seed: int, unet: dict, vae: dict, text: dict, text_2: dict | None = None) -> Path:
-    """Build a Stable Diffusion pipeline from UNet / VAE / CLIP-text configs with random weights and save it to
-    ``out``, with the local CLIP BPE tokenizer and an Euler scheduler. ``text_2`` (the second, projecting text
-    encoder) makes it an SDXL pipeline."""
-    import shutil
+@contextlib.contextmanager
+def _building(device: str, dtype):
+    """Create parameters directly on ``device`` in ``dtype``: no float32 copy on the host first, no transfer. On a
+    GPU a 12B-parameter model is initialised in seconds (its init kernels run there), where a CPU init takes minutes."""
+    import torch
 
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtype or torch.float32)
+    try:
+        with torch.device(device):
+            yield
+    finally:
+        torch.set_default_dtype(old)
+
+
+def _local_clip_tokenizer():
+    import tempfile
+
+    from transformers import CLIPTokenizer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        _clip_tokenizer_files(Path(tmp))
+        # from a directory: CLIPTokenizer(vocab_file=..., merges_file=...) silently builds a broken 2-token tokenizer
+        return CLIPTokenizer.from_pretrained(tmp, model_max_length=77)
+
+
+def build_sd_pipeline(unet: dict, vae: dict, text: dict, text_2: dict | None = None, seed: int = 0,
+                      device: str = "cpu", dtype=None):
+    """A Stable Diffusion pipeline from UNet / VAE / CLIP-text configs with random weights, in memory on ``device``,
+    with the local CLIP BPE tokenizer and an Euler scheduler. ``text_2`` (the second, projecting text encoder) makes
+    it an SDXL pipeline."""
     import torch
     from diffusers import (
         AutoencoderKL,
@@ -139,33 +166,34 @@ def _make_sd_pipeline(out: Path, seed: int, unet: dict, vae: dict, text: dict, t
         StableDiffusionXLPipeline,
         UNet2DConditionModel,
     )
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    tok_dir = out / "_tokenizer_src"
-    _clip_tokenizer_files(tok_dir)
-    # from a directory: CLIPTokenizer(vocab_file=..., merges_file=...) silently builds a broken 2-token tokenizer
-    tokenizer = CLIPTokenizer.from_pretrained(tok_dir, model_max_length=77)
-    torch.manual_seed(seed)
+    tokenizer = _local_clip_tokenizer()
     ids = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                pad_token_id=tokenizer.pad_token_id, max_position_embeddings=77)
-    parts = dict(
-        unet=UNet2DConditionModel(**unet),
-        vae=AutoencoderKL(**vae),
-        text_encoder=CLIPTextModel(CLIPTextConfig(**ids, **text)),
-        tokenizer=tokenizer,
-        scheduler=EulerDiscreteScheduler(
-            beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, steps_offset=1
-        ),
-    )
-    if text_2 is None:
-        pipe = StableDiffusionPipeline(**parts, safety_checker=None, feature_extractor=None,
-                                       requires_safety_checker=False)
-    else:
-        pipe = StableDiffusionXLPipeline(
+    # the scheduler's tables stay float32 on the host, outside the building context
+    scheduler = EulerDiscreteScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                                       steps_offset=1)
+    with _building(device, dtype):
+        torch.manual_seed(seed)
+        parts = dict(
+            unet=UNet2DConditionModel(**unet),
+            vae=AutoencoderKL(**vae),
+            text_encoder=CLIPTextModel(CLIPTextConfig(**ids, **text)),
+            tokenizer=tokenizer,
+            scheduler=scheduler,
+        )
+        if text_2 is None:
+            return StableDiffusionPipeline(**parts, safety_checker=None, feature_extractor=None,
+                                           requires_safety_checker=False)
+        return StableDiffusionXLPipeline(
             **parts, text_encoder_2=CLIPTextModelWithProjection(CLIPTextConfig(**ids, **text_2)), tokenizer_2=tokenizer
         )
-    pipe.save_pretrained(out)
-    shutil.rmtree(tok_dir)
+
+
+def _make_sd_pipeline(out: Path, seed: int, **configs) -> Path:
+    """:func:`build_sd_pipeline` on the CPU in float32, saved to ``out``."""
+    build_sd_pipeline(seed=seed, **configs).save_pretrained(out)
     return out
 
 
@@ -190,22 +218,26 @@ _TINY_VAE = dict(
 )
 
 
+TINY_SD = dict(
+    unet=dict(_TINY_UNET, layers_per_block=1, cross_attention_dim=32),
+    vae=_TINY_VAE,
+    text=dict(hidden_size=32, intermediate_size=37, layer_norm_eps=1e-05, num_attention_heads=4, num_hidden_layers=2,
+              vocab_size=_CLIP_VOCAB_SIZE),
+)
+"""Shapes as in diffusers' own tests. Its 2-level VAE upsamples 2x: a 64² image is a 32² latent."""
+
+TINY_SD_512 = dict(
+    TINY_SD,
+    vae=dict(_TINY_VAE, block_out_channels=[4, 4, 8, 8, 8], layers_per_block=1, norm_num_groups=4,
+             down_block_types=["DownEncoderBlock2D"] * 5, up_block_types=["UpDecoderBlock2D"] * 5),
+)
+"""The tiny UNet with a narrow 5-level VAE (16x upsampling): a 512² image is a 32² latent and costs little compute,
+so its encoding weighs about as much as on a GPU (benchmarks/bench_encode.py)."""
+
+
 def make_tiny_diffusion(out: str | os.PathLike, seed: int = 0) -> Path:
     """A Stable-Diffusion-style text-to-image pipeline with random weights (shapes as in diffusers' own tests)."""
-    return _make_sd_pipeline(
-        Path(out),
-        seed,
-        unet=dict(_TINY_UNET, layers_per_block=1, cross_attention_dim=32),
-        vae=_TINY_VAE,
-        text=dict(
-            hidden_size=32,
-            intermediate_size=37,
-            layer_norm_eps=1e-05,
-            num_attention_heads=4,
-            num_hidden_layers=2,
-            vocab_size=_CLIP_VOCAB_SIZE,
-        ),
-    )
+    return _make_sd_pipeline(Path(out), seed, **TINY_SD)
 
 
 def make_tiny_chat_llm(out: str | os.PathLike, seed: int = 0) -> Path:
@@ -325,87 +357,80 @@ _SD_VAE = dict(
     latent_channels=4,
 )
 
+SD15 = dict(
+    unet=dict(
+        sample_size=64,
+        layers_per_block=2,
+        block_out_channels=(320, 640, 1280, 1280),
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=768,
+        attention_head_dim=8,
+    ),
+    vae=dict(_SD_VAE, sample_size=512),
+    text=dict(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+              hidden_act="quick_gelu"),
+)
+"""Stable Diffusion 1.5: 860M UNet, CLIP ViT-L/14 text encoder, SD VAE."""
+
+SDXL = dict(
+    unet=dict(
+        sample_size=128,
+        layers_per_block=2,
+        block_out_channels=(320, 640, 1280),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(5, 10, 20),
+        transformer_layers_per_block=(1, 2, 10),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=256,
+        projection_class_embeddings_input_dim=2816,  # 6 x 256 + 1280
+        cross_attention_dim=2048,  # 768 + 1280
+    ),
+    vae=dict(_SD_VAE, sample_size=1024, scaling_factor=0.13025),
+    text=dict(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+              num_attention_heads=12, hidden_act="quick_gelu", projection_dim=768),
+    text_2=dict(vocab_size=49408, hidden_size=1280, intermediate_size=5120, num_hidden_layers=32,
+                num_attention_heads=20, hidden_act="gelu", projection_dim=1280),
+)
+"""SDXL base: 2.6B UNet, CLIP ViT-L + OpenCLIP bigG text encoders, SDXL VAE."""
+
+TINY_SDXL = dict(
+    unet=dict(
+        _TINY_UNET,
+        layers_per_block=2,
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        transformer_layers_per_block=(1, 2),
+        projection_class_embeddings_input_dim=8 * 6 + 32,  # 6 time ids x 8 + pooled text_encoder_2 output
+        cross_attention_dim=64,  # both encoders' hidden sizes, concatenated
+    ),
+    vae=dict(_TINY_VAE, sample_size=128),
+    text=dict(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
+              vocab_size=_CLIP_VOCAB_SIZE, hidden_act="gelu", projection_dim=32),
+    text_2=dict(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
+                vocab_size=_CLIP_VOCAB_SIZE, hidden_act="gelu", projection_dim=32),
+)
+"""The SDXL architecture (two text encoders, text-time conditioning) at diffusers' test shapes."""
+
 
 def make_random_sd15(out: str | os.PathLike, seed: int = 0) -> Path:
-    """A Stable Diffusion 1.5-architecture pipeline (860M UNet, ViT-L/14 text encoder, SD VAE) with random weights.
-
-    Compute does not depend on the weights, so this stands in for SD1.5 in GPU tests and benchmarks without a hub.
-    Several GB in float32: build it on the machine that will run it.
-    """
-    return _make_sd_pipeline(
-        Path(out),
-        seed,
-        unet=dict(
-            sample_size=64,
-            layers_per_block=2,
-            block_out_channels=(320, 640, 1280, 1280),
-            down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-            cross_attention_dim=768,
-            attention_head_dim=8,
-        ),
-        vae=dict(_SD_VAE, sample_size=512),
-        text=dict(
-            vocab_size=49408,
-            hidden_size=768,
-            intermediate_size=3072,
-            num_hidden_layers=12,
-            num_attention_heads=12,
-            hidden_act="quick_gelu",
-        ),
-    )
+    """A Stable Diffusion 1.5-architecture pipeline with random weights, saved (several GB in float32: build it on the
+    machine that will run it, or build it in memory there with :func:`build_random_pipeline`)."""
+    return _make_sd_pipeline(Path(out), seed, **SD15)
 
 
 def make_tiny_sdxl(out: str | os.PathLike, seed: int = 0) -> Path:
     """A tiny SDXL-architecture pipeline (two text encoders, text-time conditioning), shapes as in diffusers' tests."""
-    return _make_sd_pipeline(
-        Path(out),
-        seed,
-        unet=dict(
-            _TINY_UNET,
-            layers_per_block=2,
-            attention_head_dim=(2, 4),
-            use_linear_projection=True,
-            addition_embed_type="text_time",
-            addition_time_embed_dim=8,
-            transformer_layers_per_block=(1, 2),
-            projection_class_embeddings_input_dim=8 * 6 + 32,  # 6 time ids x 8 + pooled text_encoder_2 output
-            cross_attention_dim=64,  # both encoders' hidden sizes, concatenated
-        ),
-        vae=dict(_TINY_VAE, sample_size=128),
-        text=dict(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
-                  vocab_size=_CLIP_VOCAB_SIZE, hidden_act="gelu", projection_dim=32),
-        text_2=dict(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
-                    vocab_size=_CLIP_VOCAB_SIZE, hidden_act="gelu", projection_dim=32),
-    )
+    return _make_sd_pipeline(Path(out), seed, **TINY_SDXL)
 
 
 def make_random_sdxl(out: str | os.PathLike, seed: int = 0) -> Path:
-    """An SDXL-base-architecture pipeline (2.6B UNet, CLIP ViT-L + OpenCLIP bigG text encoders, SDXL VAE) with random
-    weights, for GPU benchmarks at 1024². Build it on the machine that runs it (~14 GB in float32)."""
-    return _make_sd_pipeline(
-        Path(out),
-        seed,
-        unet=dict(
-            sample_size=128,
-            layers_per_block=2,
-            block_out_channels=(320, 640, 1280),
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-            attention_head_dim=(5, 10, 20),
-            transformer_layers_per_block=(1, 2, 10),
-            use_linear_projection=True,
-            addition_embed_type="text_time",
-            addition_time_embed_dim=256,
-            projection_class_embeddings_input_dim=2816,  # 6 x 256 + 1280
-            cross_attention_dim=2048,  # 768 + 1280
-        ),
-        vae=dict(_SD_VAE, sample_size=1024, scaling_factor=0.13025),
-        text=dict(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-                  num_attention_heads=12, hidden_act="quick_gelu", projection_dim=768),
-        text_2=dict(vocab_size=49408, hidden_size=1280, intermediate_size=5120, num_hidden_layers=32,
-                    num_attention_heads=20, hidden_act="gelu", projection_dim=1280),
-    )
+    """An SDXL-base-architecture pipeline with random weights, saved (~14 GB in float32)."""
+    return _make_sd_pipeline(Path(out), seed, **SDXL)
 
 
 def _t5_tokenizer(vocab_size: int = 256):
@@ -424,45 +449,91 @@ def _t5_tokenizer(vocab_size: int = 256):
                            extra_ids=0, model_max_length=512)
 
 
+FLUX_SCHNELL = dict(
+    # black-forest-labs/FLUX.1-schnell transformer/config.json: 19 double + 38 single MMDiT blocks, 24 heads x 128
+    transformer=dict(patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
+                     num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768,
+                     guidance_embeds=False, axes_dims_rope=[16, 56, 56]),
+    # openai/clip-vit-large-patch14's text tower
+    text=dict(hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12, vocab_size=49408,
+              hidden_act="quick_gelu", projection_dim=768),
+    # google/t5-v1_1-xxl's encoder
+    t5=dict(vocab_size=32128, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
+            feed_forward_proj="gated-gelu", dense_act_fn="gelu_new", is_gated_act=True, layer_norm_epsilon=1e-6,
+            relative_attention_num_buckets=32, relative_attention_max_distance=128, tie_word_embeddings=False),
+    # the FLUX VAE: 16 latent channels, no quant convs
+    vae=dict(_SD_VAE, latent_channels=16, sample_size=1024, use_quant_conv=False, use_post_quant_conv=False,
+             shift_factor=0.1159, scaling_factor=0.3611),
+    scheduler=dict(num_train_timesteps=1000, shift=1.0, use_dynamic_shifting=False, base_shift=0.5, max_shift=1.15,
+                   base_image_seq_len=256, max_image_seq_len=4096),
+)
+"""FLUX.1-schnell: 11.9B MMDiT transformer, T5-XXL (4.8B) + CLIP-L text encoders, 16-channel VAE, 1-4 steps."""
+
+TINY_FLUX = dict(
+    transformer=dict(patch_size=1, in_channels=4, num_layers=1, num_single_layers=1, attention_head_dim=16,
+                     num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=[4, 4, 8]),
+    text=dict(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
+              vocab_size=_CLIP_VOCAB_SIZE, hidden_act="gelu", projection_dim=32),
+    t5=dict(d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4),
+    vae=dict(sample_size=32, in_channels=3, out_channels=3, block_out_channels=(4,), layers_per_block=1,
+             latent_channels=1, norm_num_groups=1, use_quant_conv=False, use_post_quant_conv=False,
+             shift_factor=0.0609, scaling_factor=1.5035),
+    scheduler=dict(),
+)
+"""The FLUX architecture at diffusers' test shapes (one block of each kind, a 1-channel latent)."""
+
+
+def build_flux_pipeline(transformer: dict, text: dict, t5: dict, vae: dict, scheduler: dict, seed: int = 0,
+                        device: str = "cpu", dtype=None):
+    """A FLUX pipeline (MMDiT transformer, CLIP + T5 text encoders, packed-latent VAE, flow-matching scheduler) with
+    random weights, in memory on ``device``, with local CLIP and T5 tokenizers."""
+    import torch
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+
+    tokenizer = _local_clip_tokenizer()
+    tokenizer_2 = _t5_tokenizer()
+    t5 = {"vocab_size": len(tokenizer_2), **t5}  # the real T5's embedding is larger than the local vocabulary
+    flow = FlowMatchEulerDiscreteScheduler(**scheduler)  # float32 tables on the host, outside the building context
+    with _building(device, dtype):
+        torch.manual_seed(seed)
+        return FluxPipeline(
+            transformer=FluxTransformer2DModel(**transformer),
+            text_encoder=CLIPTextModel(CLIPTextConfig(
+                bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id, max_position_embeddings=77, **text,
+            )),
+            text_encoder_2=T5EncoderModel(T5Config(
+                pad_token_id=tokenizer_2.pad_token_id, eos_token_id=tokenizer_2.eos_token_id, decoder_start_token_id=0,
+                **t5,
+            )),
+            tokenizer=tokenizer,
+            tokenizer_2=tokenizer_2,
+            vae=AutoencoderKL(**vae),
+            scheduler=flow,
+        )
+
+
 def make_tiny_flux(out: str | os.PathLike, seed: int = 0) -> Path:
     """A tiny FLUX-architecture pipeline (MMDiT transformer, CLIP + T5 text encoders, 16→1-channel packed VAE,
     flow-matching scheduler), shapes as in diffusers' own FLUX tests."""
-    import shutil
-
-    import torch
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, T5Config, T5EncoderModel
-
     out = Path(out)
-    tok_dir = out / "_tokenizer_src"
-    _clip_tokenizer_files(tok_dir)
-    tokenizer = CLIPTokenizer.from_pretrained(tok_dir, model_max_length=77)
-    tokenizer_2 = _t5_tokenizer()
-    torch.manual_seed(seed)
-    pipe = FluxPipeline(
-        transformer=FluxTransformer2DModel(
-            patch_size=1, in_channels=4, num_layers=1, num_single_layers=1, attention_head_dim=16,
-            num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=[4, 4, 8],
-        ),
-        text_encoder=CLIPTextModel(CLIPTextConfig(
-            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id, max_position_embeddings=77, hidden_size=32, intermediate_size=37,
-            num_attention_heads=4, num_hidden_layers=2, vocab_size=_CLIP_VOCAB_SIZE, hidden_act="gelu",
-            projection_dim=32,
-        )),
-        text_encoder_2=T5EncoderModel(T5Config(
-            vocab_size=len(tokenizer_2), d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
-            pad_token_id=tokenizer_2.pad_token_id, eos_token_id=tokenizer_2.eos_token_id, decoder_start_token_id=0,
-        )),
-        tokenizer=tokenizer,
-        tokenizer_2=tokenizer_2,
-        vae=AutoencoderKL(
-            sample_size=32, in_channels=3, out_channels=3, block_out_channels=(4,), layers_per_block=1,
-            latent_channels=1, norm_num_groups=1, use_quant_conv=False, use_post_quant_conv=False,
-            shift_factor=0.0609, scaling_factor=1.5035,
-        ),
-        scheduler=FlowMatchEulerDiscreteScheduler(),
-    )
-    pipe.save_pretrained(out)
-    shutil.rmtree(tok_dir)
+    build_flux_pipeline(seed=seed, **TINY_FLUX).save_pretrained(out)
     return out
+
+
+ARCHITECTURES = {"sd15": (SD15, TINY_SD), "sdxl": (SDXL, TINY_SDXL), "flux": (FLUX_SCHNELL, TINY_FLUX)}
+"""Architecture name -> (real configuration, the same architecture at test shapes)."""
+
+
+def build_random_pipeline(arch: str, tiny: bool = False, device: str = "cpu", dtype=None, seed: int = 0):
+    """A random-weight pipeline of a real architecture ('sd15', 'sdxl', 'flux'), built in memory directly on
+    ``device`` in ``dtype``: no save, no load, no host copy. ``tiny`` builds the same architecture at test shapes
+    through the same code (what CI runs). Compute does not depend on the weights, so this stands in for the real
+    model in GPU benchmarks without a hub: FLUX.1-schnell (12B transformer + T5-XXL, ~34 GB in bf16) builds in
+    seconds on an H100."""
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {arch!r}; choose one of {sorted(ARCHITECTURES)}")
+    config = ARCHITECTURES[arch][1 if tiny else 0]
+    build = build_flux_pipeline if arch == "flux" else build_sd_pipeline
+    return build(**config, seed=seed, device=device, dtype=dtype)

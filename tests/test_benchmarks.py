@@ -1,10 +1,11 @@
-"""The benchmark scripts keep working: the GPU renderer script at tiny size on CPU, the memory script at small n."""
+"""The benchmark scripts keep working: the GPU script at tiny size on CPU, the encoding and memory scripts small."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -21,12 +22,43 @@ def _run(*args: str, timeout: int = 600) -> str:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("arch", ["sd15", "sdxl", "flux"])
-def test_gpu_renderer_script_runs_tiny_on_cpu(tmp_path, arch):
-    out = _run("benchmarks.gpu.bench_renderer", "--arch", arch, "--tiny", "--no-record", "--reps", "1", "--batch", "2",
-               "--workdir", str(tmp_path))
-    assert "plain diffusers loop" in out and "engine (same settings)" in out and "+ fused QKV" in out
-    assert "FLOPs per call" in out
+def test_gpu_script_runs_every_row_tiny_on_cpu(tmp_path):
+    """benchmarks/gpu/run_all.py at test shapes: all three architectures through the same builders, every group;
+    fp8 says why it cannot run on a CPU instead of failing."""
+    out = _run("benchmarks.gpu.run_all", "--tiny", "--budget-s", "600", "--reps", "1", "--sdpa", "math",
+               "--no-record", "--out", str(tmp_path / "table.md"))
+    table = (tmp_path / "table.md").read_text()
+    for arch in ("sd15", "sdxl", "flux"):
+        assert f"| {arch} " in table
+    assert "engine (defaults, encoder pool)" in table and "engine, encoding inside the call" in table
+    assert "engine + compile='full'" in table and "engine + SDPA math" in table
+    assert "not run: quantization='fp8' needs a CUDA GPU" in table
+    assert "finished" in out and "SKIPPED" not in out
+
+
+@pytest.mark.slow
+def test_gpu_script_keeps_its_budget(tmp_path):
+    """With too little time the script stops at the budget, says what it skipped or was running, and still writes
+    the rows it measured."""
+    t0 = time.monotonic()
+    out = _run("benchmarks.gpu.run_all", "--tiny", "--budget-s", "12", "--reps", "1", "--no-record",
+               "--out", str(tmp_path / "table.md"))
+    assert time.monotonic() - t0 < 12 + 15  # the budget + interpreter start-up
+    assert "BUDGET of 12 s reached" in out or "SKIPPED" in out
+    assert (tmp_path / "table.md").read_text().startswith("\n## GPU renderer")
+
+
+@pytest.mark.slow
+def test_encode_benchmark_runs(tmp_path):
+    out = _run("benchmarks.bench_encode", "--smoke", "--no-record")
+    assert "webp lossless method 0" in out and "jpeg quality 90" in out
+    assert "(c) engine, encoder pool of 4" in out and "hidden" in out
+
+
+@pytest.mark.slow
+def test_compile_cache_benchmark_runs():
+    out = _run("benchmarks.bench_compile_cache", "--backend", "eager", "--no-record")
+    assert "restart (same cache dir)" in out and "restart / first start" in out
 
 
 @pytest.mark.slow

@@ -124,6 +124,189 @@ def test_duplicate_request_ids_are_rejected(diffusion_engine):
         diffusion_engine.render([req(0, 1), req(0, 2)])
 
 
+def test_flux_reports_the_t5_prompt_limit(tmp_path):
+    """FLUX truncates prompts at T5's 512 tokens (FluxPipeline's max_sequence_length), not CLIP's 77."""
+    from serving.tiny_models import make_tiny_flux
+
+    engine = DiffusionEngine(DiffusionEngineConfig(model=str(make_tiny_flux(tmp_path / "flux")), device="cpu"))
+    info = engine.info()
+    assert info.max_prompt_tokens == 512 and info.tokenizer.startswith("T5Tokenizer")
+    short, long = engine.count_tokens(["a red apple", "apple " * 600])
+    assert short < 10 < 512 < long
+
+
+# -- the two-stage renderer: pipeline calls on the accelerator, encoding in a pool ------------------------------------
+
+
+def test_pixels_match_the_pipelines_own_pil_output(diffusion_engine):
+    """The engine turns images into uint8 on the device; the PNG bytes equal those of diffusers' own PIL output."""
+    import torch
+
+    requests = [req(i, seed=10 + i) for i in range(3)]
+    results = diffusion_engine.render(requests)
+    images = diffusion_engine.pipe(
+        prompt=[r.prompt for r in requests], num_inference_steps=4, guidance_scale=0.0, width=64, height=64,
+        generator=[torch.Generator().manual_seed(r.seed) for r in requests], output_type="pil",
+    ).images
+    for result, image in zip(results, images):
+        buf = io.BytesIO()
+        image.save(buf, format="PNG")
+        assert result.png == buf.getvalue()
+
+
+@pytest.mark.parametrize("fmt,pil_format", [("png", "PNG"), ("webp", "WEBP")])
+def test_lossless_formats_keep_every_pixel(diffusion_engine, fmt, pil_format):
+    engine = DiffusionEngine.from_pipeline(diffusion_engine.pipe, diffusion_engine.config.model_copy(
+        update={"image_format": fmt, "png_compress_level": 1, "webp_method": 0}))
+    result = engine.render([req(0, seed=3)])[0]
+    engine.shutdown()
+    assert Image.open(io.BytesIO(result.png)).format == pil_format
+    assert (pixels(result.png) == pixels(diffusion_engine.render([req(0, seed=3)])[0].png)).all()
+
+
+def test_jpeg_quality_trades_error_for_size(diffusion_engine):
+    reference = pixels(diffusion_engine.render([req(0, seed=3)])[0].png)
+    errors, sizes = {}, {}
+    for quality in (20, 95):
+        engine = DiffusionEngine.from_pipeline(diffusion_engine.pipe, diffusion_engine.config.model_copy(
+            update={"image_format": "jpeg", "jpeg_quality": quality}))
+        jpeg = engine.render([req(0, seed=3)])[0].png
+        engine.shutdown()
+        assert Image.open(io.BytesIO(jpeg)).format == "JPEG"
+        errors[quality], sizes[quality] = np.abs(pixels(jpeg) - reference).mean(), len(jpeg)
+    assert 0 < errors[95] < errors[20] and sizes[20] < sizes[95]
+
+
+def test_pipeline_calls_do_not_wait_for_encoding(diffusion_engine, monkeypatch):
+    """With encoding held back, both pipeline calls of a render still finish: the accelerator's stage never waits
+    for the encoder pool. Released, every image arrives, in request order."""
+    import threading
+
+    from serving.engines import diffusion
+
+    gate, real = threading.Event(), diffusion.encode_image
+    monkeypatch.setattr(diffusion, "encode_image", lambda px, cfg: gate.wait(30) and real(px, cfg))
+    engine = DiffusionEngine.from_pipeline(diffusion_engine.pipe, diffusion_engine.config.model_copy(
+        update={"max_batch_size": 2}))
+    requests = [req(i, seed=i) for i in range(4)]
+    pending = engine.start_render(requests)
+    assert [c.batch_size for c in pending.calls] == [2, 2] and engine.pipeline_calls == 2
+    assert not any(f.done() for f in pending.futures)
+    gate.set()
+    results = pending.results()
+    engine.shutdown()
+    assert [r.request_id for r in results] == [r.request_id for r in requests]
+    assert all(Image.open(io.BytesIO(r.png)).size == (64, 64) for r in results)
+
+
+def test_encode_workers_zero_encodes_inside_the_call(diffusion_engine):
+    engine = DiffusionEngine.from_pipeline(diffusion_engine.pipe, diffusion_engine.config.model_copy(
+        update={"encode_workers": 0}))
+    pending = engine.start_render([req(0, seed=1), req(1, seed=2)])
+    assert all(f.done() for f in pending.futures)
+    assert pending.results()[0].png == diffusion_engine.render([req(0, seed=1)])[0].png
+
+
+def test_busy_seconds_add_up_the_pipeline_calls(diffusion_engine):
+    engine = DiffusionEngine.from_pipeline(diffusion_engine.pipe, diffusion_engine.config.model_copy(
+        update={"max_batch_size": 2}))
+    pending = engine.start_render([req(i, seed=i) for i in range(3)] + [req(9, seed=9, steps=2)])
+    pending.results()
+    assert [(c.batch_size, c.padded_size) for c in pending.calls] == [(2, 2), (1, 1), (1, 1)]
+    assert engine.busy_seconds == pytest.approx(sum(c.seconds for c in pending.calls))
+    assert 0 < engine.busy_fraction() <= 1
+    engine.shutdown()
+
+
+def test_full_compile_pads_to_buckets_and_never_recompiles(diffusion_engine):
+    """compile='full' traces the denoiser and the VAE decoder with static shapes, one graph per batch bucket; after
+    a warm-up of every bucket, batches of any size up to max_batch_size compile nothing more. The images are those
+    of the eager engine: padding never changes an image. (The 'eager' backend traces and guards like inductor
+    without generating code, which takes minutes per graph on 2 CPU cores.)"""
+    engine = DiffusionEngine(  # its own pipeline: compile works on the modules in place
+        diffusion_engine.config.model_copy(update={"compile": "full", "compile_backend": "eager", "max_batch_size": 4})
+    )
+    assert engine.config.buckets() == (1, 2, 4)
+    before = engine.compiled_graphs()
+    engine.warmup(64, 64, steps=1)
+    assert engine.compiled_graphs() - before == 2 * 3  # denoiser + decoder per bucket
+    steady = engine.compiled_graphs()
+    requests = [req(i, seed=20 + i) for i in range(4)]
+    for n in (3, 1, 4, 2, 3):
+        results = engine.render(requests[:n])
+        assert {r.batch_size for r in results} == {n}
+    assert engine.compiled_graphs() == steady
+    for padded, eager in zip(engine.render(requests[:3]), diffusion_engine.render(requests[:3])):
+        assert np.abs(pixels(padded.png) - pixels(eager.png)).max() <= 1  # batch 4 vs 3: float rounding only
+    engine.shutdown()
+
+
+def test_speed_options_are_checked(diffusion_engine):
+    with pytest.raises(ValidationError, match="cuda_graphs needs compile='full'"):
+        DiffusionEngineConfig(model="m", cuda_graphs=True)
+    with pytest.raises(ValidationError, match=r"largest of batch_buckets \(8\) must equal max_batch_size \(16\)"):
+        DiffusionEngineConfig(model="m", batch_buckets=(1, 8))
+    with pytest.raises(ValidationError, match="ascending"):
+        DiffusionEngineConfig(model="m", max_batch_size=8, batch_buckets=(4, 2, 8))
+    cfg = diffusion_engine.config
+    with pytest.raises(ValueError, match="fp8' needs a CUDA GPU of compute capability >= 8.9, but runs on cpu"):
+        DiffusionEngine.from_pipeline(diffusion_engine.pipe, cfg.model_copy(update={"quantization": "fp8"}))
+    with pytest.raises(ValueError, match="cuda_graphs needs device 'cuda'"):
+        DiffusionEngine.from_pipeline(diffusion_engine.pipe, DiffusionEngineConfig(
+            model=cfg.model, device="cpu", compile="full", cuda_graphs=True))
+
+
+def test_attention_backend_math_gives_the_same_images(diffusion_engine):
+    engine = DiffusionEngine.from_pipeline(diffusion_engine.pipe, diffusion_engine.config.model_copy(
+        update={"attention_backend": "math"}))
+    a = engine.render([req(0, seed=4)])[0]
+    engine.shutdown()
+    assert np.abs(pixels(a.png) - pixels(diffusion_engine.render([req(0, seed=4)])[0].png)).max() <= 1
+
+
+def test_shutdown_stops_the_engine_and_fails_its_health_check(diffusion_engine):
+    engine = DiffusionEngine.from_pipeline(diffusion_engine.pipe, diffusion_engine.config)
+    engine.check_health()
+    engine.shutdown()
+    with pytest.raises(RuntimeError, match="shut down"):
+        engine.check_health()
+    with pytest.raises(RuntimeError, match="shut down"):
+        engine.render([req(0, seed=1)])
+
+
+def test_full_size_builders_make_the_real_architectures():
+    """The random-weight builders of the GPU benchmarks build the published architectures: parameter counts on the
+    meta device (no memory) against the published sizes."""
+    import torch
+
+    from serving.tiny_models import build_random_pipeline
+
+    def billions(pipe):
+        return {name: sum(p.numel() for p in m.parameters()) / 1e9 for name, m in pipe.components.items()
+                if isinstance(m, torch.nn.Module)}
+
+    flux = billions(build_random_pipeline("flux", device="meta", dtype=torch.bfloat16))
+    assert flux["transformer"] == pytest.approx(11.9, abs=0.05)  # FLUX.1-schnell
+    assert flux["text_encoder_2"] == pytest.approx(4.76, abs=0.01)  # T5-XXL encoder
+    assert flux["text_encoder"] == pytest.approx(0.123, abs=0.001)  # CLIP ViT-L/14 text
+    assert billions(build_random_pipeline("sdxl", device="meta"))["unet"] == pytest.approx(2.57, abs=0.01)
+    assert billions(build_random_pipeline("sd15", device="meta"))["unet"] == pytest.approx(0.86, abs=0.01)
+
+
+@pytest.mark.parametrize("arch", ["sd15", "sdxl", "flux"])
+def test_in_memory_builders_render_at_tiny_size(arch):
+    """The same builder code at test shapes renders through the engine (what the GPU script runs at full size)."""
+    from serving.tiny_models import build_random_pipeline
+
+    size = 32 if arch == "flux" else 64
+    engine = DiffusionEngine.from_pipeline(build_random_pipeline(arch, tiny=True), DiffusionEngineConfig(
+        model=f"random-{arch}", device="cpu"))
+    results = engine.render([req(i, seed=i, width=size, height=size, steps=2) for i in range(2)])
+    engine.shutdown()
+    assert results[0].png != results[1].png
+    assert Image.open(io.BytesIO(results[0].png)).size == (size, size)
+
+
 # ------------------------------------------------------------------------------------------------------------------
 # vLLM: the tiny vision-language model (critic and rewriter) and the tiny chat LLM
 # ------------------------------------------------------------------------------------------------------------------

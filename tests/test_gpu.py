@@ -1,4 +1,5 @@
-"""The engine tests on CUDA with a random-weight model of a real architecture (SD1.5). Skipped without a GPU.
+"""The engine on CUDA with random-weight models of a real architecture (SD1.5): loading, the encoder pool over
+asynchronous copies, the compiled path, fp8. Skipped without a GPU.
 
 On a lent GPU machine: ``python -m pytest -m gpu tests/test_gpu.py`` (torch + diffusers suffice; vLLM is not needed).
 """
@@ -37,3 +38,82 @@ def test_sd15_arch_batch_on_cuda(sd15_engine):
     a = np.asarray(Image.open(io.BytesIO(again.png)), dtype=np.int16)
     b = np.asarray(Image.open(io.BytesIO(results[0].png)), dtype=np.int16)
     assert np.abs(a - b).mean() < 2.0
+
+
+def _requests(n: int, size: int, steps: int = 2, offset: int = 0) -> list[RenderRequest]:
+    return [RenderRequest(request_id=f"q{offset + i}", prompt=f"pear {i}", seed=offset + i, steps=steps, width=size,
+                          height=size) for i in range(n)]
+
+
+def _pixels(png: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.int16)
+
+
+@pytest.fixture(scope="module")
+def sd15_on_device():
+    """SD1.5 architecture built directly on the GPU in fp16 (no save, seconds)."""
+    import torch
+
+    from serving.tiny_models import build_random_pipeline
+
+    return build_random_pipeline("sd15", device="cuda", dtype=torch.float16)
+
+
+def test_encoder_pool_reads_complete_copies(sd15_on_device):
+    """The pixels reach the host by an asynchronous copy that the encoder threads wait for: the pool's PNGs are
+    byte-identical to encoding inside the call."""
+    from serving.config import DiffusionEngineConfig
+    from serving.engines import DiffusionEngine
+
+    cfg = DiffusionEngineConfig(model="random-sd15", device="cuda", dtype="float16", max_batch_size=4)
+    pooled = DiffusionEngine.from_pipeline(sd15_on_device, cfg.model_copy(update={"encode_workers": 4}))
+    inline = DiffusionEngine.from_pipeline(sd15_on_device, cfg.model_copy(update={"encode_workers": 0}))
+    requests = _requests(8, 512)
+    a, b = pooled.render(requests), inline.render(requests)
+    pooled.shutdown()
+    inline.shutdown()
+    assert [r.png for r in a] == [r.png for r in b]
+    assert len({r.png for r in a}) == 8 and pooled.busy_seconds > 0
+
+
+def test_compiled_engine_never_recompiles_and_caches(sd15_on_device, tmp_path):
+    """compile='full' with inductor on CUDA: one graph for the denoiser and one for the VAE decoder per bucket,
+    nothing more in steady state, images as the eager engine's up to fp16 noise, the kernels in the cache dir."""
+    from serving.config import DiffusionEngineConfig
+    from serving.engines import DiffusionEngine
+
+    eager_cfg = DiffusionEngineConfig(model="random-sd15", device="cuda", dtype="float16", max_batch_size=1)
+    eager = DiffusionEngine.from_pipeline(sd15_on_device, eager_cfg).render(_requests(1, 256))
+    engine = DiffusionEngine.from_pipeline(sd15_on_device, eager_cfg.model_copy(
+        update={"compile": "full", "compile_cache_dir": str(tmp_path / "cache")}))
+    before = engine.compiled_graphs()
+    engine.warmup(256, 256, steps=2)
+    assert engine.compiled_graphs() - before == 2
+    steady = engine.compiled_graphs()
+    compiled = engine.render(_requests(1, 256))
+    engine.render(_requests(1, 256, offset=5))
+    assert engine.compiled_graphs() == steady
+    assert np.abs(_pixels(compiled[0].png) - _pixels(eager[0].png)).mean() < 2.0
+    assert any((tmp_path / "cache").rglob("*"))
+    engine.shutdown()
+
+
+def test_fp8_renders_close_to_bf16():
+    """quantization='fp8' (torchao) on the tiny SD architecture: renders, and the images stay near bf16's."""
+    import importlib.util
+
+    import torch
+
+    from serving.config import DiffusionEngineConfig
+    from serving.engines import DiffusionEngine
+    from serving.tiny_models import build_random_pipeline
+
+    if torch.cuda.get_device_capability() < (8, 9) or importlib.util.find_spec("torchao") is None:
+        pytest.skip("fp8 needs torchao and compute capability >= 8.9")
+    cfg = DiffusionEngineConfig(model="tiny-sd", device="cuda", dtype="bfloat16")
+    requests = _requests(2, 64)
+    bf16 = DiffusionEngine.from_pipeline(build_random_pipeline("sd15", tiny=True, device="cuda"), cfg).render(requests)
+    fp8 = DiffusionEngine.from_pipeline(build_random_pipeline("sd15", tiny=True, device="cuda"),
+                                        cfg.model_copy(update={"quantization": "fp8"})).render(requests)
+    diff = np.abs(_pixels(fp8[0].png) - _pixels(bf16[0].png)).mean()
+    assert 0 < diff < 25
