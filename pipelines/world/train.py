@@ -55,7 +55,9 @@ class TrainConfig(BaseModel):
     warmup_steps: int = Field(default=100, ge=0, le=10_000)
     final_lr_fraction: float = Field(default=0.05, ge=0, le=1, description="LR at the end of the cosine decay.")
     vae_share: float = Field(default=0.12, gt=0, lt=0.5, description="Share of the budget spent on the VAE.")
-    vae_lr: float = Field(default=1e-3, gt=0, le=1e-2)
+    vae_lr: float = Field(default=2e-3, gt=0, le=1e-2)
+    decoder_lr: float = Field(default=5e-4, ge=0, le=1e-2,
+                              description="Decoder refinement during the diffusion phase (0 turns it off).")
     vae_kl_weight: float = Field(default=1e-5, ge=0, le=1.0)
     caption_dropout: float = Field(default=0.1, ge=0, lt=1, description="Share of empty captions (for CFG).")
     ema_decay: float = Field(default=0.995, ge=0, lt=1, description="EMA of the weights that get saved.")
@@ -66,6 +68,8 @@ class TrainConfig(BaseModel):
     save_every_min: float = Field(default=3.0, gt=0, description="Intermediate saves (0 < x); the last one is final.")
     save_reserve_s: float = Field(default=20.0, ge=0, description="Seconds kept at the end for the final save.")
     threads: int | None = Field(default=None, ge=1, le=256, description="CPU threads for torch (None: torch's).")
+    init_from: str | None = Field(default=None, description="Continue from a saved world pipeline: no VAE phase; "
+                                  "the model config is the saved one's.")
     model: WorldModelConfig = Field(default_factory=WorldModelConfig)
 
     def resolved_batch(self) -> int:
@@ -171,11 +175,28 @@ def _save(pipe, out: Path, info: dict) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+VAE_CROP = 32
+"""The VAE trains on random 32x32 crops of drawn scenes: a quarter of the cost of a full image (it is convolutional)."""
+FOREGROUND_WEIGHT = 4.0
+"""Extra loss weight on object pixels: objects cover ~5-15% of a scene, and their colours are what the judge reads."""
+
+
+def _reconstruction_loss(rec, x, background):
+    """MSE + L1/2, object pixels (those away from the background colour) weighted up by FOREGROUND_WEIGHT."""
+    weight = 1 + FOREGROUND_WEIGHT * ((x - background).abs().sum(1, keepdim=True) > 0.1).float()
+    err = rec - x
+    return (weight * err.pow(2)).mean() + 0.5 * (weight * err.abs()).mean()
+
+
 def train_vae(cfg: TrainConfig, vae, pool: CaptionPool, deadline: float, generator, autocast) -> dict:
-    """Phase 1: reconstruction (MSE + L1) with a small KL term, then the latent scaling factor."""
+    """Phase 1: reconstruction (MSE + L1, object pixels weighted up) with a small KL term on random crops, then the
+    latent scaling factor from full images."""
     import torch
 
+    from pipelines.world.scenes import BACKGROUND
+
     batch = cfg.resolved_batch()
+    background = (torch.tensor(BACKGROUND, dtype=torch.float32, device=pool.device) / 127.5 - 1).view(1, 3, 1, 1)
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
     start, step, last_log, images = time.monotonic(), 0, time.monotonic(), 0
     loss_sum = torch.zeros((), device=pool.device)
@@ -186,10 +207,12 @@ def train_vae(cfg: TrainConfig, vae, pool: CaptionPool, deadline: float, generat
         for g in opt.param_groups:
             g["lr"] = lr_at(cfg.vae_lr, step, 20, progress, cfg.final_lr_fraction)
         x, _ = pool.draw(batch, generator)
+        ox, oy = (int(v) for v in torch.randint(0, x.shape[-1] - VAE_CROP + 1, (2,)))  # CPU RNG: no GPU sync
+        x = x[:, :, oy : oy + VAE_CROP, ox : ox + VAE_CROP]
         with autocast():
             post = vae.encode(x).latent_dist
             rec = vae.decode(post.sample()).sample.float()
-        loss = (rec - x).pow(2).mean() + 0.5 * (rec - x).abs().mean() + cfg.vae_kl_weight * post.kl().mean()
+        loss = _reconstruction_loss(rec, x, background) + cfg.vae_kl_weight * post.kl().mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
@@ -220,6 +243,7 @@ def train(cfg: TrainConfig) -> Path:
     from diffusers import DDPMScheduler  # noqa: F401  (fail early if diffusers is missing)
 
     from pipelines.world.model import build_noise_scheduler, build_pipeline
+    from pipelines.world.scenes import BACKGROUND
 
     t0 = time.monotonic()
     end = t0 + cfg.minutes * 60
@@ -239,7 +263,12 @@ def train(cfg: TrainConfig) -> Path:
 
     torch.manual_seed(cfg.seed)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
-    pipe = build_pipeline(cfg.model, seed=cfg.seed)
+    if cfg.init_from:
+        from diffusers import StableDiffusionPipeline
+
+        pipe = StableDiffusionPipeline.from_pretrained(cfg.init_from, dtype=torch.float32)
+    else:
+        pipe = build_pipeline(cfg.model, seed=cfg.seed)
     vae, unet, text = pipe.vae.to(device), pipe.unet.to(device), pipe.text_encoder.to(device)
     pool = CaptionPool(cfg, pipe.tokenizer, device)
     batch = cfg.resolved_batch()
@@ -248,10 +277,23 @@ def train(cfg: TrainConfig) -> Path:
     log(f"device {device} ({hardware}), batch {batch}, budget {cfg.minutes:.2f} min; "
         f"{pool.size} captions ready after {time.monotonic() - t0:.1f}s, e.g. {pool.texts[0]!r}")
 
-    # 1. VAE
-    vae_deadline = time.monotonic() + cfg.vae_share * (end - time.monotonic())
-    vae_info = train_vae(cfg, vae, pool, vae_deadline, generator, autocast)
+    # 1. VAE (unless continuing from a trained pipeline)
+    if cfg.init_from:
+        vae_info = {"init_from": cfg.init_from, "scaling_factor": vae.config.scaling_factor}
+        log(f"continuing from {cfg.init_from}")
+    else:
+        vae_deadline = time.monotonic() + cfg.vae_share * (end - time.monotonic())
+        vae_info = train_vae(cfg, vae, pool, vae_deadline, generator, autocast)
+    # The encoder is frozen from here on (the UNet's latent space must stay put); the decoder keeps learning.
     vae.requires_grad_(False)
+    vae.eval()
+    decoder_params = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
+    dec_opt = None
+    if cfg.decoder_lr > 0:
+        for prm in decoder_params:
+            prm.requires_grad_(True)
+        dec_opt = torch.optim.AdamW(decoder_params, lr=cfg.decoder_lr, weight_decay=0.0)
+    background = (torch.tensor(BACKGROUND, dtype=torch.float32, device=device) / 127.5 - 1).view(1, 3, 1, 1)
 
     # 2. Diffusion: UNet + text encoder from scratch
     noise_sched = build_noise_scheduler()
@@ -268,6 +310,7 @@ def train(cfg: TrainConfig) -> Path:
     step, images, last_log, last_save = 0, 0, start, start
     loss_sum = torch.zeros((), device=device)
     window = torch.zeros((), device=device)
+    dec_sum = torch.zeros((), device=device)
     window_steps, window_start = 0, start
     info = {"config": cfg.model_dump(mode="json"), "hardware": hardware, "vae": vae_info,
             "python": sys.version.split()[0], "torch": torch.__version__}
@@ -301,6 +344,20 @@ def train(cfg: TrainConfig) -> Path:
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         ema.update()
+        if dec_opt is not None:
+            # decoder refinement on a quarter of the batch, 32x32 crops of this step's (sampled) latents
+            for g in dec_opt.param_groups:
+                g["lr"] = cfg.decoder_lr * lr / cfg.lr
+            k, c = max(1, batch // 4), VAE_CROP // 4
+            ox, oy = (int(v) for v in torch.randint(0, latents.shape[-1] - c + 1, (2,)))
+            xc = x[:k, :, 4 * oy : 4 * (oy + c), 4 * ox : 4 * (ox + c)]
+            with autocast():
+                rec = vae.decode(latents[:k, :, oy : oy + c, ox : ox + c] / scaling).sample.float()
+            dec_loss = _reconstruction_loss(rec, xc, background)
+            dec_opt.zero_grad(set_to_none=True)
+            dec_loss.backward()
+            dec_opt.step()
+            dec_sum += dec_loss.detach()
         loss_sum += loss.detach()
         window += loss.detach()
         step += 1
@@ -308,10 +365,12 @@ def train(cfg: TrainConfig) -> Path:
         images += batch
         now = time.monotonic()
         if now - last_log >= cfg.log_every_s:
-            log(f"step {step} loss {window.item() / window_steps:.4f} lr {lr:.2e} "
+            log(f"step {step} loss {window.item() / window_steps:.4f} decoder {dec_sum.item() / window_steps:.4f} "
+                f"lr {lr:.2e} "
                 f"{window_steps * batch / (now - window_start):.0f} img/s ({images} images, "
                 f"{now - t0:.0f}s of {cfg.minutes * 60:.0f}s)")
             window.zero_()
+            dec_sum.zero_()
             window_steps, window_start, last_log = 0, now, now
         if now - last_save >= cfg.save_every_min * 60 and stop - now > 60:
             snapshot(final=False)
@@ -363,6 +422,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--save-every-min", type=float, default=3.0)
+    p.add_argument("--init-from", default=None, help="Continue training a saved world pipeline (no VAE phase).")
     p.add_argument("--preview", nargs=2, metavar=("MODEL_DIR", "PNG"),
                    help="Instead of training: render a 4x4 grid of canonical prompts with a saved pipeline.")
     a = p.parse_args(argv)
@@ -372,7 +432,7 @@ def main(argv: list[str] | None = None) -> None:
     if not a.out:
         p.error("--out is required")
     train(TrainConfig(out=a.out, device=a.device, minutes=a.minutes, seed=a.seed, batch_size=a.batch_size,
-                      threads=a.threads, save_every_min=a.save_every_min))
+                      threads=a.threads, save_every_min=a.save_every_min, init_from=a.init_from))
 
 
 if __name__ == "__main__":
