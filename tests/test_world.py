@@ -394,3 +394,30 @@ def test_shipped_weights_render_recognisable_scenes():
             for i, s in enumerate(specs)]
     found = [any(d.color == s.include[0].color for d in detect(r.png)) for s, r in zip(specs, engine.render(reqs))]
     assert np.mean(found) >= 0.75, found
+
+
+@pytest.mark.slow
+def test_gpu_script_smoke_on_cpu(tmp_path):
+    """scripts/gpu/world_train.sh as the lead runs it on the GPU machine, here on the CPU for a few seconds: it
+    leaves the log, a preview, and tar parts <= 15 MB that unpack into a loadable pipeline."""
+    import os
+
+    from diffusers import AutoPipelineForText2Image
+
+    out = tmp_path / "out"
+    env = dict(os.environ, WORLD_DEVICE="cpu", WORLD_WORK=str(tmp_path / "world-model"), PYTHON=sys.executable,
+               PYTHONPATH=str(ROOT))
+    proc = subprocess.run(["bash", "scripts/gpu/world_train.sh", str(out), "0.3"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    log = (out / "world-train.log").read_text()
+    assert "done:" in log and "wrote" in log and (out / "world-preview.png").stat().st_size > 0
+    parts = sorted(out.glob("world-model.tar.part-*"))
+    assert parts and all(p.stat().st_size <= 15_000_000 for p in parts)
+    check = subprocess.run(["sha256sum", "-c", "world-model.sha256"], cwd=out, capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout
+    unpack = tmp_path / "unpacked"
+    unpack.mkdir()
+    subprocess.run(f"cat {out}/world-model.tar.part-* | tar -xf - -C {unpack}", shell=True, check=True)
+    pipe = AutoPipelineForText2Image.from_pretrained(unpack / "world-model")
+    assert pipe.unet is not None and json.loads((unpack / "world-model" / "training.json").read_text())["final"]

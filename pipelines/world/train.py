@@ -6,13 +6,14 @@
 1. **Captions**: a pool of random world specs (the six GenEval tags, uniformly) with one training wording each
    (:func:`pipelines.world.grammar.training_wording`: frequent forms, a few rare ones, never a held-out one),
    tokenized once with the CLIP tokenizer and kept on the training device with each spec's objects.
-2. **VAE phase** (``vae_share`` of the budget): the autoencoder learns to reconstruct freshly drawn scenes; its latent
-   spread sets ``scaling_factor``.
+2. **VAE phase** (``vae_share`` of the budget): the autoencoder learns to reconstruct random 32x32 crops of freshly
+   drawn scenes (object pixels weighted up); the spread of its latents sets ``scaling_factor``.
 3. **Diffusion phase** (the rest, less the time to save): every step draws pool entries, samples new layouts and
-   rasterizes them *on the training device* (the GPU never waits for the CPU), encodes them with the frozen VAE, and
-   trains the UNet and the text encoder together on v-prediction, with captions dropped ``caption_dropout`` of the
-   time (classifier-free guidance). Learning rate: linear warmup, then cosine decay over the remaining *time*.
-   An exponential moving average of the weights is what gets saved.
+   rasterizes them *on the training device* (the GPU never waits for the CPU), encodes them with the frozen VAE
+   encoder (posterior means), and trains the UNet and the text encoder together on v-prediction, with captions
+   dropped ``caption_dropout`` of the time (classifier-free guidance). Learning rate: linear warmup, then cosine decay
+   over the remaining *time*. An exponential moving average of the weights is what gets saved. The VAE decoder keeps
+   learning on crops of a quarter of each batch (the encoder, and so the latent space, stays fixed).
 4. A progress line every ``log_every_s`` (step, losses, images/s), an intermediate save every ``save_every_min``
    (a run cut short still leaves a usable model), and the final save: ``save_pretrained`` with fp16 weights plus
    ``training.json`` (config, steps, images seen, losses, hardware).
@@ -226,6 +227,7 @@ def train_vae(cfg: TrainConfig, vae, pool: CaptionPool, deadline: float, generat
             last_log = now
     vae.eval()
     with torch.no_grad(), autocast():
+        # the spread of the latents the UNet will see (posterior means), so they enter diffusion at unit scale
         lat = torch.cat([vae.encode(pool.draw(batch, generator)[0]).latent_dist.mean.float() for _ in range(4)])
     scaling = float(1.0 / lat.std())
     vae.register_to_config(scaling_factor=scaling)
@@ -329,7 +331,9 @@ def train(cfg: TrainConfig) -> Path:
             g["lr"] = lr
         x, ids = pool.draw(batch, generator, dropout=cfg.caption_dropout)
         with torch.no_grad(), autocast():
-            latents = vae.encode(x).latent_dist.sample(generator).float() * scaling
+            # Posterior means, not samples: with the small KL weight, channels the decoder does not use carry
+            # posterior noise of std ~1, which the UNet would otherwise have to learn to reproduce.
+            latents = vae.encode(x).latent_dist.mean.float() * scaling
         noise = torch.randn(latents.shape, generator=generator, device=device)
         t = torch.randint(0, noise_sched.config.num_train_timesteps, (batch,), generator=generator, device=device)
         a = alphas[t].view(-1, 1, 1, 1)
@@ -345,7 +349,7 @@ def train(cfg: TrainConfig) -> Path:
         opt.step()
         ema.update()
         if dec_opt is not None:
-            # decoder refinement on a quarter of the batch, 32x32 crops of this step's (sampled) latents
+            # decoder refinement on a quarter of the batch, 32x32 crops of this step's latents
             for g in dec_opt.param_groups:
                 g["lr"] = cfg.decoder_lr * lr / cfg.lr
             k, c = max(1, batch // 4), VAE_CROP // 4
