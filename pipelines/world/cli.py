@@ -16,7 +16,7 @@ def train_cmd(
     device: str = typer.Option("cuda", help="'cuda' or 'cpu'."),
     minutes: float = typer.Option(5.0, min=0.05, max=600, help="Wall-clock budget, saves included."),
     seed: int = typer.Option(0, min=0),
-    batch_size: int | None = typer.Option(None, min=2, help="Default: 256 on cuda, 48 on cpu."),
+    batch_size: int | None = typer.Option(None, min=2, help="Default: 256 on cuda, 32 on cpu."),
 ) -> None:
     """Train the world model inside a time budget (``python -m pipelines.world.train`` is the same function)."""
     from pydantic import ValidationError

@@ -36,15 +36,15 @@ from pipelines.world.scenes import BACKGROUND, PALETTE, RELATIONS, SHAPES, Scene
 FOREGROUND_DISTANCE = 90.0
 """RGB distance from the background above which a pixel is foreground (every palette colour is >= 200 away)."""
 MIN_AREA = 24
-"""Smallest component counted as an object, in pixels (the smallest drawn object, a 12 px triangle, has ~72)."""
+"""Smallest component counted as an object, in pixels (the smallest drawn object, a 14 px triangle, has ~98)."""
 MAX_ASPECT = 1.6
 """Components whose box is more than this much wider than tall (or taller than wide) are not single objects."""
 TEMPLATE_GRID = 16
 """Side of the grid a component's mask is resampled to before it is compared with the shape templates."""
 MAX_SHAPE_DISTANCE = 0.2
 """Largest mismatch (mean absolute difference to the nearest template) that still names the shape. On the
-rasterizer's drawings an object is at most ~0.14 from its own template and >= 0.2 from every other one (measured over
-4000 objects, 12-16 px; the closest pair is circle/square)."""
+rasterizer's drawings an object is at most ~0.13 from its own template and >= 0.16 from every other one (measured
+over 4000 objects, 14-20 px; the closest pairs are circle/square and circle/cross)."""
 
 
 def _templates(grid: int = TEMPLATE_GRID, oversample: int = 8) -> np.ndarray:

@@ -6,7 +6,7 @@ world's classes are flat shapes and its colours a fixed palette. A *scene* is on
 object's shape, colour, centre and size. Scenes travel as tensors (:class:`SceneBatch`) so that the trainer can sample
 and draw them on the GPU, and the tests draw the same scenes on the CPU with the same code as ground truth.
 
-Geometry (the judge relies on it): a 64x64 canvas, a dark background, objects 12-16 px wide with at least
+Geometry (the judge relies on it): a 64x64 canvas, a dark background, objects 14-20 px wide with at least
 ``MIN_GAP`` px between their bounding boxes, drawn 2x supersampled (anti-aliased edges). Positions follow GenEval's
 rule (see :func:`relative_position`): "A left of B" holds when A's box centre is left of B's by more than 10% of their
 summed widths and the horizontal offset dominates; the sampler draws position scenes with a wide margin.
@@ -53,8 +53,8 @@ TAGS: tuple[str, ...] = ("single_object", "two_object", "counting", "colors", "p
 RELATIONS: tuple[str, ...] = ("left of", "right of", "above", "below")
 
 MAX_OBJECTS = 4
-SIZE_MIN, SIZE_MAX = 12.0, 16.0
-"""Object bounding-box side in pixels."""
+SIZE_MIN, SIZE_MAX = 14.0, 20.0
+"""Object bounding-box side in pixels (4-5 latent pixels: large enough for the model to form shapes quickly)."""
 MIN_GAP = 3.0
 """Pixels between any two objects' bounding boxes (so that blurry outputs still separate)."""
 EDGE_MARGIN = 1.0
@@ -230,25 +230,29 @@ def attributes_to_batch(attrs: list[tuple[list[int], list[int], int]]) -> SceneB
     return SceneBatch(shape=shape, color=color, present=present, relation=relation)
 
 
-def _fallback_layout(relation: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """A layout that is always valid (for sizes <= 16): the four quadrant centres, or for a relation a wide pair on
-    the middle line of its axis (object 1 relative to object 0). Only ``torch.where``: no host sync on a GPU."""
+def _fallback_layout(relation: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """A layout that is always valid for sizes <= 20: the four cells of a 2x2 grid in random order, jittered by up to
+    4 px; for a relation, a pair 24-32 px apart on the relation's axis. Only ``torch.where``: no host sync on a GPU."""
     device = relation.device
     b = relation.shape[0]
-    cx = torch.tensor([16.0, 48.0, 16.0, 48.0], device=device).expand(b, MAX_OBJECTS)
-    cy = torch.tensor([16.0, 16.0, 48.0, 48.0], device=device).expand(b, MAX_OBJECTS)
-    # rows: relation code; columns: x0, y0, x1, y1
-    pairs = torch.tensor([[44, 32, 20, 32], [20, 32, 44, 32], [32, 44, 32, 20], [32, 20, 32, 44]],
+    cells = torch.tensor([[16.0, 16.0], [48.0, 16.0], [16.0, 48.0], [48.0, 48.0]], device=device)
+    order = torch.argsort(torch.rand(b, MAX_OBJECTS, generator=generator, device=device), dim=1)
+    jitter = (torch.rand(b, MAX_OBJECTS, 2, generator=generator, device=device) * 2 - 1) * 4.0
+    xy = cells[order] + jitter  # (B, K, 2)
+    cx, cy = xy[..., 0], xy[..., 1]
+    # relation pairs: rows = relation code; columns x0, y0, x1, y1 (object 1 relative to object 0)
+    pairs = torch.tensor([[46, 32, 18, 32], [18, 32, 46, 32], [32, 46, 32, 18], [32, 18, 32, 46]],
                          dtype=torch.float32, device=device)[relation.clamp(min=0)]
+    pairs = pairs + (torch.rand(b, 4, generator=generator, device=device) * 2 - 1) * 3.0
     has = (relation >= 0).view(b, 1)
     first_two_x = torch.where(has, pairs[:, [0, 2]], cx[:, :2])
     first_two_y = torch.where(has, pairs[:, [1, 3]], cy[:, :2])
     return torch.cat([first_two_x, cx[:, 2:]], dim=1), torch.cat([first_two_y, cy[:, 2:]], dim=1)
 
 
-def sample_layouts(batch: SceneBatch, generator: torch.Generator, tries: int = 24) -> SceneBatch:
+def sample_layouts(batch: SceneBatch, generator: torch.Generator, tries: int = 32) -> SceneBatch:
     """Sizes and non-overlapping positions for every scene, on ``batch``'s device, fully vectorised: ``tries``
-    candidate layouts per scene, the first valid one is kept (a fixed valid layout where none is)."""
+    candidate layouts per scene, the first valid one is kept (a jittered 2x2 grid where none is)."""
     device = batch.shape.device
     b, k = batch.shape.shape
 
@@ -286,7 +290,7 @@ def sample_layouts(batch: SceneBatch, generator: torch.Generator, tries: int = 2
     any_ok = ok.any(dim=1)
     rows = torch.arange(b, device=device)
     out_x, out_y = cx[rows, first], cy[rows, first]
-    fx, fy = _fallback_layout(batch.relation)
+    fx, fy = _fallback_layout(batch.relation, generator)
     out_x = torch.where(any_ok.view(b, 1), out_x, fx)
     out_y = torch.where(any_ok.view(b, 1), out_y, fy)
     size = size.view(b, k)

@@ -51,7 +51,7 @@ class TrainConfig(BaseModel):
     device: Literal["cpu", "cuda"] = "cuda"
     minutes: float = Field(default=5.0, gt=0, le=600, description="Wall-clock budget: build, both phases and saves.")
     seed: int = Field(default=0, ge=0)
-    batch_size: int | None = Field(default=None, ge=2, le=4096, description="None: 256 on cuda, 48 on cpu.")
+    batch_size: int | None = Field(default=None, ge=2, le=4096, description="None: 256 on cuda, 32 on cpu.")
     lr: float = Field(default=5e-4, gt=0, le=1e-2, description="Peak learning rate of the diffusion phase.")
     warmup_steps: int = Field(default=100, ge=0, le=10_000)
     final_lr_fraction: float = Field(default=0.05, ge=0, le=1, description="LR at the end of the cosine decay.")
@@ -74,7 +74,7 @@ class TrainConfig(BaseModel):
     model: WorldModelConfig = Field(default_factory=WorldModelConfig)
 
     def resolved_batch(self) -> int:
-        return self.batch_size or (256 if self.device == "cuda" else 48)
+        return self.batch_size or (256 if self.device == "cuda" else 32)
 
 
 def log(msg: str) -> None:
