@@ -357,7 +357,7 @@ def test_tiny_training_run_saves_a_loadable_pipeline(tiny_trained):
         assert len(files) == 1
     pipe = AutoPipelineForText2Image.from_pretrained(tiny_trained)
     assert isinstance(pipe, StableDiffusionPipeline) and pipe.unet.dtype.is_floating_point
-    assert pipe.tokenizer("a red circle").input_ids == [49406, 736, 7117, 49407]  # the real CLIP ids
+    assert pipe.tokenizer("a red circle").input_ids == [49406, 320, 736, 7117, 49407]  # the real CLIP ids
     assert pipe.safety_checker is None
 
 
