@@ -197,3 +197,27 @@ class DiffusionEngine:
             )
             for r, img in zip(batch, images)
         ]
+
+    def check_health(self) -> None:
+        """Raises if the engine cannot render: shut down, or (on CUDA) a sticky device error from an earlier call,
+        which ``torch.cuda.synchronize`` re-raises. Serve's health check calls this."""
+        if getattr(self, "pipe", None) is None:
+            raise RuntimeError(f"diffusion engine for {self.config.model!r} is shut down")
+        if self.device == "cuda":
+            import torch
+
+            torch.cuda.synchronize()
+
+    def shutdown(self) -> None:
+        """Release the pipeline and its accelerator memory. Idempotent; the engine cannot render afterwards."""
+        pipe, self.pipe = getattr(self, "pipe", None), None
+        if pipe is None:
+            return
+        del pipe
+        import gc
+
+        gc.collect()
+        if self.device == "cuda":
+            import torch
+
+            torch.cuda.empty_cache()
