@@ -22,7 +22,7 @@ import json
 from collections.abc import Iterable
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from agents.config import CriticConfig, RewriterConfig, SearchConfig
 from agents.messages import CallCounts, Candidate, Intent, SearchResult

@@ -15,28 +15,17 @@ import pytest
 from agents.config import SearchConfig
 from agents.messages import ChatMessage, ChatRequest, RenderRequest
 from pipelines.records import CampaignAccepted, CampaignStatus, IntentOutcome, LineageRecord
+from tests.http_helpers import intents, outcomes, status, wait_done
 
 pytestmark = [pytest.mark.serve, pytest.mark.engines, pytest.mark.slow]
 
 SEARCH = {"beam_width": 2, "candidates_per_beam": 2, "rounds": 2, "max_images": 12, "steps": 2}
 
 
-def status(client: httpx.Client, cid: str) -> CampaignStatus:
-    return CampaignStatus.model_validate_json(client.get(f"/v1/campaigns/{cid}").content)
 
 
-def wait_done(client: httpx.Client, cid: str, timeout: float = 600) -> CampaignStatus:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        st = status(client, cid)
-        if st.state != "running":
-            return st
-        time.sleep(1)
-    raise TimeoutError(f"campaign {cid} still running after {timeout}s")
 
 
-def intents(n: int, prefix: str = "i") -> list[dict]:
-    return [{"id": f"{prefix}{k}", "text": f"a photo of {k + 1} red apples on a table"} for k in range(n)]
 
 
 def read_lineage(path) -> list[LineageRecord]:
@@ -50,15 +39,14 @@ def test_http_campaign_completes_with_lineage(serve_app):
         cid = CampaignAccepted.model_validate_json(resp.content).id
         st = wait_done(client, cid)
         assert st.state == "done" and st.intents_done == 3, st
-        outcomes = [IntentOutcome.model_validate_json(x) for x in client.get(f"/v1/campaigns/{cid}/results").text
-                    .splitlines()]
-        assert [o.intent_id for o in outcomes] == ["i0", "i1", "i2"]
-        img = client.get(f"/v1/campaigns/{cid}/images/{outcomes[0].search.best_image.split('/')[1]}")
+        results = outcomes(client.get(f"/v1/campaigns/{cid}/results"))
+        assert [o.intent_id for o in results] == ["i0", "i1", "i2"]
+        img = client.get(f"/v1/campaigns/{cid}/images/{results[0].search.best_image.split('/')[1]}")
         assert img.status_code == 200 and img.headers["content-type"] == "image/png" and img.content[:4] == b"\x89PNG"
     campaign_dir = serve_app["store"] / cid
     lineage = read_lineage(campaign_dir / "lineage.jsonl")
     planned = SearchConfig(**SEARCH).planned_images()
-    for o in outcomes:
+    for o in results:
         beam = [c for c in lineage if c.intent_id == o.intent_id and c.mode == "beam"]
         base = [c for c in lineage if c.intent_id == o.intent_id and c.mode == "best_of_n"]
         assert len(beam) == o.search.counts.images == len(base) == o.baseline.counts.images <= planned

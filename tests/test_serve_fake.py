@@ -19,10 +19,11 @@ from PIL import Image
 
 from agents.messages import Intent
 from pipelines.campaign import CampaignRunner
-from pipelines.records import CampaignAccepted, CampaignSpec, CampaignStatus, Health, IntentOutcome, ModelsRecord
+from pipelines.records import CampaignAccepted, CampaignSpec, CampaignStatus, Health, ModelsRecord
 from pipelines.store import CampaignStore
 from serving.presets import load_preset
 from tests.fake_engines import instances, mark_dead
+from tests.http_helpers import intents, outcomes, wait_done
 from tests.fakes import FakeRenderer, ScriptedLLM
 
 pytestmark = [pytest.mark.serve, pytest.mark.slow]
@@ -71,22 +72,10 @@ def fake_app(ray_cluster, tmp_path_factory) -> FakeApp:
     serve.delete("fake")
 
 
-def wait_done(client: httpx.Client, cid: str, timeout: float = 120) -> CampaignStatus:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        st = CampaignStatus.model_validate_json(client.get(f"/v1/campaigns/{cid}").content)
-        if st.state != "running":
-            return st
-        time.sleep(0.3)
-    raise TimeoutError(f"campaign {cid} still running after {timeout}s")
 
 
-def intents(n: int, prefix: str = "i") -> list[dict]:
-    return [{"id": f"{prefix}{k}", "text": f"a photo of {k + 1} red apples on a table"} for k in range(n)]
 
 
-def outcomes(resp: httpx.Response) -> list[IntentOutcome]:
-    return [IntentOutcome.model_validate_json(line) for line in resp.text.splitlines()]
 
 
 def test_campaign_over_http_returns_typed_records_and_paginated_results(fake_app):
@@ -134,6 +123,8 @@ def test_unknown_campaigns_are_404_and_create_nothing(fake_app):
                      "/v1/campaigns/..%2F..%2Fetc/images/passwd"):
             assert client.get(path).status_code == 404, path
         assert client.delete("/v1/campaigns/nope").status_code == 404
+        schema = client.get("/openapi.json").json()  # the typed search overrides are documented field by field
+        assert "rounds" in schema["components"]["schemas"]["SearchOverrides"]["properties"]
     after = sorted(p.name for p in fake_app.store.iterdir()) if fake_app.store.exists() else []
     assert after == before and "nope" not in after
 
