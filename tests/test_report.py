@@ -4,7 +4,6 @@ browser (a 10k-intent report included)."""
 from __future__ import annotations
 
 import asyncio
-import io
 import re
 import shutil
 import subprocess
@@ -14,22 +13,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from agents.config import SearchConfig
-from agents.messages import CallCounts, Candidate, Critique, Intent
+from agents.messages import Intent
 from pipelines.campaign import CampaignRunner
-from pipelines.records import (
-    STORE_FORMAT,
-    ArmResult,
-    CampaignSpec,
-    IntentOutcome,
-    IntentPart,
-    LineageRecord,
-    Manifest,
-    ModelsRecord,
-)
+from pipelines.records import STORE_FORMAT, CampaignSpec
 from pipelines.report import EMBED_UP_TO, PAGE_SIZE, write_report
 from pipelines.store import CampaignStore
 from tests.fakes import FakeRenderer, ScriptedLLM
+from tests.synthetic import synthetic_store
 
 
 def run_campaign(d, n: int) -> CampaignStore:
@@ -71,48 +61,6 @@ def test_larger_report_pages_link_images_lazily(tmp_path):
     srcs = re.findall(r'<img src="([^"]+)" alt="[^"]*" loading="lazy">', page)
     assert srcs and all(s.startswith("../images/") for s in srcs)  # 8x8 images: no thumbnails needed
     assert all((tmp_path / "report" / s).resolve().is_file() for s in srcs)
-
-
-def _png(rgb: tuple[int, int, int], size: int) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", (size, size), rgb).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def synthetic_store(root, n: int, size: int = 8) -> CampaignStore:
-    """A finished campaign of n intents written directly as records (2 search + 2 baseline candidates each)."""
-    store = CampaignStore(str(root))
-    store.create()
-    search = SearchConfig(rounds=1, candidates_per_beam=1, max_images=2, width=size, height=size)
-    models = ModelsRecord(preset="synthetic", diffusion="none", diffusion_dtype="auto", llm=None, llm_dtype=None,
-                          rewriter="llm", critic="llm")
-    ids = [f"s{k:05d}" for k in range(n)]
-    store.write_manifest(Manifest(id="big", fingerprint="x", created_at=0.0, intents=n, intent_ids=ids, search=search,
-                                  rewriter={}, critic={}, baseline="all", models=models, concurrency=1))
-    colours = [_png((255 * (i % 2), 255 * (i // 2 % 2), 200), size) for i in range(4)]
-    rng = np.random.default_rng(0)
-    for k, intent_id in enumerate(ids):
-        arms, lineage = {}, []
-        for mode in ("beam", "best_of_n"):
-            cands = []
-            for j in range(2):
-                cid = f"{intent_id}/{mode}/c{j}"
-                (root / "images" / store.image_name(cid)).write_bytes(colours[(k + j + (mode == "beam")) % 4])
-                score = float(rng.uniform())
-                cands.append(Candidate(id=cid, intent_id=intent_id, parent_id=None, round=0, prompt=f"prompt {k} {j}",
-                                       seed=j, source="original" if mode == "beam" else "baseline",
-                                       image=f"images/{store.image_name(cid)}", score=score,
-                                       critique=Critique(alignment=score, quality=score, score=score)))
-            best = max(cands, key=lambda c: c.score)
-            arms[mode] = ArmResult(mode=mode, best_id=best.id, best_prompt=best.prompt, best_seed=best.seed,
-                                   best_image=best.image, best_score=best.score, rounds=1, stop_reason="rounds",
-                                   best_score_per_round=[best.score], counts=CallCounts(images=2, llm_calls=3))
-            lineage += [LineageRecord.of(c, mode) for c in cands]
-        outcome = IntentOutcome(intent_id=intent_id, intent=f"synthetic intent {k}", status="done",
-                                search=arms["beam"], baseline=arms["best_of_n"],
-                                improvement=arms["beam"].best_score - arms["best_of_n"].best_score, checks=["q?"])
-        (root / "parts" / f"{intent_id}.json").write_text(IntentPart(outcome=outcome, lineage=lineage).model_dump_json())
-    return store
 
 
 def test_thumbnails_for_large_images(tmp_path):
@@ -188,3 +136,16 @@ def test_a_10k_intent_report_is_bounded_and_opens_in_headless_chromium(tmp_path)
     headless(tmp_path, "--window-size=1200,1400", "--virtual-time-budget=10000", f"--screenshot={shot}",
              f"file://{pages[-1]}")
     assert saturated_share(shot) > 0.05
+
+
+@pytest.mark.slow
+def test_report_benchmark_runs(tmp_path):
+    import os
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-m", "benchmarks.bench_report", "--n", "60", "--no-record"], cwd=root,
+                         env={**os.environ, "PYTHONPATH": str(root)}, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "ratio 10x intents" in out.stdout and "| 600 " in out.stdout
