@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -129,8 +130,6 @@ class CampaignIngress:
         self.limits = IngressConfig.model_validate(user_config or {})
 
     def _store(self, campaign_id: str) -> CampaignStore:
-        import re
-
         if not re.match(NAME_PATTERN, campaign_id):
             raise HTTPException(404, f"no campaign {campaign_id!r}")
         return CampaignStore(f"{self.config.store_root.rstrip('/')}/{campaign_id}")
