@@ -159,14 +159,22 @@ class CampaignIngress:
         if len(running) >= self.limits.max_running_campaigns:
             raise HTTPException(429, f"{len(running)} campaigns are running; the limit is "
                                      f"{self.limits.max_running_campaigns}. Retry later.")
+        previous = self.runs.get(cid)
         self.runs[cid] = (runner, None)
+
+        def undo() -> None:
+            if previous is None:
+                del self.runs[cid]
+            else:
+                self.runs[cid] = previous
+
         try:
             resumed = await asyncio.to_thread(runner.prepare_store)
         except (CampaignConflict, StoreFormatError) as exc:
-            del self.runs[cid]
+            undo()
             raise HTTPException(409, str(exc)) from exc
         except BaseException:
-            del self.runs[cid]
+            undo()
             raise
         task = asyncio.create_task(runner.run())
         task.add_done_callback(_log_failure)

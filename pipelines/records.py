@@ -19,6 +19,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import json
+from collections import Counter
 from collections.abc import Iterable
 from typing import Any, Literal
 
@@ -112,11 +113,9 @@ class CampaignSpec(Record):
             raise ValueError("a campaign needs at least one intent")
         if len(self.intents) > MAX_INTENTS:
             raise ValueError(f"a campaign holds at most {MAX_INTENTS} intents but has {len(self.intents)}")
-        ids = [i.id for i in self.intents]
-        if len(set(ids)) != len(ids):
-            seen: set[str] = set()
-            dup = sorted({i for i in ids if i in seen or seen.add(i)})[:5]
-            raise ValueError(f"intent ids must be unique; repeated: {dup}")
+        repeated = sorted(i for i, n in Counter(i.id for i in self.intents).items() if n > 1)
+        if repeated:
+            raise ValueError(f"intent ids must be unique; repeated: {repeated[:5]}")
         return self
 
     @property

@@ -74,3 +74,21 @@ class FakeLLMEngine(_Registered):
 
     async def check_health(self) -> None:
         self._raise_if_dead()
+
+
+# Agent factories for presets whose rewriter/critic need no served LLM (``rewriter: tests.fake_engines:...``): they
+# bring their own scripted model, as a rule-based rewriter or a programmatic judge would.
+
+
+def scripted_rewriter(llm, config):
+    from agents.rewriter import Rewriter
+
+    assert llm is None, "a preset without an llm hands its agent factories None"
+    return Rewriter(ScriptedLLM(keep_requests=False), config)
+
+
+def scripted_critic(llm, config):
+    from agents.critic import Critic
+
+    assert llm is None, "a preset without an llm hands its agent factories None"
+    return Critic(ScriptedLLM(keep_requests=False), config)

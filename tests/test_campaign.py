@@ -156,6 +156,22 @@ def test_resuming_under_other_models_is_refused_naming_both(tmp_path):
     runner(spec(2, name="demo"), store).prepare_store()  # the same setup resumes
 
 
+def test_a_preset_without_an_llm_runs_with_its_own_agents(tmp_path):
+    """Presets may name other rewriter/critic implementations (import paths) and no LLM at all."""
+    preset_file = tmp_path / "nollm.yaml"
+    preset_file.write_text("diffusion: {model: fake}\ndefaults: {width: 64, height: 64, steps: 2, guidance_scale: 0}\n"
+                           "rewriter: tests.fake_engines:scripted_rewriter\ncritic: tests.fake_engines:scripted_critic\n")
+    preset = load_preset(str(preset_file))
+    assert preset.llm is None and not preset.needs_llm
+    models = ModelsRecord.of(preset)
+    s = spec(3)
+    status = asyncio.run(CampaignRunner(s, s.search_config(preset.defaults), FakeRenderer(), None,
+                                        CampaignStore(str(tmp_path / "c")), models=models).run())
+    assert status.intents_done == 3 and status.search_costs.llm_calls > 0
+    with pytest.raises(ValueError, match="kind 'llm' needs a language model"):
+        CampaignRunner(s, s.search_config(), FakeRenderer(), None, CampaignStore(str(tmp_path / "d")), models=MODELS)
+
+
 def test_infrastructure_failures_are_not_committed_and_retried_on_resume(tmp_path):
     store = CampaignStore(str(tmp_path))
     broken = FakeRenderer()
