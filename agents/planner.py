@@ -100,7 +100,8 @@ def check_intent(intent: Intent, config: SearchConfig) -> str | None:
     if intent.negative_prompt and config.guidance_scale <= 1.0:
         return (
             f"intent {intent.id!r} has a negative_prompt but guidance_scale is {config.guidance_scale} (<= 1 disables "
-            "classifier-free guidance), so the negative prompt would be ignored: remove it or set guidance_scale > 1"
+            "classifier-free guidance), so the negative prompt would be ignored: remove it or set guidance_scale > 1 (with "
+            "a model that uses CFG)"
         )
     return None
 

@@ -19,7 +19,8 @@ from benchmarks._util import report
 
 CHILD = r"""
 import asyncio, json, resource, sys, time
-from pipelines.campaign import CampaignRunner, CampaignSpec
+from pipelines.campaign import CampaignRunner
+from pipelines.records import CampaignSpec
 from pipelines.store import CampaignStore
 from tests.fakes import FakeRenderer, ScriptedLLM
 
@@ -28,7 +29,7 @@ spec = CampaignSpec(name="mem", intents=[{"id": f"i{k}", "text": f"a red apple n
                     search={"rounds": 1, "candidates_per_beam": 3, "max_images": 8}, concurrency=8)
 renderer = FakeRenderer(keep_calls=False, size=64)  # 64x64 noise PNGs, nothing kept by the fakes
 t0 = time.perf_counter()
-status = asyncio.run(CampaignRunner(spec, spec.search_config({}), renderer, ScriptedLLM(keep_requests=False),
+status = asyncio.run(CampaignRunner(spec, spec.search_config(), renderer, ScriptedLLM(keep_requests=False),
                                     CampaignStore(store)).run())
 print(json.dumps({"intents": status.intents_done, "images": status.images_rendered,
                   "seconds": time.perf_counter() - t0,

@@ -31,17 +31,18 @@ def intents(n: int) -> list[dict]:
 
 
 async def in_process(tiny_dir: Path, n_intents: int, store_dir: Path) -> tuple[float, int]:
-    from pipelines.adapters import LocalLanguageModel, LocalRenderer
-    from pipelines.campaign import CampaignRunner, CampaignSpec
+    from pipelines.campaign import CampaignRunner
+    from pipelines.records import CampaignSpec
     from pipelines.store import CampaignStore
+    from serving.clients import LocalLanguageModel, LocalRenderer
     from serving.engines import DiffusionEngine, LLMEngine
-    from serving.profiles import tiny_profile
+    from serving.presets import load_preset
 
-    prof = tiny_profile(tiny_dir)
+    prof = load_preset("tiny", tiny_dir)
     diffusion, llm = DiffusionEngine(prof.diffusion), LLMEngine(prof.llm)
     try:
         spec = CampaignSpec(name="bench", intents=intents(n_intents), search=SEARCH, concurrency=4)
-        runner = CampaignRunner(spec, spec.search_config({}), LocalRenderer(diffusion), LocalLanguageModel(llm),
+        runner = CampaignRunner(spec, spec.search_config(), LocalRenderer(diffusion), LocalLanguageModel(llm),
                                 CampaignStore(str(store_dir)))
         t0 = time.perf_counter()
         status = await runner.run()
@@ -56,30 +57,32 @@ def served(tiny_dir: Path, n_intents: int, store_dir: Path, n_burst: int) -> tup
     from ray import serve
 
     from agents.messages import RenderRequest
-    from pipelines.app import AppConfig, build_app
-    from serving.deployments import DiffusionServeOptions
+    from pipelines.app import AppConfig, compose_app
+    from pipelines.records import CampaignStatus
     from serving.engines import DiffusionEngine
-    from serving.profiles import tiny_profile
+    from serving.presets import load_preset
 
     port = 18765
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     try:
-        serve.run(build_app(AppConfig(profile="tiny", tiny_dir=str(tiny_dir), store_root=str(store_dir),
-                                      diffusion=DiffusionServeOptions(max_batch_size=n_burst,
-                                                                      batch_wait_timeout_s=0.1))),
-                  name="promptbeam")
+        batching = {"user_config": {"max_batch_size": n_burst, "batch_wait_timeout_s": 0.1}}
+        serve.run(compose_app(AppConfig(preset="tiny", tiny_dir=str(tiny_dir), store_root=str(store_dir)),
+                            deployments={"diffusion": batching}), name="promptbeam")
         # 1. the campaign over HTTP
         body = {"name": "bench", "intents": intents(n_intents), "search": SEARCH, "concurrency": 4}
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
             t0 = time.perf_counter()
             assert client.post("/v1/campaigns", json=body).status_code == 202
-            while (st := client.get("/v1/campaigns/bench").json())["state"] == "running":
+            while True:
+                st = CampaignStatus.model_validate_json(client.get("/v1/campaigns/bench").content)
+                if st.state != "running":
+                    break
                 time.sleep(0.2)
             seconds = time.perf_counter() - t0
         # 2. batching: N concurrent single-image calls vs one in-process batch of N (same engine settings)
         handle = serve.get_deployment_handle("diffusion", app_name="promptbeam")
-        engine = DiffusionEngine(tiny_profile(tiny_dir).diffusion)
+        engine = DiffusionEngine(load_preset("tiny", tiny_dir).diffusion)
         reqs = [RenderRequest(request_id=f"r{i}", prompt="a red apple", seed=i, steps=4) for i in range(n_burst)]
         engine.render(reqs)  # warm-up
 
@@ -96,7 +99,7 @@ def served(tiny_dir: Path, n_intents: int, store_dir: Path, n_burst: int) -> tup
             t0 = time.perf_counter()
             engine.render(reqs)
             local_t.append(time.perf_counter() - t0)
-        return seconds, st["images_rendered"], [statistics.median(served_t), statistics.median(local_t)], \
+        return seconds, st.images_rendered, [statistics.median(served_t), statistics.median(local_t)], \
             [s for _, s in sizes]
     finally:
         serve.shutdown()

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -15,10 +16,19 @@ from rich.table import Table
 from pipelines.world.cli import world_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Iterative prompt refinement for text-to-image.")
-models_app = typer.Typer(no_args_is_help=True, help="Model files.")
+models_app = typer.Typer(no_args_is_help=True, help="Model files and presets.")
 app.add_typer(models_app, name="models")
 app.add_typer(world_app, name="world")
 console = Console(stderr=True)
+
+PRESET_HELP = "Model preset: a name in serving/presets/ (tiny, gpu, sdxl, flux-schnell) or a path to a .yaml."
+CONFIG_HELP = ("A Serve config (its first application's `args` and `deployments`, e.g. deploy/serve_config.yaml) or a "
+               "bare AppConfig mapping; the options below override its models.")
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    console.print(f"[red]error:[/red] {message}")
+    return typer.Exit(code)
 
 
 @models_app.command("make-tiny")
@@ -35,79 +45,141 @@ def make_tiny(
         console.print(f"{name:10s} {path}")
 
 
+@models_app.command("presets")
+def list_presets() -> None:
+    """List the model presets and what they serve."""
+    from serving.presets import available, load_preset
+
+    table = Table(title="model presets (serving/presets/*.yaml)")
+    for col in ("preset", "diffusion", "llm", "size", "steps", "guidance", "description"):
+        table.add_column(col)
+    for name in available():
+        p = load_preset(name)
+        d = p.defaults
+        table.add_row(name, p.diffusion.model, p.llm.model if p.llm else "-", f"{d.width}x{d.height}", str(d.steps),
+                      str(d.guidance_scale), p.description)
+    Console().print(table)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Models and app config from options
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _app_config(preset: str | None, diffusion_model: str | None, llm_model: str | None, config: Path | None,
+                store_root: Path | None = None) -> tuple[Any, dict[str, dict]]:
+    """(AppConfig, per-deployment Serve options) from a config file and command-line overrides."""
+    import yaml
+    from pydantic import ValidationError
+
+    from pipelines.app import AppConfig
+
+    args: dict[str, Any] = {}
+    deployments: dict[str, dict] = {}
+    if config is not None:
+        if not config.is_file():
+            raise _fail(f"config file {str(config)!r} does not exist")
+        raw = yaml.safe_load(config.read_text()) or {}
+        if "applications" in raw:  # a Serve config
+            application = raw["applications"][0]
+            args = dict(application.get("args") or {})
+            deployments = {d["name"]: {k: v for k, v in d.items() if k != "name"}
+                           for d in application.get("deployments") or []}
+        else:
+            args = dict(raw)
+    if preset:
+        args["preset"] = preset
+    for section, model in (("diffusion", diffusion_model), ("llm", llm_model)):
+        if model:
+            args[section] = {**(args.get(section) or {}), "model": model}
+    if store_root is not None:
+        args["store_root"] = str(store_root)
+    try:
+        app_config = AppConfig.model_validate(args)
+        app_config.resolve()  # unknown presets and invalid model fields fail here, before anything starts
+    except (ValidationError, ValueError) as exc:
+        raise _fail(str(exc)) from exc
+    return app_config, deployments
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# One intent, in-process
+# ---------------------------------------------------------------------------------------------------------------------
+
+
 @app.command()
 def search(
     text: str = typer.Argument(..., help="The intent: what you want to see."),
-    out: Path = typer.Option(Path("runs/search"), help="Output directory (images/, result.json, baseline.json)."),
-    profile: str = typer.Option("tiny", help="Model profile: 'tiny' (offline CPU) or 'gpu'."),
+    out: Path = typer.Option(Path("runs/search"), help="Store root; the one-intent campaign is written to OUT/NAME/."),
+    name: str = typer.Option(None, help="Campaign name (default: a hash of the intent and options; same = resume)."),
+    preset: str = typer.Option("tiny", help=PRESET_HELP),
+    diffusion_model: str = typer.Option(None, help="Diffusion model id or directory over the preset's."),
+    llm_model: str = typer.Option(None, help="LLM/VLM id or directory over the preset's."),
+    config: Path = typer.Option(None, help=CONFIG_HELP),
     rounds: int = typer.Option(2, min=1, help="Search rounds including round 0."),
     beam_width: int = typer.Option(2, min=1),
     candidates_per_beam: int = typer.Option(2, min=1),
     seed: int = typer.Option(0, min=0, help="Base seed: same seed, same lineage."),
 ) -> None:
-    """Refine one intent in-process (no Ray): beam search plus the best-of-N baseline at equal image budget."""
+    """Refine one intent in-process (no Ray): a one-intent campaign through the same runner and store as `run`
+    (beam search plus the best-of-N baseline at equal image budget), then its lineage and report."""
     from pydantic import ValidationError
 
-    from agents.config import SearchConfig
-    from agents.messages import Intent
+    from pipelines.records import CampaignSpec
 
+    app_config, _ = _app_config(preset, diffusion_model, llm_model, config)
     try:
-        intent = Intent(id="intent", text=text)
-        from serving.profiles import get_profile
-
-        prof = get_profile(profile)
-        config = SearchConfig(
-            rounds=rounds, beam_width=beam_width, candidates_per_beam=candidates_per_beam, base_seed=seed,
-            patience=rounds, width=prof.width, height=prof.height, steps=prof.steps, guidance_scale=prof.guidance_scale,
+        spec = CampaignSpec(
+            name=name, intents=[{"id": "intent", "text": text}], concurrency=1,
+            search={"rounds": rounds, "beam_width": beam_width, "candidates_per_beam": candidates_per_beam,
+                    "base_seed": seed, "patience": rounds},
         )
+        model_preset = app_config.resolve()
+        search_config = spec.search_config(model_preset.defaults)
     except (ValidationError, ValueError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from exc
-    asyncio.run(_search(intent, config, prof, out))
+        raise _fail(str(exc)) from exc
+    campaign_dir = out / spec.campaign_id()
+    asyncio.run(_search(spec, search_config, model_preset, campaign_dir))
+    _print_lineage(campaign_dir)
+    _finish_report(campaign_dir)
 
 
-async def _search(intent, config, prof, out: Path) -> None:
-    from agents.critic import Critic
-    from agents.planner import BeamSearchPlanner
-    from agents.rewriter import Rewriter
-    from pipelines.adapters import LocalLanguageModel, LocalRenderer
-    from serving.engines import DiffusionEngine, LLMEngine
+async def _search(spec, search_config, preset, campaign_dir: Path) -> None:
+    from pipelines.campaign import CampaignConflict, CampaignRunner
+    from pipelines.records import ModelsRecord
+    from pipelines.store import CampaignStore
+    from serving.clients import LocalEngines
+    from serving.presets import ensure_models
 
-    if prof.name == "tiny":
-        from serving.tiny_models import make_tiny_models
-
-        with console.status("building tiny models"):
-            make_tiny_models(Path(prof.diffusion.model).parent)
-    with console.status("loading diffusion and LLM engines"):
-        diffusion = DiffusionEngine(prof.diffusion)
-        llm_engine = LLMEngine(prof.llm)
-    try:
-        llm = LocalLanguageModel(llm_engine)
-        planner = BeamSearchPlanner(LocalRenderer(diffusion), Rewriter(llm), Critic(llm), config)
+    with console.status("preparing models"):
+        await asyncio.to_thread(ensure_models, preset)
+    store = CampaignStore(str(campaign_dir))
+    console.print("loading the engines")
+    async with LocalEngines(preset) as engines:
+        runner = CampaignRunner(spec, search_config, engines.renderer, engines.llm, store,
+                                models=ModelsRecord.of(preset), concurrency=1)
+        try:
+            runner.prepare_store()
+        except CampaignConflict as exc:
+            raise _fail(str(exc)) from exc
         with console.status("searching"):
-            result = await planner.run(intent)
-            baseline = await planner.run_baseline(intent, result.counts.images, checks=result.checks)
-    finally:
-        llm_engine.shutdown()
+            await runner.run()
+
+
+def _print_lineage(campaign_dir: Path) -> None:
     from pipelines.store import CampaignStore
 
-    (out / "images").mkdir(parents=True, exist_ok=True)
-    for res in (result, baseline):
-        for cid, png in res.images.items():
-            (out / "images" / CampaignStore.image_name(cid)).write_bytes(png)
-    (out / "result.json").write_text(result.model_dump_json(indent=2))
-    (out / "baseline.json").write_text(baseline.model_dump_json(indent=2))
-    table = Table(title=f"intent: {intent.text}")
-    for col in ("round", "candidate", "score", "status", "prompt"):
+    store = CampaignStore(str(campaign_dir))
+    part = store.read_part("intent")
+    if part is None:
+        return
+    table = Table(title=f"intent: {part.outcome.intent}")
+    for col in ("arm", "round", "candidate", "score", "status", "prompt"):
         table.add_column(col)
-    for c in result.candidates:
-        table.add_row(str(c.round), c.id, f"{c.score:.3f}" if c.score is not None else "-", c.status.value, c.prompt[:60])
+    for c in part.lineage:
+        table.add_row(c.mode, str(c.round), c.id, "-" if c.score is None else f"{c.score:.3f}", c.status.value,
+                      c.prompt[:60])
     Console().print(table)
-    best, base = result.best, baseline.best
-    console.print(
-        f"best {best.score if best else None!s:.5} ({result.counts.images} images, stop: {result.stop_reason}); "
-        f"best-of-{baseline.counts.images} baseline {base.score if base else None!s:.5}; written to {out}"
-    )
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -115,28 +187,27 @@ async def _search(intent, config, prof, out: Path) -> None:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def _load_spec(campaign: Path, name: str | None, profile: str | None, search: dict, concurrency: int):
+def _load_spec(campaign: Path, name: str | None, preset: str | None, search: dict, concurrency: int | None,
+               baseline: str = "all"):
     """Read a JSONL campaign file into a CampaignSpec; exit 2 with the reason on bad input."""
     from pydantic import ValidationError
 
-    from pipelines.campaign import CampaignSpec
+    from pipelines.records import CampaignSpec
 
     if not campaign.is_file():
-        console.print(f"[red]error:[/red] campaign file {str(campaign)!r} does not exist")
-        raise typer.Exit(2)
+        raise _fail(f"campaign file {str(campaign)!r} does not exist")
     try:
         return CampaignSpec(name=name or _safe_id(campaign.stem), intents_jsonl=campaign.read_text(),
-                            search={k: v for k, v in search.items() if v is not None}, profile=profile,
-                            concurrency=concurrency)
+                            search={k: v for k, v in search.items() if v is not None}, preset=preset,
+                            concurrency=concurrency, baseline=baseline)
     except (ValidationError, ValueError) as exc:
-        console.print(f"[red]error:[/red] {campaign}: {exc}")
-        raise typer.Exit(2) from exc
+        raise _fail(f"{campaign}: {exc}") from exc
 
 
 def _safe_id(stem: str) -> str:
     import re
 
-    return re.sub(r"[^A-Za-z0-9_.\-]", "-", stem)[:100] or "campaign"
+    return re.sub(r"[^A-Za-z0-9_.\-]", "-", stem).lstrip(".")[:100] or "campaign"
 
 
 def _submit_and_wait(endpoint: str, spec, wait: bool = True) -> dict:
@@ -146,48 +217,48 @@ def _submit_and_wait(endpoint: str, spec, wait: bool = True) -> dict:
     import httpx
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from pipelines.records import CampaignAccepted, CampaignStatus
+
     endpoint = endpoint.rstrip("/")
     with httpx.Client(timeout=60) as client:
         resp = client.post(f"{endpoint}/v1/campaigns", content=spec.model_dump_json(exclude_none=True),
                            headers={"content-type": "application/json"})
         if resp.status_code >= 400:
-            console.print(f"[red]error {resp.status_code}:[/red] {resp.text}")
-            raise typer.Exit(1)
-        accepted = resp.json()
-        console.print(f"campaign [bold]{accepted['id']}[/bold]: {accepted['intents']} intents"
-                      f" ({accepted['resumed_intents']} already finished)")
+            raise _fail(f"{resp.status_code}: {resp.text}", 1)
+        accepted = CampaignAccepted.model_validate_json(resp.content)
+        console.print(f"campaign [bold]{accepted.id}[/bold]: {accepted.intents} intents"
+                      f" ({accepted.resumed_intents} already finished), {accepted.concurrency} at once")
         if not wait:
-            return accepted
+            return accepted.model_dump(mode="json")
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
                    TimeElapsedColumn())
         with Progress(*columns, console=console) as progress:
-            task = progress.add_task("intents", total=accepted["intents"], info="")
+            task = progress.add_task("intents", total=accepted.intents, info="")
             try:
                 while True:
-                    st = client.get(f"{endpoint}/v1/campaigns/{accepted['id']}").json()
-                    done = st["intents_done"] + st["intents_rejected"]
-                    best = st["mean_best_score"]
-                    progress.update(task, completed=done, info=f"{st['images_rendered']} images"
-                                    + (f", mean best {best:.3f}" if best is not None else ""))
-                    if st["state"] != "running":
-                        return st
+                    st = CampaignStatus.model_validate_json(client.get(f"{endpoint}/v1/campaigns/{accepted.id}").content)
+                    imp = st.improvement.mean
+                    progress.update(task, completed=st.intents_finished, info=f"{st.images_rendered} images"
+                                    + (f", Δ vs baseline {imp:+.3f}" if imp is not None else ""))
+                    if st.state != "running":
+                        return st.model_dump(mode="json")
                     time.sleep(1.0)
             except KeyboardInterrupt:
-                client.delete(f"{endpoint}/v1/campaigns/{accepted['id']}")
+                client.delete(f"{endpoint}/v1/campaigns/{accepted.id}")
                 console.print("cancelled; run the same command again to resume")
                 raise typer.Exit(130)
 
 
-def _start_local_serve(profile: str, store_root: Path, port: int, host: str = "127.0.0.1"):
+def _start_local_serve(app_config, deployments: dict, port: int, host: str = "127.0.0.1"):
     import ray
     from ray import serve
 
-    from pipelines.app import AppConfig, build_app
+    from pipelines.app import compose_app
 
     ray.init(num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False, log_to_driver=False,
              configure_logging=True, logging_level="WARNING")
     serve.start(http_options={"host": host, "port": port})
-    serve.run(build_app(AppConfig(profile=profile, store_root=str(store_root))), name="promptbeam")
+    serve.run(compose_app(app_config, deployments), name="promptbeam")
 
 
 def _free_port() -> int:
@@ -203,23 +274,28 @@ def run(
     campaign: Path = typer.Argument(..., help="JSONL file: one intent per line ({\"id\": ..., \"text\": ...})."),
     out: Path = typer.Option(Path("runs"), help="Store root; the campaign is written to OUT/NAME/."),
     name: str = typer.Option(None, help="Campaign name (default: the file's stem). Same name + same file = resume."),
-    profile: str = typer.Option("tiny", help="'tiny' (offline CPU, built on the fly) or 'gpu'."),
+    preset: str = typer.Option(None, help=PRESET_HELP + " Default: the config's, else tiny."),
+    diffusion_model: str = typer.Option(None, help="Diffusion model id or directory over the preset's."),
+    llm_model: str = typer.Option(None, help="LLM/VLM id or directory over the preset's."),
+    config: Path = typer.Option(None, help=CONFIG_HELP),
     rounds: int = typer.Option(None, min=1), beam_width: int = typer.Option(None, min=1),
     candidates_per_beam: int = typer.Option(None, min=1), seeds_per_prompt: int = typer.Option(None, min=1),
     max_images: int = typer.Option(None, min=1), seed: int = typer.Option(None, min=0, help="Base seed."),
-    concurrency: int = typer.Option(4, min=1, help="Intents searched at once."),
+    baseline: str = typer.Option("all", help="all | none | sample:<fraction> (intents that also run the baseline)."),
+    concurrency: int = typer.Option(None, min=1, help="Intents searched at once (default: from renderer capacity)."),
     port: int = typer.Option(0, help="HTTP port of the local Serve app (0: any free port)."),
 ) -> None:
     """The embedded default: start a local Ray, deploy the Serve app, run the campaign through its HTTP endpoint,
     write the store and report.html."""
+    app_config, deployments = _app_config(preset, diffusion_model, llm_model, config, store_root=out)
     search = {"rounds": rounds, "beam_width": beam_width, "candidates_per_beam": candidates_per_beam,
               "seeds_per_prompt": seeds_per_prompt, "max_images": max_images, "base_seed": seed}
-    spec = _load_spec(campaign, name, profile, search, concurrency)
+    spec = _load_spec(campaign, name, None, search, concurrency, baseline)
     port = port or _free_port()
     from ray import serve
 
     with console.status("starting Ray Serve (diffusion + LLM deployments)"):
-        _start_local_serve(profile, out, port)
+        _start_local_serve(app_config, deployments, port)
     try:
         status = _submit_and_wait(f"http://127.0.0.1:{port}", spec)
     finally:
@@ -231,31 +307,43 @@ def run(
 
 
 def _finish_report(campaign_dir: Path, status: dict | None = None) -> None:
+    from pipelines.records import CampaignStatus
     from pipelines.report import write_report
     from pipelines.store import CampaignStore
 
     store = CampaignStore(str(campaign_dir))
     path = write_report(store)
-    table = Table(title=f"campaign {campaign_dir.name}")
-    for col in ("intent", "best", "baseline", "Δ", "images", "stop"):
-        table.add_column(col)
-    manifest = store.read_manifest() or {}
+    manifest = store.read_manifest()
+
     def fmt(x: float | None) -> str:
         return "-" if x is None else f"{x:.3f}"
 
-    for r in store.iter_results(manifest.get("intent_ids", [])):
-        table.add_row(r["intent_id"], fmt(r.get("best_score")), fmt(r.get("baseline_best_score")),
-                      fmt(r.get("improvement")), str(r.get("images", 0)), r.get("stop_reason", r["status"]))
+    table = Table(title=f"campaign {campaign_dir.name}")
+    for col in ("intent", "best", "baseline", "Δ", "images", "stop"):
+        table.add_column(col)
+    for n, o in enumerate(store.iter_outcomes(manifest.intent_ids)):
+        if n == 50:
+            table.add_row("…", "", "", "", "", f"{manifest.intents - 50} more in results.jsonl")
+            break
+        s, b = o.search, o.baseline
+        table.add_row(o.intent_id, fmt(s.best_score if s else None), fmt(b.best_score if b else None),
+                      fmt(o.improvement), str(o.images), s.stop_reason if s else o.status)
     Console().print(table)
-    if status:
-        console.print(f"state: {status['state']}; {status['intents_done']} done, {status['intents_failed']} failed, "
-                      f"{status['intents_rejected']} rejected; {status['images_rendered']} images")
+    st = CampaignStatus.model_validate(status) if status else store.read_status()
+    if st is not None:
+        imp = st.improvement
+        ci = f" (95% CI {imp.ci_low:+.3f} … {imp.ci_high:+.3f})" if imp.mean is not None else ""
+        console.print(f"state: {st.state.value}; {st.intents_done} done, {st.intents_failed} failed, "
+                      f"{st.intents_rejected} rejected; {st.images_rendered} images; improvement over the baseline "
+                      f"{fmt(imp.mean)}{ci}, {imp.wins}/{imp.ties}/{imp.losses} better/tied/worse")
     console.print(f"results: {campaign_dir}/results.jsonl  lineage: {campaign_dir}/lineage.jsonl  report: {path}")
 
 
 @app.command("serve")
 def serve_cmd(
-    profile: str = typer.Option("tiny"), store: Path = typer.Option(Path("runs/serve"), help="Store root."),
+    preset: str = typer.Option(None, help=PRESET_HELP), config: Path = typer.Option(None, help=CONFIG_HELP),
+    diffusion_model: str = typer.Option(None), llm_model: str = typer.Option(None),
+    store: Path = typer.Option(None, help="Store root (default: the config's, else runs/serve)."),
     port: int = typer.Option(8000), host: str = typer.Option("127.0.0.1", help="0.0.0.0 to listen on all interfaces."),
 ) -> None:
     """Start the Serve app locally and keep it running (Ctrl-C stops it)."""
@@ -263,7 +351,8 @@ def serve_cmd(
 
     from ray import serve
 
-    _start_local_serve(profile, store, port, host)
+    app_config, deployments = _app_config(preset, diffusion_model, llm_model, config, store_root=store)
+    _start_local_serve(app_config, deployments, port, host)
     console.print(f"serving on http://{host}:{port}  (OpenAPI: /docs)")
     try:
         while True:
@@ -276,10 +365,11 @@ def serve_cmd(
 def submit(
     campaign: Path = typer.Argument(...), endpoint: str = typer.Option(..., help="e.g. http://head:8000"),
     name: str = typer.Option(None), wait: bool = typer.Option(False, help="Follow progress until it ends."),
-    concurrency: int = typer.Option(8, min=1),
+    concurrency: int = typer.Option(None, min=1, help="Default: from the renderer's capacity."),
+    baseline: str = typer.Option("all", help="all | none | sample:<fraction>."),
 ) -> None:
     """Submit a campaign to a running endpoint."""
-    spec = _load_spec(campaign, name, None, {}, concurrency)
+    spec = _load_spec(campaign, name, None, {}, concurrency, baseline)
     result = _submit_and_wait(endpoint, spec, wait=wait)
     Console().print_json(json.dumps(result))
 
@@ -291,8 +381,7 @@ def status(campaign_id: str, endpoint: str = typer.Option("http://127.0.0.1:8000
 
     resp = httpx.get(f"{endpoint.rstrip('/')}/v1/campaigns/{campaign_id}", timeout=30)
     if resp.status_code >= 400:
-        console.print(f"[red]error {resp.status_code}:[/red] {resp.text}")
-        raise typer.Exit(1)
+        raise _fail(f"{resp.status_code}: {resp.text}", 1)
     Console().print_json(resp.text)
 
 
@@ -300,8 +389,7 @@ def status(campaign_id: str, endpoint: str = typer.Option("http://127.0.0.1:8000
 def report(campaign_dir: Path = typer.Argument(..., help="A campaign directory (OUT/NAME).")) -> None:
     """(Re)write CAMPAIGN_DIR/report.html and print the summary."""
     if not (campaign_dir / "manifest.json").is_file():
-        console.print(f"[red]error:[/red] {campaign_dir} holds no campaign (no manifest.json)")
-        raise typer.Exit(2)
+        raise _fail(f"{campaign_dir} holds no campaign (no manifest.json)")
     _finish_report(campaign_dir)
 
 

@@ -1,17 +1,28 @@
-"""A self-contained HTML report of a campaign: best image next to the baseline's, lineage tree, score per round."""
+"""The HTML report of a campaign: summary statistics, every intent's best image beside the baseline's, score per round,
+the lineage tree.
+
+Small campaigns (up to ``EMBED_UP_TO`` intents) get one self-contained ``report.html`` with the images inside, so it
+opens anywhere. Larger ones get ``report.html`` (the summary and one table row per intent, no images) and pages of
+``PAGE_SIZE`` intents under ``report/`` that link the images beside them: thumbnails in ``thumbs/`` when the images are
+larger than ``THUMB_PX``, lazy loading, lineage images only inside closed ``<details>`` (not fetched until opened). The
+size of every file is bounded whatever the campaign's size, so a 10k-intent report opens in a browser.
+"""
 
 from __future__ import annotations
 
 import base64
 import html
-import json
+import io
+import posixpath
 from collections import defaultdict
-from typing import Any
 
+from agents.stats import PairedSummary
+from pipelines.records import CampaignSummary, CampaignTally, IntentPart, LineageRecord, Manifest
 from pipelines.store import CampaignStore
 
-EMBED_LINEAGE_IMAGES_UP_TO = 50
-"""Campaigns with more intents link lineage images (images/...) instead of embedding them, to keep the file small."""
+EMBED_UP_TO = 50
+PAGE_SIZE = 100
+THUMB_PX = 256
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#1d1d1f;background:#fafafa}
@@ -24,23 +35,70 @@ figcaption{font-size:13px;max-width:256px} .pos{color:#0a7d32} .neg{color:#b3261
 ul.tree{list-style:none;padding-left:18px;margin:4px 0;border-left:2px solid #e0e0e0}
 ul.tree li{margin:4px 0;font-size:13px} ul.tree img{width:40px;height:40px;vertical-align:middle;
 image-rendering:pixelated;border:1px solid #ccc;margin-right:6px} .failed{color:#b3261e} .best{font-weight:600}
+nav a{margin-right:12px}
 """
-
-
-def _img_src(store: CampaignStore, ref: str | None, embed: bool) -> str:
-    if not ref:
-        return ""
-    if not embed:
-        return html.escape(ref)
-    try:
-        png = store.read_image(ref.split("/", 1)[1])
-    except (FileNotFoundError, IndexError):
-        return ""
-    return "data:image/png;base64," + base64.b64encode(png).decode()
 
 
 def _score(x: float | None) -> str:
     return "–" if x is None else f"{x:.3f}"
+
+
+def _delta(x: float | None) -> str:
+    return "–" if x is None else f'<span class="{"pos" if x >= 0 else "neg"}">{x:+.3f}</span>'
+
+
+def _paired(s: PairedSummary) -> str:
+    if s.mean is None:
+        return "no compared intents yet"
+    return (f"mean {_delta(s.mean)} (95% CI {s.ci_low:+.3f} … {s.ci_high:+.3f}) over {s.n} intents · "
+            f"{s.wins} better, {s.ties} tied, {s.losses} worse")
+
+
+class _Images:
+    """How an image reference (``images/x.png``) appears in a page: embedded, or linked relative to the page (through
+    a thumbnail when the images are large)."""
+
+    def __init__(self, store: CampaignStore, embed: bool, prefix: str, thumbnails: bool):
+        self.store, self.embed, self.prefix, self.thumbnails = store, embed, prefix, thumbnails
+
+    def src(self, ref: str | None, thumb: bool = False) -> str:
+        if not ref or not ref.startswith("images/"):
+            return ""
+        name = ref.split("/", 1)[1]
+        if self.embed:
+            try:
+                return "data:image/png;base64," + base64.b64encode(self.store.read_image(name)).decode()
+            except FileNotFoundError:
+                return ""
+        if thumb and self.thumbnails:
+            return html.escape(self.prefix + self._thumbnail(name))
+        return html.escape(self.prefix + ref)
+
+    def _thumbnail(self, name: str) -> str:
+        """``thumbs/<name>.jpg``, made once (re-running the report reuses it)."""
+        rel = f"thumbs/{name[:-4]}.jpg"
+        path = self.store.path(rel)
+        if not self.store.fs.exists(path):
+            from PIL import Image
+
+            try:
+                image = Image.open(io.BytesIO(self.store.read_image(name))).convert("RGB")
+            except FileNotFoundError:
+                return f"images/{name}"
+            image.thumbnail((THUMB_PX, THUMB_PX))
+            buf = io.BytesIO()
+            image.save(buf, format="JPEG", quality=85)
+            self.store.fs.makedirs(posixpath.dirname(path), exist_ok=True)
+            self.store.fs.pipe_file(path, buf.getvalue())
+        return rel
+
+    def img(self, ref: str | None, alt: str, thumb: bool = False) -> str:
+        src = self.src(ref, thumb)
+        lazy = "" if self.embed else ' loading="lazy"'
+        tag = f'<img src="{src}" alt="{html.escape(alt)}"{lazy}>'
+        if not self.embed and ref:
+            return f'<a href="{html.escape(self.prefix + ref)}">{tag}</a>'
+        return tag
 
 
 def _chart(values: list[float | None], baseline: float | None) -> str:
@@ -71,73 +129,135 @@ def _chart(values: list[float | None], baseline: float | None) -> str:
             f'{base}<polyline fill="none" stroke="#0b57d0" stroke-width="2" points="{line}"/>{dots}{labels}</svg>')
 
 
-def _tree(store, lineage: list[dict[str, Any]], best_id: str | None, embed: bool) -> str:
-    children: dict[str | None, list[dict]] = defaultdict(list)
+def _tree(images: _Images, lineage: list[LineageRecord], best_id: str | None) -> str:
+    children: dict[str | None, list[LineageRecord]] = defaultdict(list)
     for c in lineage:
-        if c["mode"] == "beam":
-            children[c["parent_id"]].append(c)
+        if c.mode == "beam":
+            children[c.parent_id].append(c)
 
     def render(parent: str | None) -> str:
         items = []
         for c in children.get(parent, []):
-            cls = "failed" if c["status"] != "scored" else ("best" if c["id"] == best_id else "")
-            img = f'<img src="{_img_src(store, c.get("image"), embed)}" alt="">' if c.get("image") else ""
-            err = f' <span class="failed">({html.escape(c["error"][:80])})</span>' if c.get("error") else ""
-            items.append(f'<li class="{cls}">{img}r{c["round"]} · {_score(c.get("score"))} · seed {c["seed"]} · '
-                         f'{html.escape(c["prompt"][:160])}{err}{render(c["id"])}</li>')
+            cls = "failed" if c.status.value != "scored" else ("best" if c.id == best_id else "")
+            img = images.img(c.image, "", thumb=True) if c.image else ""
+            err = f' <span class="failed">({html.escape(c.error[:80])})</span>' if c.error else ""
+            items.append(f'<li class="{cls}">{img}r{c.round} · {_score(c.score)} · seed {c.seed} · '
+                         f'{html.escape(c.prompt[:160])}{err}{render(c.id)}</li>')
         return f'<ul class="tree">{"".join(items)}</ul>' if items else ""
 
     return render(None)
 
 
+def _section(part: IntentPart, images: _Images) -> str:
+    o = part.outcome
+    anchor = html.escape(o.intent_id)
+    if o.status != "done" or o.search is None:
+        return (f'<div class="intent" id="{anchor}"><h3>{anchor}</h3>'
+                f'<p class="failed">{html.escape(o.error or o.status)}</p></div>')
+    s, b = o.search, o.baseline
+    baseline_fig = (
+        f'<figure>{images.img(b.best_image, "baseline best image", thumb=True)}'
+        f'<figcaption><b>best-of-{b.counts.images} baseline {_score(b.best_score)}</b><br>{html.escape(o.intent)}'
+        f'</figcaption></figure>'
+        if b is not None else '<figure><figcaption class="muted">no baseline for this intent</figcaption></figure>'
+    )
+    held = "".join(f" · held-out {html.escape(k)} {_delta(v)}" for k, v in o.held_out_improvement.items())
+    return (
+        f'<div class="intent" id="{anchor}"><h3>{anchor}: {html.escape(o.intent)}</h3>'
+        f'<p class="muted">improvement {_delta(o.improvement)}{held}</p><div class="pair">'
+        f'<figure>{images.img(s.best_image, "best image", thumb=True)}'
+        f'<figcaption><b>search best {_score(s.best_score)}</b><br>{html.escape(s.best_prompt or "")}</figcaption>'
+        f'</figure>{baseline_fig}'
+        f'<figure>{_chart(s.best_score_per_round, b.best_score if b else None)}'
+        f'<figcaption>best score per round</figcaption></figure></div>'
+        f'<details><summary>lineage ({s.counts.images} images; checks: {html.escape("; ".join(o.checks)[:300])})'
+        f'</summary>{_tree(images, part.lineage, s.best_id)}</details></div>'
+    )
+
+
+def _row(part: IntentPart, href: str) -> str:
+    o = part.outcome
+    s, b = o.search, o.baseline
+    stop = s.stop_reason if s else (o.error or o.status)
+    return (f'<tr><td><a href="{html.escape(href)}#{html.escape(o.intent_id)}">{html.escape(o.intent_id)}</a></td>'
+            f'<td>{html.escape(o.intent[:80])}</td><td>{o.status}</td><td>{_score(s.best_score if s else None)}</td>'
+            f'<td>{_score(b.best_score if b else None)}</td><td>{_delta(o.improvement)}</td><td>{o.images}</td>'
+            f'<td>{s.rounds if s else "–"}</td><td>{html.escape(stop[:60])}</td></tr>')
+
+
+def _summary(summary: CampaignSummary, manifest: Manifest) -> str:
+    held = "".join(f"<li>held-out <b>{html.escape(k)}</b>: {_paired(v)}</li>" for k, v in summary.held_out.items())
+    flags = (f'<li class="neg">reward hacking suspected on: {html.escape(", ".join(summary.reward_hacking_suspected))}'
+             "</li>" if summary.reward_hacking_suspected else "")
+    costs = "".join(
+        f"<li>{name}: {c.images} images, {c.llm_calls} LLM calls, {c.prompt_tokens + c.completion_tokens} tokens</li>"
+        for name, c in (("search", summary.search_costs), ("baseline", summary.baseline_costs))
+    )
+    return (f'<p class="muted">{summary.intents_finished} of {summary.intents_total} intents finished '
+            f'({summary.intents_rejected} rejected) · baseline: {html.escape(manifest.baseline)} · '
+            f'models: {html.escape(manifest.models.describe())}</p>'
+            f"<ul><li>improvement over the best-of-N baseline at equal budget: {_paired(summary.improvement)}</li>"
+            f"{held}{flags}<li>mean best score {_score(summary.mean_best_score)}</li>{costs}</ul>")
+
+
+def _page(title: str, body: str) -> str:
+    return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+            f"<style>{_CSS}</style></head><body>{body}</body></html>")
+
+
+_TABLE_HEAD = ("<table><tr><th>intent</th><th>text</th><th>status</th><th>best</th><th>baseline</th><th>Δ</th>"
+               "<th>images</th><th>rounds</th><th>stop</th></tr>")
+
+
 def write_report(store: CampaignStore, out_name: str = "report.html") -> str:
-    """Render the campaign in ``store`` to ``<campaign>/report.html``; returns its path."""
-    manifest = store.read_manifest() or {}
-    done = store.done_intents()  # one listing, not one per intent
-    order = manifest.get("intent_ids") or sorted(done)
-    parts = [(i, store.read_part(i)) for i in order if i in done]
-    embed_lineage = len(parts) <= EMBED_LINEAGE_IMAGES_UP_TO
-    rows, sections = [], []
-    improvements = [p["result"]["improvement"] for _, p in parts if p["result"].get("improvement") is not None]
-    for intent_id, part in parts:
-        r = part["result"]
-        imp = r.get("improvement")
-        imp_html = "–" if imp is None else f'<span class="{"pos" if imp >= 0 else "neg"}">{imp:+.3f}</span>'
-        rows.append(f'<tr><td><a href="#{html.escape(intent_id)}">{html.escape(intent_id)}</a></td>'
-                    f'<td>{html.escape(r["intent"][:80])}</td><td>{r["status"]}</td><td>{_score(r.get("best_score"))}</td>'
-                    f'<td>{_score(r.get("baseline_best_score"))}</td><td>{imp_html}</td><td>{r.get("images", 0)}</td>'
-                    f'<td>{r.get("rounds", "–")}</td><td>{r.get("stop_reason", r.get("error", ""))}</td></tr>')
-        if r["status"] != "done":
-            sections.append(f'<div class="intent" id="{html.escape(intent_id)}"><h3>{html.escape(intent_id)}</h3>'
-                            f'<p class="failed">{html.escape(r.get("error", r["status"]))}</p></div>')
-            continue
-        best_id = next((c["id"] for c in part["lineage"] if c["mode"] == "beam" and c.get("image") == r["best_image"]),
-                       None)
-        sections.append(
-            f'<div class="intent" id="{html.escape(intent_id)}"><h3>{html.escape(intent_id)}: '
-            f'{html.escape(r["intent"])}</h3><div class="pair">'
-            f'<figure><img src="{_img_src(store, r.get("best_image"), True)}" alt="best image">'
-            f'<figcaption><b>search best {_score(r.get("best_score"))}</b><br>{html.escape(r.get("best_prompt") or "")}'
-            f'</figcaption></figure>'
-            f'<figure><img src="{_img_src(store, r.get("baseline_image"), True)}" alt="baseline best image">'
-            f'<figcaption><b>best-of-{r.get("baseline_images", 0)} baseline {_score(r.get("baseline_best_score"))}'
-            f'</b><br>{html.escape(r["intent"])}</figcaption></figure>'
-            f'<figure>{_chart(r.get("best_score_per_round") or [], r.get("baseline_best_score"))}'
-            f'<figcaption>best score per round</figcaption></figure></div>'
-            f'<details><summary>lineage ({r.get("images", 0)} images; checks: '
-            f'{html.escape("; ".join(r.get("checks", []))[:300])})</summary>'
-            f'{_tree(store, part["lineage"], best_id, embed_lineage)}</details></div>'
-        )
-    mean_imp = sum(improvements) / len(improvements) if improvements else None
-    summary = (f'{len(parts)} of {manifest.get("intents", len(parts))} intents finished · '
-               f'mean improvement over the baseline at equal budget: {_score(mean_imp)} · '
-               f'models: {html.escape(json.dumps(manifest.get("models", {})))}')
-    doc = (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>promptbeam · '
-           f'{html.escape(str(manifest.get("id", "campaign")))}</title><style>{_CSS}</style></head><body>'
-           f'<h1>promptbeam campaign {html.escape(str(manifest.get("id", "")))}</h1><p class="muted">{summary}</p>'
-           f'<table><tr><th>intent</th><th>text</th><th>status</th><th>best</th><th>baseline</th><th>Δ</th>'
-           f'<th>images</th><th>rounds</th><th>stop</th></tr>{"".join(rows)}</table>{"".join(sections)}</body></html>')
+    """Render the campaign in ``store`` to ``<campaign>/report.html`` (and ``report/page-*.html`` for large
+    campaigns); returns the path of ``report.html``. Reads each part once, in campaign order."""
+    manifest = store.read_manifest()
+    if manifest is None:
+        raise FileNotFoundError(f"{store.uri} holds no campaign (no manifest.json)")
+    embed = manifest.intents <= EMBED_UP_TO
+    thumbnails = max(manifest.search.width, manifest.search.height) > THUMB_PX
+    title = f"promptbeam · {manifest.id}"
+    tally = CampaignTally(manifest.intents)
+    rows: list[str] = []
+    if embed:
+        images = _Images(store, embed=True, prefix="", thumbnails=False)
+        sections = []
+        for part in store.iter_parts(manifest.intent_ids):
+            tally.fold(part.outcome)
+            rows.append(_row(part, ""))
+            sections.append(_section(part, images))
+        details = "".join(sections)
+    else:
+        images = _Images(store, embed=False, prefix="../", thumbnails=thumbnails)
+        store.fs.makedirs(store.path("report"), exist_ok=True)
+        page: list[str] = []
+        n_pages = -(-manifest.intents // PAGE_SIZE)
+
+        def flush(number: int) -> None:
+            nav = (f'<nav><a href="../{out_name}">index</a>'
+                   + (f'<a href="page-{number - 1:04d}.html">previous</a>' if number > 1 else "")
+                   + (f'<a href="page-{number + 1:04d}.html">next</a>' if number < n_pages else "") + "</nav>")
+            body = f"<h1>{html.escape(manifest.id)} · page {number}</h1>{nav}{''.join(page)}{nav}"
+            with store.fs.open(store.path(f"report/page-{number:04d}.html"), "wb") as f:
+                f.write(_page(f"{title} · page {number}", body).encode())
+            page.clear()
+
+        count = 0
+        for part in store.iter_parts(manifest.intent_ids):
+            number = count // PAGE_SIZE + 1
+            tally.fold(part.outcome)
+            rows.append(_row(part, f"report/page-{number:04d}.html"))
+            page.append(_section(part, images))
+            count += 1
+            if count % PAGE_SIZE == 0:
+                flush(number)
+        if page:
+            flush(count // PAGE_SIZE + 1)
+        details = f'<p class="muted">images and lineage: {-(-count // PAGE_SIZE)} pages under report/</p>'
+    body = (f"<h1>promptbeam campaign {html.escape(manifest.id)}</h1>{_summary(tally.summary(), manifest)}"
+            f"{_TABLE_HEAD}{''.join(rows)}</table>{details}")
     path = store.path(out_name)
     with store.fs.open(path, "wb") as f:
-        f.write(doc.encode())
+        f.write(_page(title, body).encode())
     return path

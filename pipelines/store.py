@@ -1,16 +1,19 @@
-"""Campaign results on fsspec: a local directory by default, ``s3://``-style URLs on a cluster.
+"""Campaign records on fsspec: a local directory by default, ``s3://``-style URLs on a cluster.
 
 Layout of one campaign::
 
-    manifest.json           spec (config, intents' count), models, package versions, seeds, spec hash
+    manifest.json           Manifest: resolved configs, models, package versions, seeds, the resume fingerprint
     images/<candidate>.png  every rendered image (search and baseline)
-    parts/<intent>.json     one object per finished intent: its result line and its lineage lines
-    results.jsonl           one line per intent   } compiled from parts/ in campaign order when a run ends,
-    lineage.jsonl           one line per candidate } so they never hold duplicates or half-written lines
+    parts/<intent>.json     IntentPart, one per finished intent: its outcome and its lineage
+    results.jsonl           one IntentOutcome per line   } compiled from parts/ in campaign order when a run ends,
+    lineage.jsonl           one LineageRecord per line   } so they never hold duplicates or half-written lines
+    status.json             CampaignStatus of the last run that ended (counts and statistics, constant size)
 
 Why parts: object stores have no append, and a crash mid-append leaves half a line. A part is written once, atomically
 (temp file + rename locally; a single PUT on object stores), and its presence is what "this intent is done" means —
 so resuming skips exactly the finished intents and never duplicates a line.
+
+Constructing a store touches nothing; reads never create anything; :meth:`create` makes the folders before a run.
 """
 
 from __future__ import annotations
@@ -19,21 +22,33 @@ import json
 import posixpath
 import uuid
 from collections.abc import Iterable, Iterator
-from typing import Any
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
+from pydantic import ValidationError
+
+from pipelines.records import STORE_FORMAT, CampaignStatus, IntentOutcome, IntentPart, LineageRecord, Manifest
+
+
+class StoreFormatError(ValueError):
+    """The folder holds records this version cannot read (another layout, or not a campaign)."""
 
 
 class CampaignStore:
     def __init__(self, uri: str):
         self.uri = uri.rstrip("/")
         self.fs, self.root = fsspec.core.url_to_fs(self.uri)
-        self.fs.makedirs(self._p("images"), exist_ok=True)
-        self.fs.makedirs(self._p("parts"), exist_ok=True)
 
     def _p(self, *parts: str) -> str:
         return posixpath.join(self.root, *parts)
+
+    def path(self, name: str) -> str:
+        return self._p(name)
+
+    def create(self) -> None:
+        """Make the campaign's folders (a run calls this once, before writing)."""
+        for sub in ("images", "parts"):
+            self.fs.makedirs(self._p(sub), exist_ok=True)
 
     def _write_atomic(self, path: str, data: bytes) -> None:
         if isinstance(self.fs, LocalFileSystem):
@@ -43,14 +58,44 @@ class CampaignStore:
         else:  # object stores: one PUT is atomic
             self.fs.pipe_file(path, data)
 
-    # -- manifest -------------------------------------------------------------------------------------------------
+    def _read_json(self, name: str) -> bytes | None:
+        path = self._p(name)
+        try:
+            return self.fs.cat_file(path)
+        except FileNotFoundError:
+            return None
 
-    def read_manifest(self) -> dict[str, Any] | None:
-        path = self._p("manifest.json")
-        return json.loads(self.fs.cat_file(path)) if self.fs.exists(path) else None
+    # -- manifest and status -------------------------------------------------------------------------------------
 
-    def write_manifest(self, manifest: dict[str, Any]) -> None:
-        self._write_atomic(self._p("manifest.json"), json.dumps(manifest, indent=2, sort_keys=True).encode())
+    def read_manifest(self) -> Manifest | None:
+        data = self._read_json("manifest.json")
+        if data is None:
+            return None
+        raw = json.loads(data)
+        if raw.get("format") != STORE_FORMAT:
+            raise StoreFormatError(
+                f"{self.uri} holds a campaign in store format {raw.get('format', 1)}; this version reads format "
+                f"{STORE_FORMAT}: use another name or output location"
+            )
+        return Manifest.model_validate(raw)
+
+    def write_manifest(self, manifest: Manifest) -> None:
+        self._write_atomic(self._p("manifest.json"), manifest.model_dump_json(indent=2).encode())
+
+    def read_status(self) -> CampaignStatus | None:
+        """The status the last finished run compiled (None while a run is going or after a crash)."""
+        data = self._read_json("status.json")
+        return None if data is None else CampaignStatus.model_validate_json(data)
+
+    def write_status(self, status: CampaignStatus) -> None:
+        self._write_atomic(self._p("status.json"), status.model_dump_json(indent=2).encode())
+
+    def clear_status(self) -> None:
+        """A run starts: the previous run's compiled status no longer describes the store."""
+        try:
+            self.fs.rm_file(self._p("status.json"))
+        except FileNotFoundError:
+            pass
 
     # -- images ---------------------------------------------------------------------------------------------------
 
@@ -66,53 +111,79 @@ class CampaignStore:
         return f"images/{name}"
 
     def read_image(self, name: str) -> bytes:
-        if "/" in name or name.startswith(".") or not name.endswith(".png"):
+        if "/" in name or "\x00" in name or name.startswith(".") or not name.endswith(".png"):
             raise FileNotFoundError(name)
         return self.fs.cat_file(self._p("images", name))
 
     # -- per-intent parts -----------------------------------------------------------------------------------------
 
-    def write_part(self, intent_id: str, result: dict[str, Any], lineage: list[dict[str, Any]]) -> None:
-        """Commit one finished intent (images must already be written)."""
-        data = json.dumps({"result": result, "lineage": lineage}, separators=(",", ":")).encode()
-        self._write_atomic(self._p("parts", f"{intent_id}.json"), data)
+    def write_part(self, part: IntentPart) -> None:
+        """Commit one finished intent (its images must already be written)."""
+        self._write_atomic(self._p("parts", f"{part.outcome.intent_id}.json"), part.model_dump_json().encode())
 
     def done_intents(self) -> set[str]:
-        names = self.fs.ls(self._p("parts"), detail=False) if self.fs.exists(self._p("parts")) else []
+        try:
+            names = self.fs.ls(self._p("parts"), detail=False)
+        except FileNotFoundError:
+            return set()
         return {posixpath.basename(n)[: -len(".json")] for n in names if n.endswith(".json")}
 
-    def read_part(self, intent_id: str) -> dict[str, Any] | None:
-        path = self._p("parts", f"{intent_id}.json")
-        return json.loads(self.fs.cat_file(path)) if self.fs.exists(path) else None
+    def read_part(self, intent_id: str) -> IntentPart | None:
+        data = self._read_json(posixpath.join("parts", f"{intent_id}.json"))
+        if data is None:
+            return None
+        try:
+            return IntentPart.model_validate_json(data)
+        except ValidationError as exc:
+            raise StoreFormatError(f"{self.uri}/parts/{intent_id}.json is not a readable intent record: {exc}") from exc
 
-    def iter_results(self, intent_order: Iterable[str]) -> Iterator[dict[str, Any]]:
-        """Result lines of finished intents, in campaign order (usable while a run is going)."""
+    def iter_parts(self, intent_order: Iterable[str], offset: int = 0, limit: int | None = None
+                   ) -> Iterator[IntentPart]:
+        """Finished intents in campaign order (usable while a run is going), from the ``offset``-th finished one."""
         done = self.done_intents()
-        for intent_id in intent_order:
-            if intent_id in done:
-                part = self.read_part(intent_id)
-                if part is not None:
-                    yield part["result"]
+        finished = (i for i in intent_order if i in done)
+        for n, intent_id in enumerate(finished):
+            if n < offset:
+                continue
+            if limit is not None and n >= offset + limit:
+                return
+            part = self.read_part(intent_id)
+            if part is not None:
+                yield part
+
+    def iter_outcomes(self, intent_order: Iterable[str], offset: int = 0, limit: int | None = None
+                      ) -> Iterator[IntentOutcome]:
+        """Outcomes in campaign order. After a run compiled ``results.jsonl`` they stream from it (one file, no part
+        opened); while a run is going, from the parts."""
+        if self.read_status() is not None and self.fs.exists(self._p("results.jsonl")):
+            with self.fs.open(self._p("results.jsonl"), "rb") as f:
+                for n, line in enumerate(f):
+                    if n < offset:
+                        continue
+                    if limit is not None and n >= offset + limit:
+                        return
+                    yield IntentOutcome.model_validate_json(line)
+            return
+        for part in self.iter_parts(intent_order, offset, limit):
+            yield part.outcome
 
     def compile(self, intent_order: Iterable[str]) -> tuple[int, int]:
         """(Re)write results.jsonl and lineage.jsonl from the parts, streaming one intent at a time."""
-        order = list(intent_order)
-        done = self.done_intents()
         n_results = n_lineage = 0
         tmp_r, tmp_l = self._p(f".results.{uuid.uuid4().hex[:8]}"), self._p(f".lineage.{uuid.uuid4().hex[:8]}")
         with self.fs.open(tmp_r, "wb") as fr, self.fs.open(tmp_l, "wb") as fl:
-            for intent_id in order:
-                if intent_id not in done:
-                    continue
-                part = self.read_part(intent_id)
-                fr.write((json.dumps(part["result"]) + "\n").encode())
+            for part in self.iter_parts(intent_order):
+                fr.write(part.outcome.model_dump_json().encode() + b"\n")
                 n_results += 1
-                for line in part["lineage"]:
-                    fl.write((json.dumps(line) + "\n").encode())
+                for record in part.lineage:
+                    fl.write(record.model_dump_json().encode() + b"\n")
                     n_lineage += 1
         self.fs.mv(tmp_r, self._p("results.jsonl"))
         self.fs.mv(tmp_l, self._p("lineage.jsonl"))
         return n_results, n_lineage
 
-    def path(self, name: str) -> str:
-        return self._p(name)
+    def iter_lineage(self) -> Iterator[LineageRecord]:
+        """Every line of the compiled lineage.jsonl."""
+        with self.fs.open(self._p("lineage.jsonl"), "rb") as f:
+            for line in f:
+                yield LineageRecord.model_validate_json(line)

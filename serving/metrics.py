@@ -53,6 +53,10 @@ IMPROVEMENT = MetricSpec(
     "promptbeam_campaign_mean_improvement", "gauge",
     "Mean over finished intents of (best search score - best-of-N baseline score at equal budget)", ("campaign",),
 )
+IMPROVEMENT_CI = MetricSpec(
+    "promptbeam_campaign_improvement_ci", "gauge",
+    "95% bootstrap interval of the mean improvement over the baseline, by bound (low, high)", ("campaign", "bound"),
+)
 COMPARED = MetricSpec(
     "promptbeam_intents_compared", "counter", "Intents whose search beat, tied or lost to the baseline",
     ("campaign", "outcome"),

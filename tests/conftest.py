@@ -70,9 +70,10 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def tiny_profile(tiny_models):
-    from serving.profiles import tiny_profile
+    """The ``tiny`` model preset pointing at the session's tiny models."""
+    from serving.presets import load_preset
 
-    return tiny_profile(tiny_models["diffusion"].parent)
+    return load_preset("tiny", tiny_models["diffusion"].parent)
 
 
 @pytest.fixture(scope="session")
@@ -108,36 +109,41 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def serve_app(tiny_models, tmp_path_factory):
-    """Ray (2 CPUs, bound to loopback, metrics exported every second) + the promptbeam Serve app, once per session."""
+def ray_cluster():
+    """Ray (2 CPUs, bound to loopback, metrics exported every second, dashboard for Serve's REST API) and Serve's HTTP
+    proxy, once per session; every Serve test tier deploys its apps into it."""
     import ray
     from ray import serve
 
-    from pipelines.app import AppConfig, build_app
-    from serving.deployments import DiffusionServeOptions
-
-    port, metrics_port = free_port(), free_port()
-    store = tmp_path_factory.mktemp("serve-store")
+    port, metrics_port, dashboard_port = free_port(), free_port(), free_port()
     # Ray's dashboard process writes the Prometheus service-discovery file; drop a stale one so tests see this run's.
     Path("/tmp/ray/prom_metrics_service_discovery.json").unlink(missing_ok=True)
     ray.init(
         num_cpus=2,
         include_dashboard=True,
         dashboard_host="127.0.0.1",
-        dashboard_port=free_port(),
+        dashboard_port=dashboard_port,
         log_to_driver=False,
         _node_ip_address="127.0.0.1",
         _metrics_export_port=metrics_port,
         _system_config={"metrics_report_interval_ms": 1000},
     )
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    config = AppConfig(
-        profile="tiny",
-        tiny_dir=str(tiny_models["diffusion"].parent),
-        store_root=str(store),
-        diffusion=DiffusionServeOptions(max_batch_size=8, batch_wait_timeout_s=0.2),
-    )
-    serve.run(build_app(config), name="promptbeam", route_prefix="/")
-    yield {"url": f"http://127.0.0.1:{port}", "store": store, "metrics_port": metrics_port}
+    yield {"url": f"http://127.0.0.1:{port}", "metrics_port": metrics_port,
+           "dashboard": f"http://127.0.0.1:{dashboard_port}"}
     serve.shutdown()
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def serve_app(ray_cluster, tiny_models, tmp_path_factory):
+    """The promptbeam Serve app with the real engines on the tiny models, at route '/'."""
+    from ray import serve
+
+    from pipelines.app import AppConfig, compose_app
+
+    store = tmp_path_factory.mktemp("serve-store")
+    config = AppConfig(preset="tiny", tiny_dir=str(tiny_models["diffusion"].parent), store_root=str(store))
+    batching = {"user_config": {"max_batch_size": 8, "batch_wait_timeout_s": 0.2}}
+    serve.run(compose_app(config, deployments={"diffusion": batching}), name="promptbeam", route_prefix="/")
+    return {**ray_cluster, "store": store}

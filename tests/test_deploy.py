@@ -1,38 +1,107 @@
-"""deploy/ files agree with the code."""
+"""deploy/ files agree with the code: Serve configs validate against the app and Ray's schema, the args hold only
+the code path, switching models is a YAML edit, the RayService embeds the GPU config."""
 
 from __future__ import annotations
 
+import copy
+import inspect
 import json
 from pathlib import Path
 
+import pytest
 import yaml
+from pydantic import ValidationError
+from ray.serve._private.deploy_utils import get_app_code_version
+from ray.serve.schema import ServeDeploySchema
 
-from pipelines.app import AppConfig
+from pipelines.app import AppConfig, IngressConfig, build_app
+from pipelines.records import ModelsRecord
+from serving.deployments import BATCHES_HELD, DiffusionBatchConfig
 
 ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ["serve_config.yaml", "serve_config.gpu.yaml"]
 
 
-def test_serve_config_imports_build_app_with_valid_args():
-    config = yaml.safe_load((ROOT / "deploy" / "serve_config.yaml").read_text())
+def load(name: str) -> dict:
+    return yaml.safe_load((ROOT / "deploy" / name).read_text())
+
+
+def deployments(application: dict) -> dict[str, dict]:
+    return {d["name"]: d for d in application["deployments"]}
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_serve_config_validates_against_the_app_and_rays_schema(name):
+    config = load(name)
+    ServeDeploySchema.model_validate(config)  # Ray's own schema: unknown deployment options fail here
     (app,) = config["applications"]
     assert app["import_path"] == "pipelines.app:build_app"
-    module, attr = app["import_path"].split(":")
-    import importlib
-
-    assert callable(getattr(importlib.import_module(module), attr))
+    assert len(inspect.signature(build_app).parameters) == 1  # Serve refuses builders with more parameters
     args = AppConfig.model_validate(app["args"])  # unknown or out-of-range keys fail here
-    assert args.profile == "tiny"
-    assert args.diffusion.max_ongoing_requests >= args.diffusion.max_batch_size
+    preset = args.resolve()
+    deps = deployments(app)
+    assert set(deps) == {"diffusion", "llm", "ingress"}
+    batching = DiffusionBatchConfig.model_validate(deps["diffusion"]["user_config"])
+    IngressConfig.model_validate(deps["ingress"]["user_config"])
+    assert batching.max_batch_size <= preset.diffusion.max_batch_size  # the replica's reconfigure would refuse it
+    assert deps["diffusion"]["max_ongoing_requests"] >= batching.max_batch_size
+    # graceful shutdown sized for the batches a replica holds, at the preset's slowest batch time
+    held = -(-deps["diffusion"]["max_ongoing_requests"] // batching.max_batch_size)
+    assert deps["diffusion"]["graceful_shutdown_timeout_s"] >= held * preset.batch_seconds
+    assert held == BATCHES_HELD
+    gpus = 1 if preset.on_gpu else 0
+    assert deps["diffusion"]["ray_actor_options"]["num_gpus"] == deps["llm"]["ray_actor_options"]["num_gpus"] == gpus
+
+
+def test_app_args_refuse_serve_options():
+    """Replicas and autoscaling are not app args: putting them there is an error, not a silent redeploy."""
+    with pytest.raises(ValidationError, match="max_replicas"):
+        AppConfig.model_validate({"preset": "tiny", "diffusion": {"max_replicas": 4}})
+    with pytest.raises(ValidationError, match="max_running_campaigns"):
+        AppConfig.model_validate({"preset": "tiny", "max_running_campaigns": 4})
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_changing_max_replicas_keeps_the_apps_code_version(name):
+    """Ray's code version of an app hashes its import path, runtime env and args: editing `deployments:` (replicas,
+    batching) keeps it, so Serve updates in place; editing args (another model) changes it."""
+    config = ServeDeploySchema.model_validate(load(name))
+    (app,) = config.applications
+    scaled = copy.deepcopy(app)
+    for d in scaled.deployments:
+        if d.name == "diffusion":
+            d.autoscaling_config = {**d.autoscaling_config, "max_replicas": d.autoscaling_config["max_replicas"] + 5}
+            d.user_config = {**d.user_config, "max_batch_size": 4}
+    assert get_app_code_version(scaled) == get_app_code_version(app)
+    other_model = copy.deepcopy(app)
+    other_model.args = {**app.args, "diffusion": {"model": "black-forest-labs/FLUX.1-schnell"}}
+    assert get_app_code_version(other_model) != get_app_code_version(app)
+
+
+def test_gpu_config_shows_switching_models_by_editing_yaml():
+    text = (ROOT / "deploy" / "serve_config.gpu.yaml").read_text()
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if "# --- example:" in line)
+    end = next(i for i in range(start + 1, len(lines)) if lines[i].strip() == "# ---")
+    example = yaml.safe_load("\n".join(line.strip()[2:] for line in lines[start + 1 : end]))
+    (app,) = yaml.safe_load(text)["applications"]
+    shipped = AppConfig.model_validate(app["args"]).resolve()
+    switched = AppConfig.model_validate({**app["args"], **example}).resolve()
+    assert (shipped.diffusion.model, switched.diffusion.model) == ("stabilityai/sd-turbo",
+                                                                    "black-forest-labs/FLUX.1-schnell")
+    assert (switched.defaults.width, switched.diffusion.max_batch_size, switched.llm.tensor_parallel_size) == (1024, 4, 2)
+    assert switched.llm.gpu_memory_utilization == shipped.llm.gpu_memory_utilization  # untouched fields stay
+    assert ModelsRecord.of(switched).identity() != ModelsRecord.of(shipped).identity()
 
 
 def test_rayservice_embeds_the_gpu_serve_config():
-    gpu = yaml.safe_load((ROOT / "deploy" / "serve_config.gpu.yaml").read_text())
+    gpu = load("serve_config.gpu.yaml")
     service = yaml.safe_load((ROOT / "deploy" / "kuberay" / "rayservice.yaml").read_text())
     assert service["apiVersion"] == "ray.io/v1" and service["kind"] == "RayService"
     assert yaml.safe_load(service["spec"]["serveConfigV2"]) == gpu
     (app,) = gpu["applications"]
-    args = AppConfig.model_validate(app["args"])
-    assert args.profile == "gpu" and args.diffusion.num_gpus == 1 and args.llm.num_gpus == 1
+    assert AppConfig.model_validate(app["args"]).preset == "gpu"
+    deps = deployments(app)
 
     cluster = service["spec"]["rayClusterConfig"]
     assert cluster["enableInTreeAutoscaling"] is True
@@ -40,13 +109,13 @@ def test_rayservice_embeds_the_gpu_serve_config():
     groups = {g["groupName"]: g for g in cluster["workerGroupSpecs"]}
     assert set(groups) == {"diffusion-gpu", "llm-gpu"}
     # each model deployment is pinned to its worker group by a custom resource only that group advertises
-    for group, opts in (("diffusion-gpu", args.diffusion), ("llm-gpu", args.llm)):
-        g = groups[group]
+    for group, name in (("diffusion-gpu", "diffusion"), ("llm-gpu", "llm")):
+        g, actor = groups[group], deps[name]["ray_actor_options"]
         advertised = json.loads(json.loads(g["rayStartParams"]["resources"]))
-        assert set(opts.resources) == set(advertised)
+        assert set(actor["resources"]) == set(advertised)
         limits = g["template"]["spec"]["containers"][0]["resources"]["limits"]
-        assert limits["nvidia.com/gpu"] >= opts.num_gpus
-        assert g["minReplicas"] <= g["maxReplicas"] and g["maxReplicas"] >= opts.max_replicas
+        assert limits["nvidia.com/gpu"] >= actor["num_gpus"] == 1
+        assert g["minReplicas"] <= g["maxReplicas"] and g["maxReplicas"] >= deps[name]["autoscaling_config"]["max_replicas"]
     assert "nvidia.com/gpu" not in str(cluster["headGroupSpec"])
 
 

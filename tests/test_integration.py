@@ -12,7 +12,7 @@ from agents.critic import Critic
 from agents.messages import CandidateStatus, Intent
 from agents.planner import BeamSearchPlanner
 from agents.rewriter import Rewriter
-from pipelines.adapters import LocalLanguageModel, LocalRenderer
+from serving.clients import LocalLanguageModel, LocalRenderer
 from tests.fakes import DictSink
 
 pytestmark = [pytest.mark.engines, pytest.mark.slow]

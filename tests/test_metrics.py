@@ -15,6 +15,7 @@ import httpx
 import pytest
 import yaml
 
+from pipelines.records import CampaignStatus
 from serving import metrics as m
 from tests.conftest import free_port
 
@@ -76,6 +77,7 @@ def test_dashboard_follows_grafana_schema():
 
 
 @pytest.mark.serve
+@pytest.mark.engines
 @pytest.mark.slow
 def test_every_dashboard_expression_returns_data_from_real_prometheus(serve_app, tmp_path):
     binary = shutil.which("prometheus")
@@ -108,7 +110,7 @@ def test_every_dashboard_expression_returns_data_from_real_prometheus(serve_app,
                     "search": {"rounds": 2, "max_images": 8, "steps": 2}}
             assert client.post("/v1/campaigns", json=body).status_code == 202
             deadline = time.time() + 600
-            while client.get("/v1/campaigns/metrics-demo").json()["state"] == "running":
+            while CampaignStatus.model_validate_json(client.get("/v1/campaigns/metrics-demo").content).state == "running":
                 assert time.time() < deadline
                 time.sleep(1)
         time.sleep(6)  # a few scrapes after the last intent

@@ -145,12 +145,12 @@ def test_judge_on_empty_and_noise_images():
 
 
 def test_judge_reads_png_bytes_and_is_deterministic():
-    from serving.engines.diffusion import encode_png
-    from PIL import Image
+    from serving.config import DiffusionEngineConfig
+    from serving.engines.diffusion import encode_image
 
     spec = make_spec("color_attr", ["square", "triangle"], ["blue", "yellow"])
     images, _ = draw_specs([spec], seed=1)
-    png = encode_png(Image.fromarray(images[0]))
+    png = encode_image(images[0], DiffusionEngineConfig(model="world"))  # the engine's own encoder
     first = detect(png)
     assert first == detect(png) == detect(images[0])
     assert {(d.shape, d.color) for d in first} == {("square", "blue"), ("triangle", "yellow")}

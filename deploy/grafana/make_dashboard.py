@@ -38,6 +38,7 @@ PANELS: list[tuple[str, str, list[tuple[str, str]]]] = [
     ]),
     ("Improvement over best-of-N baseline (equal budget)", "short", [
         (f"max by (campaign) ({e(m.IMPROVEMENT)}{C})", "mean Δ {{campaign}}"),
+        (f"max by (campaign, bound) ({e(m.IMPROVEMENT_CI)}{C})", "95% CI {{bound}} {{campaign}}"),
         (f"sum by (outcome) ({e(m.COMPARED)}{C})", "{{outcome}}"),
     ]),
     ("Candidates by status", "short", [

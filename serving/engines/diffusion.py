@@ -392,11 +392,23 @@ class DiffusionEngine:
             torch.cuda.synchronize()
 
     def shutdown(self) -> None:
-        """Stop taking work and let the encoder pool finish the images already handed to it."""
+        """Stop taking work, let the encoder pool finish the images already handed to it, then release the pipeline
+        and its accelerator memory. Idempotent; the engine cannot render afterwards."""
         self._closed = True
         self._pipeline_thread.shutdown(wait=True)
         if self._pool is not None:
             self._pool.shutdown(wait=True)
+        pipe, self.pipe = getattr(self, "pipe", None), None
+        if pipe is None:
+            return
+        del pipe
+        import gc
+
+        gc.collect()
+        if self.device == "cuda":
+            import torch
+
+            torch.cuda.empty_cache()
 
 
 def _yield_to_the_pipeline() -> None:

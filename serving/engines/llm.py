@@ -157,3 +157,10 @@ class LLMEngine:
         engine, self.engine = getattr(self, "engine", None), None
         if engine is not None:
             engine.shutdown()
+
+    async def check_health(self) -> None:
+        """Raises if the engine cannot serve: shut down, or vLLM's engine core dead (``EngineDeadError``). Serve's
+        health check calls this."""
+        if getattr(self, "engine", None) is None:
+            raise RuntimeError(f"LLM engine for {self.config.model!r} is shut down")
+        await self.engine.check_health()

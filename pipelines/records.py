@@ -1,0 +1,487 @@
+"""The campaign's records: everything a campaign submits, stores, streams and reports, one definition each.
+
+    CampaignSpec      what a user submits: intents, typed search overrides, agent configs, baseline policy
+    Manifest          what a store knows about its campaign: resolved configs, models, the resume fingerprint
+    IntentOutcome     one finished intent, a line of results.jsonl: each arm's best and costs, the paired improvement
+    LineageRecord     one candidate, a line of lineage.jsonl: the planner's Candidate and the arm it belongs to
+    IntentPart        one committed intent in the store: its outcome and its lineage
+    CampaignSummary   counts, per-arm costs and paired statistics over the finished intents (constant size)
+    CampaignStatus    the summary with state and times: what GET /v1/campaigns/{id} returns
+    CampaignAccepted  the answer to a submission
+    Health            the ingress's liveness answer
+    CampaignTally     the one fold: outcome by outcome into a CampaignSummary (runner, ingress, store, report, CLI)
+
+Stored files are these records as JSON; code outside this module reads them through the models, never by key.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+from collections import Counter
+from collections.abc import Iterable
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from agents.config import CriticConfig, RewriterConfig, SearchConfig
+from agents.messages import CallCounts, Candidate, Intent, SearchResult
+from agents.planner import baseline_fraction, baseline_sampled, check_intent
+from agents.stats import TIE_EPS, PairedSummary, paired_summary
+from serving.presets import ModelPreset, RenderDefaults, partial_model
+
+MAX_INTENTS = 100_000
+NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,99}$"
+"""Campaign names: letters, digits, ``_.-``, not starting with a dot (a name becomes a folder in the store)."""
+STORE_FORMAT = 2
+"""Version of the stored records' layout; a store written in another layout is refused with a clear message."""
+MAX_ERRORS = 20
+
+
+class Record(BaseModel):
+    """Base of the campaign records: unknown fields are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Submission
+# ---------------------------------------------------------------------------------------------------------------------
+
+SearchOverrides = partial_model(SearchConfig, "SearchOverrides")
+"""SearchConfig's fields, each optional: what a campaign sets; the rest come from the model preset's defaults
+(image size, steps, guidance) and SearchConfig's own defaults."""
+
+
+def parse_intents_jsonl(text: str) -> list[Intent]:
+    """One intent per line (blank lines and '#' comments skipped). Errors name the line."""
+    intents = []
+    for n, line in enumerate(text.splitlines(), start=1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        try:
+            intents.append(Intent.model_validate_json(line))
+        except ValueError as exc:
+            raise ValueError(f"line {n}: {exc}") from exc
+    return intents
+
+
+class CampaignSpec(Record):
+    """What a user submits. Give intents inline or as JSONL text (one Intent object per line)."""
+
+    name: str | None = Field(
+        default=None, pattern=NAME_PATTERN,
+        description="Campaign id. Default: a hash of the intents and config, so resubmitting resumes.",
+    )
+    intents: list[Intent] | None = Field(default=None, max_length=MAX_INTENTS)
+    intents_jsonl: str | None = Field(default=None, description="Intents as JSONL text.")
+    search: SearchOverrides = Field(  # type: ignore[valid-type]
+        default_factory=SearchOverrides,
+        description="SearchConfig fields; unset image size/steps/guidance come from the served model preset.",
+    )
+    rewriter: RewriterConfig = Field(default_factory=RewriterConfig)
+    critic: CriticConfig = Field(default_factory=CriticConfig)
+    baseline: str = Field(
+        default="all", pattern=r"^(all|none|sample:(0?\.\d+|1(\.0*)?|0))$",
+        description="Which intents also run the best-of-N baseline at equal budget: 'all', 'none', or "
+        "'sample:<fraction>' (e.g. 'sample:0.2'; intents chosen by a stable hash of their id).",
+    )
+    preset: str | None = Field(default=None, description="Must match the served model preset when given.")
+    concurrency: int | None = Field(
+        default=None, ge=1, le=1024,
+        description="Intents searched at once. Default: enough to keep the renderer's batches full "
+        "(its max_batch_size x replicas, with headroom).",
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> CampaignSpec:
+        if (self.intents is None) == (self.intents_jsonl is None):
+            raise ValueError("give exactly one of `intents` and `intents_jsonl`")
+        if self.intents_jsonl is not None:
+            self.intents = parse_intents_jsonl(self.intents_jsonl)
+            self.intents_jsonl = None
+        if not self.intents:
+            raise ValueError("a campaign needs at least one intent")
+        if len(self.intents) > MAX_INTENTS:
+            raise ValueError(f"a campaign holds at most {MAX_INTENTS} intents but has {len(self.intents)}")
+        repeated = sorted(i for i, n in Counter(i.id for i in self.intents).items() if n > 1)
+        if repeated:
+            raise ValueError(f"intent ids must be unique; repeated: {repeated[:5]}")
+        return self
+
+    @property
+    def baseline_fraction(self) -> float:
+        """Share of intents that run the baseline: 1 for 'all', 0 for 'none'."""
+        return baseline_fraction(self.baseline)
+
+    def runs_baseline(self, intent_id: str, search: SearchConfig) -> bool:
+        """A stable draw per intent (its id and the search's base seed): every run, resume and reader agree."""
+        return search.run_baseline and baseline_sampled(intent_id, self.baseline_fraction, search.base_seed)
+
+    def search_config(self, defaults: RenderDefaults | None = None) -> SearchConfig:
+        """The search config: the preset's image defaults overlaid with what the user set, validated together.
+        Raises ValueError (with the values) for a negative prompt the renderer would silently ignore."""
+        base = defaults.model_dump() if defaults is not None else {}
+        config = SearchConfig(**{**base, **self.search_overrides()})
+        problems = [p for i in self.intents or [] if (p := check_intent(i, config))]
+        if problems:
+            more = f" (and {len(problems) - 1} more intents like it)" if len(problems) > 1 else ""
+            raise ValueError(problems[0] + more)
+        return config
+
+    def search_overrides(self) -> dict[str, Any]:
+        """The search fields the user set. None means "not set" (no SearchConfig field takes None), so a spec that went
+        through JSON with explicit nulls means the same as one without them."""
+        return self.search.model_dump(mode="json", exclude_none=True)
+
+    def spec_hash(self) -> str:
+        """Hash of what the user submitted (the default campaign id)."""
+        body = {
+            "intents": [i.model_dump(mode="json") for i in self.intents or []],
+            "search": self.search_overrides(),
+            "rewriter": self.rewriter.model_dump(mode="json"),
+            "critic": self.critic.model_dump(mode="json"),
+            "baseline": self.baseline,
+        }
+        return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+    def campaign_id(self) -> str:
+        return self.name or "c-" + self.spec_hash()[:12]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The store's manifest
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+class ModelsRecord(Record):
+    """The models a campaign ran with: what makes two runs' images and scores comparable."""
+
+    preset: str = Field(description="Preset name (recorded; not part of the identity).")
+    diffusion: str
+    diffusion_dtype: str
+    llm: str | None
+    llm_dtype: str | None
+    rewriter: str
+    critic: str
+
+    @classmethod
+    def of(cls, preset: ModelPreset) -> ModelsRecord:
+        return cls(
+            preset=preset.name, diffusion=preset.diffusion.model, diffusion_dtype=preset.diffusion.dtype,
+            llm=preset.llm.model if preset.llm else None, llm_dtype=preset.llm.dtype if preset.llm else None,
+            rewriter=preset.rewriter, critic=preset.critic,
+        )
+
+    def identity(self) -> dict[str, Any]:
+        return self.model_dump(exclude={"preset"})
+
+    def describe(self) -> str:
+        llm = f"llm {self.llm!r} ({self.llm_dtype})" if self.llm else "no llm"
+        return f"diffusion {self.diffusion!r} ({self.diffusion_dtype}), {llm}, rewriter {self.rewriter}, critic {self.critic}"
+
+
+class Manifest(Record):
+    """``manifest.json``: the resolved campaign. ``fingerprint`` covers everything that changes its results."""
+
+    format: int = Field(default=STORE_FORMAT, description="Layout version of the stored records.")
+    id: str
+    fingerprint: str
+    created_at: float
+    intents: int
+    intent_ids: list[str] = Field(description="Campaign order: results and reports follow it.")
+    search: SearchConfig = Field(description="Resolved: preset defaults + the campaign's overrides.")
+    rewriter: RewriterConfig
+    critic: CriticConfig
+    baseline: str
+    models: ModelsRecord
+    concurrency: int
+    versions: dict[str, str] = Field(default_factory=dict)
+    seeds: dict[str, Any] = Field(default_factory=dict, description="How seeds are derived (for reproduction).")
+
+    @staticmethod
+    def compute_fingerprint(spec: CampaignSpec, search: SearchConfig, models: ModelsRecord) -> str:
+        """Intents, the resolved search config (so the preset's image size/steps/guidance count), agent configs,
+        the baseline policy and the models' identity."""
+        body = {
+            "intents": [i.model_dump(mode="json") for i in spec.intents or []],
+            "search": search.model_dump(mode="json"),
+            "rewriter": spec.rewriter.model_dump(mode="json"),
+            "critic": spec.critic.model_dump(mode="json"),
+            "baseline": spec.baseline,
+            "models": models.identity(),
+        }
+        return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+    def difference(self, other: Manifest) -> str:
+        """What differs between this (stored) campaign and ``other`` (requested), naming both sides' values."""
+        parts = []
+        if self.models.identity() != other.models.identity():
+            parts.append(f"models: stored {self.models.describe()}; requested {other.models.describe()}")
+        if self.intent_ids != other.intent_ids:
+            parts.append(f"intents: stored {self.intents} ({self.intent_ids[:3]}...), requested {other.intents} "
+                         f"({other.intent_ids[:3]}...)")
+        for section in ("search", "rewriter", "critic"):
+            a, b = getattr(self, section).model_dump(), getattr(other, section).model_dump()
+            changed = {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
+            if changed:
+                parts.append(f"{section}: " + ", ".join(f"{k} stored {x!r} requested {y!r}" for k, (x, y) in changed.items()))
+        if self.baseline != other.baseline:
+            parts.append(f"baseline: stored {self.baseline!r}, requested {other.baseline!r}")
+        return "; ".join(parts) or "intent texts or checks differ"
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Per-intent records
+# ---------------------------------------------------------------------------------------------------------------------
+
+Arm = Literal["beam", "best_of_n"]
+
+
+class ArmResult(Record):
+    """One arm of an intent: the search ('beam') or the best-of-N baseline of the original prompt ('best_of_n')."""
+
+    mode: Arm
+    best_id: str | None
+    best_prompt: str | None
+    best_seed: int | None
+    best_image: str | None = Field(description="Store path of the best image, relative to the campaign.")
+    best_score: float | None
+    best_held_out: dict[str, float] = Field(default_factory=dict, description="Held-out scores of the best image.")
+    rounds: int
+    stop_reason: str
+    best_score_per_round: list[float | None]
+    counts: CallCounts = Field(description="This arm's costs (images, render calls, LLM calls, tokens, ...).")
+
+    @classmethod
+    def of(cls, result: SearchResult) -> ArmResult:
+        best = result.best
+        return cls(
+            mode=result.mode, best_id=best.id if best else None, best_prompt=best.prompt if best else None,
+            best_seed=best.seed if best else None, best_image=best.image if best else None,
+            best_score=best.score if best else None,
+            best_held_out=dict(best.critique.held_out) if best and best.critique else {},
+            rounds=result.rounds_run, stop_reason=result.stop_reason,
+            best_score_per_round=list(result.best_score_per_round), counts=result.counts,
+        )
+
+
+class IntentOutcome(Record):
+    """One finished intent: a line of ``results.jsonl``. Failed intents (infrastructure) are never committed."""
+
+    intent_id: str
+    intent: str = Field(description="The intent's text.")
+    status: Literal["done", "rejected"]
+    error: str | None = Field(default=None, description="Why a rejected intent was refused.")
+    search: ArmResult | None = None
+    baseline: ArmResult | None = Field(default=None, description="None when the campaign's baseline policy skips it.")
+    improvement: float | None = Field(
+        default=None, description="Search best minus baseline best (same checks, same critic): the paired difference."
+    )
+    held_out_improvement: dict[str, float] = Field(
+        default_factory=dict, description="The same difference on each held-out scorer (never optimised)."
+    )
+    checks: list[str] = Field(default_factory=list, description="The yes/no questions both arms were scored on.")
+    blocked: int = Field(default=0, description="Rewrites refused by the output filter or moderation.")
+
+    @classmethod
+    def done(cls, search: SearchResult, baseline: SearchResult | None) -> IntentOutcome:
+        arm, base = ArmResult.of(search), ArmResult.of(baseline) if baseline else None
+        improvement = None
+        held_out: dict[str, float] = {}
+        if base is not None and arm.best_score is not None and base.best_score is not None:
+            improvement = arm.best_score - base.best_score
+            held_out = {k: v - base.best_held_out[k] for k, v in arm.best_held_out.items() if k in base.best_held_out}
+        return cls(
+            intent_id=search.intent.id, intent=search.intent.text, status="done", search=arm, baseline=base,
+            improvement=improvement, held_out_improvement=held_out, checks=[c.question for c in search.checks],
+            blocked=sum(1 for p in search.proposals for _, reason in p.dropped if reason.startswith("blocked")),
+        )
+
+    @classmethod
+    def rejected(cls, intent: Intent, error: str) -> IntentOutcome:
+        return cls(intent_id=intent.id, intent=intent.text, status="rejected", error=error)
+
+    @property
+    def arms(self) -> list[ArmResult]:
+        return [a for a in (self.search, self.baseline) if a is not None]
+
+    @property
+    def images(self) -> int:
+        """Images rendered for this intent, both arms."""
+        return sum(a.counts.images for a in self.arms)
+
+
+class LineageRecord(Candidate):
+    """One candidate of either arm: a line of ``lineage.jsonl`` (every Candidate field, plus its arm)."""
+
+    mode: Arm
+
+    @classmethod
+    def of(cls, candidate: Candidate, mode: Arm) -> LineageRecord:
+        return cls.model_validate({**candidate.model_dump(), "mode": mode})
+
+
+def lineage_of(search: SearchResult, baseline: SearchResult | None) -> list[LineageRecord]:
+    return [LineageRecord.of(c, r.mode) for r in (search, baseline) if r is not None for c in r.candidates]
+
+
+class IntentPart(Record):
+    """``parts/<intent>.json``: one committed intent (its presence is what "done" means)."""
+
+    outcome: IntentOutcome
+    lineage: list[LineageRecord] = Field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Campaign-level: the fold and what it yields
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+class CampaignState(str, enum.Enum):
+    running = "running"
+    done = "done"
+    cancelled = "cancelled"
+    failed = "failed"
+
+
+class CampaignSummary(Record):
+    """Counts, costs and statistics over the finished intents. Its size does not grow with the campaign: per-intent
+    scores are in the results stream (GET .../results, paginated)."""
+
+    intents_total: int
+    intents_done: int = 0
+    intents_rejected: int = 0
+    intents_failed: int = Field(default=0, description="Infrastructure failures in this run (retried on resume).")
+    intents_skipped: int = Field(default=0, description="Finished in an earlier run (resume).")
+    images_rendered: int = Field(default=0, description="Both arms.")
+    search_costs: CallCounts = Field(default_factory=CallCounts, description="Summed over intents: the search arm.")
+    baseline_costs: CallCounts = Field(default_factory=CallCounts, description="Summed over intents: the baseline.")
+    mean_best_score: float | None = None
+    improvement: PairedSummary = Field(
+        default_factory=lambda: PairedSummary(n=0),
+        description="Search best minus baseline best per intent: mean, 95% bootstrap interval, wins/ties/losses.",
+    )
+    held_out: dict[str, PairedSummary] = Field(
+        default_factory=dict, description="The same paired summary on each held-out scorer."
+    )
+    reward_hacking_suspected: list[str] = Field(
+        default_factory=list,
+        description="Held-out scorers on which the search does not improve (interval not above 0) while the "
+        "optimised score does (interval above 0).",
+    )
+
+    @property
+    def intents_finished(self) -> int:
+        return self.intents_done + self.intents_rejected
+
+
+class CampaignStatus(CampaignSummary):
+    """GET /v1/campaigns/{id}: the summary plus state, times and the last infrastructure errors."""
+
+    id: str
+    state: CampaignState
+    errors: list[str] = Field(default_factory=list, description=f"Last {MAX_ERRORS} infrastructure errors.")
+    started_at: float
+    finished_at: float | None = None
+    concurrency: int | None = Field(default=None, description="Intents searched at once in this run.")
+
+
+class CampaignAccepted(Record):
+    id: str
+    state: CampaignState
+    intents: int
+    resumed_intents: int = Field(description="Intents already finished in an earlier run of this campaign.")
+    concurrency: int = Field(description="Intents searched at once.")
+    status_url: str
+    results_url: str
+
+
+class Health(Record):
+    """GET /healthz: liveness, the models served and the app's code version (in-place updates keep it)."""
+
+    status: Literal["ok"] = "ok"
+    preset: str
+    models: ModelsRecord
+    code_version: str | None
+
+
+def add_counts(a: CallCounts, b: CallCounts) -> CallCounts:
+    """Field-wise sum (every numeric field, including ones added to CallCounts later)."""
+    return type(a).model_validate({k: v + getattr(b, k) for k, v in a.model_dump().items()})
+
+
+class CampaignTally:
+    """The one fold over a campaign's outcomes. The runner folds each intent as it commits (and, on resume, those
+    committed earlier); the store, the ingress, the report and the CLI fold stored parts the same way.
+
+    Holds one float per compared intent (for the bootstrap interval), not the outcomes."""
+
+    def __init__(self, intents_total: int, *, n_boot: int = 2000):
+        self.intents_total = intents_total
+        self.n_boot = n_boot
+        self._counts: dict[str, int] = {"intents_done": 0, "intents_rejected": 0, "intents_failed": 0,
+                                        "intents_skipped": 0, "images_rendered": 0}
+        self._costs = {"beam": CallCounts(), "best_of_n": CallCounts()}
+        self._best_scores_sum = 0.0
+        self._best_scores_n = 0
+        self._improvements: list[float] = []
+        self._held_out: dict[str, list[float]] = {}
+        self._cached: tuple[int, CampaignSummary] | None = None
+        self.errors: list[str] = []
+
+    def fold(self, outcome: IntentOutcome, *, skipped: bool = False) -> None:
+        self._cached = None
+        self._counts["intents_rejected" if outcome.status == "rejected" else "intents_done"] += 1
+        if skipped:
+            self._counts["intents_skipped"] += 1
+        for arm in outcome.arms:
+            self._counts["images_rendered"] += arm.counts.images
+            self._costs[arm.mode] = add_counts(self._costs[arm.mode], arm.counts)
+        if outcome.search is not None and outcome.search.best_score is not None:
+            self._best_scores_sum += outcome.search.best_score
+            self._best_scores_n += 1
+        if outcome.improvement is not None:
+            self._improvements.append(outcome.improvement)
+        for name, delta in outcome.held_out_improvement.items():
+            self._held_out.setdefault(name, []).append(delta)
+
+    def fail(self, intent_id: str, error: str) -> None:
+        """An infrastructure failure: counted, its reason kept (the last few), nothing committed."""
+        self._cached = None
+        self._counts["intents_failed"] += 1
+        self.errors = (self.errors + [f"{intent_id}: {error}"[:300]])[-MAX_ERRORS:]
+
+    def summary(self) -> CampaignSummary:
+        """The summary so far (bootstrap intervals recomputed only after new outcomes)."""
+        version = sum(self._counts.values())
+        if self._cached is not None and self._cached[0] == version:
+            return self._cached[1]
+        improvement = paired_summary(self._improvements, n_boot=self.n_boot)
+        held_out = {k: paired_summary(v, n_boot=self.n_boot) for k, v in sorted(self._held_out.items())}
+        suspected = [
+            k for k, s in held_out.items()
+            if improvement.ci_low is not None and improvement.ci_low > TIE_EPS
+            and (s.ci_low is None or s.ci_low <= TIE_EPS)
+        ]
+        summary = CampaignSummary(
+            intents_total=self.intents_total, **self._counts,
+            search_costs=self._costs["beam"], baseline_costs=self._costs["best_of_n"],
+            mean_best_score=self._best_scores_sum / self._best_scores_n if self._best_scores_n else None,
+            improvement=improvement, held_out=held_out, reward_hacking_suspected=suspected,
+        )
+        self._cached = (version, summary)
+        return summary
+
+    def status(self, campaign_id: str, state: CampaignState, started_at: float, finished_at: float | None = None,
+               concurrency: int | None = None) -> CampaignStatus:
+        return CampaignStatus(**self.summary().model_dump(), id=campaign_id, state=state, errors=list(self.errors),
+                              started_at=started_at, finished_at=finished_at, concurrency=concurrency)
+
+    @classmethod
+    def of(cls, outcomes: Iterable[IntentOutcome], intents_total: int) -> CampaignTally:
+        tally = cls(intents_total)
+        for outcome in outcomes:
+            tally.fold(outcome)
+        return tally

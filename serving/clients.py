@@ -1,0 +1,137 @@
+"""Clients: the planner's ports (``agents.ports.Renderer`` / ``LanguageModel``) over in-process engines or over Ray
+Serve deployment handles. The planner and the campaign runner are the same code for both.
+
+Add a client here for any other backend (e.g. an OpenAI-compatible endpoint): implement the port's methods; the
+campaign runner only sees the port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from contextlib import AbstractAsyncContextManager
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from agents.messages import ChatRequest, ChatResult, RendererInfo, RenderRequest, RenderResult
+
+
+class RendererCapacity(BaseModel):
+    """How many images a renderer works on at once: what a campaign must keep in flight to keep it busy."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_batch_size: int = Field(ge=1, description="Images one pipeline call takes.")
+    replicas: int = Field(ge=1, description="Renderer replicas it may run (autoscaling's max_replicas).")
+
+    @property
+    def images(self) -> int:
+        return self.max_batch_size * self.replicas
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# In-process engines
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+class LocalRenderer:
+    """Renderer port over an in-process DiffusionEngine. The pipeline call runs in a worker thread so the event loop
+    (and the LLM engine on it) keeps going; the engine's own lock keeps calls one at a time."""
+
+    def __init__(self, engine):
+        self.engine = engine
+
+    async def render(self, requests: list[RenderRequest]) -> list[RenderResult]:
+        return await asyncio.to_thread(self.engine.render, requests)
+
+    async def info(self) -> RendererInfo:
+        return self.engine.info()
+
+    async def count_tokens(self, prompts: list[str]) -> list[int]:
+        return self.engine.count_tokens(prompts)
+
+    async def capacity(self) -> RendererCapacity:
+        return RendererCapacity(max_batch_size=self.engine.config.max_batch_size, replicas=1)
+
+
+class LocalLanguageModel:
+    """LanguageModel port over an in-process LLMEngine."""
+
+    def __init__(self, engine):
+        self.engine = engine
+
+    async def chat(self, request: ChatRequest) -> ChatResult:
+        return await self.engine.chat(request)
+
+
+class LocalEngines(AbstractAsyncContextManager):
+    """A preset's engines in this process, and their clients; shut down on exit. Enter it inside the event loop that
+    will use it (vLLM's AsyncLLM binds to the loop that starts it).
+
+    ``async with LocalEngines(preset) as engines: engines.renderer, engines.llm``
+    """
+
+    def __init__(self, preset, diffusion_cls: type | None = None, llm_cls: type | None = None):
+        self.preset = preset
+        self.diffusion_cls, self.llm_cls = diffusion_cls, llm_cls
+        self.renderer: LocalRenderer | None = None
+        self.llm: LocalLanguageModel | None = None
+        self._engines: list[Any] = []
+
+    async def __aenter__(self) -> LocalEngines:
+        from serving.engines import DiffusionEngine, LLMEngine
+
+        try:
+            diffusion = await asyncio.to_thread(self.diffusion_cls or DiffusionEngine, self.preset.diffusion)
+            self._engines.append(diffusion)
+            self.renderer = LocalRenderer(diffusion)
+            if self.preset.needs_llm:
+                llm = (self.llm_cls or LLMEngine)(self.preset.llm)
+                self._engines.append(llm)
+                self.llm = LocalLanguageModel(llm)
+        except BaseException:
+            await self.aclose()
+            raise
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        while self._engines:
+            self._engines.pop().shutdown()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Ray Serve deployment handles
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+class ServeRenderer:
+    """Renderer port over the diffusion deployment's handle. One call per image: the deployment's ``@serve.batch``
+    gathers concurrent calls (from this round and from every other intent in flight) into pipeline batches."""
+
+    def __init__(self, handle):
+        self.handle = handle
+
+    async def render(self, requests: list[RenderRequest]) -> list[RenderResult]:
+        return list(await asyncio.gather(*(self.handle.render.remote(r) for r in requests)))
+
+    async def info(self) -> RendererInfo:
+        return await self.handle.info.remote()
+
+    async def count_tokens(self, prompts: list[str]) -> list[int]:
+        return await self.handle.count_tokens.remote(prompts)
+
+    async def capacity(self) -> RendererCapacity:
+        return await self.handle.capacity.remote()
+
+
+class ServeLanguageModel:
+    """LanguageModel port over the LLM deployment's handle."""
+
+    def __init__(self, handle):
+        self.handle = handle
+
+    async def chat(self, request: ChatRequest) -> ChatResult:
+        return await self.handle.chat.remote(request)

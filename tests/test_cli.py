@@ -1,0 +1,77 @@
+"""The command line: presets listed, reports rewritten, bad options refused, and `promptbeam search` as a one-intent
+campaign through the runner and the store with the real engines in the process."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from agents.messages import Intent
+from pipelines.campaign import CampaignRunner
+from pipelines.cli import app
+from pipelines.records import CampaignSpec
+from pipelines.store import CampaignStore
+from tests.fakes import FakeRenderer, ScriptedLLM
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cli(args: list[str]):
+    """Run the CLI in-process on a wide terminal (rich wraps tables and messages at the terminal's width)."""
+    return CliRunner().invoke(app, args, env={"COLUMNS": "300"})
+
+
+def test_models_presets_lists_every_preset():
+    result = cli(["models", "presets"])
+    assert result.exit_code == 0, result.output
+    for name in ("tiny", "gpu", "sdxl", "flux-schnell", "black-forest-labs/FLUX.1-schnell"):
+        assert name in result.output
+
+
+def test_report_rewrites_a_campaigns_report(tmp_path):
+    spec = CampaignSpec(name="c", intents=[Intent(id=f"i{k}", text=f"a red apple {k}") for k in range(2)],
+                        search={"rounds": 1, "max_images": 4, "seeds_per_prompt": 1})
+    renderer = FakeRenderer()
+    asyncio.run(CampaignRunner(spec, spec.search_config(), renderer, ScriptedLLM(renderer),
+                               CampaignStore(str(tmp_path))).run())
+    result = cli(["report", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "report.html").is_file() and "improvement over the baseline" in result.output
+    missing = cli(["report", str(tmp_path / "nothing")])
+    assert missing.exit_code == 2 and "no manifest.json" in missing.output
+
+
+def test_unknown_presets_and_bad_options_exit_2_with_the_reason(tmp_path):
+    result = cli(["search", "a cat", "--preset", "sd9", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "unknown model preset 'sd9'" in result.output
+    assert not any(tmp_path.iterdir())  # refused before anything was written
+    config = tmp_path / "app.yaml"
+    config.write_text("preset: tiny\ndiffusion: {max_batch_size: 0}\n")
+    result = cli(["search", "a cat", "--config", str(config), "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "max_batch_size" in result.output
+
+
+@pytest.mark.engines
+@pytest.mark.slow
+def test_search_is_a_one_intent_campaign_with_in_process_engines(tiny_models, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PROMPTBEAM_TINY_DIR": str(tiny_models["diffusion"].parent)}
+    cmd = [sys.executable, "-m", "pipelines.cli", "search", "a red apple on a wooden table", "--out", str(tmp_path),
+           "--name", "apple", "--rounds", "2"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    store = CampaignStore(str(tmp_path / "apple"))
+    manifest = store.read_manifest()
+    assert manifest.models.diffusion == str(tiny_models["diffusion"]) and manifest.intents == 1
+    (outcome,) = store.iter_outcomes(manifest.intent_ids)
+    assert outcome.status == "done" and outcome.search.counts.images == outcome.baseline.counts.images > 0
+    part = store.read_part("intent")
+    assert {c.mode for c in part.lineage} == {"beam", "best_of_n"}
+    assert all((tmp_path / "apple" / c.image).is_file() for c in part.lineage)
+    assert (tmp_path / "apple" / "report.html").is_file() and store.read_status().intents_done == 1
+    assert "best_of_n" in proc.stdout  # the lineage table

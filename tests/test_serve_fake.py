@@ -1,0 +1,267 @@
+"""The fast Serve tier: the real Serve app (ingress, deployments, runner, store) on a local Ray with fake engines
+injected through the app config (no model loads). Health checks, shutdown, in-place config updates, the HTTP API's
+records and status at scale are checked here; tests/test_serve.py runs the same app on the real engines."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import io
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+from PIL import Image
+
+from agents.messages import Intent
+from pipelines.campaign import CampaignRunner
+from pipelines.records import CampaignAccepted, CampaignSpec, CampaignStatus, Health, ModelsRecord
+from pipelines.store import CampaignStore
+from serving.presets import load_preset
+from tests.fake_engines import instances, mark_dead
+from tests.http_helpers import intents, outcomes, wait_done
+from tests.fakes import FakeRenderer, ScriptedLLM
+
+pytestmark = [pytest.mark.serve, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[1]
+FAKE_ENGINES = {"diffusion": "tests.fake_engines:FakeDiffusionEngine", "llm": "tests.fake_engines:FakeLLMEngine"}
+SEARCH = {"beam_width": 2, "candidates_per_beam": 2, "rounds": 2, "max_images": 12}
+FAST_HEALTH = {"health_check_period_s": 1, "health_check_timeout_s": 5, "graceful_shutdown_timeout_s": 5,
+               "ray_actor_options": {"num_cpus": 0}}  # the real-engine app may hold both CPUs
+
+
+def write_fake_preset(directory: Path, state: Path) -> Path:
+    """A preset file (presets can be paths): the fake engines read their state directory from `model`."""
+    path = directory / "fake.yaml"
+    path.write_text(yaml.safe_dump({
+        "description": "fake engines for the fast Serve tier",
+        "diffusion": {"model": str(state), "device": "cpu", "max_batch_size": 16},
+        "llm": {"model": str(state)},
+        "defaults": {"width": 64, "height": 64, "steps": 2, "guidance_scale": 0.0},
+        "batch_seconds": 1,
+    }))
+    return path
+
+
+@dataclass
+class FakeApp:
+    url: str
+    state: Path
+    store: Path
+    preset: Path
+
+
+@pytest.fixture(scope="module")
+def fake_app(ray_cluster, tmp_path_factory) -> FakeApp:
+    from ray import serve
+
+    from pipelines.app import AppConfig, compose_app
+
+    d = tmp_path_factory.mktemp("fake-app")
+    state, store = d / "state", d / "store"
+    config = AppConfig(preset=str(write_fake_preset(d, state)), store_root=str(store), engines=FAKE_ENGINES)
+    deployments = {"diffusion": {**FAST_HEALTH, "user_config": {"max_batch_size": 8, "batch_wait_timeout_s": 0.05}},
+                   "llm": FAST_HEALTH}
+    serve.run(compose_app(config, deployments), name="fake", route_prefix="/fake")
+    yield FakeApp(url=ray_cluster["url"] + "/fake", state=state, store=store, preset=d / "fake.yaml")
+    serve.delete("fake")
+
+
+
+
+
+
+
+
+def test_campaign_over_http_returns_typed_records_and_paginated_results(fake_app):
+    with httpx.Client(base_url=fake_app.url, timeout=60) as client:
+        resp = client.post("/v1/campaigns", json={"name": "pages", "intents": intents(5), "search": SEARCH})
+        assert resp.status_code == 202, resp.text
+        accepted = CampaignAccepted.model_validate_json(resp.content)
+        # no concurrency given: from the renderer's capacity, 2 x (8 images x 1 replica) / 4 images per round
+        assert accepted.concurrency == 4
+        st = wait_done(client, accepted.id)
+        assert st.state == "done" and st.intents_done == 5 and st.improvement.n == 5
+        assert st.images_rendered == st.search_costs.images + st.baseline_costs.images > 0
+        everything = outcomes(client.get("/v1/campaigns/pages/results"))
+        assert [o.intent_id for o in everything] == [f"i{k}" for k in range(5)]
+        first = client.get("/v1/campaigns/pages/results", params={"limit": 2})
+        assert [o.intent_id for o in outcomes(first)] == ["i0", "i1"]
+        assert 'offset=2&limit=2>; rel="next"' in first.headers["link"]
+        last = client.get("/v1/campaigns/pages/results", params={"offset": 4, "limit": 2})
+        assert [o.intent_id for o in outcomes(last)] == ["i4"] and "link" not in last.headers
+        name = everything[0].search.best_image.split("/")[1]
+        img = client.get(f"/v1/campaigns/pages/images/{name}")
+        assert img.status_code == 200 and Image.open(io.BytesIO(img.content)).format == "PNG"
+    assert CampaignStore(str(fake_app.store / "pages")).read_status() == st
+
+
+def test_a_finished_campaign_status_is_read_from_its_compiled_summary(fake_app):
+    """A campaign this ingress never ran (written by another runner): its status comes from status.json alone."""
+    spec = CampaignSpec(name="offline", intents=[Intent(id=f"o{k}", text=f"a cat {k}") for k in range(4)],
+                        search=SEARCH)
+    store = CampaignStore(str(fake_app.store / "offline"))
+    renderer = FakeRenderer()
+    status = asyncio.run(CampaignRunner(spec, spec.search_config(), renderer, ScriptedLLM(renderer), store).run())
+    for part in (fake_app.store / "offline" / "parts").iterdir():
+        part.unlink()  # the compiled summary is what answers: no part is opened
+    with httpx.Client(base_url=fake_app.url, timeout=30) as client:
+        got = CampaignStatus.model_validate_json(client.get("/v1/campaigns/offline").content)
+        assert got == status and got.intents_done == 4
+        assert [o.intent_id for o in outcomes(client.get("/v1/campaigns/offline/results"))] == ["o0", "o1", "o2", "o3"]
+
+
+def test_unknown_campaigns_are_404_and_create_nothing(fake_app):
+    before = sorted(p.name for p in fake_app.store.iterdir()) if fake_app.store.exists() else []
+    with httpx.Client(base_url=fake_app.url, timeout=30) as client:
+        for path in ("/v1/campaigns/nope", "/v1/campaigns/nope/results", "/v1/campaigns/nope/images/x.png",
+                     "/v1/campaigns/..%2F..%2Fetc/images/passwd"):
+            assert client.get(path).status_code == 404, path
+        assert client.delete("/v1/campaigns/nope").status_code == 404
+        schema = client.get("/openapi.json").json()  # the typed search overrides are documented field by field
+        assert "rounds" in schema["components"]["schemas"]["SearchOverrides"]["properties"]
+    after = sorted(p.name for p in fake_app.store.iterdir()) if fake_app.store.exists() else []
+    assert after == before and "nope" not in after
+
+
+@pytest.mark.parametrize(
+    "body,reason",
+    [
+        ({"intents": [{"id": "n", "text": "a cat", "negative_prompt": "blurry"}]}, "would be ignored"),
+        ({"intents": intents(1), "search": {"rounds": 0}}, "greater than or equal to 1"),
+        ({"intents": intents(1), "search": {"max_images": 1}}, "max_images"),
+        ({"intents": intents(1), "preset": "gpu"}, "serves preset 'fake'"),
+        ({"intents": intents(1), "baseline": "some"}, "baseline"),
+    ],
+)
+def test_bad_specs_get_422_with_the_reason(fake_app, body, reason):
+    resp = httpx.post(f"{fake_app.url}/v1/campaigns", json=body, timeout=30)
+    assert resp.status_code == 422, resp.text
+    assert reason in resp.text and "Traceback" not in resp.text
+
+
+def test_a_different_campaign_under_a_used_name_is_409_naming_the_difference(fake_app):
+    with httpx.Client(base_url=fake_app.url, timeout=60) as client:
+        assert client.post("/v1/campaigns", json={"name": "taken", "intents": intents(1), "search": SEARCH}
+                           ).status_code == 202
+        wait_done(client, "taken")
+        resp = client.post("/v1/campaigns", json={"name": "taken", "intents": intents(1),
+                                                  "search": {**SEARCH, "rounds": 1}})
+        assert resp.status_code == 409 and "rounds stored 2 requested 1" in resp.text
+
+
+def wait_for(predicate, timeout: float, what: str | Callable[[], str]):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise TimeoutError(what if isinstance(what, str) else what())
+
+
+def test_a_dead_engine_fails_its_health_check_and_serve_replaces_the_replica(fake_app):
+    state = fake_app.state
+    for kind in ("FakeDiffusionEngine", "FakeLLMEngine"):
+        alive = instances(state, kind) - instances(state, kind, "dead")
+        (victim,) = alive - instances(state, kind, "shutdown")
+        mark_dead(state, victim)
+        # Serve's health check (every second here) raises, the replica is stopped (its shutdown runs) and replaced
+        wait_for(lambda: victim in instances(state, kind, "shutdown"), 60, f"{kind} {victim} not shut down")
+        wait_for(lambda: instances(state, kind) - alive, 60, f"no replacement for {kind} {victim}")
+    with httpx.Client(base_url=fake_app.url, timeout=60) as client:  # the replacements serve campaigns
+        assert client.post("/v1/campaigns", json={"name": "after-kill", "intents": intents(2), "search": SEARCH}
+                           ).status_code == 202
+        assert wait_done(client, "after-kill").intents_done == 2
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The Serve config: declarative deploy, in-place update
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def serve_config(tmp_path: Path, state: Path) -> dict:
+    """deploy/serve_config.yaml as shipped, pointed at fake engines and a temp store (only `args` change)."""
+    config = yaml.safe_load((ROOT / "deploy" / "serve_config.yaml").read_text())
+    (application,) = config["applications"]
+    application.update(name="inplace", route_prefix="/inplace")
+    application["args"].update(preset=str(write_fake_preset(tmp_path, state)), store_root=str(tmp_path / "store"),
+                               engines=FAKE_ENGINES)
+    for deployment in application["deployments"]:
+        deployment["ray_actor_options"] = {"num_cpus": 0}
+    return {"applications": [application]}
+
+
+def rest_client(dashboard: str):
+    """The client `serve deploy` uses: Serve's REST API on the dashboard (with Ray's auth token when enabled)."""
+    from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
+
+    return ServeSubmissionClient(dashboard)
+
+
+def details(dashboard: str):
+    """Serve's REST view of the applications, parsed with Ray's own schema."""
+    from ray.serve.schema import ServeInstanceDetails
+
+    return ServeInstanceDetails.model_validate(rest_client(dashboard).get_serve_details()).applications
+
+
+def test_changing_max_replicas_in_the_serve_config_updates_in_place(ray_cluster, tmp_path):
+    """The Serve config is applied through Serve's REST API (what `serve deploy` does). Raising max_replicas and the
+    batch size changes neither the app's code version nor any replica: no model reloads, no campaign is lost."""
+    dashboard, state = ray_cluster["dashboard"], tmp_path / "state"
+    config = serve_config(tmp_path, state)
+    rest_client(dashboard).deploy_applications(config)
+
+    def running(version: int | None = None):
+        app = details(dashboard).get("inplace")
+        if not app or app.status != "RUNNING":
+            return None
+        config = app.deployments["diffusion"].deployment_config
+        if version is not None and config.autoscaling_config["max_replicas"] != version:
+            return None
+        return app
+
+    def why() -> str:
+        app = details(dashboard).get("inplace")
+        return "no app" if app is None else f"{app.status}: {app.message} " + "; ".join(
+            f"{name}: {d.status} {d.message[:500]}" for name, d in app.deployments.items())
+
+    before = wait_for(running, 120, why)
+    health = Health.model_validate_json(httpx.get(f"{ray_cluster['url']}/inplace/healthz", timeout=30).content)
+    replicas = {name: {r.replica_id for r in d.replicas} for name, d in before.deployments.items()}
+    engines_before = instances(state, "FakeDiffusionEngine") | instances(state, "FakeLLMEngine")
+
+    updated = copy.deepcopy(config)
+    diffusion = next(d for d in updated["applications"][0]["deployments"] if d["name"] == "diffusion")
+    old_max = diffusion["autoscaling_config"]["max_replicas"]
+    diffusion["autoscaling_config"]["max_replicas"] = old_max + 3
+    diffusion["user_config"]["max_batch_size"] = 4
+    rest_client(dashboard).deploy_applications(updated)
+    after = wait_for(lambda: running(old_max + 3), 120, why)
+
+    again = Health.model_validate_json(httpx.get(f"{ray_cluster['url']}/inplace/healthz", timeout=30).content)
+    assert again.code_version == health.code_version is not None
+    assert {name: {r.replica_id for r in d.replicas} for name, d in after.deployments.items()} == replicas
+    assert instances(state, "FakeDiffusionEngine") | instances(state, "FakeLLMEngine") == engines_before
+
+    from ray import serve
+
+    capacity = serve.get_deployment_handle("diffusion", app_name="inplace").capacity.remote().result()
+    assert (capacity.max_batch_size, capacity.replicas) == (4, old_max + 3)  # user_config and autoscaling reached it
+
+    # deleting the app stops every replica through its explicit shutdown
+    rest_client(dashboard).deploy_applications({"applications": []})
+    wait_for(lambda: engines_before <= (instances(state, "FakeDiffusionEngine", "shutdown")
+                                        | instances(state, "FakeLLMEngine", "shutdown")), 60, "engines not shut down")
+
+
+def test_health_names_the_served_models(fake_app):
+    health = Health.model_validate_json(httpx.get(f"{fake_app.url}/healthz", timeout=30).content)
+    assert health.preset == "fake" and health.models == ModelsRecord.of(load_preset(str(fake_app.preset)))
+    assert health.models.diffusion == str(fake_app.state)
