@@ -500,7 +500,7 @@ def test_critic_and_rewriter_run_through_the_client(vllm_client, loop_thread):
     """The agents' own code against the real server: the port is really satisfied."""
     from agents.config import CriticConfig, RewriterConfig
     from agents.critic import Critic
-    from agents.messages import Intent
+    from agents.messages import Intent, RewriteContext
     from agents.rewriter import Rewriter
 
     critic = Critic(vllm_client, CriticConfig(max_checks=3))
@@ -510,9 +510,9 @@ def test_critic_and_rewriter_run_through_the_client(vllm_client, loop_thread):
     async def go():
         checks, decompose_result = await critic.decompose(intent, request_id="d0", seed=0)
         critique, critique_result = await critic.critique(png_of(), intent, checks, request_id="k0", seed=1)
-        proposal, rewrite_result = await rewriter.propose(intent, None, [], 2, set(), request_id="w0", seed=2,
-                                                          temperature=0.7)
-        return checks, decompose_result, critique, critique_result, proposal, rewrite_result
+        context = RewriteContext(intent=intent, round=0, k=2, checks=[c.question for c in checks])
+        reply = await rewriter.propose(context, request_id="w0", seed=2, temperature=0.7)
+        return checks, decompose_result, critique, critique_result, reply, reply.chat
 
     checks, decompose_result, critique, critique_result, proposal, rewrite_result = loop_thread.run(go())
     # decomposition: the model's questions (guided JSON) became the checks
@@ -523,5 +523,6 @@ def test_critic_and_rewriter_run_through_the_client(vllm_client, loop_thread):
     assert 0.0 <= critique.score <= 1.0 and critique_result.completion_tokens > 0
     # rewrite: the reply parsed into prompts; each one was kept or dropped with its reason
     assert rewrite_result.parse_error is None and isinstance(rewrite_result.parsed["prompts"], list)
+    assert rewrite_result is not None and rewrite_result.completion_tokens > 0
+    assert proposal.error is None
     assert len(proposal.prompts) + len(proposal.dropped) == len(rewrite_result.parsed["prompts"])
-    assert proposal.error in (None, "no usable rewrite (all empty, too long, duplicate or blocked)")

@@ -82,11 +82,18 @@ class Judged:
         from pipelines.world.judge import judge
         from pipelines.world.scenes import CANVAS
 
+        from tqdm.auto import tqdm
+
         reqs = [RenderRequest(request_id=str(i), prompt=p, seed=s, steps=self.steps, guidance_scale=self.guidance,
                               width=CANVAS, height=CANVAS) for i, (p, s, _) in enumerate(jobs)]
-        t0 = time.perf_counter()
-        results = self.engine.render(reqs)
-        self.render_seconds += time.perf_counter() - t0
+        results = []
+        chunk = 8 * self.engine.config.max_batch_size  # progress in steps of a few pipeline calls
+        with tqdm(total=len(reqs), desc="render + judge", unit="img", disable=len(reqs) <= chunk) as bar:
+            for start in range(0, len(reqs), chunk):
+                t0 = time.perf_counter()
+                results.extend(self.engine.render(reqs[start:start + chunk]))
+                self.render_seconds += time.perf_counter() - t0
+                bar.update(min(chunk, len(reqs) - start))
         self.images += len(results)
         return [judge(r.png, spec).passed for r, (_, _, spec) in zip(results, jobs)]
 
@@ -188,9 +195,15 @@ def _model_info(model_dir: str) -> str:
     if not path.exists():
         return "no training.json"
     info = json.loads(path.read_text())
-    d = info.get("diffusion", {})
-    return (f"trained {info.get('total_seconds', 0) / 60:.1f} min on {info.get('hardware')}, "
-            f"{d.get('steps')} diffusion steps, {d.get('images')} images")
+    runs = []  # a continued run keeps its parent's record: sum over the whole history
+    while info:
+        runs.append(info)
+        info = info.get("parent")
+    minutes = sum(r.get("total_seconds", 0) for r in runs) / 60
+    steps = sum(r.get("diffusion", {}).get("steps", 0) for r in runs)
+    images = sum(r.get("diffusion", {}).get("images", 0) for r in runs)
+    return (f"trained {minutes:.1f} min in {len(runs)} run(s) on {runs[0].get('hardware')}, "
+            f"{steps} diffusion steps, {images} images")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -316,6 +316,10 @@ def train(cfg: TrainConfig) -> Path:
     window_steps, window_start = 0, start
     info = {"config": cfg.model_dump(mode="json"), "hardware": hardware, "vae": vae_info,
             "python": sys.version.split()[0], "torch": torch.__version__}
+    if cfg.init_from:  # a continued run: keep the whole history, so the model card can state the total training time
+        parent = Path(cfg.init_from) / TRAINING_INFO
+        if parent.exists():
+            info["parent"] = json.loads(parent.read_text())
 
     def snapshot(final: bool) -> None:
         ema.swap()
