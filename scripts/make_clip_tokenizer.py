@@ -16,20 +16,10 @@ import json
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+from serving.tiny_models import bytes_to_unicode  # noqa: E402  (the GPT-2 / CLIP byte table)
+
 N_MERGES = 49152 - 256 - 2
-
-
-def bytes_to_unicode() -> dict[int, str]:
-    """GPT-2 / CLIP byte-to-printable-character table."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, (chr(c) for c in cs)))
 
 
 def main(src: str, out: str) -> None:

@@ -83,7 +83,7 @@ def _train_chat_tokenizer(vocab_size: int = 512):
     return fast
 
 
-def _bytes_to_unicode() -> dict[int, str]:
+def bytes_to_unicode() -> dict[int, str]:
     """GPT-2 / CLIP byte-to-printable-character table (every byte maps to one visible unicode character)."""
     bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
     cs = bs[:]
@@ -103,7 +103,7 @@ _CLIP_VOCAB_SIZE = 2 * 256 + 64 + 2
 def _clip_tokenizer_files(out: Path) -> None:
     """Write vocab.json + merges.txt for a CLIP BPE tokenizer: every byte as a token (with and without the
     end-of-word marker) plus a few merges learned from the corpus, so words tokenize into several pieces."""
-    chars = list(_bytes_to_unicode().values())
+    chars = list(bytes_to_unicode().values())
     vocab: dict[str, int] = {}
     for c in chars:
         vocab.setdefault(c, len(vocab))
