@@ -5,7 +5,10 @@
 2. Dynamic batching: N concurrent single-image requests to the diffusion deployment vs one in-process batch of N.
    Reports the ratio (in-process time / served time) and the batch sizes the deployment formed.
 
-    .venv/bin/python -m benchmarks.bench_serving [--intents 6] [--n 8] [--no-record]
+With ``--profile``: the CPU seconds each process spent during each campaign (from /proc, Linux), to see where the
+served side's extra time goes.
+
+    .venv/bin/python -m benchmarks.bench_serving [--intents 6] [--n 8] [--profile] [--no-record]
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import tempfile
 import time
@@ -24,13 +28,43 @@ SEARCH = {"rounds": 2, "beam_width": 2, "candidates_per_beam": 2, "seeds_per_pro
           "steps": 2, "width": 64, "height": 64, "guidance_scale": 0.0}
 
 
+def process_cpu_seconds() -> dict[int, tuple[str, float]]:
+    """pid -> (command, CPU seconds in user + system mode) for every process this user can read (/proc, Linux)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            stat = (d / "stat").read_text()
+            argv = (d / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()  # from field 3 (state) on: utime and stime are fields 14, 15
+        name = argv[0].decode(errors="replace") if argv and argv[0] else stat[stat.index("(") : stat.rindex(")") + 1]
+        if not name.startswith("ray::"):
+            name = " ".join(a.decode(errors="replace").rsplit("/", 1)[-1] for a in argv[:4] if a)[:60]
+        out[int(d.name)] = (name, (int(fields[11]) + int(fields[12])) / tick)
+    return out
+
+
+def cpu_by_process(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]) -> dict[str, float]:
+    """CPU seconds spent between two snapshots, summed per command (processes started meanwhile count in full)."""
+    spent: dict[str, float] = {}
+    for pid, (name, seconds) in after.items():
+        delta = seconds - before.get(pid, (name, 0.0))[1]
+        if delta > 0:
+            spent[name] = spent.get(name, 0.0) + delta
+    return spent
+
+
 def intents(n: int) -> list[dict]:
     texts = ["a red apple on a wooden table", "two cats on a blue sofa", "a lighthouse at sunset",
              "a bowl of ramen, overhead shot", "a fox in a snowy forest", "a green bicycle by a wall"]
     return [{"id": f"b{k}", "text": texts[k % len(texts)] + f", variant {k}"} for k in range(n)]
 
 
-async def in_process(tiny_dir: Path, n_intents: int, store_dir: Path) -> tuple[float, int]:
+async def in_process(tiny_dir: Path, n_intents: int, store_dir: Path) -> tuple[float, int, dict[str, float]]:
     from pipelines.campaign import CampaignRunner
     from pipelines.records import CampaignSpec
     from pipelines.store import CampaignStore
@@ -44,14 +78,14 @@ async def in_process(tiny_dir: Path, n_intents: int, store_dir: Path) -> tuple[f
         spec = CampaignSpec(name="bench", intents=intents(n_intents), search=SEARCH, concurrency=4)
         runner = CampaignRunner(spec, spec.search_config(), LocalRenderer(diffusion), LocalLanguageModel(llm),
                                 CampaignStore(str(store_dir)))
-        t0 = time.perf_counter()
+        cpu, t0 = process_cpu_seconds(), time.perf_counter()
         status = await runner.run()
-        return time.perf_counter() - t0, status.images_rendered
+        return time.perf_counter() - t0, status.images_rendered, cpu_by_process(cpu, process_cpu_seconds())
     finally:
         llm.shutdown()
 
 
-def served(tiny_dir: Path, n_intents: int, store_dir: Path, n_burst: int) -> tuple[float, int, list[float], list[int]]:
+def served(tiny_dir: Path, n_intents: int, store_dir: Path, n_burst: int):
     import httpx
     import ray
     from ray import serve
@@ -72,7 +106,7 @@ def served(tiny_dir: Path, n_intents: int, store_dir: Path, n_burst: int) -> tup
         # 1. the campaign over HTTP
         body = {"name": "bench", "intents": intents(n_intents), "search": SEARCH, "concurrency": 4}
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
-            t0 = time.perf_counter()
+            cpu, t0 = process_cpu_seconds(), time.perf_counter()
             assert client.post("/v1/campaigns", json=body).status_code == 202
             while True:
                 st = CampaignStatus.model_validate_json(client.get("/v1/campaigns/bench").content)
@@ -80,6 +114,7 @@ def served(tiny_dir: Path, n_intents: int, store_dir: Path, n_burst: int) -> tup
                     break
                 time.sleep(0.2)
             seconds = time.perf_counter() - t0
+            cpu = cpu_by_process(cpu, process_cpu_seconds())
         # 2. batching: N concurrent single-image calls vs one in-process batch of N (same engine settings)
         handle = serve.get_deployment_handle("diffusion", app_name="promptbeam")
         engine = DiffusionEngine(load_preset("tiny", tiny_dir).diffusion)
@@ -100,7 +135,7 @@ def served(tiny_dir: Path, n_intents: int, store_dir: Path, n_burst: int) -> tup
             engine.render(reqs)
             local_t.append(time.perf_counter() - t0)
         return seconds, st.images_rendered, [statistics.median(served_t), statistics.median(local_t)], \
-            [s for _, s in sizes]
+            [s for _, s in sizes], cpu
     finally:
         serve.shutdown()
         ray.shutdown()
@@ -111,6 +146,7 @@ def main() -> None:
     ap.add_argument("--intents", type=int, default=6)
     ap.add_argument("--n", type=int, default=8, help="burst size for the batching benchmark")
     ap.add_argument("--tiny-dir", type=Path, default=None)
+    ap.add_argument("--profile", action="store_true", help="print CPU seconds per process during each campaign")
     ap.add_argument("--no-record", action="store_true", help="print only; do not append to RESULTS.md")
     args = ap.parse_args()
     from serving.tiny_models import make_tiny_models
@@ -118,8 +154,16 @@ def main() -> None:
     tiny_dir = args.tiny_dir or Path(tempfile.mkdtemp()) / "tiny"
     make_tiny_models(tiny_dir)
     with tempfile.TemporaryDirectory() as a, tempfile.TemporaryDirectory() as b:
-        local_s, local_images = asyncio.run(in_process(tiny_dir, args.intents, Path(a)))
-        serve_s, serve_images, (burst_served, burst_local), sizes = served(tiny_dir, args.intents, Path(b), args.n)
+        local_s, local_images, local_cpu = asyncio.run(in_process(tiny_dir, args.intents, Path(a)))
+        serve_s, serve_images, (burst_served, burst_local), sizes, serve_cpu = served(tiny_dir, args.intents, Path(b),
+                                                                                     args.n)
+    if args.profile:
+        names = sorted(set(local_cpu) | set(serve_cpu), key=lambda n: -max(local_cpu.get(n, 0), serve_cpu.get(n, 0)))
+        report("CPU seconds per process during the campaign", ["process", "(b) in-process", "(a) Serve"],
+               [[n, local_cpu.get(n, 0.0), serve_cpu.get(n, 0.0)] for n in names if
+                max(local_cpu.get(n, 0), serve_cpu.get(n, 0)) >= 0.2]
+               + [["all processes", sum(local_cpu.values()), sum(serve_cpu.values())]],
+               notes=f"wall: (b) {local_s:.1f} s, (a) {serve_s:.1f} s", record=False)
     local_ips, serve_ips = local_images / local_s, serve_images / serve_s
     report(
         "Serving overhead (CPU, tiny models)",

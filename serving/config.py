@@ -86,8 +86,9 @@ class DiffusionEngineConfig(_Config):
     )
     attention_backend: Literal["auto", "flash", "efficient", "cudnn", "math"] = Field(
         default="auto",
-        description="PyTorch SDPA kernel for every pipeline call ('auto': PyTorch chooses; diffusers' default "
-        "attention is SDPA). 'cudnn' is often fastest on Hopper.",
+        description="PyTorch SDPA kernel for the denoiser's attention ('auto': PyTorch chooses; diffusers' default "
+        "attention is SDPA). Text encoders and the VAE keep PyTorch's choice: the VAE's one 512-channel attention head is "
+        "beyond what 'flash' and 'cudnn' take. 'efficient' and 'cudnn' have no CPU kernel.",
     )
     vae_slicing: bool = Field(default=False, description="Decode the batch one image at a time (bounds memory).")
     vae_tiling: bool = Field(default=False, description="Decode large images in tiles (bounds memory at 1024²+).")

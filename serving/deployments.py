@@ -122,6 +122,11 @@ class DiffusionDeployment(_StopsEngineOnReplicaStop):
         """Batch size times replicas: how many images the campaign must keep in flight to fill the renderer."""
         return RendererCapacity(max_batch_size=self.batching.max_batch_size, replicas=_replicas_of_this_deployment())
 
+    def busy_seconds(self) -> float:
+        """Seconds this replica's engine has spent inside pipeline calls (``RENDERER_BUSY_SECONDS`` exports the same
+        sum; benchmarks read it here to divide by their own wall time)."""
+        return self.engine.busy_seconds
+
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.05)
     async def _render_batch(self, requests: list[RenderRequest]) -> list[concurrent.futures.Future]:
         # The pipeline call blocks for seconds: run it off the replica's event loop so it keeps accepting requests

@@ -1,4 +1,5 @@
-"""The benchmark scripts keep working: the GPU script at tiny size on CPU, the encoding and memory scripts small."""
+"""The benchmark scripts keep working: the GPU script at tiny size on CPU, the encoding and memory scripts small, the
+busy-fraction script on the real Serve app and tiny vLLM (short)."""
 
 from __future__ import annotations
 
@@ -79,3 +80,18 @@ def test_search_simulator_runs_and_the_paired_search_beats_best_of_n_where_promp
             == {"22.000"}
     low = float(table[("prompts differ", "paired search (default)")][3].split("[")[1].split(",")[0])
     assert low > 0  # the interval of the improvement over best-of-N lies above 0
+
+
+@pytest.mark.slow
+@pytest.mark.serve
+def test_busy_benchmark_runs_campaigns_through_the_served_app():
+    """bench_busy --smoke: the Serve app with the fixed-cost renderer and the real tiny vLLM starts once and runs a
+    campaign at concurrency 1 and one at the concurrency derived from the renderer's capacity; every row rendered
+    images and its busy fraction is a fraction."""
+    out = _run("benchmarks.bench_busy", "--smoke", "--no-record", timeout=900)
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in out.split("Renderer busy fraction")[1]
+            .splitlines() if line.startswith("| ") and not line.startswith("| intent")]
+    assert [r[0] for r in rows] == ["1", "8 (from capacity)"]  # 2 x 16 images per batch / 4 per round
+    for concurrency, intents, images, wall, busy, fraction, per_call, rate in rows:
+        assert int(images) > 0 and float(busy) > 0 and 0 < float(fraction) <= 1 and 1 <= float(per_call) <= 16
+        assert float(rate) == pytest.approx(int(images) / float(wall), rel=0.01)

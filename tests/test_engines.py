@@ -222,9 +222,11 @@ def test_full_compile_pads_to_buckets_and_never_recompiles(diffusion_engine):
     """compile='full' traces the denoiser and the VAE decoder with static shapes, one graph per batch bucket; after
     a warm-up of every bucket, batches of any size up to max_batch_size compile nothing more. The images are those
     of the eager engine: padding never changes an image. (The 'eager' backend traces and guards like inductor
-    without generating code, which takes minutes per graph on 2 CPU cores.)"""
+    without generating code, which takes minutes per graph on 2 CPU cores.) A forced SDPA kernel is traced into the
+    denoiser's graph (fullgraph: no break)."""
     engine = DiffusionEngine(  # its own pipeline: compile works on the modules in place
-        diffusion_engine.config.model_copy(update={"compile": "full", "compile_backend": "eager", "max_batch_size": 4})
+        diffusion_engine.config.model_copy(update={"compile": "full", "compile_backend": "eager", "max_batch_size": 4,
+                                                   "attention_backend": "math"})
     )
     assert engine.config.buckets() == (1, 2, 4)
     before = engine.compiled_graphs()
@@ -254,6 +256,36 @@ def test_speed_options_are_checked(diffusion_engine):
     with pytest.raises(ValueError, match="cuda_graphs needs device 'cuda'"):
         DiffusionEngine.from_pipeline(diffusion_engine.pipe, DiffusionEngineConfig(
             model=cfg.model, device="cpu", compile="full", cuda_graphs=True))
+
+
+def test_forced_attention_backend_applies_to_the_denoiser_only(diffusion_engine):
+    """A forced SDPA kernel covers the denoiser's attention and nothing else: the VAE's one 512-channel head is beyond
+    flash and cuDNN, and forcing them for the whole pipeline call failed in the decoder on an H200. Seen from inside
+    the modules as the global switches sdpa_kernel flips; after shutdown, the pipeline forces nothing."""
+    import torch
+
+    seen: dict[str, list[bool]] = {"denoiser": [], "vae": []}
+    pipe = diffusion_engine.pipe
+    unet_attention = next(m for name, m in pipe.unet.named_modules() if name.endswith("attn1"))
+    vae_attention = pipe.vae.decoder.mid_block.attentions[0]
+    handles = [module.register_forward_pre_hook(lambda m, a, key=key: seen[key].append(
+        torch.backends.cuda.flash_sdp_enabled())) for key, module in (("denoiser", unet_attention),
+                                                                      ("vae", vae_attention))]
+    try:
+        forced = DiffusionEngine.from_pipeline(pipe, diffusion_engine.config.model_copy(
+            update={"attention_backend": "math"}))
+        forced.render([req(0, seed=4)])
+        forced.shutdown()
+        assert set(seen["denoiser"]) == {False} and set(seen["vae"]) == {True}
+        for calls in seen.values():
+            calls.clear()
+        diffusion_engine.render([req(0, seed=4)])
+        assert set(seen["denoiser"]) == {True} and set(seen["vae"]) == {True}
+    finally:
+        for handle in handles:
+            handle.remove()
+    with pytest.raises(ValueError, match="attention_backend='cudnn' has no CPU kernel"):
+        DiffusionEngine.from_pipeline(pipe, diffusion_engine.config.model_copy(update={"attention_backend": "cudnn"}))
 
 
 def test_attention_backend_math_gives_the_same_images(diffusion_engine):

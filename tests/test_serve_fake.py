@@ -101,6 +101,19 @@ def test_campaign_over_http_returns_typed_records_and_paginated_results(fake_app
     assert CampaignStore(str(fake_app.store / "pages")).read_status() == st
 
 
+def test_a_campaign_concurrency_overrides_the_derived_one(fake_app):
+    """`concurrency` in the request wins over the one derived from the renderer's capacity (4 here), in the answer,
+    the status and the manifest."""
+    with httpx.Client(base_url=fake_app.url, timeout=60) as client:
+        resp = client.post("/v1/campaigns", json={"name": "fixed", "intents": intents(3), "search": SEARCH,
+                                                  "concurrency": 3})
+        assert resp.status_code == 202, resp.text
+        assert CampaignAccepted.model_validate_json(resp.content).concurrency == 3
+        st = wait_done(client, "fixed")
+        assert st.state == "done" and st.concurrency == 3
+    assert CampaignStore(str(fake_app.store / "fixed")).read_manifest().concurrency == 3
+
+
 def test_a_finished_campaign_status_is_read_from_its_compiled_summary(fake_app):
     """A campaign this ingress never ran (written by another runner): its status comes from status.json alone."""
     spec = CampaignSpec(name="offline", intents=[Intent(id=f"o{k}", text=f"a cat {k}") for k in range(4)],

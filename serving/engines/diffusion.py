@@ -12,7 +12,7 @@ On an H200 the PNG encoding of each image inside the render call (~40 ms per 512
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import io
 import logging
 import os
@@ -171,6 +171,8 @@ class DiffusionEngine:
                     module.to(memory_format=torch.channels_last)
         if cfg.fuse_qkv and hasattr(self.pipe, "fuse_qkv_projections"):
             self.pipe.fuse_qkv_projections()
+        if denoiser is not None:
+            self._force_attention_backend(denoiser)
         if cfg.quantization == "fp8" and denoiser is not None:
             from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
 
@@ -302,7 +304,7 @@ class DiffusionEngine:
         if any(r.negative_prompt for r in batch):
             kwargs["negative_prompt"] = [r.negative_prompt or "" for r in padded]
         t0 = time.perf_counter()
-        with torch.inference_mode(), self._attention():
+        with torch.inference_mode():
             images = self.pipe(**kwargs).images  # (size, 3, H, W) in [0, 1], on the device
             # the same arithmetic as diffusers' numpy_to_pil, in float32, so the bytes match output_type="pil"
             pixels = images[:n].float().mul_(255).round_().to(torch.uint8).permute(0, 2, 3, 1).contiguous()
@@ -325,12 +327,36 @@ class DiffusionEngine:
         ready.record()
         return host, ready
 
-    def _attention(self):
-        if self.config.attention_backend == "auto":
-            return contextlib.nullcontext()
+    def _force_attention_backend(self, denoiser) -> None:
+        """Run the denoiser's attention on the configured SDPA kernel, and only the denoiser's: the VAE's mid-block
+        attention is one head of 512 channels (SD1.5, SDXL, FLUX), beyond the 256 that flash and cuDNN attention
+        take, so forcing either for the whole pipeline call failed in the decoder ("No available kernel", H200,
+        2026-11-27). The text encoders and the VAE keep PyTorch's own choice; the denoiser holds nearly all the
+        attention work. Wrapping ``forward`` before compiling puts the choice inside the compiled graph."""
+        import torch
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
-        return sdpa_kernel(getattr(SDPBackend, _SDPA_BACKENDS[self.config.attention_backend]))
+        # an engine made earlier on the same pipeline (from_pipeline) may have left its wrapper: start from the original
+        original = getattr(denoiser.forward, "unforced", denoiser.forward)
+        denoiser.forward = original
+        backend = self.config.attention_backend
+        if backend == "auto":
+            return
+        if self.device == "cpu" and backend in ("efficient", "cudnn"):
+            raise ValueError(f"attention_backend={backend!r} has no CPU kernel (the engine runs on 'cpu'); "
+                             "use 'auto', 'flash' or 'math'")
+        if self.device == "cuda" and backend in ("flash", "cudnn") and self.dtype not in (torch.float16,
+                                                                                          torch.bfloat16):
+            raise ValueError(f"attention_backend={backend!r} needs dtype float16 or bfloat16, got {self.dtype}")
+        kernel = getattr(SDPBackend, _SDPA_BACKENDS[backend])
+
+        @functools.wraps(original)
+        def forward_on_the_forced_kernel(*args, **kwargs):
+            with sdpa_kernel(kernel):
+                return original(*args, **kwargs)
+
+        forward_on_the_forced_kernel.unforced = original
+        denoiser.forward = forward_on_the_forced_kernel
 
     def _submit_encode(self, decoded: _Decoded, j: int, request: RenderRequest) -> Future:
         """Stage 2 for one image: in the pool, or at once when ``encode_workers`` is 0."""
@@ -401,6 +427,9 @@ class DiffusionEngine:
         pipe, self.pipe = getattr(self, "pipe", None), None
         if pipe is None:
             return
+        denoiser = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
+        if denoiser is not None and hasattr(denoiser.forward, "unforced"):
+            denoiser.forward = denoiser.forward.unforced  # a pipeline shared with other engines runs as it did
         del pipe
         import gc
 
