@@ -11,6 +11,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+SAFE_NAME = r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$"
+"""Names that become file or folder names (campaign names, intent ids): letters, digits and ``_.-``, not starting with
+a dot, so never ``.``/``..``, a hidden file, a path separator or a NUL. Lengths are bounded where each is used."""
 MAX_PROMPT_CHARS = 1000
 """Longest prompt (intent text, rewrite or negative prompt) accepted anywhere. CLIP reads 77 tokens; T5-based
 pipelines read more; beyond this a rewrite is rambling, not refining."""
@@ -54,7 +57,8 @@ class IntentChecks(Message):
 class Intent(Message):
     """What a user wants to see. The critic always scores against this text, never a rewrite of it."""
 
-    id: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.\-]+$", description="Unique within a campaign.")
+    id: str = Field(min_length=1, max_length=128, pattern=SAFE_NAME,
+                    description="Unique within a campaign; letters, digits, '_.-', not starting with a dot.")
     text: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
     negative_prompt: str | None = Field(default=None, max_length=MAX_PROMPT_CHARS)
     checks: IntentChecks | None = None

@@ -17,7 +17,7 @@ from typing import Any
 
 from agents.config import SearchConfig
 from agents.critic import Critic
-from agents.messages import Intent
+from agents.messages import Intent, RendererInfo, RenderRequest, RenderResult
 from agents.planner import BeamSearchPlanner, IntentRejected
 from agents.ports import LanguageModel, Renderer
 from agents.rewriter import Rewriter
@@ -82,6 +82,28 @@ def make_agent(kind: str, llm_backed: type, llm: LanguageModel | None, config: A
     return import_object(kind)(llm, config)
 
 
+class CampaignRenderer:
+    """The renderer as one campaign sees it: request ids carry the campaign's id, so two campaigns whose candidates share
+    ids (intents are named by their users) never meet with the same id in a render batch; results come back with the
+    planner's own ids."""
+
+    def __init__(self, renderer: Renderer, campaign_id: str):
+        self.renderer = renderer
+        self.prefix = f"{campaign_id}:"
+
+    async def render(self, requests: list[RenderRequest]) -> list[RenderResult]:
+        results = await self.renderer.render(
+            [r.model_copy(update={"request_id": self.prefix + r.request_id}) for r in requests]
+        )
+        return [r.model_copy(update={"request_id": r.request_id.removeprefix(self.prefix)}) for r in results]
+
+    async def info(self) -> RendererInfo:
+        return await self.renderer.info()
+
+    async def count_tokens(self, prompts: list[str]) -> list[int]:
+        return await self.renderer.count_tokens(prompts)
+
+
 class CampaignRunner:
     """Runs a campaign's unfinished intents with bounded concurrency and commits each to the store as it finishes.
 
@@ -102,7 +124,7 @@ class CampaignRunner:
     ):
         self.spec = spec
         self.search = search
-        self.renderer = renderer
+        self.renderer = CampaignRenderer(renderer, spec.campaign_id())
         self.store = store
         self.models = models
         self.concurrency = concurrency or spec.concurrency or 8
@@ -148,10 +170,17 @@ class CampaignRunner:
         return len(self.store.done_intents())
 
     async def run(self) -> CampaignStatus:
-        if not self._prepared:
-            await asyncio.to_thread(self.prepare_store)
-        done = await asyncio.to_thread(self.store.done_intents)
-        await asyncio.to_thread(self._fold_finished)
+        try:
+            if not self._prepared:
+                await asyncio.to_thread(self.prepare_store)
+            done = await asyncio.to_thread(self.store.done_intents)
+            await asyncio.to_thread(self._fold_finished)
+        except Exception as exc:  # before the first intent: the status says failed and why, never 'running'
+            logger.exception("campaign %s could not start", self.id)
+            self.tally.note(f"campaign could not start: {type(exc).__name__}: {exc}")
+            self.state = CampaignState.failed
+            self.finished_at = time.time()
+            raise
         todo = [i for i in self.spec.intents if i.id not in done]
         metrics.inc(metrics.INTENTS_SUBMITTED, len(todo), campaign=self.id)
         pending = iter(todo)

@@ -26,13 +26,14 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from agents.config import CriticConfig, RewriterConfig, SearchConfig
-from agents.messages import CallCounts, Candidate, Intent, SearchResult
+from agents.messages import SAFE_NAME, CallCounts, Candidate, Intent, SearchResult
 from agents.planner import baseline_fraction, baseline_sampled, check_intent
 from agents.stats import TIE_EPS, PairedSummary, paired_summary
 from serving.presets import ModelPreset, RenderDefaults, partial_model
 
 MAX_INTENTS = 100_000
-NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,99}$"
+NAME_PATTERN = SAFE_NAME
+MAX_NAME_CHARS = 100
 """Campaign names: letters, digits, ``_.-``, not starting with a dot (a name becomes a folder in the store)."""
 STORE_FORMAT = 2
 """Version of the stored records' layout; a store written in another layout is refused with a clear message."""
@@ -71,7 +72,7 @@ class CampaignSpec(Record):
     """What a user submits. Give intents inline or as JSONL text (one Intent object per line)."""
 
     name: str | None = Field(
-        default=None, pattern=NAME_PATTERN,
+        default=None, pattern=NAME_PATTERN, min_length=1, max_length=MAX_NAME_CHARS,
         description="Campaign id. Default: a hash of the intents and config, so resubmitting resumes.",
     )
     intents: list[Intent] | None = Field(default=None, max_length=MAX_INTENTS)
@@ -451,7 +452,12 @@ class CampaignTally:
         """An infrastructure failure: counted, its reason kept (the last few), nothing committed."""
         self._cached = None
         self._counts["intents_failed"] += 1
-        self.errors = (self.errors + [f"{intent_id}: {error}"[:300]])[-MAX_ERRORS:]
+        self.note(f"{intent_id}: {error}")
+
+    def note(self, error: str) -> None:
+        """An error that is no intent's (e.g. the store could not be read): kept with the last few, not counted."""
+        self._cached = None
+        self.errors = (self.errors + [error[:300]])[-MAX_ERRORS:]
 
     def summary(self) -> CampaignSummary:
         """The summary so far (bootstrap intervals recomputed only after new outcomes)."""

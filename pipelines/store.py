@@ -19,7 +19,9 @@ Constructing a store touches nothing; reads never create anything; :meth:`create
 from __future__ import annotations
 
 import json
+import os
 import posixpath
+import re
 import uuid
 from collections.abc import Iterable, Iterator
 
@@ -27,11 +29,51 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 from pydantic import ValidationError
 
-from pipelines.records import STORE_FORMAT, CampaignStatus, IntentOutcome, IntentPart, LineageRecord, Manifest
+from agents.messages import SAFE_NAME
+from pipelines.records import (
+    MAX_NAME_CHARS,
+    STORE_FORMAT,
+    CampaignStatus,
+    IntentOutcome,
+    IntentPart,
+    LineageRecord,
+    Manifest,
+)
+
+IMAGE_NAME = SAFE_NAME[:-1] + r"\.png$"
+"""Image files: a safe name ending in ``.png`` (what :meth:`CampaignStore.image_name` makes of a candidate id)."""
 
 
 class StoreFormatError(ValueError):
     """The folder holds records this version cannot read (another layout, or not a campaign)."""
+
+
+class UnsafeName(ValueError):
+    """A campaign or image name that could leave its folder (``..``, a separator, a leading dot, a NUL, ...)."""
+
+
+def is_safe_name(name: str, max_chars: int = MAX_NAME_CHARS) -> bool:
+    """``name`` matches :data:`agents.messages.SAFE_NAME` whole (``fullmatch``: ``$`` alone would let a trailing
+    newline through) and is at most ``max_chars`` long."""
+    return len(name) <= max_chars and re.fullmatch(SAFE_NAME, name) is not None
+
+
+def campaign_store(root: str, campaign_id: str) -> CampaignStore:
+    """The store of campaign ``campaign_id`` under ``root``. The name is checked against the safe pattern and the joined
+    path is checked to lie inside ``root`` (after resolving symlinks on a local disk) before anything can touch it;
+    raises :class:`UnsafeName` otherwise. Constructing touches nothing."""
+    if not is_safe_name(campaign_id):
+        raise UnsafeName(f"campaign name {campaign_id[:120]!r} is not a safe name (letters, digits, '_.-', not "
+                         f"starting with a dot, at most {MAX_NAME_CHARS} characters)")
+    store = CampaignStore(f"{root.rstrip('/')}/{campaign_id}")
+    base = fsspec.core.url_to_fs(root)[1].rstrip("/")
+    if isinstance(store.fs, LocalFileSystem):
+        inside = os.path.realpath(store.root).startswith(os.path.realpath(base) + os.sep)
+    else:
+        inside = posixpath.normpath(store.root).startswith(posixpath.normpath(base) + "/")
+    if not inside:
+        raise UnsafeName(f"campaign {campaign_id!r} would lie outside the store root {root!r}")
+    return store
 
 
 class CampaignStore:
@@ -111,8 +153,9 @@ class CampaignStore:
         return f"images/{name}"
 
     def read_image(self, name: str) -> bytes:
-        if "/" in name or "\x00" in name or name.startswith(".") or not name.endswith(".png"):
-            raise FileNotFoundError(name)
+        """The PNG called ``name`` in images/; FileNotFoundError for a missing or unsafe name (never a path)."""
+        if len(name) > 400 or re.fullmatch(IMAGE_NAME, name) is None:
+            raise FileNotFoundError(name[:120])
         return self.fs.cat_file(self._p("images", name))
 
     # -- per-intent parts -----------------------------------------------------------------------------------------

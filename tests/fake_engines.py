@@ -11,10 +11,12 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
+from concurrent.futures import Future
 from pathlib import Path
 
 from agents.messages import ChatRequest, ChatResult, RendererInfo, RenderRequest, RenderResult
 from serving.config import DiffusionEngineConfig, LLMEngineConfig
+from serving.engines.diffusion import PendingRender, PipelineCall
 from tests.fakes import FakeRenderer, ScriptedLLM
 
 
@@ -50,7 +52,20 @@ class FakeDiffusionEngine(_Registered):
 
     def render(self, requests: list[RenderRequest]) -> list[RenderResult]:
         self._raise_if_dead()
+        ids = [r.request_id for r in requests]
+        if len(set(ids)) != len(ids):  # as the real engine
+            raise ValueError("request ids in one render call must be unique")
         return asyncio.run(self._renderer.render(requests))  # the deployment calls this in a worker thread
+
+    def start_render(self, requests: list[RenderRequest]) -> PendingRender:
+        """The real engine's two-stage interface: here every image is ready when the call returns."""
+        futures = []
+        for result in self.render(requests):
+            future: Future = Future()
+            future.set_result(result)
+            futures.append(future)
+        return PendingRender(futures=futures, calls=[PipelineCall(batch_size=len(requests),
+                                                                  padded_size=len(requests), seconds=0.0)])
 
     def info(self) -> RendererInfo:
         return RendererInfo(model=self.config.model, max_prompt_tokens=77, tokenizer="words+2")
