@@ -8,6 +8,7 @@
     CampaignSummary   counts, per-arm costs and paired statistics over the finished intents (constant size)
     CampaignStatus    the summary with state and times: what GET /v1/campaigns/{id} returns
     CampaignAccepted  the answer to a submission
+    ErrorBody         every error answer: a one-line detail and the fields at fault (FieldError)
     Health            the ingress's liveness answer
     CampaignTally     the one fold: outcome by outcome into a CampaignSummary (runner, ingress, store, report, CLI)
 
@@ -397,6 +398,20 @@ class CampaignAccepted(Record):
     concurrency: int = Field(description="Intents searched at once.")
     status_url: str
     results_url: str
+
+
+class FieldError(Record):
+    """One reason a submission was refused: where (``search.rounds``, ``intents.3.id``) and why, never the input."""
+
+    field: str
+    reason: str
+
+
+class ErrorBody(Record):
+    """Every error the API returns: a one-line ``detail`` and, for validation failures, the fields."""
+
+    detail: str
+    errors: list[FieldError] | None = None
 
 
 class Health(Record):

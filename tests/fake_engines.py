@@ -49,6 +49,7 @@ class FakeDiffusionEngine(_Registered):
         super().__init__(config.model)
         self.config = config
         self._renderer = FakeRenderer(keep_calls=False)
+        self._renderer_batch_sizes: list[int] = []  # one entry per start_render call (tests read how batches formed)
 
     def render(self, requests: list[RenderRequest]) -> list[RenderResult]:
         self._raise_if_dead()
@@ -59,6 +60,7 @@ class FakeDiffusionEngine(_Registered):
 
     def start_render(self, requests: list[RenderRequest]) -> PendingRender:
         """The real engine's two-stage interface: here every image is ready when the call returns."""
+        self._renderer_batch_sizes.append(len(requests))
         futures = []
         for result in self.render(requests):
             future: Future = Future()
