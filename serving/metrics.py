@@ -162,3 +162,11 @@ RENDERER_BUSY_SECONDS = MetricSpec(
 )
 # Not in ALL yet: tests/test_metrics.py requires a dashboard panel for every metric in ALL, and the panel
 # (deploy/grafana/make_dashboard.py) comes with the dashboard change; add it to ALL there.
+
+# -- appended: recovery (issue 14) -----------------------------------------------------------------------------------
+RETRIES = MetricSpec(
+    "promptbeam_retries", "counter",
+    "Render or chat calls retried after an infrastructure error (replica died, back-pressure, timeout), by kind "
+    "(render, chat) and error class", ("kind", "error"),
+)
+# Not in ALL yet, for the same reason as RENDERER_BUSY_SECONDS: its panel comes with the dashboard change.

@@ -17,13 +17,14 @@ from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
 from agents.config import SearchConfig
-from agents.messages import Intent, RenderRequest
+from agents.messages import ChatMessage, ChatRequest, ChatResult, Intent, RenderRequest
 from pipelines.app import IngressConfig
 from pipelines.auth import AuthSettings, BearerAuth, check_bind
 from pipelines.campaign import CampaignRunner
 from pipelines.http import ApiError, install_error_handlers, parse_spec, read_body
 from pipelines.records import CampaignSpec, CampaignState, ErrorBody
 from pipelines.store import CampaignStore, UnsafeName, campaign_store
+from serving.clients import RetryPolicy, ServeLanguageModel, ServeRenderer
 from serving.config import DiffusionEngineConfig
 from serving.deployments import DiffusionDeployment
 from tests.fake_engines import FakeDiffusionEngine
@@ -286,3 +287,71 @@ def test_a_runner_that_cannot_start_reads_failed_with_its_reason(tmp_path):
     assert runner.status.state == CampaignState.failed and "could not start" in runner.status.errors[0]
     assert runner.status.finished_at is not None
     assert os.listdir(tmp_path) == ["manifest.json"]
+
+
+# -- retries ------------------------------------------------------------------------------------------------------
+
+
+class ActorDiedError(RuntimeError):
+    """Named as Ray's: what a call to a replica that was killed raises."""
+
+
+class FlakyMethod:
+    """A handle method whose first ``failures`` calls raise ``error``; later ones answer with ``answer(arg)``."""
+
+    def __init__(self, failures: int, error: Exception, answer):
+        self.failures, self.error, self.answer, self.calls = failures, error, answer, 0
+
+    def remote(self, arg):
+        self.calls += 1
+        failing = self.calls <= self.failures
+
+        async def response():
+            if failing:
+                raise self.error
+            return await self.answer(arg)
+
+        return response()
+
+
+class FlakyHandle:
+    def __init__(self, render: FlakyMethod | None = None, chat: FlakyMethod | None = None):
+        self.render, self.chat = render, chat
+
+
+FAST_RETRY = RetryPolicy(attempts=4, backoff_s=0.01, max_backoff_s=0.02)
+
+
+def test_infrastructure_errors_are_retried_until_the_replacement_answers():
+    fake = FakeRenderer()
+
+    async def one(request):
+        return (await fake.render([request]))[0]
+
+    handle = FlakyHandle(render=FlakyMethod(2, ActorDiedError("replica died"), one))
+    renderer = ServeRenderer(handle, FAST_RETRY)
+    (result,) = asyncio.run(renderer.render([RenderRequest(request_id="a/r0/p0/s0", prompt="a cat", seed=1)]))
+    assert result.request_id == "a/r0/p0/s0" and handle.render.calls == 3
+
+    async def reply(request):
+        return ChatResult(request_id=request.request_id, text="ok")
+
+    chat_handle = FlakyHandle(chat=FlakyMethod(3, ConnectionError("back-pressure"), reply))
+    request = ChatRequest(request_id="x", messages=[ChatMessage(role="user", content="hi")])
+    assert asyncio.run(ServeLanguageModel(chat_handle, FAST_RETRY).chat(request)).request_id == "x"
+    assert chat_handle.chat.calls == 4
+
+
+def test_retries_are_bounded_and_other_errors_are_not_retried():
+    async def never(request):
+        raise AssertionError("not reached")
+
+    dead = FlakyHandle(render=FlakyMethod(99, ActorDiedError("still dead"), never))
+    with pytest.raises(ActorDiedError):
+        asyncio.run(ServeRenderer(dead, FAST_RETRY).render([RenderRequest(request_id="a", prompt="a cat", seed=1)]))
+    assert dead.render.calls == FAST_RETRY.attempts
+    bad = FlakyHandle(render=FlakyMethod(99, ValueError("request ids must be unique"), never))
+    with pytest.raises(ValueError):
+        asyncio.run(ServeRenderer(bad, FAST_RETRY).render([RenderRequest(request_id="a", prompt="a cat", seed=1)]))
+    assert bad.render.calls == 1
+    assert [RetryPolicy().delay(k) for k in (0, 1, 2, 5, 9)] == [1, 2, 4, 30, 30]
