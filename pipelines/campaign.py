@@ -17,7 +17,7 @@ from typing import Any
 
 from agents.config import SearchConfig
 from agents.critic import Critic
-from agents.messages import Intent, RendererInfo, RenderRequest, RenderResult
+from agents.messages import Intent, RendererInfo, RenderRequest, RenderResult, SearchCheckpoint
 from agents.planner import BeamSearchPlanner, IntentRejected
 from agents.ports import LanguageModel, Renderer
 from agents.rewriter import Rewriter
@@ -217,12 +217,21 @@ class CampaignRunner:
         async def sink(candidate, png: bytes) -> str:
             return await asyncio.to_thread(self.store.write_image, candidate.id, png)
 
+        async def on_round(checkpoint: SearchCheckpoint) -> None:
+            await asyncio.to_thread(self.store.write_checkpoint, checkpoint)
+
         planner = BeamSearchPlanner(self.renderer, self.rewriter, self.critic, self.search, image_sink=sink)
         try:
+            # an intent interrupted earlier (crash, failed render after its retries) continues after its last round
+            checkpoint = await asyncio.to_thread(self.store.read_checkpoint, intent.id)
             search, baseline = await planner.run_with_baseline(
-                intent, baseline=self.spec.runs_baseline(intent.id, self.search)
+                intent, baseline=self.spec.runs_baseline(intent.id, self.search), checkpoint=checkpoint,
+                on_round=on_round,
             )
-            part = IntentPart(outcome=IntentOutcome.done(search, baseline), lineage=lineage_of(search, baseline))
+            outcome = IntentOutcome.done(search, baseline)
+            if checkpoint is not None:
+                outcome = outcome.model_copy(update={"resumed_from_round": checkpoint.rounds_done})
+            part = IntentPart(outcome=outcome, lineage=lineage_of(search, baseline))
         except IntentRejected as exc:
             part = IntentPart(outcome=IntentOutcome.rejected(intent, str(exc)))
         except asyncio.CancelledError:
@@ -233,6 +242,7 @@ class CampaignRunner:
             metrics.inc(metrics.INTENTS_FINISHED, campaign=self.id, status="failed")
             return
         await asyncio.to_thread(self.store.write_part, part)
+        await asyncio.to_thread(self.store.clear_checkpoint, intent.id)
         self.tally.fold(part.outcome)
         self._record_metrics(part.outcome, part.lineage)
         if self.on_intent_done:

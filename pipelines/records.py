@@ -286,6 +286,9 @@ class IntentOutcome(Record):
     )
     checks: list[str] = Field(default_factory=list, description="The yes/no questions both arms were scored on.")
     blocked: int = Field(default=0, description="Rewrites refused by the output filter or moderation.")
+    resumed_from_round: int | None = Field(
+        default=None, description="Set when this intent continued from a checkpoint: the rounds finished before.",
+    )
 
     @classmethod
     def done(cls, search: SearchResult, baseline: SearchResult | None) -> IntentOutcome:

@@ -5,6 +5,7 @@ Layout of one campaign::
     manifest.json           Manifest: resolved configs, models, package versions, seeds, the resume fingerprint
     images/<candidate>.png  every rendered image (search and baseline)
     parts/<intent>.json     IntentPart, one per finished intent: its outcome and its lineage
+    checkpoints/<intent>.json  SearchCheckpoint after an unfinished intent's last finished round (deleted once done)
     results.jsonl           one IntentOutcome per line   } compiled from parts/ in campaign order when a run ends,
     lineage.jsonl           one LineageRecord per line   } so they never hold duplicates or half-written lines
     status.json             CampaignStatus of the last run that ended (counts and statistics, constant size)
@@ -29,7 +30,7 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 from pydantic import ValidationError
 
-from agents.messages import SAFE_NAME
+from agents.messages import SAFE_NAME, SearchCheckpoint
 from pipelines.records import (
     MAX_NAME_CHARS,
     STORE_FORMAT,
@@ -89,7 +90,7 @@ class CampaignStore:
 
     def create(self) -> None:
         """Make the campaign's folders (a run calls this once, before writing)."""
-        for sub in ("images", "parts"):
+        for sub in ("images", "parts", "checkpoints"):
             self.fs.makedirs(self._p(sub), exist_ok=True)
 
     def _write_atomic(self, path: str, data: bytes) -> None:
@@ -157,6 +158,23 @@ class CampaignStore:
         if len(name) > 400 or re.fullmatch(IMAGE_NAME, name) is None:
             raise FileNotFoundError(name[:120])
         return self.fs.cat_file(self._p("images", name))
+
+    # -- per-round checkpoints -------------------------------------------------------------------------------------
+
+    def write_checkpoint(self, checkpoint: SearchCheckpoint) -> None:
+        """Replace the intent's checkpoint (atomically: a crash leaves the previous round's)."""
+        path = self._p("checkpoints", f"{checkpoint.intent.id}.json")
+        self._write_atomic(path, checkpoint.model_dump_json().encode())
+
+    def read_checkpoint(self, intent_id: str) -> SearchCheckpoint | None:
+        data = self._read_json(posixpath.join("checkpoints", f"{intent_id}.json"))
+        return None if data is None else SearchCheckpoint.model_validate_json(data)
+
+    def clear_checkpoint(self, intent_id: str) -> None:
+        try:
+            self.fs.rm_file(self._p("checkpoints", f"{intent_id}.json"))
+        except FileNotFoundError:
+            pass
 
     # -- per-intent parts -----------------------------------------------------------------------------------------
 

@@ -355,3 +355,36 @@ def test_retries_are_bounded_and_other_errors_are_not_retried():
         asyncio.run(ServeRenderer(bad, FAST_RETRY).render([RenderRequest(request_id="a", prompt="a cat", seed=1)]))
     assert bad.render.calls == 1
     assert [RetryPolicy().delay(k) for k in (0, 1, 2, 5, 9)] == [1, 2, 4, 30, 30]
+
+
+# -- checkpoints --------------------------------------------------------------------------------------------------
+
+
+def test_an_interrupted_intent_resumes_from_its_last_round_with_the_same_result(tmp_path):
+    """Round 1 of intent i1 fails (its renderer died): the intent is not committed, its round-0 checkpoint is. The resumed
+    run renders only round 1 for it and ends with what an uninterrupted run gets."""
+    s = CampaignSpec(intents=[Intent(id=f"i{k}", text=f"a red apple number {k}") for k in range(3)], search=SEARCH,
+                     concurrency=3)
+    flaky = FakeRenderer()
+    flaky.fail_on = "i1/r1/"
+    first = asyncio.run(CampaignRunner(s, s.search_config(), flaky, ScriptedLLM(flaky), CampaignStore(str(tmp_path / "a"))
+                                       ).run())
+    assert (first.intents_done, first.intents_failed) == (2, 1)
+    store = CampaignStore(str(tmp_path / "a"))
+    assert store.read_checkpoint("i1").rounds_done == 1 and store.read_checkpoint("i0") is None
+
+    renderer = FakeRenderer()
+    second = asyncio.run(CampaignRunner(s, s.search_config(), renderer, ScriptedLLM(renderer), store).run())
+    assert (second.state, second.intents_done, second.intents_skipped) == (CampaignState.done, 3, 2)
+    rendered = [r.request_id for call in renderer.calls for r in call]
+    assert rendered and all("/r1/" in rid for rid in rendered if rid.startswith("i1/"))  # round 0 not redone
+    assert store.read_checkpoint("i1") is None
+
+    clean = FakeRenderer()
+    reference = CampaignStore(str(tmp_path / "b"))
+    asyncio.run(CampaignRunner(s, s.search_config(), clean, ScriptedLLM(clean), reference).run())
+    resumed = {o.intent_id: o for o in store.iter_outcomes(["i0", "i1", "i2"])}
+    uninterrupted = {o.intent_id: o for o in reference.iter_outcomes(["i0", "i1", "i2"])}
+    assert resumed["i1"].resumed_from_round == 1 and resumed["i0"].resumed_from_round is None
+    assert resumed["i1"].search.best_score == uninterrupted["i1"].search.best_score
+    assert resumed["i1"].search.best_prompt == uninterrupted["i1"].search.best_prompt
