@@ -35,7 +35,7 @@ from pipelines.records import (
     Health,
     ModelsRecord,
 )
-from pipelines.store import CampaignStore, StoreFormatError, UnsafeName, campaign_store
+from pipelines.store import CampaignStore, RunningRegistry, StoreFormatError, UnsafeName, campaign_store
 from serving.clients import ServeLanguageModel, ServeRenderer
 from serving.deployments import build_diffusion_deployment, build_llm_deployment, merge_options
 from serving.presets import (
@@ -187,6 +187,14 @@ class CampaignIngress:
         self.llm = ServeLanguageModel(llm) if llm is not None else None
         self.limits = IngressConfig()
         self.runs: dict[str, tuple[CampaignRunner, asyncio.Task | None]] = {}
+        self.registry = RunningRegistry(config.store_root)
+        self.cancelled_by_user: set[str] = set()
+        # Campaigns a previous ingress was running when it died: resumed as soon as this one serves (Serve runs
+        # the constructor on the replica's event loop).
+        try:
+            self.resuming: asyncio.Task | None = asyncio.get_running_loop().create_task(self._resume_registered())
+        except RuntimeError:  # constructed outside an event loop (not under Serve): nothing to resume here
+            self.resuming = None
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         self.limits = IngressConfig.model_validate(user_config or {})
@@ -219,6 +227,9 @@ class CampaignIngress:
         except ValueError as exc:
             raise validation_error([{"loc": ("intents",), "msg": str(exc)}]) from exc
         limits.check(search, len(spec.intents or []), spec.baseline_fraction)
+        return await self._admit(spec, search)
+
+    async def _admit(self, spec: CampaignSpec, search: SearchConfig) -> CampaignAccepted:
         concurrency = spec.concurrency or intent_concurrency(search, await self.renderer.capacity())
         cid = spec.campaign_id()
         runner = CampaignRunner(spec, search, self.renderer, self.llm, self._store(cid), models=self.models,
@@ -248,12 +259,39 @@ class CampaignIngress:
         except BaseException:
             undo()
             raise
-        task = asyncio.create_task(runner.run())
+        await asyncio.to_thread(self.registry.add, cid, spec.model_dump_json().encode())
+        task = asyncio.create_task(self._run(runner))
         task.add_done_callback(_log_failure)
         self.runs[cid] = (runner, task)
         return CampaignAccepted(id=cid, state=runner.state, intents=len(spec.intents), resumed_intents=resumed,
                                 concurrency=concurrency, status_url=f"/v1/campaigns/{cid}",
                                 results_url=f"/v1/campaigns/{cid}/results")
+
+    async def _run(self, runner: CampaignRunner) -> None:
+        """Run a campaign; it leaves the durable registry when it ends or a user cancels it, and stays there when
+        the ingress stops (a replacement ingress resumes it)."""
+        try:
+            await runner.run()
+        except asyncio.CancelledError:
+            if runner.id in self.cancelled_by_user:
+                await asyncio.shield(asyncio.to_thread(self.registry.remove, runner.id))
+            raise
+        except BaseException:
+            await asyncio.to_thread(self.registry.remove, runner.id)
+            raise
+        await asyncio.to_thread(self.registry.remove, runner.id)
+
+    async def _resume_registered(self) -> None:
+        entries = await asyncio.to_thread(self.registry.entries)
+        for cid, data in sorted(entries.items()):
+            try:
+                spec = CampaignSpec.model_validate_json(data)
+                accepted = await self._admit(spec, spec.search_config(self.preset.defaults))
+                logger.info("resumed campaign %s (%d intents finished before)", cid, accepted.resumed_intents)
+            except Exception as exc:  # noqa: BLE001 - one unresumable campaign must not stop the others
+                logger.error("could not resume campaign %s: %s", cid, exc)
+                if not isinstance(exc, HTTPException) or exc.status_code != 429:
+                    await asyncio.to_thread(self.registry.remove, cid)
 
     @api.get("/v1/campaigns/{campaign_id}", response_model=CampaignStatus, dependencies=V1)
     async def status(self, campaign_id: str) -> CampaignStatus:
@@ -272,8 +310,9 @@ class CampaignIngress:
         def fold() -> CampaignStatus:  # a run that ended without compiling (its process died): fold the parts
             tally = CampaignTally.of((p.outcome for p in store.iter_parts(manifest.intent_ids)), manifest.intents)
             finished = tally.summary().intents_finished == manifest.intents
-            return tally.status(campaign_id, CampaignState.done if finished else CampaignState.cancelled,
-                                manifest.created_at)
+            # registered but not run here yet: this ingress is about to resume it
+            unfinished = CampaignState.running if self.registry.contains(campaign_id) else CampaignState.cancelled
+            return tally.status(campaign_id, CampaignState.done if finished else unfinished, manifest.created_at)
 
         return await asyncio.to_thread(fold)
 
@@ -318,6 +357,7 @@ class CampaignIngress:
         if task is None:
             raise HTTPException(409, f"campaign {campaign_id!r} is still starting; retry in a moment")
         if not task.done():
+            self.cancelled_by_user.add(campaign_id)
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
         return runner.status

@@ -248,3 +248,46 @@ class CampaignStore:
         with self.fs.open(self._p("lineage.jsonl"), "rb") as f:
             for line in f:
                 yield LineageRecord.model_validate_json(line)
+
+
+class RunningRegistry:
+    """The campaigns an ingress is running, durable in the store: ``<root>/.running/<campaign>.json`` holds each one's
+    spec from admission until it ends (done or failed) or a user cancels it. An ingress that starts resumes every
+    campaign listed there, so a killed ingress loses no campaign. (``.running`` cannot clash with a campaign: names
+    never start with a dot.)"""
+
+    def __init__(self, root: str):
+        self.fs, base = fsspec.core.url_to_fs(root)
+        self.dir = posixpath.join(base.rstrip("/"), ".running")
+
+    def add(self, campaign_id: str, spec_json: bytes) -> None:
+        self.fs.makedirs(self.dir, exist_ok=True)
+        path = posixpath.join(self.dir, f"{campaign_id}.json")
+        if isinstance(self.fs, LocalFileSystem):
+            tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+            self.fs.pipe_file(tmp, spec_json)
+            self.fs.mv(tmp, path)
+        else:
+            self.fs.pipe_file(path, spec_json)
+
+    def remove(self, campaign_id: str) -> None:
+        try:
+            self.fs.rm_file(posixpath.join(self.dir, f"{campaign_id}.json"))
+        except FileNotFoundError:
+            pass
+
+    def contains(self, campaign_id: str) -> bool:
+        return self.fs.exists(posixpath.join(self.dir, f"{campaign_id}.json"))
+
+    def entries(self) -> dict[str, bytes]:
+        """Campaign id -> its spec as submitted (JSON), for every registered campaign."""
+        try:
+            names = self.fs.ls(self.dir, detail=False)
+        except FileNotFoundError:
+            return {}
+        out = {}
+        for name in names:
+            base = posixpath.basename(name)
+            if base.endswith(".json") and is_safe_name(base[: -len(".json")]):
+                out[base[: -len(".json")]] = self.fs.cat_file(name)
+        return out

@@ -23,7 +23,7 @@ from pipelines.auth import AuthSettings, BearerAuth, check_bind
 from pipelines.campaign import CampaignRunner
 from pipelines.http import ApiError, install_error_handlers, parse_spec, read_body
 from pipelines.records import CampaignSpec, CampaignState, ErrorBody
-from pipelines.store import CampaignStore, UnsafeName, campaign_store
+from pipelines.store import CampaignStore, RunningRegistry, UnsafeName, campaign_store
 from serving.clients import RetryPolicy, ServeLanguageModel, ServeRenderer
 from serving.config import DiffusionEngineConfig
 from serving.deployments import DiffusionDeployment
@@ -388,3 +388,15 @@ def test_an_interrupted_intent_resumes_from_its_last_round_with_the_same_result(
     assert resumed["i1"].resumed_from_round == 1 and resumed["i0"].resumed_from_round is None
     assert resumed["i1"].search.best_score == uninterrupted["i1"].search.best_score
     assert resumed["i1"].search.best_prompt == uninterrupted["i1"].search.best_prompt
+
+
+def test_the_running_registry_lives_in_the_store_root_beside_the_campaigns(tmp_path):
+    registry = RunningRegistry(str(tmp_path))
+    assert registry.entries() == {} and not registry.contains("a") and tree(tmp_path) == []  # reads create nothing
+    spec = CampaignSpec(name="a", intents=[Intent(id="x", text="a cat")])
+    registry.add("a", spec.model_dump_json().encode())
+    assert registry.contains("a")
+    assert {k: CampaignSpec.model_validate_json(v) for k, v in registry.entries().items()} == {"a": spec}
+    registry.remove("a")
+    registry.remove("a")  # idempotent
+    assert registry.entries() == {} and tree(tmp_path) == [".running"]
