@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 import uuid
 from concurrent.futures import Future
 from pathlib import Path
@@ -26,6 +27,11 @@ class _Registered:
         self.instance = f"{type(self).__name__}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.state_dir.mkdir(parents=True, exist_ok=True)
         (self.state_dir / f"{self.instance}.alive").touch()
+
+    def _delay(self, kind: str) -> float:
+        """Seconds each call takes, from ``<state>/<kind>_delay_s`` when a test wrote one (to kill a replica mid-run)."""
+        path = self.state_dir / f"{kind}_delay_s"
+        return float(path.read_text()) if path.exists() else 0.0
 
     def _raise_if_dead(self) -> None:
         if (self.state_dir / f"{self.instance}.dead").exists():
@@ -53,6 +59,7 @@ class FakeDiffusionEngine(_Registered):
 
     def render(self, requests: list[RenderRequest]) -> list[RenderResult]:
         self._raise_if_dead()
+        time.sleep(self._delay("render"))
         ids = [r.request_id for r in requests]
         if len(set(ids)) != len(ids):  # as the real engine
             raise ValueError("request ids in one render call must be unique")
@@ -87,6 +94,7 @@ class FakeLLMEngine(_Registered):
 
     async def chat(self, request: ChatRequest) -> ChatResult:
         self._raise_if_dead()
+        await asyncio.sleep(self._delay("chat"))
         return await self._llm.chat(request)
 
     async def check_health(self) -> None:
