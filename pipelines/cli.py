@@ -14,11 +14,13 @@ from rich.console import Console
 from rich.table import Table
 
 from pipelines.world.cli import world_app
+from serving.safety.cli import app as verify_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Iterative prompt refinement for text-to-image.")
 models_app = typer.Typer(no_args_is_help=True, help="Model files and presets.")
 app.add_typer(models_app, name="models")
 app.add_typer(world_app, name="world")
+app.add_typer(verify_app)  # `promptbeam verify IMAGE`: its one command, at the top level
 console = Console(stderr=True)
 
 PRESET_HELP = "Model preset: a name in serving/presets/ (tiny, gpu, sdxl, flux-schnell) or a path to a .yaml."
