@@ -88,6 +88,8 @@ class RenderRequest(Message):
     guidance_scale: float = Field(default=0.0, ge=0.0, le=30.0, description="CFG scale; <= 1 disables CFG.")
     width: int = Field(default=64, description="Pixels, a positive multiple of 8.")
     height: int = Field(default=64, description="Pixels, a positive multiple of 8.")
+    campaign: str | None = Field(default=None, max_length=100, description="Campaign, for the image's provenance.")
+    intent: str | None = Field(default=None, max_length=128, description="Intent id, for the image's provenance.")
 
     @field_validator("prompt")
     @classmethod
@@ -141,6 +143,10 @@ class RenderResult(Message):
     steps: int
     batch_size: int = Field(description="How many images the pipeline call that drew this one produced.")
     render_seconds: float = Field(description="Wall time of that pipeline call.")
+    withheld_reason: str | None = Field(
+        default=None, description="Set when the output check flagged the image: ``png`` is then empty.",
+    )
+    nsfw_score: float | None = Field(default=None, description="The output check's score, when it ran.")
 
     @property
     def sha256(self) -> str:
@@ -290,6 +296,7 @@ class CallCounts(Message):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     images: int = Field(default=0, description="Images rendered.")
+    images_withheld: int = Field(default=0, description="Of those, images the output check withheld.")
     render_calls: int = Field(default=0, description="Calls to the renderer (each a list of requests).")
     render_seconds: float = Field(default=0.0, description="Sum of each image's share of its pipeline call's time.")
     critique_seconds: float = Field(default=0.0, description="Sum of the wall time of every critique.")

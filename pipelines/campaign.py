@@ -89,11 +89,13 @@ class CampaignRenderer:
 
     def __init__(self, renderer: Renderer, campaign_id: str):
         self.renderer = renderer
+        self.campaign_id = campaign_id
         self.prefix = f"{campaign_id}:"
 
     async def render(self, requests: list[RenderRequest]) -> list[RenderResult]:
         results = await self.renderer.render(
-            [r.model_copy(update={"request_id": self.prefix + r.request_id}) for r in requests]
+            [r.model_copy(update={"request_id": self.prefix + r.request_id, "campaign": self.campaign_id})
+             for r in requests]
         )
         return [r.model_copy(update={"request_id": r.request_id.removeprefix(self.prefix)}) for r in results]
 
@@ -275,6 +277,7 @@ class CampaignRunner:
                 metrics.inc(metrics.CANDIDATES, n, campaign=cid, status=status)
         if outcome.blocked:
             metrics.inc(metrics.CANDIDATES, outcome.blocked, campaign=cid, status="blocked")
+            metrics.inc(metrics.MODERATION_BLOCKED, outcome.blocked, campaign=cid)
         metrics.inc(metrics.ROUNDS, outcome.search.rounds, campaign=cid)
         for r, score in enumerate(outcome.search.best_score_per_round):
             if score is not None:

@@ -361,6 +361,7 @@ class CampaignSummary(Record):
     intents_failed: int = Field(default=0, description="Infrastructure failures in this run (retried on resume).")
     intents_skipped: int = Field(default=0, description="Finished in an earlier run (resume).")
     images_rendered: int = Field(default=0, description="Both arms.")
+    images_withheld: int = Field(default=0, description="Of those, images the output check withheld (both arms).")
     search_costs: CallCounts = Field(default_factory=CallCounts, description="Summed over intents: the search arm.")
     baseline_costs: CallCounts = Field(default_factory=CallCounts, description="Summed over intents: the baseline.")
     mean_best_score: float | None = None
@@ -441,7 +442,7 @@ class CampaignTally:
         self.intents_total = intents_total
         self.n_boot = n_boot
         self._counts: dict[str, int] = {"intents_done": 0, "intents_rejected": 0, "intents_failed": 0,
-                                        "intents_skipped": 0, "images_rendered": 0}
+                                        "intents_skipped": 0, "images_rendered": 0, "images_withheld": 0}
         self._costs = {"beam": CallCounts(), "best_of_n": CallCounts()}
         self._best_scores_sum = 0.0
         self._best_scores_n = 0
@@ -457,6 +458,7 @@ class CampaignTally:
             self._counts["intents_skipped"] += 1
         for arm in outcome.arms:
             self._counts["images_rendered"] += arm.counts.images
+            self._counts["images_withheld"] += arm.counts.images_withheld
             self._costs[arm.mode] = add_counts(self._costs[arm.mode], arm.counts)
         if outcome.search is not None and outcome.search.best_score is not None:
             self._best_scores_sum += outcome.search.best_score
