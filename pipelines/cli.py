@@ -346,7 +346,8 @@ def serve_cmd(
     preset: str = typer.Option(None, help=PRESET_HELP), config: Path = typer.Option(None, help=CONFIG_HELP),
     diffusion_model: str = typer.Option(None), llm_model: str = typer.Option(None),
     store: Path = typer.Option(None, help="Store root (default: the config's, else runs/serve)."),
-    port: int = typer.Option(8000), host: str = typer.Option("127.0.0.1", help="0.0.0.0 to listen on all interfaces."),
+    port: int = typer.Option(8000),
+    host: str = typer.Option("127.0.0.1", help="0.0.0.0 to listen on all interfaces (needs PROMPTBEAM_API_TOKEN)."),
 ) -> None:
     """Start the Serve app locally and keep it running (Ctrl-C stops it)."""
     import time
