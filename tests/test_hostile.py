@@ -100,7 +100,8 @@ def corpus() -> list[tuple[str, str, dict]]:
         out.append(("GET", f"/v1/campaigns/seed/images/{image}", {}))
     bodies = [
         b"\xff\xfe{\x00}\x00", b"\xc0\xaf", b'{"intents": [{"id": "a", "text": "\\udc00"}]}',
-        b'{"name": "\\ud800x", "intents": [{"id": "a", "text": "a cat"}]}', b'{"intents_jsonl": "{\\"id\\": \\"a\\", \\"text\\": \\"\\ud83d\\"}"}',
+        b'{"name": "\\ud800x", "intents": [{"id": "a", "text": "a cat"}]}',
+        b'{"intents_jsonl": "{\\"id\\": \\"a\\", \\"text\\": \\"\\ud83d\\"}"}',
         b"", b"null", b"[]", b'"a string"', b"{", b"[" * 50_000 + b"]" * 50_000, b'{"intents": 5}',
         b'{"intents": [], "intents": null}', b'{"intents_jsonl": "not json"}', b"{'single': 'quotes'}",
         spec(search={"guidance_scale": float("nan")}), spec(search={"rounds": 10**30}),

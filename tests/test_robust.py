@@ -361,16 +361,15 @@ def test_retries_are_bounded_and_other_errors_are_not_retried():
 
 
 def test_an_interrupted_intent_resumes_from_its_last_round_with_the_same_result(tmp_path):
-    """Round 1 of intent i1 fails (its renderer died): the intent is not committed, its round-0 checkpoint is. The resumed
-    run renders only round 1 for it and ends with what an uninterrupted run gets."""
+    """Round 1 of intent i1 fails (its renderer died): the intent is not committed, its round-0 checkpoint is. The
+    resumed run renders only round 1 for it and ends with what an uninterrupted run gets."""
     s = CampaignSpec(intents=[Intent(id=f"i{k}", text=f"a red apple number {k}") for k in range(3)], search=SEARCH,
                      concurrency=3)
     flaky = FakeRenderer()
     flaky.fail_on = "i1/r1/"
-    first = asyncio.run(CampaignRunner(s, s.search_config(), flaky, ScriptedLLM(flaky), CampaignStore(str(tmp_path / "a"))
-                                       ).run())
-    assert (first.intents_done, first.intents_failed) == (2, 1)
     store = CampaignStore(str(tmp_path / "a"))
+    first = asyncio.run(CampaignRunner(s, s.search_config(), flaky, ScriptedLLM(flaky), store).run())
+    assert (first.intents_done, first.intents_failed) == (2, 1)
     assert store.read_checkpoint("i1").rounds_done == 1 and store.read_checkpoint("i0") is None
 
     renderer = FakeRenderer()
