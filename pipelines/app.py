@@ -253,13 +253,13 @@ class CampaignIngress:
 
         try:
             resumed = await asyncio.to_thread(runner.prepare_store)
+            await asyncio.to_thread(self.registry.add, cid, spec.model_dump_json().encode())
         except (CampaignConflict, StoreFormatError) as exc:
             undo()
             raise HTTPException(409, str(exc)) from exc
         except BaseException:
             undo()
             raise
-        await asyncio.to_thread(self.registry.add, cid, spec.model_dump_json().encode())
         task = asyncio.create_task(self._run(runner))
         task.add_done_callback(_log_failure)
         self.runs[cid] = (runner, task)
