@@ -150,7 +150,8 @@ class DiffusionDeployment(_StopsEngineOnReplicaStop):
         for call in pending.calls:
             metrics.observe(metrics.RENDER_BATCH_SIZE, call.batch_size)
             metrics.observe(metrics.RENDER_LATENCY, call.seconds)
-            metrics.inc(metrics.RENDERER_BUSY_SECONDS, call.seconds)
+            if call.seconds > 0:  # Ray's counters refuse 0
+                metrics.inc(metrics.RENDERER_BUSY_SECONDS, call.seconds)
         return pending.futures
 
     def check_health(self) -> None:

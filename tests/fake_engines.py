@@ -68,13 +68,16 @@ class FakeDiffusionEngine(_Registered):
     def start_render(self, requests: list[RenderRequest]) -> PendingRender:
         """The real engine's two-stage interface: here every image is ready when the call returns."""
         self._renderer_batch_sizes.append(len(requests))
+        t0 = time.perf_counter()
+        results = self.render(requests)
+        seconds = time.perf_counter() - t0
         futures = []
-        for result in self.render(requests):
+        for result in results:
             future: Future = Future()
             future.set_result(result)
             futures.append(future)
         return PendingRender(futures=futures, calls=[PipelineCall(batch_size=len(requests),
-                                                                  padded_size=len(requests), seconds=0.0)])
+                                                                  padded_size=len(requests), seconds=seconds)])
 
     def info(self) -> RendererInfo:
         return RendererInfo(model=self.config.model, max_prompt_tokens=77, tokenizer="words+2")
