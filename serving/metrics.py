@@ -142,6 +142,8 @@ class Metrics:
 
 
 def inc(spec: MetricSpec, value: float = 1.0, **tags: str) -> None:
+    if value <= 0:  # nothing to count, and Ray's counters raise on 0 (e.g. a resumed campaign with nothing left to do)
+        return
     Metrics.get(spec).inc(value, tags=tags or None)
 
 
