@@ -6,6 +6,7 @@ tests/test_hostile.py."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 from pathlib import Path
@@ -242,9 +243,19 @@ class BatchingRenderer:
         return await self.fake.count_tokens(prompts)
 
 
-def test_campaigns_whose_intents_share_ids_share_render_batches_without_clashing(tmp_path, batching_outside_serve):
-    deployment = DiffusionDeployment(DiffusionEngineConfig(model=str(tmp_path / "state"), max_batch_size=16),
-                                     FakeDiffusionEngine)
+@pytest.fixture
+def deployment(tmp_path, batching_outside_serve):
+    """A diffusion deployment over the fake engine, shut down and collected outside any event loop afterwards (its
+    ``__del__`` would otherwise hand a shutdown coroutine to whichever test's loop is running)."""
+    made = DiffusionDeployment(DiffusionEngineConfig(model=str(tmp_path / "state"), max_batch_size=16),
+                               FakeDiffusionEngine)
+    yield made
+    asyncio.run(made.shutdown())
+    del made
+    gc.collect()
+
+
+def test_campaigns_whose_intents_share_ids_share_render_batches_without_clashing(tmp_path, deployment):
     deployment.reconfigure({"max_batch_size": 16, "batch_wait_timeout_s": 0.05})
 
     async def main():
@@ -262,8 +273,7 @@ def test_campaigns_whose_intents_share_ids_share_render_batches_without_clashing
     assert max(deployment.engine._renderer_batch_sizes) > 4  # campaigns really met in one batch
 
 
-def test_one_bad_request_fails_alone_in_its_batch(tmp_path, batching_outside_serve):
-    deployment = DiffusionDeployment(DiffusionEngineConfig(model=str(tmp_path), max_batch_size=8), FakeDiffusionEngine)
+def test_one_bad_request_fails_alone_in_its_batch(deployment):
     deployment.engine._renderer.fail_on = "poison"
 
     async def main():
