@@ -155,7 +155,8 @@ def test_a_hostile_corpus_gets_4xx_with_reasons_and_writes_nothing_outside_the_s
         for method, path, kw in requests:
             resp = client.request(method, path, **kw)
             check_answer(resp, set(range(400, 500)))
-        assert sorted(p.name for p in hostile_app.store.iterdir()) == before == ["seed"]
+        assert sorted(p.name for p in hostile_app.store.iterdir()) == before == [".running", "seed"]
+        assert list((hostile_app.store / ".running").iterdir()) == []  # 'seed' ended: no campaign left registered
         assert outside(hostile_app) == []
         too_many = client.get("/v1/campaigns/seed/results", params={"limit": 10**6})
         assert too_many.status_code == 422 and ErrorBody.model_validate_json(too_many.content).errors[0].field == \
