@@ -11,6 +11,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+SAFE_NAME = r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$"
+"""Names that become file or folder names (campaign names, intent ids): letters, digits and ``_.-``, not starting with
+a dot, so never ``.``/``..``, a hidden file, a path separator or a NUL. Lengths are bounded where each is used."""
 MAX_PROMPT_CHARS = 1000
 """Longest prompt (intent text, rewrite or negative prompt) accepted anywhere. CLIP reads 77 tokens; T5-based
 pipelines read more; beyond this a rewrite is rambling, not refining."""
@@ -54,7 +57,8 @@ class IntentChecks(Message):
 class Intent(Message):
     """What a user wants to see. The critic always scores against this text, never a rewrite of it."""
 
-    id: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.\-]+$", description="Unique within a campaign.")
+    id: str = Field(min_length=1, max_length=128, pattern=SAFE_NAME,
+                    description="Unique within a campaign; letters, digits, '_.-', not starting with a dot.")
     text: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
     negative_prompt: str | None = Field(default=None, max_length=MAX_PROMPT_CHARS)
     checks: IntentChecks | None = None
@@ -84,6 +88,8 @@ class RenderRequest(Message):
     guidance_scale: float = Field(default=0.0, ge=0.0, le=30.0, description="CFG scale; <= 1 disables CFG.")
     width: int = Field(default=64, description="Pixels, a positive multiple of 8.")
     height: int = Field(default=64, description="Pixels, a positive multiple of 8.")
+    campaign: str | None = Field(default=None, max_length=100, description="Campaign, for the image's provenance.")
+    intent: str | None = Field(default=None, max_length=128, description="Intent id, for the image's provenance.")
 
     @field_validator("prompt")
     @classmethod
@@ -137,6 +143,10 @@ class RenderResult(Message):
     steps: int
     batch_size: int = Field(description="How many images the pipeline call that drew this one produced.")
     render_seconds: float = Field(description="Wall time of that pipeline call.")
+    withheld_reason: str | None = Field(
+        default=None, description="Set when the output check flagged the image: ``png`` is then empty.",
+    )
+    nsfw_score: float | None = Field(default=None, description="The output check's score, when it ran.")
 
     @property
     def sha256(self) -> str:
@@ -286,6 +296,7 @@ class CallCounts(Message):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     images: int = Field(default=0, description="Images rendered.")
+    images_withheld: int = Field(default=0, description="Of those, images the output check withheld.")
     render_calls: int = Field(default=0, description="Calls to the renderer (each a list of requests).")
     render_seconds: float = Field(default=0.0, description="Sum of each image's share of its pipeline call's time.")
     critique_seconds: float = Field(default=0.0, description="Sum of the wall time of every critique.")

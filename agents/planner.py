@@ -371,7 +371,8 @@ class BeamSearchPlanner:
         cfg = self.config
         requests = [
             RenderRequest(request_id=c.id, prompt=c.prompt, negative_prompt=state.intent.negative_prompt, seed=c.seed,
-                          steps=cfg.steps, guidance_scale=cfg.guidance_scale, width=cfg.width, height=cfg.height)
+                          steps=cfg.steps, guidance_scale=cfg.guidance_scale, width=cfg.width, height=cfg.height,
+                          intent=state.intent.id)
             for c in candidates
         ]
         # Infrastructure errors (renderer down, bad request) raise: they are not the model's fault.
@@ -382,7 +383,13 @@ class BeamSearchPlanner:
             c.timings["render_s"] = res.render_seconds
             c.timings["render_share_s"] = res.render_seconds / res.batch_size  # this image's share of the call
             arm.counts.render_seconds += c.timings["render_share_s"]
-        await asyncio.gather(*(self._store_and_critique(state, arm, c, res.png) for c, res in zip(candidates, results)))
+        withheld = [(c, res) for c, res in zip(candidates, results) if res.withheld_reason is not None]
+        for c, res in withheld:  # the output check kept its pixels: no image, no score, never in the beam
+            c.status = CandidateStatus.blocked
+            c.error = f"output check: {res.withheld_reason}"
+            arm.counts.images_withheld += 1
+        kept = [(c, res) for c, res in zip(candidates, results) if res.withheld_reason is None]
+        await asyncio.gather(*(self._store_and_critique(state, arm, c, res.png) for c, res in kept))
         scored = [c.score for c in candidates if c.score is not None]
         arm.best_score_per_round.append(max(scored) if scored else None)
 

@@ -12,18 +12,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, HTTPException, Query
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ray import serve
 
+from agents.config import SearchConfig
+from pipelines.auth import AuthSettings, BearerAuth, check_bind
 from pipelines.campaign import CampaignConflict, CampaignRunner, intent_concurrency
+from pipelines.http import ApiError, install_error_handlers, parse_spec, read_body, validation_error
 from pipelines.records import (
-    NAME_PATTERN,
+    MAX_INTENTS,
     CampaignAccepted,
     CampaignSpec,
     CampaignState,
@@ -32,7 +35,7 @@ from pipelines.records import (
     Health,
     ModelsRecord,
 )
-from pipelines.store import CampaignStore, StoreFormatError
+from pipelines.store import CampaignStore, RunningRegistry, StoreFormatError, UnsafeName, campaign_store
 from serving.clients import ServeLanguageModel, ServeRenderer
 from serving.deployments import build_diffusion_deployment, build_llm_deployment, merge_options
 from serving.presets import (
@@ -88,6 +91,33 @@ class IngressConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     max_running_campaigns: int = Field(default=4, ge=1, le=1000, description="Beyond this, submissions get 429.")
+    retry_after_s: int = Field(default=30, ge=1, le=3600, description="The Retry-After a 429 carries.")
+    max_body_bytes: int = Field(default=16 * 2**20, ge=1024, le=2**30,
+                                description="Largest submission body; larger ones get 413 before being parsed.")
+    max_intents: int = Field(default=10_000, ge=1, le=MAX_INTENTS, description="Most intents in one campaign.")
+    max_image_side: int = Field(default=1024, ge=8, le=4096, description="Largest width or height a campaign sets.")
+    max_steps: int = Field(default=50, ge=1, le=200, description="Most denoising steps a campaign sets.")
+    max_images_per_campaign: int = Field(
+        default=1_000_000, ge=1, le=10**9,
+        description="Most images a campaign may render: intents x max_images x arms (2 with the baseline).",
+    )
+
+    def check(self, search: SearchConfig, intents: int, baseline_share: float) -> None:
+        """Raise :class:`ApiError` 422 naming the first search setting over the operator's bounds."""
+        images = intents * search.max_images * (1 + (baseline_share if search.run_baseline else 0))
+        problems = [
+            (f"search.{side}", f"{getattr(search, side)} pixels is over this endpoint's max_image_side "
+                               f"{self.max_image_side}")
+            for side in ("width", "height") if getattr(search, side) > self.max_image_side
+        ]
+        if search.steps > self.max_steps:
+            problems.append(("search.steps", f"{search.steps} steps is over this endpoint's max_steps {self.max_steps}"))
+        if images > self.max_images_per_campaign:
+            problems.append(("search.max_images", f"{intents} intents x {search.max_images} images x arms = "
+                                                  f"{images:.0f} images, over max_images_per_campaign "
+                                                  f"{self.max_images_per_campaign}"))
+        if problems:
+            raise validation_error([{"loc": (f,), "msg": r} for f, r in problems])
 
 
 INGRESS_OPTIONS: dict[str, Any] = {
@@ -100,9 +130,31 @@ INGRESS_OPTIONS: dict[str, Any] = {
 
 api = FastAPI(
     title="promptbeam",
-    description="Submit text-to-image prompt-refinement campaigns; get every image with its lineage.",
+    description="Submit text-to-image prompt-refinement campaigns; get every image with its lineage. With a token "
+    "configured, /v1 routes need `Authorization: Bearer <token>`.",
     version="0.2.0",
 )
+install_error_handlers(api)
+API_AUTH = BearerAuth()
+"""The /v1 routes' dependency; the ingress sets its token from :class:`AuthSettings` when it starts."""
+V1 = [Depends(API_AUTH)]
+
+
+def _openapi() -> dict[str, Any]:
+    """The submission body is read by hand (size limit, parsing off the event loop); document it as CampaignSpec."""
+    if api.openapi_schema is None:
+        schema = get_openapi(title=api.title, version=api.version, description=api.description, routes=api.routes)
+        spec = CampaignSpec.model_json_schema(ref_template="#/components/schemas/{model}")
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        components.update(spec.pop("$defs", {}))
+        components["CampaignSpec"] = spec
+        api.openapi_schema = schema
+    return api.openapi_schema
+
+
+api.openapi = _openapi  # type: ignore[method-assign]
+SPEC_BODY = {"requestBody": {"required": True, "content": {"application/json": {
+    "schema": {"$ref": "#/components/schemas/CampaignSpec"}}}}}
 
 
 def _log_failure(task: asyncio.Task) -> None:
@@ -111,13 +163,23 @@ def _log_failure(task: asyncio.Task) -> None:
         logger.error("campaign task failed: %r", task.exception())
 
 
-def _errors(exc: ValidationError) -> str:
-    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in exc.errors(include_url=False))
+def _serve_http_host() -> str | None:
+    """The address Serve's HTTP proxy binds (from the controller), or None when it cannot be asked."""
+    try:
+        from ray.serve.context import _get_global_client
+
+        return _get_global_client().http_config.host
+    except Exception:  # noqa: BLE001 - outside Serve, or a Ray without this API: the caller assumes the worst
+        return None
 
 
 @serve.ingress(api)
 class CampaignIngress:
     def __init__(self, diffusion, llm, config: AppConfig):
+        auth = AuthSettings()
+        token = auth.token()
+        check_bind(_serve_http_host() or "0.0.0.0", token, auth)
+        API_AUTH.token = token
         self.config = config
         self.preset = config.resolve()
         self.models = ModelsRecord.of(self.preset)
@@ -125,29 +187,49 @@ class CampaignIngress:
         self.llm = ServeLanguageModel(llm) if llm is not None else None
         self.limits = IngressConfig()
         self.runs: dict[str, tuple[CampaignRunner, asyncio.Task | None]] = {}
+        self.registry = RunningRegistry(config.store_root)
+        self.cancelled_by_user: set[str] = set()
+        # Campaigns a previous ingress was running when it died: resumed as soon as this one serves (Serve runs
+        # the constructor on the replica's event loop).
+        try:
+            self.resuming: asyncio.Task | None = asyncio.get_running_loop().create_task(self._resume_registered())
+        except RuntimeError:  # constructed outside an event loop (not under Serve): nothing to resume here
+            self.resuming = None
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         self.limits = IngressConfig.model_validate(user_config or {})
 
     def _store(self, campaign_id: str) -> CampaignStore:
-        if not re.match(NAME_PATTERN, campaign_id):
-            raise HTTPException(404, f"no campaign {campaign_id!r}")
-        return CampaignStore(f"{self.config.store_root.rstrip('/')}/{campaign_id}")
+        try:
+            return campaign_store(self.config.store_root, campaign_id)
+        except UnsafeName as exc:
+            raise HTTPException(404, f"no campaign {campaign_id[:120]!r}: {exc}") from exc
 
     def _running(self) -> list[str]:
         return [cid for cid, (_, task) in self.runs.items() if task is None or not task.done()]
 
-    @api.post("/v1/campaigns", status_code=202, response_model=CampaignAccepted)
-    async def submit(self, spec: CampaignSpec) -> CampaignAccepted:
-        """Start (or resume) a campaign. Resubmitting the same campaign resumes it: finished intents are skipped."""
+    @api.post("/v1/campaigns", status_code=202, response_model=CampaignAccepted, dependencies=V1,
+              openapi_extra=SPEC_BODY)
+    async def submit(self, request: Request) -> CampaignAccepted:
+        """Start (or resume) a campaign (a CampaignSpec as JSON). Resubmitting the same campaign resumes it: finished
+        intents are skipped. 413 over the body limit, 422 naming the field over a limit, 429 (with Retry-After) while
+        the running-campaign limit is reached."""
+        limits = self.limits
+        body = await read_body(request, limits.max_body_bytes)
+        spec = await asyncio.to_thread(parse_spec, body, request.headers.get("content-type"), limits.max_intents)
         if spec.preset is not None and spec.preset != self.preset.name:
-            raise HTTPException(422, f"this endpoint serves preset {self.preset.name!r}, not {spec.preset!r}")
+            raise HTTPException(422, f"this endpoint serves preset {self.preset.name!r}, not {spec.preset[:100]!r}")
         try:
-            search = spec.search_config(self.preset.defaults)
+            search = await asyncio.to_thread(spec.search_config, self.preset.defaults)
         except ValidationError as exc:
-            raise HTTPException(422, f"invalid search config: {_errors(exc)}") from exc
+            errors = [{**e, "loc": ("search", *e["loc"])} for e in exc.errors(include_url=False, include_input=False)]
+            raise validation_error(errors) from exc
         except ValueError as exc:
-            raise HTTPException(422, str(exc)) from exc
+            raise validation_error([{"loc": ("intents",), "msg": str(exc)}]) from exc
+        limits.check(search, len(spec.intents or []), spec.baseline_fraction)
+        return await self._admit(spec, search)
+
+    async def _admit(self, spec: CampaignSpec, search: SearchConfig) -> CampaignAccepted:
         concurrency = spec.concurrency or intent_concurrency(search, await self.renderer.capacity())
         cid = spec.campaign_id()
         runner = CampaignRunner(spec, search, self.renderer, self.llm, self._store(cid), models=self.models,
@@ -158,7 +240,8 @@ class CampaignIngress:
             raise HTTPException(409, f"campaign {cid!r} is already running")
         if len(running) >= self.limits.max_running_campaigns:
             raise HTTPException(429, f"{len(running)} campaigns are running; the limit is "
-                                     f"{self.limits.max_running_campaigns}. Retry later.")
+                                     f"{self.limits.max_running_campaigns}. Retry later.",
+                                headers={"Retry-After": str(self.limits.retry_after_s)})
         previous = self.runs.get(cid)
         self.runs[cid] = (runner, None)
 
@@ -170,20 +253,47 @@ class CampaignIngress:
 
         try:
             resumed = await asyncio.to_thread(runner.prepare_store)
+            await asyncio.to_thread(self.registry.add, cid, spec.model_dump_json().encode())
         except (CampaignConflict, StoreFormatError) as exc:
             undo()
             raise HTTPException(409, str(exc)) from exc
         except BaseException:
             undo()
             raise
-        task = asyncio.create_task(runner.run())
+        task = asyncio.create_task(self._run(runner))
         task.add_done_callback(_log_failure)
         self.runs[cid] = (runner, task)
         return CampaignAccepted(id=cid, state=runner.state, intents=len(spec.intents), resumed_intents=resumed,
                                 concurrency=concurrency, status_url=f"/v1/campaigns/{cid}",
                                 results_url=f"/v1/campaigns/{cid}/results")
 
-    @api.get("/v1/campaigns/{campaign_id}", response_model=CampaignStatus)
+    async def _run(self, runner: CampaignRunner) -> None:
+        """Run a campaign; it leaves the durable registry when it ends or a user cancels it, and stays there when
+        the ingress stops (a replacement ingress resumes it)."""
+        try:
+            await runner.run()
+        except asyncio.CancelledError:
+            if runner.id in self.cancelled_by_user:
+                await asyncio.shield(asyncio.to_thread(self.registry.remove, runner.id))
+            raise
+        except BaseException:
+            await asyncio.to_thread(self.registry.remove, runner.id)
+            raise
+        await asyncio.to_thread(self.registry.remove, runner.id)
+
+    async def _resume_registered(self) -> None:
+        entries = await asyncio.to_thread(self.registry.entries)
+        for cid, data in sorted(entries.items()):
+            try:
+                spec = CampaignSpec.model_validate_json(data)
+                accepted = await self._admit(spec, spec.search_config(self.preset.defaults))
+                logger.info("resumed campaign %s (%d intents finished before)", cid, accepted.resumed_intents)
+            except Exception as exc:  # noqa: BLE001 - one unresumable campaign must not stop the others
+                logger.error("could not resume campaign %s: %s", cid, exc)
+                if not isinstance(exc, HTTPException) or exc.status_code != 429:
+                    await asyncio.to_thread(self.registry.remove, cid)
+
+    @api.get("/v1/campaigns/{campaign_id}", response_model=CampaignStatus, dependencies=V1)
     async def status(self, campaign_id: str) -> CampaignStatus:
         """Progress and statistics (constant size): intents done/failed/rejected/total, images and costs per arm,
         mean improvement over the baseline with its 95% interval. Per-intent scores: GET .../results."""
@@ -200,12 +310,13 @@ class CampaignIngress:
         def fold() -> CampaignStatus:  # a run that ended without compiling (its process died): fold the parts
             tally = CampaignTally.of((p.outcome for p in store.iter_parts(manifest.intent_ids)), manifest.intents)
             finished = tally.summary().intents_finished == manifest.intents
-            return tally.status(campaign_id, CampaignState.done if finished else CampaignState.cancelled,
-                                manifest.created_at)
+            # registered but not run here yet: this ingress is about to resume it
+            unfinished = CampaignState.running if self.registry.contains(campaign_id) else CampaignState.cancelled
+            return tally.status(campaign_id, CampaignState.done if finished else unfinished, manifest.created_at)
 
         return await asyncio.to_thread(fold)
 
-    @api.get("/v1/campaigns/{campaign_id}/results")
+    @api.get("/v1/campaigns/{campaign_id}/results", dependencies=V1)
     async def results(
         self,
         campaign_id: str,
@@ -228,24 +339,25 @@ class CampaignIngress:
             headers["Link"] = f'</v1/campaigns/{campaign_id}/results?offset={offset + limit}&limit={limit}>; rel="next"'
         return StreamingResponse(lines(), media_type="application/x-ndjson", headers=headers)
 
-    @api.get("/v1/campaigns/{campaign_id}/images/{name}")
+    @api.get("/v1/campaigns/{campaign_id}/images/{name}", dependencies=V1)
     async def image(self, campaign_id: str, name: str) -> Response:
         store = self._store(campaign_id)
         try:
             png = await asyncio.to_thread(store.read_image, name)
         except FileNotFoundError as exc:
-            raise HTTPException(404, f"no image {name!r} in campaign {campaign_id!r}") from exc
+            raise HTTPException(404, f"no image {name[:120]!r} in campaign {campaign_id!r}") from exc
         return Response(png, media_type="image/png")
 
-    @api.delete("/v1/campaigns/{campaign_id}", response_model=CampaignStatus)
+    @api.delete("/v1/campaigns/{campaign_id}", response_model=CampaignStatus, dependencies=V1)
     async def cancel(self, campaign_id: str) -> CampaignStatus:
         """Cancel a running campaign. Finished intents stay; resubmitting resumes it."""
         if campaign_id not in self.runs:
-            raise HTTPException(404, f"no running campaign {campaign_id!r}")
+            raise HTTPException(404, f"no running campaign {campaign_id[:120]!r}")
         runner, task = self.runs[campaign_id]
         if task is None:
             raise HTTPException(409, f"campaign {campaign_id!r} is still starting; retry in a moment")
         if not task.done():
+            self.cancelled_by_user.add(campaign_id)
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
         return runner.status

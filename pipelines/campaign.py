@@ -17,7 +17,7 @@ from typing import Any
 
 from agents.config import SearchConfig
 from agents.critic import Critic
-from agents.messages import Intent
+from agents.messages import Intent, RendererInfo, RenderRequest, RenderResult, SearchCheckpoint
 from agents.planner import BeamSearchPlanner, IntentRejected
 from agents.ports import LanguageModel, Renderer
 from agents.rewriter import Rewriter
@@ -82,6 +82,30 @@ def make_agent(kind: str, llm_backed: type, llm: LanguageModel | None, config: A
     return import_object(kind)(llm, config)
 
 
+class CampaignRenderer:
+    """The renderer as one campaign sees it: request ids carry the campaign's id, so two campaigns whose candidates share
+    ids (intents are named by their users) never meet with the same id in a render batch; results come back with the
+    planner's own ids."""
+
+    def __init__(self, renderer: Renderer, campaign_id: str):
+        self.renderer = renderer
+        self.campaign_id = campaign_id
+        self.prefix = f"{campaign_id}:"
+
+    async def render(self, requests: list[RenderRequest]) -> list[RenderResult]:
+        results = await self.renderer.render(
+            [r.model_copy(update={"request_id": self.prefix + r.request_id, "campaign": self.campaign_id})
+             for r in requests]
+        )
+        return [r.model_copy(update={"request_id": r.request_id.removeprefix(self.prefix)}) for r in results]
+
+    async def info(self) -> RendererInfo:
+        return await self.renderer.info()
+
+    async def count_tokens(self, prompts: list[str]) -> list[int]:
+        return await self.renderer.count_tokens(prompts)
+
+
 class CampaignRunner:
     """Runs a campaign's unfinished intents with bounded concurrency and commits each to the store as it finishes.
 
@@ -102,7 +126,7 @@ class CampaignRunner:
     ):
         self.spec = spec
         self.search = search
-        self.renderer = renderer
+        self.renderer = CampaignRenderer(renderer, spec.campaign_id())
         self.store = store
         self.models = models
         self.concurrency = concurrency or spec.concurrency or 8
@@ -148,10 +172,17 @@ class CampaignRunner:
         return len(self.store.done_intents())
 
     async def run(self) -> CampaignStatus:
-        if not self._prepared:
-            await asyncio.to_thread(self.prepare_store)
-        done = await asyncio.to_thread(self.store.done_intents)
-        await asyncio.to_thread(self._fold_finished)
+        try:
+            if not self._prepared:
+                await asyncio.to_thread(self.prepare_store)
+            done = await asyncio.to_thread(self.store.done_intents)
+            await asyncio.to_thread(self._fold_finished)
+        except Exception as exc:  # before the first intent: the status says failed and why, never 'running'
+            logger.exception("campaign %s could not start", self.id)
+            self.tally.note(f"campaign could not start: {type(exc).__name__}: {exc}")
+            self.state = CampaignState.failed
+            self.finished_at = time.time()
+            raise
         todo = [i for i in self.spec.intents if i.id not in done]
         metrics.inc(metrics.INTENTS_SUBMITTED, len(todo), campaign=self.id)
         pending = iter(todo)
@@ -188,12 +219,21 @@ class CampaignRunner:
         async def sink(candidate, png: bytes) -> str:
             return await asyncio.to_thread(self.store.write_image, candidate.id, png)
 
+        async def on_round(checkpoint: SearchCheckpoint) -> None:
+            await asyncio.to_thread(self.store.write_checkpoint, checkpoint)
+
         planner = BeamSearchPlanner(self.renderer, self.rewriter, self.critic, self.search, image_sink=sink)
         try:
+            # an intent interrupted earlier (crash, failed render after its retries) continues after its last round
+            checkpoint = await asyncio.to_thread(self.store.read_checkpoint, intent.id)
             search, baseline = await planner.run_with_baseline(
-                intent, baseline=self.spec.runs_baseline(intent.id, self.search)
+                intent, baseline=self.spec.runs_baseline(intent.id, self.search), checkpoint=checkpoint,
+                on_round=on_round,
             )
-            part = IntentPart(outcome=IntentOutcome.done(search, baseline), lineage=lineage_of(search, baseline))
+            outcome = IntentOutcome.done(search, baseline)
+            if checkpoint is not None:
+                outcome = outcome.model_copy(update={"resumed_from_round": checkpoint.rounds_done})
+            part = IntentPart(outcome=outcome, lineage=lineage_of(search, baseline))
         except IntentRejected as exc:
             part = IntentPart(outcome=IntentOutcome.rejected(intent, str(exc)))
         except asyncio.CancelledError:
@@ -204,6 +244,7 @@ class CampaignRunner:
             metrics.inc(metrics.INTENTS_FINISHED, campaign=self.id, status="failed")
             return
         await asyncio.to_thread(self.store.write_part, part)
+        await asyncio.to_thread(self.store.clear_checkpoint, intent.id)
         self.tally.fold(part.outcome)
         self._record_metrics(part.outcome, part.lineage)
         if self.on_intent_done:
@@ -236,6 +277,7 @@ class CampaignRunner:
                 metrics.inc(metrics.CANDIDATES, n, campaign=cid, status=status)
         if outcome.blocked:
             metrics.inc(metrics.CANDIDATES, outcome.blocked, campaign=cid, status="blocked")
+            metrics.inc(metrics.MODERATION_BLOCKED, outcome.blocked, campaign=cid)
         metrics.inc(metrics.ROUNDS, outcome.search.rounds, campaign=cid)
         for r, score in enumerate(outcome.search.best_score_per_round):
             if score is not None:

@@ -14,11 +14,13 @@ from rich.console import Console
 from rich.table import Table
 
 from pipelines.world.cli import world_app
+from serving.safety.cli import app as verify_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Iterative prompt refinement for text-to-image.")
 models_app = typer.Typer(no_args_is_help=True, help="Model files and presets.")
 app.add_typer(models_app, name="models")
 app.add_typer(world_app, name="world")
+app.add_typer(verify_app)  # `promptbeam verify IMAGE`: its one command, at the top level
 console = Console(stderr=True)
 
 PRESET_HELP = "Model preset: a name in serving/presets/ (tiny, gpu, sdxl, flux-schnell) or a path to a .yaml."
@@ -344,7 +346,8 @@ def serve_cmd(
     preset: str = typer.Option(None, help=PRESET_HELP), config: Path = typer.Option(None, help=CONFIG_HELP),
     diffusion_model: str = typer.Option(None), llm_model: str = typer.Option(None),
     store: Path = typer.Option(None, help="Store root (default: the config's, else runs/serve)."),
-    port: int = typer.Option(8000), host: str = typer.Option("127.0.0.1", help="0.0.0.0 to listen on all interfaces."),
+    port: int = typer.Option(8000),
+    host: str = typer.Option("127.0.0.1", help="0.0.0.0 to listen on all interfaces (needs PROMPTBEAM_API_TOKEN)."),
 ) -> None:
     """Start the Serve app locally and keep it running (Ctrl-C stops it)."""
     import time

@@ -8,6 +8,7 @@
     CampaignSummary   counts, per-arm costs and paired statistics over the finished intents (constant size)
     CampaignStatus    the summary with state and times: what GET /v1/campaigns/{id} returns
     CampaignAccepted  the answer to a submission
+    ErrorBody         every error answer: a one-line detail and the fields at fault (FieldError)
     Health            the ingress's liveness answer
     CampaignTally     the one fold: outcome by outcome into a CampaignSummary (runner, ingress, store, report, CLI)
 
@@ -26,13 +27,14 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from agents.config import CriticConfig, RewriterConfig, SearchConfig
-from agents.messages import CallCounts, Candidate, Intent, SearchResult
+from agents.messages import SAFE_NAME, CallCounts, Candidate, Intent, SearchResult
 from agents.planner import baseline_fraction, baseline_sampled, check_intent
 from agents.stats import TIE_EPS, PairedSummary, paired_summary
 from serving.presets import ModelPreset, RenderDefaults, partial_model
 
 MAX_INTENTS = 100_000
-NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,99}$"
+NAME_PATTERN = SAFE_NAME
+MAX_NAME_CHARS = 100
 """Campaign names: letters, digits, ``_.-``, not starting with a dot (a name becomes a folder in the store)."""
 STORE_FORMAT = 2
 """Version of the stored records' layout; a store written in another layout is refused with a clear message."""
@@ -71,7 +73,7 @@ class CampaignSpec(Record):
     """What a user submits. Give intents inline or as JSONL text (one Intent object per line)."""
 
     name: str | None = Field(
-        default=None, pattern=NAME_PATTERN,
+        default=None, pattern=NAME_PATTERN, min_length=1, max_length=MAX_NAME_CHARS,
         description="Campaign id. Default: a hash of the intents and config, so resubmitting resumes.",
     )
     intents: list[Intent] | None = Field(default=None, max_length=MAX_INTENTS)
@@ -284,6 +286,9 @@ class IntentOutcome(Record):
     )
     checks: list[str] = Field(default_factory=list, description="The yes/no questions both arms were scored on.")
     blocked: int = Field(default=0, description="Rewrites refused by the output filter or moderation.")
+    resumed_from_round: int | None = Field(
+        default=None, description="Set when this intent continued from a checkpoint: the rounds finished before.",
+    )
 
     @classmethod
     def done(cls, search: SearchResult, baseline: SearchResult | None) -> IntentOutcome:
@@ -356,6 +361,7 @@ class CampaignSummary(Record):
     intents_failed: int = Field(default=0, description="Infrastructure failures in this run (retried on resume).")
     intents_skipped: int = Field(default=0, description="Finished in an earlier run (resume).")
     images_rendered: int = Field(default=0, description="Both arms.")
+    images_withheld: int = Field(default=0, description="Of those, images the output check withheld (both arms).")
     search_costs: CallCounts = Field(default_factory=CallCounts, description="Summed over intents: the search arm.")
     baseline_costs: CallCounts = Field(default_factory=CallCounts, description="Summed over intents: the baseline.")
     mean_best_score: float | None = None
@@ -398,6 +404,20 @@ class CampaignAccepted(Record):
     results_url: str
 
 
+class FieldError(Record):
+    """One reason a submission was refused: where (``search.rounds``, ``intents.3.id``) and why, never the input."""
+
+    field: str
+    reason: str
+
+
+class ErrorBody(Record):
+    """Every error the API returns: a one-line ``detail`` and, for validation failures, the fields."""
+
+    detail: str
+    errors: list[FieldError] | None = None
+
+
 class Health(Record):
     """GET /healthz: liveness, the models served and the app's code version (in-place updates keep it)."""
 
@@ -422,7 +442,7 @@ class CampaignTally:
         self.intents_total = intents_total
         self.n_boot = n_boot
         self._counts: dict[str, int] = {"intents_done": 0, "intents_rejected": 0, "intents_failed": 0,
-                                        "intents_skipped": 0, "images_rendered": 0}
+                                        "intents_skipped": 0, "images_rendered": 0, "images_withheld": 0}
         self._costs = {"beam": CallCounts(), "best_of_n": CallCounts()}
         self._best_scores_sum = 0.0
         self._best_scores_n = 0
@@ -438,6 +458,7 @@ class CampaignTally:
             self._counts["intents_skipped"] += 1
         for arm in outcome.arms:
             self._counts["images_rendered"] += arm.counts.images
+            self._counts["images_withheld"] += arm.counts.images_withheld
             self._costs[arm.mode] = add_counts(self._costs[arm.mode], arm.counts)
         if outcome.search is not None and outcome.search.best_score is not None:
             self._best_scores_sum += outcome.search.best_score
@@ -451,7 +472,12 @@ class CampaignTally:
         """An infrastructure failure: counted, its reason kept (the last few), nothing committed."""
         self._cached = None
         self._counts["intents_failed"] += 1
-        self.errors = (self.errors + [f"{intent_id}: {error}"[:300]])[-MAX_ERRORS:]
+        self.note(f"{intent_id}: {error}")
+
+    def note(self, error: str) -> None:
+        """An error that is no intent's (e.g. the store could not be read): kept with the last few, not counted."""
+        self._cached = None
+        self.errors = (self.errors + [error[:300]])[-MAX_ERRORS:]
 
     def summary(self) -> CampaignSummary:
         """The summary so far (bootstrap intervals recomputed only after new outcomes)."""

@@ -5,6 +5,7 @@ Layout of one campaign::
     manifest.json           Manifest: resolved configs, models, package versions, seeds, the resume fingerprint
     images/<candidate>.png  every rendered image (search and baseline)
     parts/<intent>.json     IntentPart, one per finished intent: its outcome and its lineage
+    checkpoints/<intent>.json  SearchCheckpoint after an unfinished intent's last finished round (deleted once done)
     results.jsonl           one IntentOutcome per line   } compiled from parts/ in campaign order when a run ends,
     lineage.jsonl           one LineageRecord per line   } so they never hold duplicates or half-written lines
     status.json             CampaignStatus of the last run that ended (counts and statistics, constant size)
@@ -19,7 +20,9 @@ Constructing a store touches nothing; reads never create anything; :meth:`create
 from __future__ import annotations
 
 import json
+import os
 import posixpath
+import re
 import uuid
 from collections.abc import Iterable, Iterator
 
@@ -27,11 +30,51 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 from pydantic import ValidationError
 
-from pipelines.records import STORE_FORMAT, CampaignStatus, IntentOutcome, IntentPart, LineageRecord, Manifest
+from agents.messages import SAFE_NAME, SearchCheckpoint
+from pipelines.records import (
+    MAX_NAME_CHARS,
+    STORE_FORMAT,
+    CampaignStatus,
+    IntentOutcome,
+    IntentPart,
+    LineageRecord,
+    Manifest,
+)
+
+IMAGE_NAME = SAFE_NAME[:-1] + r"\.png$"
+"""Image files: a safe name ending in ``.png`` (what :meth:`CampaignStore.image_name` makes of a candidate id)."""
 
 
 class StoreFormatError(ValueError):
     """The folder holds records this version cannot read (another layout, or not a campaign)."""
+
+
+class UnsafeName(ValueError):
+    """A campaign or image name that could leave its folder (``..``, a separator, a leading dot, a NUL, ...)."""
+
+
+def is_safe_name(name: str, max_chars: int = MAX_NAME_CHARS) -> bool:
+    """``name`` matches :data:`agents.messages.SAFE_NAME` whole (``fullmatch``: ``$`` alone would let a trailing
+    newline through) and is at most ``max_chars`` long."""
+    return len(name) <= max_chars and re.fullmatch(SAFE_NAME, name) is not None
+
+
+def campaign_store(root: str, campaign_id: str) -> CampaignStore:
+    """The store of campaign ``campaign_id`` under ``root``. The name is checked against the safe pattern and the joined
+    path is checked to lie inside ``root`` (after resolving symlinks on a local disk) before anything can touch it;
+    raises :class:`UnsafeName` otherwise. Constructing touches nothing."""
+    if not is_safe_name(campaign_id):
+        raise UnsafeName(f"campaign name {campaign_id[:120]!r} is not a safe name (letters, digits, '_.-', not "
+                         f"starting with a dot, at most {MAX_NAME_CHARS} characters)")
+    store = CampaignStore(f"{root.rstrip('/')}/{campaign_id}")
+    base = fsspec.core.url_to_fs(root)[1].rstrip("/")
+    if isinstance(store.fs, LocalFileSystem):
+        inside = os.path.realpath(store.root).startswith(os.path.realpath(base) + os.sep)
+    else:
+        inside = posixpath.normpath(store.root).startswith(posixpath.normpath(base) + "/")
+    if not inside:
+        raise UnsafeName(f"campaign {campaign_id!r} would lie outside the store root {root!r}")
+    return store
 
 
 class CampaignStore:
@@ -47,7 +90,7 @@ class CampaignStore:
 
     def create(self) -> None:
         """Make the campaign's folders (a run calls this once, before writing)."""
-        for sub in ("images", "parts"):
+        for sub in ("images", "parts", "checkpoints"):
             self.fs.makedirs(self._p(sub), exist_ok=True)
 
     def _write_atomic(self, path: str, data: bytes) -> None:
@@ -111,9 +154,27 @@ class CampaignStore:
         return f"images/{name}"
 
     def read_image(self, name: str) -> bytes:
-        if "/" in name or "\x00" in name or name.startswith(".") or not name.endswith(".png"):
-            raise FileNotFoundError(name)
+        """The PNG called ``name`` in images/; FileNotFoundError for a missing or unsafe name (never a path)."""
+        if len(name) > 400 or re.fullmatch(IMAGE_NAME, name) is None:
+            raise FileNotFoundError(name[:120])
         return self.fs.cat_file(self._p("images", name))
+
+    # -- per-round checkpoints -------------------------------------------------------------------------------------
+
+    def write_checkpoint(self, checkpoint: SearchCheckpoint) -> None:
+        """Replace the intent's checkpoint (atomically: a crash leaves the previous round's)."""
+        path = self._p("checkpoints", f"{checkpoint.intent.id}.json")
+        self._write_atomic(path, checkpoint.model_dump_json().encode())
+
+    def read_checkpoint(self, intent_id: str) -> SearchCheckpoint | None:
+        data = self._read_json(posixpath.join("checkpoints", f"{intent_id}.json"))
+        return None if data is None else SearchCheckpoint.model_validate_json(data)
+
+    def clear_checkpoint(self, intent_id: str) -> None:
+        try:
+            self.fs.rm_file(self._p("checkpoints", f"{intent_id}.json"))
+        except FileNotFoundError:
+            pass
 
     # -- per-intent parts -----------------------------------------------------------------------------------------
 
@@ -187,3 +248,46 @@ class CampaignStore:
         with self.fs.open(self._p("lineage.jsonl"), "rb") as f:
             for line in f:
                 yield LineageRecord.model_validate_json(line)
+
+
+class RunningRegistry:
+    """The campaigns an ingress is running, durable in the store: ``<root>/.running/<campaign>.json`` holds each one's
+    spec from admission until it ends (done or failed) or a user cancels it. An ingress that starts resumes every
+    campaign listed there, so a killed ingress loses no campaign. (``.running`` cannot clash with a campaign: names
+    never start with a dot.)"""
+
+    def __init__(self, root: str):
+        self.fs, base = fsspec.core.url_to_fs(root)
+        self.dir = posixpath.join(base.rstrip("/"), ".running")
+
+    def add(self, campaign_id: str, spec_json: bytes) -> None:
+        self.fs.makedirs(self.dir, exist_ok=True)
+        path = posixpath.join(self.dir, f"{campaign_id}.json")
+        if isinstance(self.fs, LocalFileSystem):
+            tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+            self.fs.pipe_file(tmp, spec_json)
+            self.fs.mv(tmp, path)
+        else:
+            self.fs.pipe_file(path, spec_json)
+
+    def remove(self, campaign_id: str) -> None:
+        try:
+            self.fs.rm_file(posixpath.join(self.dir, f"{campaign_id}.json"))
+        except FileNotFoundError:
+            pass
+
+    def contains(self, campaign_id: str) -> bool:
+        return self.fs.exists(posixpath.join(self.dir, f"{campaign_id}.json"))
+
+    def entries(self) -> dict[str, bytes]:
+        """Campaign id -> its spec as submitted (JSON), for every registered campaign."""
+        try:
+            names = self.fs.ls(self.dir, detail=False)
+        except FileNotFoundError:
+            return {}
+        out = {}
+        for name in names:
+            base = posixpath.basename(name)
+            if base.endswith(".json") and is_safe_name(base[: -len(".json")]):
+                out[base[: -len(".json")]] = self.fs.cat_file(name)
+        return out

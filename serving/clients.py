@@ -8,12 +8,16 @@ campaign runner only sees the port.
 from __future__ import annotations
 
 import asyncio
+import logging
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from agents.messages import ChatRequest, ChatResult, RendererInfo, RenderRequest, RenderResult
+from serving import metrics
+
+logger = logging.getLogger(__name__)
 
 
 class RendererCapacity(BaseModel):
@@ -107,15 +111,62 @@ class LocalEngines(AbstractAsyncContextManager):
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+TRANSIENT_ERRORS = frozenset({
+    "RayActorError", "ActorDiedError", "ActorUnavailableError",  # the replica died or is restarting
+    "BackPressureError", "DeploymentUnavailableError",  # Serve shed the request or has no replica yet
+    "ConnectionError", "TimeoutError", "GetTimeoutError",
+})
+"""Infrastructure errors (by class name, so this module needs no Ray import): retried, since Serve routes the next
+attempt to a live or replacement replica. Anything else (a bad request, an engine bug) fails at once."""
+
+
+def is_transient(exc: BaseException) -> bool:
+    return any(cls.__name__ in TRANSIENT_ERRORS for cls in type(exc).__mro__)
+
+
+class RetryPolicy(BaseModel):
+    """How a Serve client retries an infrastructure error: exponential backoff, bounded. The defaults wait ~3 minutes
+    in all, long enough for Serve to replace a dead LLM replica (measured: 41 s diffusion, 119 s LLM on CPU)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    attempts: int = Field(default=10, ge=1, le=50, description="Tries per call, the first included.")
+    backoff_s: float = Field(default=1.0, ge=0.0, le=60.0, description="Wait before the first retry; doubles.")
+    max_backoff_s: float = Field(default=30.0, ge=0.0, le=600.0, description="Longest wait between two tries.")
+
+    def delay(self, retry: int) -> float:
+        return min(self.max_backoff_s, self.backoff_s * 2**retry)
+
+
+async def with_retries(call, policy: RetryPolicy, kind: str):
+    """``await call()``, retrying transient errors per ``policy``; each retry is counted in metrics
+    (``promptbeam_retries`` by kind and error). The last error propagates."""
+    for attempt in range(policy.attempts):
+        try:
+            return await call()
+        except Exception as exc:
+            if not is_transient(exc) or attempt == policy.attempts - 1:
+                raise
+            metrics.inc(metrics.RETRIES, kind=kind, error=type(exc).__name__)
+            logger.warning("%s failed (%s: %s); retry %d of %d", kind, type(exc).__name__, str(exc)[:200],
+                           attempt + 1, policy.attempts - 1)
+            await asyncio.sleep(policy.delay(attempt))
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
 class ServeRenderer:
     """Renderer port over the diffusion deployment's handle. One call per image: the deployment's ``@serve.batch``
-    gathers concurrent calls (from this round and from every other intent in flight) into pipeline batches."""
+    gathers concurrent calls (from this round and from every other intent in flight) into pipeline batches. An image
+    whose call hits an infrastructure error is retried alone (:class:`RetryPolicy`)."""
 
-    def __init__(self, handle):
+    def __init__(self, handle, retry: RetryPolicy | None = None):
         self.handle = handle
+        self.retry = retry or RetryPolicy()
 
     async def render(self, requests: list[RenderRequest]) -> list[RenderResult]:
-        return list(await asyncio.gather(*(self.handle.render.remote(r) for r in requests)))
+        return list(await asyncio.gather(*(
+            with_retries(lambda r=r: self.handle.render.remote(r), self.retry, "render") for r in requests
+        )))
 
     async def info(self) -> RendererInfo:
         return await self.handle.info.remote()
@@ -128,10 +179,11 @@ class ServeRenderer:
 
 
 class ServeLanguageModel:
-    """LanguageModel port over the LLM deployment's handle."""
+    """LanguageModel port over the LLM deployment's handle; infrastructure errors are retried (:class:`RetryPolicy`)."""
 
-    def __init__(self, handle):
+    def __init__(self, handle, retry: RetryPolicy | None = None):
         self.handle = handle
+        self.retry = retry or RetryPolicy()
 
     async def chat(self, request: ChatRequest) -> ChatResult:
-        return await self.handle.chat.remote(request)
+        return await with_retries(lambda: self.handle.chat.remote(request), self.retry, "chat")

@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from serving.safety.guard import OutputSafetyConfig
+
 
 class _Config(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -41,6 +43,11 @@ class DiffusionEngineConfig(_Config):
         default=4, ge=0, le=6, description="WebP effort (Pillow's default 4); 0 is several times faster, larger."
     )
     jpeg_quality: int = Field(default=90, ge=1, le=100, description="JPEG quality (only with image_format='jpeg').")
+    output_safety: OutputSafetyConfig | None = Field(
+        default=None,
+        description="Check every rendered image (NSFW classifier; flagged ones are withheld) and stamp the rest with "
+        "provenance (PNG metadata, invisible watermark, C2PA if configured). None: images leave as rendered.",
+    )
     encode_workers: int = Field(
         default=4,
         ge=0,

@@ -133,11 +133,30 @@ class DiffusionDeployment(_StopsEngineOnReplicaStop):
         # (which form the next batch meanwhile). Ray 2.60's batcher forms batches regardless of
         # max_concurrent_batches, which only caps how many run this function at once: returning after the
         # accelerator's stage (not after encoding) is what lets the next batch start while these images encode.
+        try:
+            return await self._start(requests)
+        except Exception:
+            if len(requests) == 1:
+                raise
+        # A batch gathers requests from many intents and campaigns: one bad item (or a clash between two) must not
+        # fail the others, so a failed batch is rendered again one request at a time, each failing on its own.
+        futures = []
+        for request in requests:
+            try:
+                futures.extend(await self._start([request]))
+            except Exception as exc:
+                failed: concurrent.futures.Future = concurrent.futures.Future()
+                failed.set_exception(exc)
+                futures.append(failed)
+        return futures
+
+    async def _start(self, requests: list[RenderRequest]) -> list[concurrent.futures.Future]:
         pending = await asyncio.to_thread(self.engine.start_render, requests)
         for call in pending.calls:
             metrics.observe(metrics.RENDER_BATCH_SIZE, call.batch_size)
             metrics.observe(metrics.RENDER_LATENCY, call.seconds)
-            metrics.inc(metrics.RENDERER_BUSY_SECONDS, call.seconds)
+            if call.seconds > 0:  # Ray's counters refuse 0
+                metrics.inc(metrics.RENDERER_BUSY_SECONDS, call.seconds)
         return pending.futures
 
     def check_health(self) -> None:

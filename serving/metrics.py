@@ -142,6 +142,8 @@ class Metrics:
 
 
 def inc(spec: MetricSpec, value: float = 1.0, **tags: str) -> None:
+    if value <= 0:  # nothing to count, and Ray's counters raise on 0 (e.g. a resumed campaign with nothing left to do)
+        return
     Metrics.get(spec).inc(value, tags=tags or None)
 
 
@@ -162,3 +164,29 @@ RENDERER_BUSY_SECONDS = MetricSpec(
 )
 # Not in ALL yet: tests/test_metrics.py requires a dashboard panel for every metric in ALL, and the panel
 # (deploy/grafana/make_dashboard.py) comes with the dashboard change; add it to ALL there.
+
+# -- appended: recovery (issue 14) -----------------------------------------------------------------------------------
+RETRIES = MetricSpec(
+    "promptbeam_retries", "counter",
+    "Render or chat calls retried after an infrastructure error (replica died, back-pressure, timeout), by kind "
+    "(render, chat) and error class", ("kind", "error"),
+)
+# Not in ALL yet, for the same reason as RENDERER_BUSY_SECONDS: its panel comes with the dashboard change.
+
+# -- appended: output safety (issue 14); deployment level, recorded by the diffusion engine's encoder threads ----------
+IMAGES_WITHHELD = MetricSpec("promptbeam_images_withheld", "counter", "Rendered images the output check withheld")
+IMAGES_STAMPED = MetricSpec(
+    "promptbeam_images_stamped", "counter", "Rendered images stamped with provenance (metadata and watermark)"
+)
+NSFW_SCORE = MetricSpec(
+    "promptbeam_nsfw_score", "histogram", "The output check's NSFW score of each rendered image", (), SCORE_BUCKETS
+)
+OUTPUT_GUARD_SECONDS = MetricSpec(
+    "promptbeam_output_guard_seconds", "histogram", "Wall time of the output check and stamp of one image", (),
+    SECONDS_BUCKETS,
+)
+MODERATION_BLOCKED = MetricSpec(
+    "promptbeam_moderation_blocked", "counter", "Prompts the input moderation refused, by campaign", ("campaign",)
+)
+# Not in ALL yet (like RENDERER_BUSY_SECONDS and RETRIES): tests/test_metrics.py wants a Grafana panel for each,
+# and deploy/grafana is being changed elsewhere; add them to ALL with their panels.

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 import uuid
+from concurrent.futures import Future
 from pathlib import Path
 
 from agents.messages import ChatRequest, ChatResult, RendererInfo, RenderRequest, RenderResult
 from serving.config import DiffusionEngineConfig, LLMEngineConfig
+from serving.engines.diffusion import PendingRender, PipelineCall
 from tests.fakes import FakeRenderer, ScriptedLLM
 
 
@@ -24,6 +27,11 @@ class _Registered:
         self.instance = f"{type(self).__name__}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.state_dir.mkdir(parents=True, exist_ok=True)
         (self.state_dir / f"{self.instance}.alive").touch()
+
+    def _delay(self, kind: str) -> float:
+        """Seconds each call takes, from ``<state>/<kind>_delay_s`` when a test wrote one (to kill a replica mid-run)."""
+        path = self.state_dir / f"{kind}_delay_s"
+        return float(path.read_text()) if path.exists() else 0.0
 
     def _raise_if_dead(self) -> None:
         if (self.state_dir / f"{self.instance}.dead").exists():
@@ -47,10 +55,29 @@ class FakeDiffusionEngine(_Registered):
         super().__init__(config.model)
         self.config = config
         self._renderer = FakeRenderer(keep_calls=False)
+        self._renderer_batch_sizes: list[int] = []  # one entry per start_render call (tests read how batches formed)
 
     def render(self, requests: list[RenderRequest]) -> list[RenderResult]:
         self._raise_if_dead()
+        time.sleep(self._delay("render"))
+        ids = [r.request_id for r in requests]
+        if len(set(ids)) != len(ids):  # as the real engine
+            raise ValueError("request ids in one render call must be unique")
         return asyncio.run(self._renderer.render(requests))  # the deployment calls this in a worker thread
+
+    def start_render(self, requests: list[RenderRequest]) -> PendingRender:
+        """The real engine's two-stage interface: here every image is ready when the call returns."""
+        self._renderer_batch_sizes.append(len(requests))
+        t0 = time.perf_counter()
+        results = self.render(requests)
+        seconds = time.perf_counter() - t0
+        futures = []
+        for result in results:
+            future: Future = Future()
+            future.set_result(result)
+            futures.append(future)
+        return PendingRender(futures=futures, calls=[PipelineCall(batch_size=len(requests),
+                                                                  padded_size=len(requests), seconds=seconds)])
 
     def info(self) -> RendererInfo:
         return RendererInfo(model=self.config.model, max_prompt_tokens=77, tokenizer="words+2")
@@ -70,6 +97,7 @@ class FakeLLMEngine(_Registered):
 
     async def chat(self, request: ChatRequest) -> ChatResult:
         self._raise_if_dead()
+        await asyncio.sleep(self._delay("chat"))
         return await self._llm.chat(request)
 
     async def check_health(self) -> None:

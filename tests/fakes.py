@@ -25,10 +25,15 @@ from agents.messages import (
 
 
 def origin(png: bytes) -> tuple[str, int]:
-    """(prompt, seed) that FakeRenderer wrote into the PNG's text chunk."""
+    """(prompt, seed) that FakeRenderer wrote into the PNG's text chunk, or the provenance stamp of a real engine."""
     from PIL import Image
 
     info = Image.open(io.BytesIO(png)).text
+    if "prompt" not in info:  # a real engine's image, stamped by its output guard: its provenance record says
+        from serving.safety.provenance import RECORD_KEY
+
+        record = json.loads(info[RECORD_KEY])  # the record plus the stamp's own watermark note
+        return record["prompt"], int(record["seed"])
     return info["prompt"], int(info["seed"])
 
 

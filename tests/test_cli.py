@@ -75,3 +75,18 @@ def test_search_is_a_one_intent_campaign_with_in_process_engines(tiny_models, tm
     assert all((tmp_path / "apple" / c.image).is_file() for c in part.lineage)
     assert (tmp_path / "apple" / "report.html").is_file() and store.read_status().intents_done == 1
     assert "best_of_n" in proc.stdout  # the lineage table
+
+
+def test_promptbeam_verify_reads_the_provenance_stamp_back(tmp_path):
+    from serving.safety.provenance import Stamper
+    from serving.safety.record import ProvenanceRecord
+    from tests.safety_data import png, scene
+
+    record = ProvenanceRecord(campaign="c", intent="i0", candidate="r0-p0-s0", prompt="a red apple", seed=7,
+                              model="tiny", width=64, height=64, steps=2, created="2026-11-27T10:00:00+00:00")
+    (tmp_path / "stamped.png").write_bytes(Stamper().stamp(scene(64, seed=3), record).png)
+    (tmp_path / "plain.png").write_bytes(png(scene(64, seed=4)))
+    runner = CliRunner()
+    ok = runner.invoke(app, ["verify", str(tmp_path / "stamped.png")])
+    assert ok.exit_code == 0 and "a red apple" in ok.output, ok.output
+    assert runner.invoke(app, ["verify", str(tmp_path / "plain.png")]).exit_code == 1

@@ -119,6 +119,22 @@ def test_rayservice_embeds_the_gpu_serve_config():
     assert "nvidia.com/gpu" not in str(cluster["headGroupSpec"])
 
 
+def test_every_rayservice_container_reads_the_api_token_from_a_secret():
+    """The configs bind 0.0.0.0, where the ingress refuses to start without a token; Ray may place the ingress on any
+    node, so every container gets it, from a Kubernetes Secret (never a literal)."""
+    service = yaml.safe_load((ROOT / "deploy" / "kuberay" / "rayservice.yaml").read_text())
+    cluster = service["spec"]["rayClusterConfig"]
+    pods = [cluster["headGroupSpec"]] + cluster["workerGroupSpecs"]
+    for pod in pods:
+        for container in pod["template"]["spec"]["containers"]:
+            env = {e["name"]: e for e in container.get("env", [])}
+            assert env["PROMPTBEAM_API_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "promptbeam-api-token",
+                                                                               "key": "token"}, container["name"]
+            assert "value" not in env["PROMPTBEAM_API_TOKEN"]
+    for name in ("serve_config.yaml", "serve_config.gpu.yaml"):
+        assert load(name)["http_options"]["host"] == "0.0.0.0"  # hence the token
+
+
 def test_prometheus_scrapes_rays_service_discovery_file():
     config = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())
     (job,) = config["scrape_configs"]

@@ -22,7 +22,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from agents.messages import RendererInfo, RenderRequest, RenderResult
+from serving import metrics
 from serving.config import DiffusionEngineConfig
+from serving.safety.guard import GuardedImage, OutputGuard
+from serving.safety.record import ProvenanceRecord
 from serving.engines.common import ModelLoadError, looks_local
 
 logger = logging.getLogger(__name__)
@@ -150,6 +153,8 @@ class DiffusionEngine:
         self._closed = False
         self._pool = (ThreadPoolExecutor(config.encode_workers, thread_name_prefix="encode",
                                          initializer=_yield_to_the_pipeline) if config.encode_workers else None)
+        # Output safety runs in the encoder threads, beside the encoding: a flagged image's pixels never leave.
+        self.guard = OutputGuard(config.output_safety) if config.output_safety is not None else None
         self.busy_seconds = 0.0
         self.pipeline_calls = 0
         self._started = time.monotonic()
@@ -370,9 +375,13 @@ class DiffusionEngine:
         if decoded.ready is not None:
             decoded.ready.synchronize()
         call = decoded.call
+        pixels = decoded.pixels[j].numpy()
+        guarded = self._guard(pixels, request) if self.guard is not None else None
         return RenderResult(
             request_id=request.request_id,
-            png=encode_image(decoded.pixels[j].numpy(), self.config),
+            png=encode_image(pixels, self.config) if guarded is None else guarded.png or b"",
+            withheld_reason=guarded.withheld_reason if guarded is not None else None,
+            nsfw_score=guarded.verdict.score if guarded is not None and guarded.verdict is not None else None,
             seed=request.seed,
             model=self.config.model,
             width=request.width,
@@ -381,6 +390,24 @@ class DiffusionEngine:
             batch_size=call.batch_size,
             render_seconds=call.seconds,
         )
+
+    def _guard(self, pixels, request: RenderRequest) -> GuardedImage:
+        """Check one image and stamp it with its provenance (or withhold it); counted in serving.metrics."""
+        record = ProvenanceRecord(
+            campaign=request.campaign, intent=request.intent, candidate=request.request_id, prompt=request.prompt,
+            negative_prompt=request.negative_prompt, seed=request.seed, model=self.config.model, width=request.width,
+            height=request.height, steps=request.steps,
+        )
+        t0 = time.perf_counter()
+        (guarded,) = self.guard.process([pixels], [record])
+        metrics.observe(metrics.OUTPUT_GUARD_SECONDS, time.perf_counter() - t0)
+        if guarded.verdict is not None:
+            metrics.observe(metrics.NSFW_SCORE, guarded.verdict.score)
+        if guarded.withheld:
+            metrics.inc(metrics.IMAGES_WITHHELD)
+        elif guarded.watermarked:
+            metrics.inc(metrics.IMAGES_STAMPED)
+        return guarded
 
     # -- compile, accounting, lifecycle --------------------------------------------------------------------------------
 
