@@ -33,8 +33,9 @@ from pipelines.records import (
     ModelsRecord,
 )
 from pipelines.store import CampaignStore, StoreFormatError
-from serving.clients import ServeLanguageModel, ServeRenderer
+from serving.clients import ServeLanguageModel, ServeRenderer, open_role_models
 from serving.deployments import build_diffusion_deployment, build_llm_deployment, merge_options
+from serving.openai_client import LanguageModelEndpoints
 from serving.presets import (
     DiffusionOverrides,
     LLMOverrides,
@@ -73,13 +74,18 @@ class AppConfig(BaseModel):
     defaults: RenderDefaultsOverrides | None = Field(  # type: ignore[valid-type]
         default=None, description="Image defaults (width, height, steps, guidance_scale) over the preset's."
     )
+    endpoints: LanguageModelEndpoints | None = Field(
+        default=None,
+        description="OpenAI-compatible endpoints for the rewriter and/or the critic, over the preset's (per role). "
+        "When every role that would use the preset's LLM has one, no LLM deployment is started.",
+    )
     tiny_dir: str | None = Field(default=None, description="Where tiny models live (built there if missing).")
     store_root: str = Field(default="runs/serve", description="fsspec URL; each campaign gets <root>/<id>/.")
     engines: EngineClasses = Field(default_factory=EngineClasses)
 
     def resolve(self) -> ModelPreset:
         return resolve_preset(self.preset, self.tiny_dir, diffusion=self.diffusion, llm=self.llm,
-                              defaults=self.defaults)
+                              defaults=self.defaults, endpoints=self.endpoints)
 
 
 class IngressConfig(BaseModel):
@@ -123,6 +129,8 @@ class CampaignIngress:
         self.models = ModelsRecord.of(self.preset)
         self.renderer = ServeRenderer(diffusion)
         self.llm = ServeLanguageModel(llm) if llm is not None else None
+        # Roles with an OpenAI-compatible endpoint talk to it directly (one pooled client per endpoint).
+        self.rewriter_llm, self.critic_llm = open_role_models(self.preset.endpoints, self.llm)
         self.limits = IngressConfig()
         self.runs: dict[str, tuple[CampaignRunner, asyncio.Task | None]] = {}
 
@@ -150,8 +158,8 @@ class CampaignIngress:
             raise HTTPException(422, str(exc)) from exc
         concurrency = spec.concurrency or intent_concurrency(search, await self.renderer.capacity())
         cid = spec.campaign_id()
-        runner = CampaignRunner(spec, search, self.renderer, self.llm, self._store(cid), models=self.models,
-                                concurrency=concurrency)
+        runner = CampaignRunner(spec, search, self.renderer, self.rewriter_llm, self._store(cid), models=self.models,
+                                concurrency=concurrency, critic_llm=self.critic_llm)
         # Admission: the checks and the registration happen with no await in between.
         running = self._running()
         if cid in running:

@@ -99,6 +99,7 @@ class CampaignRunner:
         models: ModelsRecord = UNSPECIFIED_MODELS,
         concurrency: int | None = None,
         on_intent_done: Callable[[IntentOutcome], None] | None = None,
+        critic_llm: LanguageModel | None = None,
     ):
         self.spec = spec
         self.search = search
@@ -109,7 +110,8 @@ class CampaignRunner:
         self.on_intent_done = on_intent_done
         self.id = spec.campaign_id()
         self.rewriter = make_agent(models.rewriter, Rewriter, llm, spec.rewriter)
-        self.critic = make_agent(models.critic, Critic, llm, spec.critic)
+        # The critic may have its own model (an OpenAI-compatible endpoint); else it shares the rewriter's.
+        self.critic = make_agent(models.critic, Critic, critic_llm or llm, spec.critic)
         self.tally = CampaignTally(len(spec.intents))
         self.state = CampaignState.running
         self.started_at = time.time()

@@ -26,6 +26,29 @@ CONFIG_HELP = ("A Serve config (its first application's `args` and `deployments`
                "bare AppConfig mapping; the options below override its models.")
 
 
+# OpenAI-compatible endpoints for the rewriter and the critic (shared by search, run and serve).
+REWRITER_ENDPOINT = typer.Option(None, "--rewriter-endpoint", help="OpenAI-compatible API root for the rewriter "
+                                 "(e.g. http://vllm:8000/v1); needs --rewriter-model.")
+REWRITER_MODEL = typer.Option(None, "--rewriter-model", help="Model name at --rewriter-endpoint.")
+CRITIC_ENDPOINT = typer.Option(None, "--critic-endpoint", help="OpenAI-compatible API root for the critic (a "
+                               "vision-language model); needs --critic-model. With both endpoints no LLM is served.")
+CRITIC_MODEL = typer.Option(None, "--critic-model", help="Model name at --critic-endpoint.")
+ENDPOINT_KEY_ENV = typer.Option(None, "--endpoint-key-env", help="Name of the environment variable holding the "
+                                "endpoints' API key (never the key itself).")
+
+
+def _endpoints(rewriter_url: str | None, rewriter_model: str | None, critic_url: str | None,
+               critic_model: str | None, key_env: str | None) -> dict | None:
+    """The AppConfig ``endpoints`` mapping from the endpoint options (None when none is given)."""
+    roles = {}
+    for role, url, model in (("rewriter", rewriter_url, rewriter_model), ("critic", critic_url, critic_model)):
+        if bool(url) != bool(model):
+            raise _fail(f"--{role}-endpoint and --{role}-model go together (got endpoint {url!r}, model {model!r})")
+        if url:
+            roles[role] = {"base_url": url, "model": model, **({"api_key_env": key_env} if key_env else {})}
+    return roles or None
+
+
 def _fail(message: str, code: int = 2) -> typer.Exit:
     console.print(f"[red]error:[/red] {message}")
     return typer.Exit(code)
@@ -67,7 +90,7 @@ def list_presets() -> None:
 
 
 def _app_config(preset: str | None, diffusion_model: str | None, llm_model: str | None, config: Path | None,
-                store_root: Path | None = None) -> tuple[Any, dict[str, dict]]:
+                store_root: Path | None = None, endpoints: dict | None = None) -> tuple[Any, dict[str, dict]]:
     """(AppConfig, per-deployment Serve options) from a config file and command-line overrides."""
     import yaml
     from pydantic import ValidationError
@@ -94,6 +117,8 @@ def _app_config(preset: str | None, diffusion_model: str | None, llm_model: str 
             args[section] = {**(args.get(section) or {}), "model": model}
     if store_root is not None:
         args["store_root"] = str(store_root)
+    if endpoints:
+        args["endpoints"] = {**(args.get("endpoints") or {}), **endpoints}
     try:
         app_config = AppConfig.model_validate(args)
         app_config.resolve()  # unknown presets and invalid model fields fail here, before anything starts
@@ -120,6 +145,8 @@ def search(
     beam_width: int = typer.Option(2, min=1),
     candidates_per_beam: int = typer.Option(2, min=1),
     seed: int = typer.Option(0, min=0, help="Base seed: same seed, same lineage."),
+    rewriter_endpoint: str = REWRITER_ENDPOINT, rewriter_model: str = REWRITER_MODEL,
+    critic_endpoint: str = CRITIC_ENDPOINT, critic_model: str = CRITIC_MODEL, endpoint_key_env: str = ENDPOINT_KEY_ENV,
 ) -> None:
     """Refine one intent in-process (no Ray): a one-intent campaign through the same runner and store as `run`
     (beam search plus the best-of-N baseline at equal image budget), then its lineage and report."""
@@ -127,7 +154,8 @@ def search(
 
     from pipelines.records import CampaignSpec
 
-    app_config, _ = _app_config(preset, diffusion_model, llm_model, config)
+    endpoints = _endpoints(rewriter_endpoint, rewriter_model, critic_endpoint, critic_model, endpoint_key_env)
+    app_config, _ = _app_config(preset, diffusion_model, llm_model, config, endpoints=endpoints)
     try:
         spec = CampaignSpec(
             name=name, intents=[{"id": "intent", "text": text}], concurrency=1,
@@ -156,8 +184,8 @@ async def _search(spec, search_config, preset, campaign_dir: Path) -> None:
     store = CampaignStore(str(campaign_dir))
     console.print("loading the engines")
     async with LocalEngines(preset) as engines:
-        runner = CampaignRunner(spec, search_config, engines.renderer, engines.llm, store,
-                                models=ModelsRecord.of(preset), concurrency=1)
+        runner = CampaignRunner(spec, search_config, engines.renderer, engines.rewriter_llm, store,
+                                models=ModelsRecord.of(preset), concurrency=1, critic_llm=engines.critic_llm)
         try:
             runner.prepare_store()
         except CampaignConflict as exc:
@@ -284,10 +312,14 @@ def run(
     baseline: str = typer.Option("all", help="all | none | sample:<fraction> (intents that also run the baseline)."),
     concurrency: int = typer.Option(None, min=1, help="Intents searched at once (default: from renderer capacity)."),
     port: int = typer.Option(0, help="HTTP port of the local Serve app (0: any free port)."),
+    rewriter_endpoint: str = REWRITER_ENDPOINT, rewriter_model: str = REWRITER_MODEL,
+    critic_endpoint: str = CRITIC_ENDPOINT, critic_model: str = CRITIC_MODEL, endpoint_key_env: str = ENDPOINT_KEY_ENV,
 ) -> None:
     """The embedded default: start a local Ray, deploy the Serve app, run the campaign through its HTTP endpoint,
     write the store and report.html."""
-    app_config, deployments = _app_config(preset, diffusion_model, llm_model, config, store_root=out)
+    endpoints = _endpoints(rewriter_endpoint, rewriter_model, critic_endpoint, critic_model, endpoint_key_env)
+    app_config, deployments = _app_config(preset, diffusion_model, llm_model, config, store_root=out,
+                                          endpoints=endpoints)
     search = {"rounds": rounds, "beam_width": beam_width, "candidates_per_beam": candidates_per_beam,
               "seeds_per_prompt": seeds_per_prompt, "max_images": max_images, "base_seed": seed}
     spec = _load_spec(campaign, name, None, search, concurrency, baseline)
@@ -345,13 +377,17 @@ def serve_cmd(
     diffusion_model: str = typer.Option(None), llm_model: str = typer.Option(None),
     store: Path = typer.Option(None, help="Store root (default: the config's, else runs/serve)."),
     port: int = typer.Option(8000), host: str = typer.Option("127.0.0.1", help="0.0.0.0 to listen on all interfaces."),
+    rewriter_endpoint: str = REWRITER_ENDPOINT, rewriter_model: str = REWRITER_MODEL,
+    critic_endpoint: str = CRITIC_ENDPOINT, critic_model: str = CRITIC_MODEL, endpoint_key_env: str = ENDPOINT_KEY_ENV,
 ) -> None:
     """Start the Serve app locally and keep it running (Ctrl-C stops it)."""
     import time
 
     from ray import serve
 
-    app_config, deployments = _app_config(preset, diffusion_model, llm_model, config, store_root=store)
+    endpoints = _endpoints(rewriter_endpoint, rewriter_model, critic_endpoint, critic_model, endpoint_key_env)
+    app_config, deployments = _app_config(preset, diffusion_model, llm_model, config, store_root=store,
+                                          endpoints=endpoints)
     _start_local_serve(app_config, deployments, port, host)
     console.print(f"serving on http://{host}:{port}  (OpenAPI: /docs)")
     try:

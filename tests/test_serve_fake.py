@@ -265,3 +265,39 @@ def test_health_names_the_served_models(fake_app):
     health = Health.model_validate_json(httpx.get(f"{fake_app.url}/healthz", timeout=30).content)
     assert health.preset == "fake" and health.models == ModelsRecord.of(load_preset(str(fake_app.preset)))
     assert health.models.diffusion == str(fake_app.state)
+
+
+def test_external_rewriter_and_critic_endpoints_replace_the_llm_deployment(ray_cluster, tmp_path):
+    """With an OpenAI-compatible endpoint for each role the app deploys no LLM: the ingress sends rewrites to one
+    endpoint's model and decompositions and critiques (with the images) to the other's."""
+    from ray import serve
+
+    from pipelines.app import AppConfig, compose_app
+    from tests.openai_fake_server import ScriptedOpenAIServer
+
+    server = ScriptedOpenAIServer()
+    try:
+        state = tmp_path / "state"
+        config = AppConfig(preset=str(write_fake_preset(tmp_path, state)), store_root=str(tmp_path / "store"),
+                           engines=FAKE_ENGINES,
+                           endpoints={"rewriter": {"base_url": server.url, "model": "rw-model"},
+                                      "critic": {"base_url": server.url, "model": "critic-vlm"}})
+        serve.run(compose_app(config, {"diffusion": FAST_HEALTH, "ingress": {"ray_actor_options": {"num_cpus": 0}}}),
+                  name="external", route_prefix="/external")
+        assert set(serve.status().applications["external"].deployments) == {"diffusion", "ingress"}
+        assert not instances(state, "FakeLLMEngine")
+        with httpx.Client(base_url=ray_cluster["url"] + "/external", timeout=60) as client:
+            resp = client.post("/v1/campaigns", json={"name": "ext", "intents": intents(3), "search": SEARCH})
+            assert resp.status_code == 202, resp.text
+            st = wait_done(client, "ext", timeout=300)
+            health = Health.model_validate_json(client.get("/healthz").content)
+        assert st.intents_done == 3, st
+        assert health.models.llm is None and health.models.critic_endpoint == f"critic-vlm at {server.url}"
+        models = {}
+        for call in server.calls:
+            models.setdefault(call["purpose"], set()).add(call["model"])
+        assert models == {"rewrite": {"rw-model"}, "decompose": {"critic-vlm"}, "critique": {"critic-vlm"}}
+        assert all(c["images"] == 1 for c in server.calls if c["purpose"] == "critique")
+    finally:
+        serve.delete("external")
+        server.close()
