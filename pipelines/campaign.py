@@ -82,6 +82,22 @@ def make_agent(kind: str, llm_backed: type, llm: LanguageModel | None, config: A
     return import_object(kind)(llm, config)
 
 
+class _CountingRenderer:
+    """The renderer port, counting images per campaign as each render call returns (the dashboard's live images/s;
+    the intent's committed counts come later)."""
+
+    def __init__(self, renderer: Renderer, campaign: str):
+        self._renderer, self._campaign = renderer, campaign
+
+    async def render(self, requests):
+        results = await self._renderer.render(requests)
+        metrics.inc(metrics.IMAGES_FINISHED, len(results), campaign=self._campaign)
+        return results
+
+    def __getattr__(self, name: str):  # info, count_tokens, capacity: unchanged
+        return getattr(self._renderer, name)
+
+
 class CampaignRunner:
     """Runs a campaign's unfinished intents with bounded concurrency and commits each to the store as it finishes.
 
@@ -190,7 +206,8 @@ class CampaignRunner:
         async def sink(candidate, png: bytes) -> str:
             return await asyncio.to_thread(self.store.write_image, candidate.id, png)
 
-        planner = BeamSearchPlanner(self.renderer, self.rewriter, self.critic, self.search, image_sink=sink)
+        renderer = _CountingRenderer(self.renderer, self.id)
+        planner = BeamSearchPlanner(renderer, self.rewriter, self.critic, self.search, image_sink=sink)
         try:
             search, baseline = await planner.run_with_baseline(
                 intent, baseline=self.spec.runs_baseline(intent.id, self.search)

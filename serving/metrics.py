@@ -160,5 +160,13 @@ RENDERER_BUSY_SECONDS = MetricSpec(
     "promptbeam_renderer_busy_seconds", "counter",
     "Seconds a diffusion replica spent inside pipeline calls; its rate is the replica's busy fraction",
 )
-# Not in ALL yet: tests/test_metrics.py requires a dashboard panel for every metric in ALL, and the panel
-# (deploy/grafana/make_dashboard.py) comes with the dashboard change; add it to ALL there.
+
+# -- appended: images as their render calls return (issue 15) -------------------------------------------------------
+# IMAGES_RENDERED is counted when an intent commits (minutes after its images); this one as each render call returns,
+# so the dashboard's images/s per campaign moves with the renderer.
+IMAGES_FINISHED = MetricSpec(
+    "promptbeam_images_finished", "counter", "Images back from the renderer, counted as each render call returns",
+    ("campaign",),
+)
+
+ALL += [RENDERER_BUSY_SECONDS, IMAGES_FINISHED]

@@ -52,6 +52,23 @@ class FakeDiffusionEngine(_Registered):
         self._raise_if_dead()
         return asyncio.run(self._renderer.render(requests))  # the deployment calls this in a worker thread
 
+    def start_render(self, requests: list[RenderRequest]):
+        """The real engine's two-stage interface: one pipeline call's record and already-completed futures."""
+        import time
+        from concurrent.futures import Future
+
+        from serving.engines.diffusion import PendingRender, PipelineCall
+
+        t0 = time.perf_counter()
+        results = self.render(requests)
+        futures = []
+        for result in results:
+            future: Future = Future()
+            future.set_result(result)
+            futures.append(future)
+        call = PipelineCall(batch_size=len(requests), padded_size=len(requests), seconds=time.perf_counter() - t0)
+        return PendingRender(futures=futures, calls=[call] if requests else [])
+
     def info(self) -> RendererInfo:
         return RendererInfo(model=self.config.model, max_prompt_tokens=77, tokenizer="words+2")
 
