@@ -49,6 +49,29 @@ def _endpoints(rewriter_url: str | None, rewriter_model: str | None, critic_url:
     return roles or None
 
 
+def _version() -> str:
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version("promptbeam")
+    except importlib.metadata.PackageNotFoundError:  # a source checkout that was never installed
+        return "unknown (not installed)"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"promptbeam {_version()}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _main(
+    version: bool = typer.Option(False, "--version", is_eager=True, callback=_print_version,
+                                 help="Print promptbeam's version and exit."),
+) -> None:
+    """Iterative prompt refinement for text-to-image."""
+
+
 def _fail(message: str, code: int = 2) -> typer.Exit:
     console.print(f"[red]error:[/red] {message}")
     return typer.Exit(code)
@@ -238,33 +261,86 @@ def _safe_id(stem: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.\-]", "-", stem).lstrip(".")[:100] or "campaign"
 
 
+ENDPOINT = typer.Option("http://127.0.0.1:8000", envvar="PROMPTBEAM_ENDPOINT",
+                        help="The campaign endpoint (e.g. http://head:8000); env PROMPTBEAM_ENDPOINT.")
+HTTP_ATTEMPTS = 6
+"""Tries per request before giving up: a restarting proxy or ingress (seconds) should not end a long campaign's watch."""
+BACKOFF_S = 0.5
+"""Wait before the first retry; doubles per retry up to BACKOFF_MAX_S."""
+BACKOFF_MAX_S = 10.0
+RETRY_STATUS = frozenset({502, 503, 504})
+"""Answers from a proxy or load balancer whose backend is (re)starting: worth another try."""
+
+
+def _request(client, method: str, url: str, **kwargs):
+    """One HTTP request, retried with exponential backoff on connection failures and 502/503/504. A POST is retried
+    only when the connection was never made (resubmitting a campaign that did start would answer 409)."""
+    import time
+
+    import httpx
+
+    failure = ""
+    for attempt in range(HTTP_ATTEMPTS):
+        try:
+            response = client.request(method, url, **kwargs)
+        except httpx.TransportError as exc:
+            if method == "POST" and not isinstance(exc, httpx.ConnectError):
+                raise _fail(f"POST {url}: {type(exc).__name__}: {exc} (not retried; check the campaign's status)", 1)
+            failure = f"{type(exc).__name__}: {exc}"
+        else:
+            if response.status_code not in RETRY_STATUS or method == "POST":
+                return response
+            failure = f"HTTP {response.status_code}"
+        if attempt + 1 < HTTP_ATTEMPTS:
+            delay = min(BACKOFF_MAX_S, BACKOFF_S * 2**attempt)
+            console.print(f"[yellow]{method} {url} failed ({failure}); retry {attempt + 1}/{HTTP_ATTEMPTS - 1} "
+                          f"in {delay:.1f}s[/yellow]")
+            time.sleep(delay)
+    raise _fail(f"{method} {url} failed {HTTP_ATTEMPTS} times; last: {failure}", 1)
+
+
+def _checked(response):
+    """The response, or exit 1 with the server's reason for a 4xx/5xx."""
+    if response.status_code >= 400:
+        raise _fail(f"{response.status_code}: {response.text}", 1)
+    return response
+
+
 def _submit_and_wait(endpoint: str, spec, wait: bool = True) -> dict:
     """POST the campaign, then follow its status with a progress bar until it ends. Ctrl-C cancels it."""
     import time
 
     import httpx
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     from pipelines.records import CampaignAccepted, CampaignStatus
 
     endpoint = endpoint.rstrip("/")
     with httpx.Client(timeout=60) as client:
-        resp = client.post(f"{endpoint}/v1/campaigns", content=spec.model_dump_json(exclude_none=True),
-                           headers={"content-type": "application/json"})
-        if resp.status_code >= 400:
-            raise _fail(f"{resp.status_code}: {resp.text}", 1)
+        resp = _checked(_request(client, "POST", f"{endpoint}/v1/campaigns",
+                                 content=spec.model_dump_json(exclude_none=True),
+                                 headers={"content-type": "application/json"}))
         accepted = CampaignAccepted.model_validate_json(resp.content)
         console.print(f"campaign [bold]{accepted.id}[/bold]: {accepted.intents} intents"
                       f" ({accepted.resumed_intents} already finished), {accepted.concurrency} at once")
         if not wait:
             return accepted.model_dump(mode="json")
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-                   TimeElapsedColumn())
+                   TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
         with Progress(*columns, console=console) as progress:
-            task = progress.add_task("intents", total=accepted.intents, info="")
+            # Resumed intents are where the bar starts, so they do not count towards the speed behind the ETA.
+            task = progress.add_task("intents", total=accepted.intents, completed=accepted.resumed_intents, info="")
             try:
                 while True:
-                    st = CampaignStatus.model_validate_json(client.get(f"{endpoint}/v1/campaigns/{accepted.id}").content)
+                    resp = _checked(_request(client, "GET", f"{endpoint}/v1/campaigns/{accepted.id}"))
+                    st = CampaignStatus.model_validate_json(resp.content)
                     imp = st.improvement.mean
                     progress.update(task, completed=st.intents_finished, info=f"{st.images_rendered} images"
                                     + (f", Δ vs baseline {imp:+.3f}" if imp is not None else ""))
@@ -338,7 +414,8 @@ def run(
     _finish_report(out / spec.campaign_id(), status)
 
 
-def _finish_report(campaign_dir: Path, status: dict | None = None) -> None:
+def _finish_report(campaign_dir: Path | str, status: dict | None = None) -> None:
+    """Write report.html into the campaign (a directory or any fsspec URL) and print its summary."""
     from pipelines.records import CampaignStatus
     from pipelines.report import write_report
     from pipelines.store import CampaignStore
@@ -350,7 +427,7 @@ def _finish_report(campaign_dir: Path, status: dict | None = None) -> None:
     def fmt(x: float | None) -> str:
         return "-" if x is None else f"{x:.3f}"
 
-    table = Table(title=f"campaign {campaign_dir.name}")
+    table = Table(title=f"campaign {str(campaign_dir).rstrip('/').rsplit('/', 1)[-1]}")
     for col in ("intent", "best", "baseline", "Δ", "images", "stop"):
         table.add_column(col)
     for n, o in enumerate(store.iter_outcomes(manifest.intent_ids)):
@@ -399,32 +476,91 @@ def serve_cmd(
 
 @app.command()
 def submit(
-    campaign: Path = typer.Argument(...), endpoint: str = typer.Option(..., help="e.g. http://head:8000"),
-    name: str = typer.Option(None), wait: bool = typer.Option(False, help="Follow progress until it ends."),
+    campaign: Path = typer.Argument(..., help="JSONL file: one intent per line ({\"id\": ..., \"text\": ...})."),
+    endpoint: str = ENDPOINT,
+    name: str = typer.Option(None, help="Campaign name (default: the file's stem). Same name + same file = resume."),
+    wait: bool = typer.Option(False, help="Follow progress until it ends."),
+    rounds: int = typer.Option(None, min=1), beam_width: int = typer.Option(None, min=1),
+    candidates_per_beam: int = typer.Option(None, min=1), seeds_per_prompt: int = typer.Option(None, min=1),
+    max_images: int = typer.Option(None, min=1), seed: int = typer.Option(None, min=0, help="Base seed."),
     concurrency: int = typer.Option(None, min=1, help="Default: from the renderer's capacity."),
     baseline: str = typer.Option("all", help="all | none | sample:<fraction>."),
 ) -> None:
-    """Submit a campaign to a running endpoint."""
-    spec = _load_spec(campaign, name, None, {}, concurrency, baseline)
+    """Submit a campaign to a running endpoint (the search options default to the endpoint preset's)."""
+    search = {"rounds": rounds, "beam_width": beam_width, "candidates_per_beam": candidates_per_beam,
+              "seeds_per_prompt": seeds_per_prompt, "max_images": max_images, "base_seed": seed}
+    spec = _load_spec(campaign, name, None, search, concurrency, baseline)
     result = _submit_and_wait(endpoint, spec, wait=wait)
     Console().print_json(json.dumps(result))
 
 
-@app.command()
-def status(campaign_id: str, endpoint: str = typer.Option("http://127.0.0.1:8000")) -> None:
-    """Print a campaign's status."""
+def _campaign_call(method: str, endpoint: str, path: str):
     import httpx
 
-    resp = httpx.get(f"{endpoint.rstrip('/')}/v1/campaigns/{campaign_id}", timeout=30)
-    if resp.status_code >= 400:
-        raise _fail(f"{resp.status_code}: {resp.text}", 1)
-    Console().print_json(resp.text)
+    with httpx.Client(timeout=60) as client:
+        return _checked(_request(client, method, f"{endpoint.rstrip('/')}{path}"))
 
 
 @app.command()
-def report(campaign_dir: Path = typer.Argument(..., help="A campaign directory (OUT/NAME).")) -> None:
-    """(Re)write CAMPAIGN_DIR/report.html and print the summary."""
-    if not (campaign_dir / "manifest.json").is_file():
+def status(campaign_id: str, endpoint: str = ENDPOINT) -> None:
+    """Print a campaign's status (JSON)."""
+    Console().print_json(_campaign_call("GET", endpoint, f"/v1/campaigns/{campaign_id}").text)
+
+
+@app.command()
+def cancel(campaign_id: str, endpoint: str = ENDPOINT) -> None:
+    """Cancel a running campaign; finished intents stay, and submitting it again resumes it."""
+    Console().print_json(_campaign_call("DELETE", endpoint, f"/v1/campaigns/{campaign_id}").text)
+
+
+@app.command()
+def results(
+    campaign_id: str, endpoint: str = ENDPOINT,
+    offset: int = typer.Option(0, min=0, help="Skip this many finished intents (campaign order)."),
+    limit: int = typer.Option(None, min=1, help="At most this many lines (default: all)."),
+    out: Path = typer.Option(None, help="Write to this file instead of stdout."),
+) -> None:
+    """Stream a campaign's results, one IntentOutcome (JSON) per line, as the endpoint produces them (partial while
+    the campaign runs)."""
+    import sys
+
+    import httpx
+
+    params = {"offset": offset, **({"limit": limit} if limit else {})}
+    url = f"{endpoint.rstrip('/')}/v1/campaigns/{campaign_id}/results"
+    sink = out.open("w") if out else sys.stdout
+    try:
+        with httpx.Client(timeout=httpx.Timeout(60, read=300)) as client:
+            # a short probe first, with retries, so a restarting endpoint does not end the command
+            _checked(_request(client, "GET", url, params={"offset": offset, "limit": 1}))
+            with client.stream("GET", url, params=params) as response:
+                if response.status_code >= 400:
+                    raise _fail(f"{response.status_code}: {response.read().decode(errors='replace')}", 1)
+                n = 0
+                for line in response.iter_lines():
+                    if line:
+                        sink.write(line + "\n")
+                        n += 1
+    finally:
+        if out:
+            sink.close()
+    console.print(f"{n} results" + (f" written to {out}" if out else ""))
+
+
+@app.command()
+def report(
+    campaign_dir: str = typer.Argument(..., help="A campaign: a directory (OUT/NAME) or any fsspec URL "
+                                       "(s3://bucket/runs/NAME, gs://..., file://...)."),
+) -> None:
+    """(Re)write the campaign's report.html and print the summary."""
+    from pipelines.store import CampaignStore
+
+    try:
+        store = CampaignStore(campaign_dir)
+        found = store.fs.isfile(store.path("manifest.json"))
+    except (ImportError, ValueError) as exc:  # an unknown protocol, or its fsspec backend not installed
+        raise _fail(f"cannot open {campaign_dir!r}: {exc}") from exc
+    if not found:
         raise _fail(f"{campaign_dir} holds no campaign (no manifest.json)")
     _finish_report(campaign_dir)
 

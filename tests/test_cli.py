@@ -75,3 +75,91 @@ def test_search_is_a_one_intent_campaign_with_in_process_engines(tiny_models, tm
     assert all((tmp_path / "apple" / c.image).is_file() for c in part.lineage)
     assert (tmp_path / "apple" / "report.html").is_file() and store.read_status().intents_done == 1
     assert "best_of_n" in proc.stdout  # the lineage table
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Cluster users: --version, reports on any fsspec URL, the endpoint from the environment, retries with backoff.
+# The commands against the Serve app are in tests/test_serve_fake.py.
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_version_is_the_installed_packages():
+    import importlib.metadata
+
+    result = cli(["--version"])
+    assert result.exit_code == 0 and result.output.strip() == f"promptbeam {importlib.metadata.version('promptbeam')}"
+
+
+def test_report_reads_and_writes_a_campaign_at_an_fsspec_url():
+    import fsspec
+
+    url = "memory://cli-report/c"
+    spec = CampaignSpec(name="c", intents=[Intent(id="i0", text="a red apple")],
+                        search={"rounds": 1, "max_images": 4, "seeds_per_prompt": 1})
+    renderer = FakeRenderer()
+    asyncio.run(CampaignRunner(spec, spec.search_config(), renderer, ScriptedLLM(renderer), CampaignStore(url)).run())
+    result = cli(["report", url])
+    assert result.exit_code == 0, result.output
+    fs = fsspec.filesystem("memory")
+    assert fs.isfile("/cli-report/c/report.html") and b"a red apple" in fs.cat("/cli-report/c/report.html")
+    missing = cli(["report", "memory://cli-report/none"])
+    assert missing.exit_code == 2 and "no manifest.json" in missing.output
+
+
+class FlakyEndpoint:
+    """A loopback endpoint whose first `failures` GETs answer 503 (a restarting proxy), then a fixed JSON status."""
+
+    def __init__(self, failures: int):
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.paths: list[str] = []
+        endpoint = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                endpoint.paths.append(self.path)
+                code, body = (503, b"upstream restarting") if len(endpoint.paths) <= failures else (200, b'{"ok": 1}')
+                self.send_response(code)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_polling_retries_with_backoff_and_takes_the_endpoint_from_the_environment(monkeypatch):
+    import pipelines.cli as cli_module
+
+    delays: list[float] = []
+    monkeypatch.setattr(cli_module, "BACKOFF_S", 0.01)
+    monkeypatch.setattr("time.sleep", delays.append)
+    endpoint = FlakyEndpoint(failures=3)
+    try:
+        result = CliRunner().invoke(app, ["status", "camp"], env={"COLUMNS": "300", "PROMPTBEAM_ENDPOINT": endpoint.url})
+    finally:
+        endpoint.close()
+    assert result.exit_code == 0, result.output
+    assert endpoint.paths == ["/v1/campaigns/camp"] * 4 and '"ok": 1' in result.output
+    assert delays == [0.01, 0.02, 0.04]  # doubling per retry
+    assert "HTTP 503" in result.output and "retry 1/" in result.output
+
+
+def test_an_unreachable_endpoint_fails_after_the_retries_with_the_reason(monkeypatch):
+    import pipelines.cli as cli_module
+    from tests.conftest import free_port
+
+    monkeypatch.setattr(cli_module, "BACKOFF_S", 0.01)
+    monkeypatch.setattr(cli_module, "BACKOFF_MAX_S", 0.02)
+    result = cli(["cancel", "camp", "--endpoint", f"http://127.0.0.1:{free_port()}"])
+    assert result.exit_code == 1
+    assert f"failed {cli_module.HTTP_ATTEMPTS} times" in result.output and "ConnectError" in result.output

@@ -301,3 +301,55 @@ def test_external_rewriter_and_critic_endpoints_replace_the_llm_deployment(ray_c
     finally:
         serve.delete("external")
         server.close()
+
+
+def test_cli_submit_status_results_cancel_and_report_against_the_app(fake_app, tmp_path):
+    """The cluster user's commands against the running app, the endpoint taken from PROMPTBEAM_ENDPOINT."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from pipelines.cli import app
+    from pipelines.records import IntentOutcome
+
+    env = {"COLUMNS": "300", "PROMPTBEAM_ENDPOINT": fake_app.url}
+
+    def cli(*args: str):
+        return CliRunner().invoke(app, list(args), env=env)
+
+    campaign = tmp_path / "cli-camp.jsonl"
+    campaign.write_text("".join(json.dumps(i) + "\n" for i in intents(3)))
+    done = cli("submit", str(campaign), "--wait", "--rounds", "3", "--beam-width", "1", "--candidates-per-beam", "2",
+               "--max-images", "10", "--seed", "7")
+    assert done.exit_code == 0, done.output
+    manifest = CampaignStore(str(fake_app.store / "cli-camp")).read_manifest()
+    search = manifest.search
+    assert (search.rounds, search.beam_width, search.candidates_per_beam, search.max_images, search.base_seed) == (
+        3, 1, 2, 10, 7)  # the search options reached the endpoint
+    assert "ETA" in done.output
+
+    st = cli("status", "cli-camp")
+    assert st.exit_code == 0 and CampaignStatus.model_validate_json(st.stdout).intents_done == 3
+
+    out = tmp_path / "results.jsonl"
+    res = cli("results", "cli-camp", "--offset", "1", "--out", str(out))
+    assert res.exit_code == 0, res.output
+    lines = [IntentOutcome.model_validate_json(line) for line in out.read_text().splitlines()]
+    assert [o.intent_id for o in lines] == ["i1", "i2"] and all(o.status == "done" for o in lines)
+    streamed = cli("results", "cli-camp", "--limit", "1")
+    assert [IntentOutcome.model_validate_json(streamed.stdout.splitlines()[0]).intent_id] == ["i0"]
+
+    # a long campaign, one intent at a time: cancelled while it runs, its finished intents kept
+    slow = tmp_path / "cli-slow.jsonl"
+    slow.write_text("".join(json.dumps(i) + "\n" for i in intents(60, prefix="s")))
+    assert cli("submit", str(slow), "--concurrency", "1").exit_code == 0
+    cancelled = cli("cancel", "cli-slow")
+    assert cancelled.exit_code == 0, cancelled.output
+    after = CampaignStatus.model_validate_json(cancelled.stdout)
+    assert after.state == "cancelled" and after.intents_finished < 60
+    unknown = cli("cancel", "no-such-campaign")
+    assert unknown.exit_code == 1 and "404" in unknown.output and "no running campaign" in unknown.output
+
+    rep = cli("report", (fake_app.store / "cli-camp").as_uri())  # file:// is an fsspec URL like s3://
+    assert rep.exit_code == 0, rep.output
+    assert (fake_app.store / "cli-camp" / "report.html").is_file()
