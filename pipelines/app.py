@@ -14,7 +14,7 @@ import asyncio
 import logging
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import FastAPI, HTTPException, Query
 from fastapi.responses import Response, StreamingResponse
@@ -34,7 +34,7 @@ from pipelines.records import (
 )
 from pipelines.store import CampaignStore, StoreFormatError
 from serving.clients import ServeLanguageModel, ServeRenderer, open_role_models
-from serving.deployments import build_diffusion_deployment, build_llm_deployment, merge_options
+from serving.deployments import build_diffusion_deployment, build_llm_deployment, llm_options, merge_options
 from serving.openai_client import LanguageModelEndpoints
 from serving.presets import (
     DiffusionOverrides,
@@ -79,7 +79,13 @@ class AppConfig(BaseModel):
         description="OpenAI-compatible endpoints for the rewriter and/or the critic, over the preset's (per role). "
         "When every role that would use the preset's LLM has one, no LLM deployment is started.",
     )
-    tiny_dir: str | None = Field(default=None, description="Where tiny models live (built there if missing).")
+    llm_backend: Literal["engine", "ray_serve_llm"] = Field(
+        default="engine",
+        description="How the preset's LLM is served: 'engine', the project's LLMDeployment over the engine class "
+        "in `engines.llm`; 'ray_serve_llm', Ray Serve LLM's LLMServer (vLLM with Ray's health check, placement group "
+        "for tensor parallelism and LLM metrics) built from the same LLMEngineConfig (serving/serve_llm.py).",
+    )
+    tiny_dir: str | None = Field(default=None, description="Where tiny models live (built there if missing).
     store_root: str = Field(default="runs/serve", description="fsspec URL; each campaign gets <root>/<id>/.")
     engines: EngineClasses = Field(default_factory=EngineClasses)
 
@@ -128,7 +134,14 @@ class CampaignIngress:
         self.preset = config.resolve()
         self.models = ModelsRecord.of(self.preset)
         self.renderer = ServeRenderer(diffusion)
-        self.llm = ServeLanguageModel(llm) if llm is not None else None
+        if llm is None:
+            self.llm = None
+        elif config.llm_backend == "ray_serve_llm":
+            from serving.serve_llm import ServeLLMLanguageModel
+
+            self.llm = ServeLLMLanguageModel(llm, self.preset.llm.model)
+        else:
+            self.llm = ServeLanguageModel(llm)
         # Roles with an OpenAI-compatible endpoint talk to it directly (one pooled client per endpoint).
         self.rewriter_llm, self.critic_llm = open_role_models(self.preset.endpoints, self.llm)
         self.limits = IngressConfig()
@@ -291,8 +304,15 @@ def compose_app(config: AppConfig, deployments: dict[str, dict[str, Any]] | None
     )
     llm = None
     if preset.needs_llm:
-        llm = build_llm_deployment(preset.llm, import_object(config.engines.llm), on_gpu=preset.on_gpu,
-                                   options=deployments.get("llm"))
+        if config.llm_backend == "ray_serve_llm":
+            from serving.serve_llm import build_serve_llm_deployment
+
+            llm = build_serve_llm_deployment(preset.llm, on_gpu=preset.on_gpu,
+                                             options=merge_options(llm_options(on_gpu=preset.on_gpu),
+                                                                   deployments.get("llm")))
+        else:
+            llm = build_llm_deployment(preset.llm, import_object(config.engines.llm), on_gpu=preset.on_gpu,
+                                       options=deployments.get("llm"))
     ingress = serve.deployment(CampaignIngress, name="ingress", **merge_options(INGRESS_OPTIONS,
                                                                                deployments.get("ingress")))
     return ingress.bind(diffusion, llm, config)

@@ -1,0 +1,88 @@
+"""Run by tests/test_serve_llm.py in its own process: Ray Serve LLM's LLMServer needs a Ray with 4 logical CPUs (its
+placement group takes 2), while the session's shared test cluster has 2. Prints one JSON line of findings.
+
+    python -m tests.serve_llm_check TMPDIR
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import sys
+import time
+from pathlib import Path
+
+
+def main(tmp: Path) -> dict:
+    import httpx
+    import ray
+    from PIL import Image
+    from ray import serve
+
+    from agents.messages import ChatMessage, ChatRequest, ImagePart, TextPart
+    from pipelines.app import AppConfig, compose_app
+    from serving.serve_llm import ServeLLMLanguageModel
+    from serving.tiny_models import make_tiny_models
+    from tests.conftest import free_port
+
+    tiny = make_tiny_models(tmp / "tiny")
+    port = free_port()
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
+    findings: dict = {}
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        config = AppConfig(preset="tiny", tiny_dir=str(tiny["diffusion"].parent), store_root=str(tmp / "store"),
+                           llm_backend="ray_serve_llm")
+        t0 = time.time()
+        serve.run(compose_app(config, {"diffusion": {"ray_actor_options": {"num_cpus": 0}},
+                                       "ingress": {"ray_actor_options": {"num_cpus": 0}}}), name="pb", route_prefix="/")
+        findings["ready_s"] = round(time.time() - t0, 1)
+        status = serve.status().applications["pb"]
+        findings["deployments"] = sorted(status.deployments)
+
+        buf = io.BytesIO()
+        Image.new("RGB", (32, 32), (200, 30, 30)).save(buf, format="PNG")
+        schema = {"type": "object", "properties": {"colour": {"type": "string", "maxLength": 12}},
+                  "required": ["colour"], "additionalProperties": False}
+
+        def request(rid: str) -> ChatRequest:
+            return ChatRequest(request_id=rid, purpose="critique", json_schema=schema, seed=5, max_tokens=24,
+                               messages=[ChatMessage(role="user", content=[ImagePart(png=buf.getvalue()),
+                                                                            TextPart(text="Which colour is it?")])])
+
+        async def chats():
+            llm = ServeLLMLanguageModel(serve.get_deployment_handle("llm", app_name="pb"), str(tiny["vlm"]))
+            first = await llm.chat(request("a"))
+            second = await llm.chat(request("b"))
+            long = await llm.chat(ChatRequest(request_id="long", messages=[ChatMessage(role="user",
+                                                                                    content="word " * 6000)]))
+            return first, second, long
+
+        first, second, long = asyncio.run(chats())
+        findings["chat"] = {"text_equal": first.text == second.text, "parsed": first.parsed,
+                            "parse_error": first.parse_error, "prompt_tokens": first.prompt_tokens,
+                            "completion_tokens": first.completion_tokens, "error": first.error}
+        findings["too_long_error"] = long.error
+
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
+            body = {"name": "servellm", "intents": [{"id": "i0", "text": "a red apple"}],
+                    "search": {"rounds": 1, "max_images": 4, "steps": 2}}
+            resp = client.post("/v1/campaigns", json=body)
+            findings["submit_status"] = resp.status_code
+            deadline = time.time() + 300
+            while True:
+                st = client.get("/v1/campaigns/servellm").json()
+                if st["state"] != "running" or time.time() > deadline:
+                    break
+                time.sleep(1)
+        findings["campaign"] = {k: st[k] for k in ("state", "intents_done", "intents_failed", "errors")}
+        findings["campaign"]["llm_calls"] = st["search_costs"]["llm_calls"]
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    return findings
+
+
+if __name__ == "__main__":
+    print("FINDINGS " + json.dumps(main(Path(sys.argv[1])), default=str), flush=True)
