@@ -85,7 +85,7 @@ class AppConfig(BaseModel):
         "in `engines.llm`; 'ray_serve_llm', Ray Serve LLM's LLMServer (vLLM with Ray's health check, placement group "
         "for tensor parallelism and LLM metrics) built from the same LLMEngineConfig (serving/serve_llm.py).",
     )
-    tiny_dir: str | None = Field(default=None, description="Where tiny models live (built there if missing).
+    tiny_dir: str | None = Field(default=None, description="Where tiny models live (built there if missing).")
     store_root: str = Field(default="runs/serve", description="fsspec URL; each campaign gets <root>/<id>/.")
     engines: EngineClasses = Field(default_factory=EngineClasses)
 

@@ -12,10 +12,10 @@ import asyncio
 import base64
 import json
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from agents.messages import ChatMessage, ChatRequest, ImagePart, TextPart
 from tests.fakes import ScriptedLLM
+from tests.http_helpers import LoopbackServer
 
 
 def chat_request(body: dict, request_id: str) -> ChatRequest:
@@ -37,45 +37,31 @@ def chat_request(body: dict, request_id: str) -> ChatRequest:
 
 
 class ScriptedOpenAIServer:
-    """``POST /v1/chat/completions`` answered by a ScriptedLLM; records (model, purpose, has_image, seed) per request."""
+    """``POST /v1/chat/completions`` answered by a ScriptedLLM; records (model, purpose, images, seed, authorization) per
+    request. Loopback: the Serve replicas of the local test cluster run on this machine."""
 
     def __init__(self, llm: ScriptedLLM | None = None):
         self.llm = llm or ScriptedLLM(keep_requests=False)
         self.calls: list[dict] = []
         self._lock = threading.Lock()
-        server = self
+        self._server = LoopbackServer(self._answer)
+        self.url = self._server.url + "/v1"
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                with server._lock:
-                    n = len(server.calls)
-                    request = chat_request(body, f"srv-{n}")
-                    server.calls.append({"model": body["model"], "purpose": request.purpose, "seed": request.seed,
-                                         "images": sum(len(m.images()) for m in request.messages),
-                                         "authorization": self.headers.get("Authorization")})
-                    result = asyncio.run(server.llm.chat(request))
-                data = json.dumps({
-                    "id": f"chatcmpl-{n}", "object": "chat.completion", "model": body["model"],
-                    "choices": [{"index": 0, "finish_reason": "stop",
-                                 "message": {"role": "assistant", "content": result.text}}],
-                    "usage": {"prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens},
-                }).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args):
-                pass
-
-        # Loopback: Serve replicas of the local test cluster run on this machine.
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    def _answer(self, method: str, path: str, headers: dict, raw: bytes) -> tuple[int, bytes, str]:
+        body = json.loads(raw)
+        with self._lock:
+            n = len(self.calls)
+            request = chat_request(body, f"srv-{n}")
+            self.calls.append({"model": body["model"], "purpose": request.purpose, "seed": request.seed,
+                               "images": sum(len(m.images()) for m in request.messages),
+                               "authorization": headers.get("Authorization")})
+            result = asyncio.run(self.llm.chat(request))
+        return 200, json.dumps({
+            "id": f"chatcmpl-{n}", "object": "chat.completion", "model": body["model"],
+            "choices": [{"index": 0, "finish_reason": "stop",
+                         "message": {"role": "assistant", "content": result.text}}],
+            "usage": {"prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens},
+        }).encode(), "application/json"
 
     def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self._server.close()

@@ -110,31 +110,21 @@ class FlakyEndpoint:
     """A loopback endpoint whose first `failures` GETs answer 503 (a restarting proxy), then a fixed JSON status."""
 
     def __init__(self, failures: int):
-        import threading
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        from tests.http_helpers import LoopbackServer
 
         self.paths: list[str] = []
-        endpoint = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):
-                endpoint.paths.append(self.path)
-                code, body = (503, b"upstream restarting") if len(endpoint.paths) <= failures else (200, b'{"ok": 1}')
-                self.send_response(code)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+        def answer(method, path, headers, body):
+            self.paths.append(path)
+            if len(self.paths) <= failures:
+                return 503, b"upstream restarting", "text/plain"
+            return 200, b'{"ok": 1}', "application/json"
 
-            def log_message(self, *args):
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        self._server = LoopbackServer(answer)
+        self.url = self._server.url
 
     def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self._server.close()
 
 
 def test_polling_retries_with_backoff_and_takes_the_endpoint_from_the_environment(monkeypatch):
