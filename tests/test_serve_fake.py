@@ -83,8 +83,9 @@ def test_campaign_over_http_returns_typed_records_and_paginated_results(fake_app
         resp = client.post("/v1/campaigns", json={"name": "pages", "intents": intents(5), "search": SEARCH})
         assert resp.status_code == 202, resp.text
         accepted = CampaignAccepted.model_validate_json(resp.content)
-        # no concurrency given: from the renderer's capacity, 2 x (8 images x 1 replica) / 4 images per round
-        assert accepted.concurrency == 4
+        # no concurrency given: from the renderer's capacity, 2 x (8 images x 1 replica) / 8 images in an intent's
+        # largest round (2 branches x 2 children x 2 seeds per prompt)
+        assert accepted.concurrency == 2
         st = wait_done(client, accepted.id)
         assert st.state == "done" and st.intents_done == 5 and st.improvement.n == 5
         assert st.images_rendered == st.search_costs.images + st.baseline_costs.images > 0
