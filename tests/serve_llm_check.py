@@ -69,15 +69,16 @@ def main(tmp: Path) -> dict:
             body = {"name": "servellm", "intents": [{"id": "i0", "text": "a red apple"}],
                     "search": {"rounds": 1, "max_images": 4, "steps": 2}}
             resp = client.post("/v1/campaigns", json=body)
-            findings["submit_status"] = resp.status_code
+            findings["submit_status"], findings["submit_reply"] = resp.status_code, resp.text[:2000]
             deadline = time.time() + 300
-            while True:
+            st: dict = {}
+            while resp.status_code == 202 and time.time() < deadline:
                 st = client.get("/v1/campaigns/servellm").json()
-                if st["state"] != "running" or time.time() > deadline:
+                if st.get("state") != "running":
                     break
                 time.sleep(1)
-        findings["campaign"] = {k: st[k] for k in ("state", "intents_done", "intents_failed", "errors")}
-        findings["campaign"]["llm_calls"] = st["search_costs"]["llm_calls"]
+        findings["campaign"] = {k: st.get(k) for k in ("state", "intents_done", "intents_failed", "errors")}
+        findings["campaign"]["llm_calls"] = (st.get("search_costs") or {}).get("llm_calls")
     finally:
         serve.shutdown()
         ray.shutdown()

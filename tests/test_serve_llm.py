@@ -64,6 +64,6 @@ def test_campaign_through_ray_serve_llm_on_cpu(tmp_path):
     assert chat["text_equal"], "the same seed gives the same answer"
     assert (chat["parsed"] is not None and set(chat["parsed"]) == {"colour"}) or chat["parse_error"], chat
     assert found["too_long_error"] and "HTTP 4" in found["too_long_error"]
-    assert found["submit_status"] == 202
+    assert found["submit_status"] == 202, found["submit_reply"]
     campaign = found["campaign"]
     assert campaign["state"] == "done" and campaign["intents_done"] == 1 and campaign["llm_calls"] > 0, campaign
