@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from agents.messages import ChatResult
+from pipelines.records import CampaignStatus
 from serving.deployments import llm_options
 from serving.presets import load_preset
 from serving.serve_llm import build_llm_config, engine_kwargs, serve_llm_deployment_config
@@ -26,7 +28,8 @@ def test_llm_config_carries_the_engine_config_and_explicit_scaling():
     options["ray_actor_options"]["resources"] = {"llm_node": 1}
     config = build_llm_config(gpu, on_gpu=True, options=options)
     kw = config.engine_kwargs
-    assert (kw["tensor_parallel_size"], kw["enable_chunked_prefill"], kw["limit_mm_per_prompt"]["image"]) == (2, True, 1)
+    assert (kw["tensor_parallel_size"], kw["enable_chunked_prefill"]) == (2, True)
+    assert kw["limit_mm_per_prompt"] == {"image": 1, "video": 0}
     assert kw["structured_outputs_config"]["backend"] == "xgrammar"
     assert kw["gpu_memory_utilization"] == gpu.gpu_memory_utilization and "kv_cache_memory_bytes" not in kw
     # one GPU bundle per tensor-parallel worker, pinned to the llm group by its custom resource
@@ -59,11 +62,11 @@ def test_campaign_through_ray_serve_llm_on_cpu(tmp_path):
     assert proc.returncode == 0 and lines, (proc.stdout[-2000:], proc.stderr[-4000:])
     found = json.loads(lines[-1][len("FINDINGS "):])
     assert found["deployments"] == ["diffusion", "ingress", "llm"]
-    chat = found["chat"]
-    assert chat["error"] is None and chat["prompt_tokens"] > 0 and chat["completion_tokens"] > 0
-    assert chat["text_equal"], "the same seed gives the same answer"
-    assert (chat["parsed"] is not None and set(chat["parsed"]) == {"colour"}) or chat["parse_error"], chat
-    assert found["too_long_error"] and "HTTP 4" in found["too_long_error"]
+    first, too_long = ChatResult.model_validate(found["first"]), ChatResult.model_validate(found["too_long"])
+    assert first.error is None and first.prompt_tokens > 0 and first.completion_tokens > 0
+    assert found["same_seed_same_text"], "the same seed gives the same answer"
+    assert (first.parsed is not None and set(first.parsed) == {"colour"}) or first.parse_error, first
+    assert too_long.error and "HTTP 4" in too_long.error  # refused for its content: recorded, not raised
     assert found["submit_status"] == 202, found["submit_reply"]
-    campaign = found["campaign"]
-    assert campaign["state"] == "done" and campaign["intents_done"] == 1 and campaign["llm_calls"] > 0, campaign
+    status = CampaignStatus.model_validate(found["campaign_status"])
+    assert status.state == "done" and status.intents_done == 1 and status.search_costs.llm_calls > 0, status
