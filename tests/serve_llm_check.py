@@ -66,7 +66,7 @@ def main(tmp: Path) -> dict:
 
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
             body = {"name": "servellm", "intents": [{"id": "i0", "text": "a red apple"}],
-                    "search": {"rounds": 1, "max_images": 4, "steps": 2}}
+                    "search": {"rounds": 1, "max_images": 6, "steps": 2}}
             resp = client.post("/v1/campaigns", json=body)
             findings["submit_status"], findings["submit_reply"] = resp.status_code, resp.text[:2000]
             deadline = time.time() + 300
