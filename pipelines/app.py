@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.openapi.utils import get_openapi
@@ -36,8 +36,9 @@ from pipelines.records import (
     ModelsRecord,
 )
 from pipelines.store import CampaignStore, RunningRegistry, StoreFormatError, UnsafeName, campaign_store
-from serving.clients import ServeLanguageModel, ServeRenderer
-from serving.deployments import build_diffusion_deployment, build_llm_deployment, merge_options
+from serving.clients import ServeLanguageModel, ServeRenderer, open_role_models
+from serving.deployments import build_diffusion_deployment, build_llm_deployment, llm_options, merge_options
+from serving.openai_client import LanguageModelEndpoints
 from serving.presets import (
     DiffusionOverrides,
     LLMOverrides,
@@ -76,13 +77,24 @@ class AppConfig(BaseModel):
     defaults: RenderDefaultsOverrides | None = Field(  # type: ignore[valid-type]
         default=None, description="Image defaults (width, height, steps, guidance_scale) over the preset's."
     )
+    endpoints: LanguageModelEndpoints | None = Field(
+        default=None,
+        description="OpenAI-compatible endpoints for the rewriter and/or the critic, over the preset's (per role). "
+        "When every role that would use the preset's LLM has one, no LLM deployment is started.",
+    )
+    llm_backend: Literal["engine", "ray_serve_llm"] = Field(
+        default="engine",
+        description="How the preset's LLM is served: 'engine', the project's LLMDeployment over the engine class "
+        "in `engines.llm`; 'ray_serve_llm', Ray Serve LLM's LLMServer (vLLM with Ray's health check, placement group "
+        "for tensor parallelism and LLM metrics) built from the same LLMEngineConfig (serving/serve_llm.py).",
+    )
     tiny_dir: str | None = Field(default=None, description="Where tiny models live (built there if missing).")
     store_root: str = Field(default="runs/serve", description="fsspec URL; each campaign gets <root>/<id>/.")
     engines: EngineClasses = Field(default_factory=EngineClasses)
 
     def resolve(self) -> ModelPreset:
         return resolve_preset(self.preset, self.tiny_dir, diffusion=self.diffusion, llm=self.llm,
-                              defaults=self.defaults)
+                              defaults=self.defaults, endpoints=self.endpoints)
 
 
 class IngressConfig(BaseModel):
@@ -184,7 +196,16 @@ class CampaignIngress:
         self.preset = config.resolve()
         self.models = ModelsRecord.of(self.preset)
         self.renderer = ServeRenderer(diffusion)
-        self.llm = ServeLanguageModel(llm) if llm is not None else None
+        if llm is None:
+            self.llm = None
+        elif config.llm_backend == "ray_serve_llm":
+            from serving.serve_llm import ServeLLMLanguageModel
+
+            self.llm = ServeLLMLanguageModel(llm, self.preset.llm.model)
+        else:
+            self.llm = ServeLanguageModel(llm)
+        # Roles with an OpenAI-compatible endpoint talk to it directly (one pooled client per endpoint).
+        self.rewriter_llm, self.critic_llm = open_role_models(self.preset.endpoints, self.llm)
         self.limits = IngressConfig()
         self.runs: dict[str, tuple[CampaignRunner, asyncio.Task | None]] = {}
         self.registry = RunningRegistry(config.store_root)
@@ -232,8 +253,8 @@ class CampaignIngress:
     async def _admit(self, spec: CampaignSpec, search: SearchConfig) -> CampaignAccepted:
         concurrency = spec.concurrency or intent_concurrency(search, await self.renderer.capacity())
         cid = spec.campaign_id()
-        runner = CampaignRunner(spec, search, self.renderer, self.llm, self._store(cid), models=self.models,
-                                concurrency=concurrency)
+        runner = CampaignRunner(spec, search, self.renderer, self.rewriter_llm, self._store(cid), models=self.models,
+                                concurrency=concurrency, critic_llm=self.critic_llm)
         # Admission: the checks and the registration happen with no await in between.
         running = self._running()
         if cid in running:
@@ -395,8 +416,15 @@ def compose_app(config: AppConfig, deployments: dict[str, dict[str, Any]] | None
     )
     llm = None
     if preset.needs_llm:
-        llm = build_llm_deployment(preset.llm, import_object(config.engines.llm), on_gpu=preset.on_gpu,
-                                   options=deployments.get("llm"))
+        if config.llm_backend == "ray_serve_llm":
+            from serving.serve_llm import build_serve_llm_deployment
+
+            llm = build_serve_llm_deployment(preset.llm, on_gpu=preset.on_gpu,
+                                             options=merge_options(llm_options(on_gpu=preset.on_gpu),
+                                                                   deployments.get("llm")))
+        else:
+            llm = build_llm_deployment(preset.llm, import_object(config.engines.llm), on_gpu=preset.on_gpu,
+                                       options=deployments.get("llm"))
     ingress = serve.deployment(CampaignIngress, name="ingress", **merge_options(INGRESS_OPTIONS,
                                                                                deployments.get("ingress")))
     return ingress.bind(diffusion, llm, config)

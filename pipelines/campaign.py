@@ -85,7 +85,8 @@ def make_agent(kind: str, llm_backed: type, llm: LanguageModel | None, config: A
 class CampaignRenderer:
     """The renderer as one campaign sees it: request ids carry the campaign's id, so two campaigns whose candidates share
     ids (intents are named by their users) never meet with the same id in a render batch; results come back with the
-    planner's own ids."""
+    planner's own ids. Images are counted per campaign as each render call returns (the dashboard's live images/s; the
+    intent's committed counts come later)."""
 
     def __init__(self, renderer: Renderer, campaign_id: str):
         self.renderer = renderer
@@ -97,6 +98,7 @@ class CampaignRenderer:
             [r.model_copy(update={"request_id": self.prefix + r.request_id, "campaign": self.campaign_id})
              for r in requests]
         )
+        metrics.inc(metrics.IMAGES_FINISHED, len(results), campaign=self.campaign_id)
         return [r.model_copy(update={"request_id": r.request_id.removeprefix(self.prefix)}) for r in results]
 
     async def info(self) -> RendererInfo:
@@ -123,6 +125,7 @@ class CampaignRunner:
         models: ModelsRecord = UNSPECIFIED_MODELS,
         concurrency: int | None = None,
         on_intent_done: Callable[[IntentOutcome], None] | None = None,
+        critic_llm: LanguageModel | None = None,
     ):
         self.spec = spec
         self.search = search
@@ -133,7 +136,8 @@ class CampaignRunner:
         self.on_intent_done = on_intent_done
         self.id = spec.campaign_id()
         self.rewriter = make_agent(models.rewriter, Rewriter, llm, spec.rewriter)
-        self.critic = make_agent(models.critic, Critic, llm, spec.critic)
+        # The critic may have its own model (an OpenAI-compatible endpoint); else it shares the rewriter's.
+        self.critic = make_agent(models.critic, Critic, critic_llm or llm, spec.critic)
         self.tally = CampaignTally(len(spec.intents))
         self.state = CampaignState.running
         self.started_at = time.time()

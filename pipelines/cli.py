@@ -28,6 +28,52 @@ CONFIG_HELP = ("A Serve config (its first application's `args` and `deployments`
                "bare AppConfig mapping; the options below override its models.")
 
 
+# OpenAI-compatible endpoints for the rewriter and the critic (shared by search, run and serve).
+REWRITER_ENDPOINT = typer.Option(None, "--rewriter-endpoint", help="OpenAI-compatible API root for the rewriter "
+                                 "(e.g. http://vllm:8000/v1); needs --rewriter-model.")
+REWRITER_MODEL = typer.Option(None, "--rewriter-model", help="Model name at --rewriter-endpoint.")
+CRITIC_ENDPOINT = typer.Option(None, "--critic-endpoint", help="OpenAI-compatible API root for the critic (a "
+                               "vision-language model); needs --critic-model. With both endpoints no LLM is served.")
+CRITIC_MODEL = typer.Option(None, "--critic-model", help="Model name at --critic-endpoint.")
+ENDPOINT_KEY_ENV = typer.Option(None, "--endpoint-key-env", help="Name of the environment variable holding the "
+                                "endpoints' API key (never the key itself).")
+
+
+def _endpoints(rewriter_url: str | None, rewriter_model: str | None, critic_url: str | None,
+               critic_model: str | None, key_env: str | None) -> dict | None:
+    """The AppConfig ``endpoints`` mapping from the endpoint options (None when none is given)."""
+    roles = {}
+    for role, url, model in (("rewriter", rewriter_url, rewriter_model), ("critic", critic_url, critic_model)):
+        if bool(url) != bool(model):
+            raise _fail(f"--{role}-endpoint and --{role}-model go together (got endpoint {url!r}, model {model!r})")
+        if url:
+            roles[role] = {"base_url": url, "model": model, **({"api_key_env": key_env} if key_env else {})}
+    return roles or None
+
+
+def _version() -> str:
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version("promptbeam")
+    except importlib.metadata.PackageNotFoundError:  # a source checkout that was never installed
+        return "unknown (not installed)"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"promptbeam {_version()}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _main(
+    version: bool = typer.Option(False, "--version", is_eager=True, callback=_print_version,
+                                 help="Print promptbeam's version and exit."),
+) -> None:
+    """Iterative prompt refinement for text-to-image."""
+
+
 def _fail(message: str, code: int = 2) -> typer.Exit:
     console.print(f"[red]error:[/red] {message}")
     return typer.Exit(code)
@@ -69,7 +115,7 @@ def list_presets() -> None:
 
 
 def _app_config(preset: str | None, diffusion_model: str | None, llm_model: str | None, config: Path | None,
-                store_root: Path | None = None) -> tuple[Any, dict[str, dict]]:
+                store_root: Path | None = None, endpoints: dict | None = None) -> tuple[Any, dict[str, dict]]:
     """(AppConfig, per-deployment Serve options) from a config file and command-line overrides."""
     import yaml
     from pydantic import ValidationError
@@ -96,6 +142,8 @@ def _app_config(preset: str | None, diffusion_model: str | None, llm_model: str 
             args[section] = {**(args.get(section) or {}), "model": model}
     if store_root is not None:
         args["store_root"] = str(store_root)
+    if endpoints:
+        args["endpoints"] = {**(args.get("endpoints") or {}), **endpoints}
     try:
         app_config = AppConfig.model_validate(args)
         app_config.resolve()  # unknown presets and invalid model fields fail here, before anything starts
@@ -122,6 +170,8 @@ def search(
     beam_width: int = typer.Option(2, min=1),
     candidates_per_beam: int = typer.Option(2, min=1),
     seed: int = typer.Option(0, min=0, help="Base seed: same seed, same lineage."),
+    rewriter_endpoint: str = REWRITER_ENDPOINT, rewriter_model: str = REWRITER_MODEL,
+    critic_endpoint: str = CRITIC_ENDPOINT, critic_model: str = CRITIC_MODEL, endpoint_key_env: str = ENDPOINT_KEY_ENV,
 ) -> None:
     """Refine one intent in-process (no Ray): a one-intent campaign through the same runner and store as `run`
     (beam search plus the best-of-N baseline at equal image budget), then its lineage and report."""
@@ -129,7 +179,8 @@ def search(
 
     from pipelines.records import CampaignSpec
 
-    app_config, _ = _app_config(preset, diffusion_model, llm_model, config)
+    endpoints = _endpoints(rewriter_endpoint, rewriter_model, critic_endpoint, critic_model, endpoint_key_env)
+    app_config, _ = _app_config(preset, diffusion_model, llm_model, config, endpoints=endpoints)
     try:
         spec = CampaignSpec(
             name=name, intents=[{"id": "intent", "text": text}], concurrency=1,
@@ -158,8 +209,8 @@ async def _search(spec, search_config, preset, campaign_dir: Path) -> None:
     store = CampaignStore(str(campaign_dir))
     console.print("loading the engines")
     async with LocalEngines(preset) as engines:
-        runner = CampaignRunner(spec, search_config, engines.renderer, engines.llm, store,
-                                models=ModelsRecord.of(preset), concurrency=1)
+        runner = CampaignRunner(spec, search_config, engines.renderer, engines.rewriter_llm, store,
+                                models=ModelsRecord.of(preset), concurrency=1, critic_llm=engines.critic_llm)
         try:
             runner.prepare_store()
         except CampaignConflict as exc:
@@ -212,33 +263,101 @@ def _safe_id(stem: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.\-]", "-", stem).lstrip(".")[:100] or "campaign"
 
 
+ENDPOINT = typer.Option("http://127.0.0.1:8000", envvar="PROMPTBEAM_ENDPOINT",
+                        help="The campaign endpoint (e.g. http://head:8000); env PROMPTBEAM_ENDPOINT.")
+HTTP_ATTEMPTS = 6
+"""Tries per request before giving up: a restarting proxy or ingress (seconds) should not end a long campaign's watch."""
+BACKOFF_S = 0.5
+"""Wait before the first retry; doubles per retry up to BACKOFF_MAX_S."""
+BACKOFF_MAX_S = 10.0
+RETRY_STATUS = frozenset({502, 503, 504})
+"""Answers from a proxy or load balancer whose backend is (re)starting: worth another try."""
+
+
+def _http_client(**kwargs):
+    """An HTTP client for the campaign API, sending ``Authorization: Bearer`` when PROMPTBEAM_API_TOKEN (or
+    PROMPTBEAM_API_TOKEN_FILE) is set, the same settings the server reads."""
+    import httpx
+
+    from pipelines.auth import AuthSettings
+
+    try:
+        token = AuthSettings().token()
+    except ValueError as exc:
+        raise _fail(str(exc)) from exc
+    headers = {"authorization": f"Bearer {token}"} if token else {}
+    return httpx.Client(headers=headers, **kwargs)
+
+
+def _request(client, method: str, url: str, **kwargs):
+    """One HTTP request, retried with exponential backoff on connection failures and 502/503/504. A POST is retried
+    only when the connection was never made (resubmitting a campaign that did start would answer 409)."""
+    import time
+
+    import httpx
+
+    failure = ""
+    for attempt in range(HTTP_ATTEMPTS):
+        try:
+            response = client.request(method, url, **kwargs)
+        except httpx.TransportError as exc:
+            if method == "POST" and not isinstance(exc, httpx.ConnectError):
+                raise _fail(f"POST {url}: {type(exc).__name__}: {exc} (not retried; check the campaign's status)", 1)
+            failure = f"{type(exc).__name__}: {exc}"
+        else:
+            if response.status_code not in RETRY_STATUS or method == "POST":
+                return response
+            failure = f"HTTP {response.status_code}"
+        if attempt + 1 < HTTP_ATTEMPTS:
+            delay = min(BACKOFF_MAX_S, BACKOFF_S * 2**attempt)
+            console.print(f"[yellow]{method} {url} failed ({failure}); retry {attempt + 1}/{HTTP_ATTEMPTS - 1} "
+                          f"in {delay:.1f}s[/yellow]")
+            time.sleep(delay)
+    raise _fail(f"{method} {url} failed {HTTP_ATTEMPTS} times; last: {failure}", 1)
+
+
+def _checked(response):
+    """The response, or exit 1 with the server's reason for a 4xx/5xx."""
+    if response.status_code >= 400:
+        raise _fail(f"{response.status_code}: {response.text}", 1)
+    return response
+
+
 def _submit_and_wait(endpoint: str, spec, wait: bool = True) -> dict:
     """POST the campaign, then follow its status with a progress bar until it ends. Ctrl-C cancels it."""
     import time
 
     import httpx
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     from pipelines.records import CampaignAccepted, CampaignStatus
 
     endpoint = endpoint.rstrip("/")
-    with httpx.Client(timeout=60) as client:
-        resp = client.post(f"{endpoint}/v1/campaigns", content=spec.model_dump_json(exclude_none=True),
-                           headers={"content-type": "application/json"})
-        if resp.status_code >= 400:
-            raise _fail(f"{resp.status_code}: {resp.text}", 1)
+    with _http_client(timeout=60) as client:
+        resp = _checked(_request(client, "POST", f"{endpoint}/v1/campaigns",
+                                 content=spec.model_dump_json(exclude_none=True),
+                                 headers={"content-type": "application/json"}))
         accepted = CampaignAccepted.model_validate_json(resp.content)
         console.print(f"campaign [bold]{accepted.id}[/bold]: {accepted.intents} intents"
                       f" ({accepted.resumed_intents} already finished), {accepted.concurrency} at once")
         if not wait:
             return accepted.model_dump(mode="json")
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-                   TimeElapsedColumn())
+                   TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
         with Progress(*columns, console=console) as progress:
-            task = progress.add_task("intents", total=accepted.intents, info="")
+            # Resumed intents are where the bar starts, so they do not count towards the speed behind the ETA.
+            task = progress.add_task("intents", total=accepted.intents, completed=accepted.resumed_intents, info="")
             try:
                 while True:
-                    st = CampaignStatus.model_validate_json(client.get(f"{endpoint}/v1/campaigns/{accepted.id}").content)
+                    resp = _checked(_request(client, "GET", f"{endpoint}/v1/campaigns/{accepted.id}"))
+                    st = CampaignStatus.model_validate_json(resp.content)
                     imp = st.improvement.mean
                     progress.update(task, completed=st.intents_finished, info=f"{st.images_rendered} images"
                                     + (f", Δ vs baseline {imp:+.3f}" if imp is not None else ""))
@@ -286,10 +405,14 @@ def run(
     baseline: str = typer.Option("all", help="all | none | sample:<fraction> (intents that also run the baseline)."),
     concurrency: int = typer.Option(None, min=1, help="Intents searched at once (default: from renderer capacity)."),
     port: int = typer.Option(0, help="HTTP port of the local Serve app (0: any free port)."),
+    rewriter_endpoint: str = REWRITER_ENDPOINT, rewriter_model: str = REWRITER_MODEL,
+    critic_endpoint: str = CRITIC_ENDPOINT, critic_model: str = CRITIC_MODEL, endpoint_key_env: str = ENDPOINT_KEY_ENV,
 ) -> None:
     """The embedded default: start a local Ray, deploy the Serve app, run the campaign through its HTTP endpoint,
     write the store and report.html."""
-    app_config, deployments = _app_config(preset, diffusion_model, llm_model, config, store_root=out)
+    endpoints = _endpoints(rewriter_endpoint, rewriter_model, critic_endpoint, critic_model, endpoint_key_env)
+    app_config, deployments = _app_config(preset, diffusion_model, llm_model, config, store_root=out,
+                                          endpoints=endpoints)
     search = {"rounds": rounds, "beam_width": beam_width, "candidates_per_beam": candidates_per_beam,
               "seeds_per_prompt": seeds_per_prompt, "max_images": max_images, "base_seed": seed}
     spec = _load_spec(campaign, name, None, search, concurrency, baseline)
@@ -308,7 +431,8 @@ def run(
     _finish_report(out / spec.campaign_id(), status)
 
 
-def _finish_report(campaign_dir: Path, status: dict | None = None) -> None:
+def _finish_report(campaign_dir: Path | str, status: dict | None = None) -> None:
+    """Write report.html into the campaign (a directory or any fsspec URL) and print its summary."""
     from pipelines.records import CampaignStatus
     from pipelines.report import write_report
     from pipelines.store import CampaignStore
@@ -320,7 +444,7 @@ def _finish_report(campaign_dir: Path, status: dict | None = None) -> None:
     def fmt(x: float | None) -> str:
         return "-" if x is None else f"{x:.3f}"
 
-    table = Table(title=f"campaign {campaign_dir.name}")
+    table = Table(title=f"campaign {str(campaign_dir).rstrip('/').rsplit('/', 1)[-1]}")
     for col in ("intent", "best", "baseline", "Δ", "images", "stop"):
         table.add_column(col)
     for n, o in enumerate(store.iter_outcomes(manifest.intent_ids)):
@@ -348,13 +472,17 @@ def serve_cmd(
     store: Path = typer.Option(None, help="Store root (default: the config's, else runs/serve)."),
     port: int = typer.Option(8000),
     host: str = typer.Option("127.0.0.1", help="0.0.0.0 to listen on all interfaces (needs PROMPTBEAM_API_TOKEN)."),
+    rewriter_endpoint: str = REWRITER_ENDPOINT, rewriter_model: str = REWRITER_MODEL,
+    critic_endpoint: str = CRITIC_ENDPOINT, critic_model: str = CRITIC_MODEL, endpoint_key_env: str = ENDPOINT_KEY_ENV,
 ) -> None:
     """Start the Serve app locally and keep it running (Ctrl-C stops it)."""
     import time
 
     from ray import serve
 
-    app_config, deployments = _app_config(preset, diffusion_model, llm_model, config, store_root=store)
+    endpoints = _endpoints(rewriter_endpoint, rewriter_model, critic_endpoint, critic_model, endpoint_key_env)
+    app_config, deployments = _app_config(preset, diffusion_model, llm_model, config, store_root=store,
+                                          endpoints=endpoints)
     _start_local_serve(app_config, deployments, port, host)
     console.print(f"serving on http://{host}:{port}  (OpenAPI: /docs)")
     try:
@@ -366,32 +494,89 @@ def serve_cmd(
 
 @app.command()
 def submit(
-    campaign: Path = typer.Argument(...), endpoint: str = typer.Option(..., help="e.g. http://head:8000"),
-    name: str = typer.Option(None), wait: bool = typer.Option(False, help="Follow progress until it ends."),
+    campaign: Path = typer.Argument(..., help="JSONL file: one intent per line ({\"id\": ..., \"text\": ...})."),
+    endpoint: str = ENDPOINT,
+    name: str = typer.Option(None, help="Campaign name (default: the file's stem). Same name + same file = resume."),
+    wait: bool = typer.Option(False, help="Follow progress until it ends."),
+    rounds: int = typer.Option(None, min=1), beam_width: int = typer.Option(None, min=1),
+    candidates_per_beam: int = typer.Option(None, min=1), seeds_per_prompt: int = typer.Option(None, min=1),
+    max_images: int = typer.Option(None, min=1), seed: int = typer.Option(None, min=0, help="Base seed."),
     concurrency: int = typer.Option(None, min=1, help="Default: from the renderer's capacity."),
     baseline: str = typer.Option("all", help="all | none | sample:<fraction>."),
 ) -> None:
-    """Submit a campaign to a running endpoint."""
-    spec = _load_spec(campaign, name, None, {}, concurrency, baseline)
+    """Submit a campaign to a running endpoint (the search options default to the endpoint preset's)."""
+    search = {"rounds": rounds, "beam_width": beam_width, "candidates_per_beam": candidates_per_beam,
+              "seeds_per_prompt": seeds_per_prompt, "max_images": max_images, "base_seed": seed}
+    spec = _load_spec(campaign, name, None, search, concurrency, baseline)
     result = _submit_and_wait(endpoint, spec, wait=wait)
     Console().print_json(json.dumps(result))
 
 
+def _campaign_call(method: str, endpoint: str, path: str):
+    with _http_client(timeout=60) as client:
+        return _checked(_request(client, method, f"{endpoint.rstrip('/')}{path}"))
+
+
 @app.command()
-def status(campaign_id: str, endpoint: str = typer.Option("http://127.0.0.1:8000")) -> None:
-    """Print a campaign's status."""
+def status(campaign_id: str, endpoint: str = ENDPOINT) -> None:
+    """Print a campaign's status (JSON)."""
+    Console().print_json(_campaign_call("GET", endpoint, f"/v1/campaigns/{campaign_id}").text)
+
+
+@app.command()
+def cancel(campaign_id: str, endpoint: str = ENDPOINT) -> None:
+    """Cancel a running campaign; finished intents stay, and submitting it again resumes it."""
+    Console().print_json(_campaign_call("DELETE", endpoint, f"/v1/campaigns/{campaign_id}").text)
+
+
+@app.command()
+def results(
+    campaign_id: str, endpoint: str = ENDPOINT,
+    offset: int = typer.Option(0, min=0, help="Skip this many finished intents (campaign order)."),
+    limit: int = typer.Option(None, min=1, help="At most this many lines (default: all)."),
+    out: Path = typer.Option(None, help="Write to this file instead of stdout."),
+) -> None:
+    """Stream a campaign's results, one IntentOutcome (JSON) per line, as the endpoint produces them (partial while
+    the campaign runs)."""
+    import sys
+
     import httpx
 
-    resp = httpx.get(f"{endpoint.rstrip('/')}/v1/campaigns/{campaign_id}", timeout=30)
-    if resp.status_code >= 400:
-        raise _fail(f"{resp.status_code}: {resp.text}", 1)
-    Console().print_json(resp.text)
+    params = {"offset": offset, **({"limit": limit} if limit else {})}
+    url = f"{endpoint.rstrip('/')}/v1/campaigns/{campaign_id}/results"
+    sink = out.open("w") if out else sys.stdout
+    try:
+        with _http_client(timeout=httpx.Timeout(60, read=300)) as client:
+            # a short probe first, with retries, so a restarting endpoint does not end the command
+            _checked(_request(client, "GET", url, params={"offset": offset, "limit": 1}))
+            with client.stream("GET", url, params=params) as response:
+                if response.status_code >= 400:
+                    raise _fail(f"{response.status_code}: {response.read().decode(errors='replace')}", 1)
+                n = 0
+                for line in response.iter_lines():
+                    if line:
+                        sink.write(line + "\n")
+                        n += 1
+    finally:
+        if out:
+            sink.close()
+    console.print(f"{n} results" + (f" written to {out}" if out else ""))
 
 
 @app.command()
-def report(campaign_dir: Path = typer.Argument(..., help="A campaign directory (OUT/NAME).")) -> None:
-    """(Re)write CAMPAIGN_DIR/report.html and print the summary."""
-    if not (campaign_dir / "manifest.json").is_file():
+def report(
+    campaign_dir: str = typer.Argument(..., help="A campaign: a directory (OUT/NAME) or any fsspec URL "
+                                       "(s3://bucket/runs/NAME, gs://..., file://...)."),
+) -> None:
+    """(Re)write the campaign's report.html and print the summary."""
+    from pipelines.store import CampaignStore
+
+    try:
+        store = CampaignStore(campaign_dir)
+        found = store.fs.isfile(store.path("manifest.json"))
+    except (ImportError, ValueError) as exc:  # an unknown protocol, or its fsspec backend not installed
+        raise _fail(f"cannot open {campaign_dir!r}: {exc}") from exc
+    if not found:
         raise _fail(f"{campaign_dir} holds no campaign (no manifest.json)")
     _finish_report(campaign_dir)
 

@@ -167,21 +167,41 @@ class ModelsRecord(Record):
     llm_dtype: str | None
     rewriter: str
     critic: str
+    rewriter_endpoint: str | None = Field(
+        default=None, description="'<model> at <base_url>' when the rewriter runs on an OpenAI-compatible endpoint."
+    )
+    critic_endpoint: str | None = Field(
+        default=None, description="'<model> at <base_url>' when the critic runs on an OpenAI-compatible endpoint."
+    )
 
     @classmethod
     def of(cls, preset: ModelPreset) -> ModelsRecord:
+        def where(endpoint) -> str | None:
+            return f"{endpoint.model} at {endpoint.base_url}" if endpoint is not None else None
+
+        # The preset's llm is recorded unless endpoints replaced every role it would have served.
+        no_endpoints = preset.endpoints.rewriter is None and preset.endpoints.critic is None
+        llm = preset.llm if preset.needs_llm or no_endpoints else None
         return cls(
             preset=preset.name, diffusion=preset.diffusion.model, diffusion_dtype=preset.diffusion.dtype,
-            llm=preset.llm.model if preset.llm else None, llm_dtype=preset.llm.dtype if preset.llm else None,
+            llm=llm.model if llm else None, llm_dtype=llm.dtype if llm else None,
             rewriter=preset.rewriter, critic=preset.critic,
+            rewriter_endpoint=where(preset.endpoints.rewriter), critic_endpoint=where(preset.endpoints.critic),
         )
 
     def identity(self) -> dict[str, Any]:
-        return self.model_dump(exclude={"preset"})
+        # Endpoint fields count only when set, so campaigns stored before they existed keep their fingerprint.
+        identity = self.model_dump(exclude={"preset"})
+        for key in ("rewriter_endpoint", "critic_endpoint"):
+            if identity[key] is None:
+                del identity[key]
+        return identity
 
     def describe(self) -> str:
         llm = f"llm {self.llm!r} ({self.llm_dtype})" if self.llm else "no llm"
-        return f"diffusion {self.diffusion!r} ({self.diffusion_dtype}), {llm}, rewriter {self.rewriter}, critic {self.critic}"
+        rewriter = self.rewriter_endpoint or self.rewriter
+        critic = self.critic_endpoint or self.critic
+        return f"diffusion {self.diffusion!r} ({self.diffusion_dtype}), {llm}, rewriter {rewriter}, critic {critic}"
 
 
 class Manifest(Record):

@@ -1,7 +1,7 @@
 """Clients: the planner's ports (``agents.ports.Renderer`` / ``LanguageModel``) over in-process engines or over Ray
 Serve deployment handles. The planner and the campaign runner are the same code for both.
 
-Add a client here for any other backend (e.g. an OpenAI-compatible endpoint): implement the port's methods; the
+Other backends implement the same port elsewhere (``serving/openai_client.py``: any OpenAI-compatible endpoint); the
 campaign runner only sees the port.
 """
 
@@ -80,7 +80,10 @@ class LocalEngines(AbstractAsyncContextManager):
         self.diffusion_cls, self.llm_cls = diffusion_cls, llm_cls
         self.renderer: LocalRenderer | None = None
         self.llm: LocalLanguageModel | None = None
+        self.rewriter_llm: Any = None  # what the rewriter and the critic talk to: an endpoint client or `llm`
+        self.critic_llm: Any = None
         self._engines: list[Any] = []
+        self._endpoint_clients: list[Any] = []
 
     async def __aenter__(self) -> LocalEngines:
         from serving.engines import DiffusionEngine, LLMEngine
@@ -93,6 +96,8 @@ class LocalEngines(AbstractAsyncContextManager):
                 llm = (self.llm_cls or LLMEngine)(self.preset.llm)
                 self._engines.append(llm)
                 self.llm = LocalLanguageModel(llm)
+            self.rewriter_llm, self.critic_llm = open_role_models(self.preset.endpoints, self.llm)
+            self._endpoint_clients = endpoint_clients(self.rewriter_llm, self.critic_llm)
         except BaseException:
             await self.aclose()
             raise
@@ -102,8 +107,30 @@ class LocalEngines(AbstractAsyncContextManager):
         await self.aclose()
 
     async def aclose(self) -> None:
+        while self._endpoint_clients:
+            await self._endpoint_clients.pop().aclose()
         while self._engines:
             self._engines.pop().shutdown()
+
+
+def open_role_models(endpoints, served):
+    """(rewriter's, critic's) language model: an OpenAI-compatible client for each role with an endpoint, else
+    ``served`` (the project's own LLM, in-process or behind a Serve handle; None when there is none)."""
+    from serving.openai_client import open_language_models
+
+    rewriter, critic = open_language_models(endpoints)
+    return rewriter or served, critic or served
+
+
+def endpoint_clients(*models) -> list[Any]:
+    """The distinct endpoint clients among ``models`` (what must be closed)."""
+    from serving.openai_client import OpenAILanguageModel
+
+    unique: list[Any] = []
+    for m in models:
+        if isinstance(m, OpenAILanguageModel) and all(m is not u for u in unique):
+            unique.append(m)
+    return unique
 
 
 # ---------------------------------------------------------------------------------------------------------------------

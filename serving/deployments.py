@@ -10,10 +10,10 @@ Health: Serve calls ``check_health`` every ``health_check_period_s``; it asks th
 broken CUDA context makes Serve replace the replica. Shutdown: engines stop in an explicit ``shutdown()``; Serve's only
 replica-stop hook, ``__del__``, hands that coroutine to Serve and does nothing when the garbage collector calls it.
 
-Why not ``ray.serve.llm`` for the critic/rewriter: the planner speaks ``ChatRequest``/``ChatResult`` (images as PNG
-bytes, JSON schema, parsed output, token counts) through one engine class in-process and on Serve, so the same tests
-cover both; the CPU workarounds (torchvision shim, no chunked prefill with seeded requests) live in that engine; and
-on a 2-core machine ``ray.serve.llm``'s placement group needs 4 logical CPUs and ~50 s to start.
+``ray.serve.llm`` is the other backend for the critic/rewriter (``serving/serve_llm.py``, ``AppConfig.llm_backend``).
+:class:`LLMDeployment` stays the default: the planner's ``ChatRequest``/``ChatResult`` go through one engine class
+in-process and on Serve, so the same tests cover both, and its placement group needs no extra logical CPUs on small
+machines.
 """
 
 from __future__ import annotations

@@ -162,16 +162,12 @@ RENDERER_BUSY_SECONDS = MetricSpec(
     "promptbeam_renderer_busy_seconds", "counter",
     "Seconds a diffusion replica spent inside pipeline calls; its rate is the replica's busy fraction",
 )
-# Not in ALL yet: tests/test_metrics.py requires a dashboard panel for every metric in ALL, and the panel
-# (deploy/grafana/make_dashboard.py) comes with the dashboard change; add it to ALL there.
-
 # -- appended: recovery (issue 14) -----------------------------------------------------------------------------------
 RETRIES = MetricSpec(
     "promptbeam_retries", "counter",
     "Render or chat calls retried after an infrastructure error (replica died, back-pressure, timeout), by kind "
     "(render, chat) and error class", ("kind", "error"),
 )
-# Not in ALL yet, for the same reason as RENDERER_BUSY_SECONDS: its panel comes with the dashboard change.
 
 # -- appended: output safety (issue 14); deployment level, recorded by the diffusion engine's encoder threads ----------
 IMAGES_WITHHELD = MetricSpec("promptbeam_images_withheld", "counter", "Rendered images the output check withheld")
@@ -188,5 +184,14 @@ OUTPUT_GUARD_SECONDS = MetricSpec(
 MODERATION_BLOCKED = MetricSpec(
     "promptbeam_moderation_blocked", "counter", "Prompts the input moderation refused, by campaign", ("campaign",)
 )
-# Not in ALL yet (like RENDERER_BUSY_SECONDS and RETRIES): tests/test_metrics.py wants a Grafana panel for each,
-# and deploy/grafana is being changed elsewhere; add them to ALL with their panels.
+
+# -- appended: images as their render calls return (issue 15) -------------------------------------------------------
+# IMAGES_RENDERED is counted when an intent commits (minutes after its images); this one as each render call returns,
+# so the dashboard's images/s per campaign moves with the renderer.
+IMAGES_FINISHED = MetricSpec(
+    "promptbeam_images_finished", "counter", "Images back from the renderer, counted as each render call returns",
+    ("campaign",),
+)
+
+ALL += [RENDERER_BUSY_SECONDS, IMAGES_FINISHED, RETRIES, IMAGES_WITHHELD, IMAGES_STAMPED, NSFW_SCORE,
+        OUTPUT_GUARD_SECONDS, MODERATION_BLOCKED]

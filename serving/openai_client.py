@@ -159,6 +159,27 @@ def _openai_part(part: TextPart | ImagePart) -> dict:
     return {"type": "text", "text": part.text}
 
 
+def chat_completion_body(request: ChatRequest, model: str, *, max_tokens_field: str = "max_tokens",
+                         strict_schema: bool = True, extra_body: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A ``ChatRequest`` as an OpenAI chat-completions body (also what ``ray.serve.llm``'s ``LLMServer.chat`` takes)."""
+    body: dict[str, Any] = {
+        **(extra_body or {}),
+        "model": model,
+        "messages": openai_messages(request.messages),
+        max_tokens_field: request.max_tokens,
+        "temperature": request.temperature,
+        "top_p": request.top_p,
+    }
+    if request.seed is not None:
+        body["seed"] = request.seed
+    if request.json_schema is not None:
+        body["response_format"] = {
+            "type": "json_schema",
+            "json_schema": {"name": request.purpose, "schema": request.json_schema, "strict": strict_schema},
+        }
+    return body
+
+
 def parse_json_reply(text: str, finish_reason: str | None) -> tuple[Any, str | None]:
     """(parsed, parse_error) for a reply that should be JSON. strict=False: models emit raw tabs or newlines inside
     strings, which JSON forbids but which mean no harm."""
@@ -212,23 +233,8 @@ class OpenAILanguageModel:
 
     def request_body(self, request: ChatRequest) -> dict[str, Any]:
         """The JSON body for one request (public so tests and logs can see exactly what is sent)."""
-        body: dict[str, Any] = {
-            **self.config.extra_body,
-            "model": self.config.model,
-            "messages": openai_messages(request.messages),
-            self.config.max_tokens_field: request.max_tokens,
-            "temperature": request.temperature,
-            "top_p": request.top_p,
-        }
-        if request.seed is not None:
-            body["seed"] = request.seed
-        if request.json_schema is not None:
-            body["response_format"] = {
-                "type": "json_schema",
-                "json_schema": {"name": request.purpose, "schema": request.json_schema,
-                                "strict": self.config.strict_schema},
-            }
-        return body
+        return chat_completion_body(request, self.config.model, max_tokens_field=self.config.max_tokens_field,
+                                    strict_schema=self.config.strict_schema, extra_body=self.config.extra_body)
 
     def backoff_s(self, retry: int, retry_after: str | None = None) -> float:
         """Wait before retry number ``retry`` (0-based): the server's Retry-After (seconds) if it sent one, else

@@ -76,8 +76,8 @@ class FakeDiffusionEngine(_Registered):
             future: Future = Future()
             future.set_result(result)
             futures.append(future)
-        return PendingRender(futures=futures, calls=[PipelineCall(batch_size=len(requests),
-                                                                  padded_size=len(requests), seconds=seconds)])
+        call = PipelineCall(batch_size=len(requests), padded_size=len(requests), seconds=time.perf_counter() - t0)
+        return PendingRender(futures=futures, calls=[call] if requests else [])
 
     def info(self) -> RendererInfo:
         return RendererInfo(model=self.config.model, max_prompt_tokens=77, tokenizer="words+2")

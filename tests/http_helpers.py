@@ -30,3 +30,37 @@ def intents(n: int, prefix: str = "i") -> list[dict]:
 def outcomes(resp: httpx.Response) -> list[IntentOutcome]:
     """The results stream's lines as IntentOutcome records."""
     return [IntentOutcome.model_validate_json(line) for line in resp.text.splitlines()]
+
+
+class LoopbackServer:
+    """A threaded HTTP server on 127.0.0.1 whose every request is answered by ``answer(method, path, headers, body)``
+    returning (status, body bytes, content type). ``url`` is its root; ``close()`` stops it."""
+
+    def __init__(self, answer):
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        class Handler(BaseHTTPRequestHandler):
+            def _answer(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                status, data, content_type = answer(self.command, self.path, dict(self.headers),
+                                                    self.rfile.read(length) if length else b"")
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = do_DELETE = _answer
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()

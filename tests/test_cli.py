@@ -90,3 +90,99 @@ def test_promptbeam_verify_reads_the_provenance_stamp_back(tmp_path):
     ok = runner.invoke(app, ["verify", str(tmp_path / "stamped.png")])
     assert ok.exit_code == 0 and "a red apple" in ok.output, ok.output
     assert runner.invoke(app, ["verify", str(tmp_path / "plain.png")]).exit_code == 1
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Cluster users: --version, reports on any fsspec URL, the endpoint from the environment, retries with backoff.
+# The commands against the Serve app are in tests/test_serve_fake.py.
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_version_is_the_installed_packages():
+    import importlib.metadata
+
+    result = cli(["--version"])
+    assert result.exit_code == 0 and result.output.strip() == f"promptbeam {importlib.metadata.version('promptbeam')}"
+
+
+def test_report_reads_and_writes_a_campaign_at_an_fsspec_url():
+    import fsspec
+
+    url = "memory://cli-report/c"
+    spec = CampaignSpec(name="c", intents=[Intent(id="i0", text="a red apple")],
+                        search={"rounds": 1, "max_images": 4, "seeds_per_prompt": 1})
+    renderer = FakeRenderer()
+    asyncio.run(CampaignRunner(spec, spec.search_config(), renderer, ScriptedLLM(renderer), CampaignStore(url)).run())
+    result = cli(["report", url])
+    assert result.exit_code == 0, result.output
+    fs = fsspec.filesystem("memory")
+    assert fs.isfile("/cli-report/c/report.html") and b"a red apple" in fs.cat("/cli-report/c/report.html")
+    missing = cli(["report", "memory://cli-report/none"])
+    assert missing.exit_code == 2 and "no manifest.json" in missing.output
+
+
+class FlakyEndpoint:
+    """A loopback endpoint whose first `failures` GETs answer 503 (a restarting proxy), then a fixed JSON status."""
+
+    def __init__(self, failures: int):
+        from tests.http_helpers import LoopbackServer
+
+        self.paths: list[str] = []
+        self.authorization: list[str | None] = []
+
+        def answer(method, path, headers, body):
+            self.paths.append(path)
+            self.authorization.append({k.lower(): v for k, v in headers.items()}.get("authorization"))
+            if len(self.paths) <= failures:
+                return 503, b"upstream restarting", "text/plain"
+            return 200, b'{"ok": 1}', "application/json"
+
+        self._server = LoopbackServer(answer)
+        self.url = self._server.url
+
+    def close(self):
+        self._server.close()
+
+
+def test_polling_retries_with_backoff_and_takes_the_endpoint_from_the_environment(monkeypatch):
+    import pipelines.cli as cli_module
+
+    delays: list[float] = []
+    monkeypatch.setattr(cli_module, "BACKOFF_S", 0.01)
+    monkeypatch.setattr("time.sleep", delays.append)
+    endpoint = FlakyEndpoint(failures=3)
+    try:
+        result = CliRunner().invoke(app, ["status", "camp"], env={"COLUMNS": "300", "PROMPTBEAM_ENDPOINT": endpoint.url})
+    finally:
+        endpoint.close()
+    assert result.exit_code == 0, result.output
+    assert endpoint.paths == ["/v1/campaigns/camp"] * 4 and '"ok": 1' in result.output
+    assert delays == [0.01, 0.02, 0.04]  # doubling per retry
+    assert "HTTP 503" in result.output and "retry 1/" in result.output
+
+
+def test_client_commands_send_the_api_token_from_the_environment():
+    endpoint = FlakyEndpoint(failures=0)
+    token = "t0k3n-" + "x" * 20
+    try:
+        runner = CliRunner()
+        with_token = runner.invoke(app, ["status", "camp", "--endpoint", endpoint.url],
+                                   env={"PROMPTBEAM_API_TOKEN": token})
+        without = runner.invoke(app, ["cancel", "camp", "--endpoint", endpoint.url], env={"PROMPTBEAM_API_TOKEN": None})
+        short = runner.invoke(app, ["status", "camp", "--endpoint", endpoint.url], env={"PROMPTBEAM_API_TOKEN": "short"})
+    finally:
+        endpoint.close()
+    assert with_token.exit_code == 0 and without.exit_code == 0, (with_token.output, without.output)
+    assert endpoint.authorization == [f"Bearer {token}", None]  # the short token never left the machine
+    assert short.exit_code == 2 and "at least 16" in short.output
+
+
+def test_an_unreachable_endpoint_fails_after_the_retries_with_the_reason(monkeypatch):
+    import pipelines.cli as cli_module
+    from tests.conftest import free_port
+
+    monkeypatch.setattr(cli_module, "BACKOFF_S", 0.01)
+    monkeypatch.setattr(cli_module, "BACKOFF_MAX_S", 0.02)
+    result = cli(["cancel", "camp", "--endpoint", f"http://127.0.0.1:{free_port()}"])
+    assert result.exit_code == 1
+    assert f"failed {cli_module.HTTP_ATTEMPTS} times" in result.output and "ConnectError" in result.output

@@ -148,3 +148,37 @@ def test_grafana_provisioning_points_at_the_dashboard_folder():
     assert dash["providers"][0]["type"] == "file"
     board = json.loads((ROOT / "deploy" / "grafana" / "dashboards" / "promptbeam.json").read_text())
     assert board["uid"] == "promptbeam"
+
+
+def test_rayservice_gpu_workers_share_a_model_cache_volume():
+    """Every GPU worker mounts the model-cache claim and points HF_HOME into it, so a new pod does not download the
+    models again; the claim ships in deploy/ and is shareable across nodes."""
+    service = yaml.safe_load((ROOT / "deploy" / "kuberay" / "rayservice.yaml").read_text())
+    claim = yaml.safe_load((ROOT / "deploy" / "kuberay" / "model-cache.yaml").read_text())
+    assert claim["kind"] == "PersistentVolumeClaim" and claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    for group in service["spec"]["rayClusterConfig"]["workerGroupSpecs"]:
+        pod = group["template"]["spec"]
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        (container,) = pod["containers"]
+        (mount,) = [m for m in container["volumeMounts"]
+                    if volumes[m["name"]].get("persistentVolumeClaim", {}).get("claimName") == claim["metadata"]["name"]]
+        env = {e["name"]: e["value"] for e in container["env"]}
+        assert Path(env["HF_HOME"]).is_relative_to(mount["mountPath"]), (group["groupName"], env, mount)
+
+
+def test_podmonitor_scrapes_every_ray_pod_on_its_metrics_port():
+    """kube-prometheus-stack discovery: the PodMonitor's selector matches the head and every worker pod template,
+    and the port it scrapes is one each Ray container declares and exports metrics on."""
+    service = yaml.safe_load((ROOT / "deploy" / "kuberay" / "rayservice.yaml").read_text())
+    (monitor,) = list(yaml.safe_load_all((ROOT / "deploy" / "kuberay" / "monitoring.yaml").read_text()))
+    assert (monitor["apiVersion"], monitor["kind"]) == ("monitoring.coreos.com/v1", "PodMonitor")
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    cluster = service["spec"]["rayClusterConfig"]
+    groups = [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
+    for group in groups:
+        labels = group["template"]["metadata"]["labels"]
+        assert selector.items() <= labels.items(), labels
+        (container,) = group["template"]["spec"]["containers"]
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        assert str(ports[endpoint["port"]]) == group["rayStartParams"]["metrics-export-port"]

@@ -72,8 +72,29 @@ def test_dashboard_follows_grafana_schema():
         assert len({t["refId"] for t in p["targets"]}) == len(p["targets"])
     titles = " ".join(p["title"] for p in board["panels"]).lower()
     for needed in ("images/s", "progress", "eta", "best score per round", "baseline", "batch size", "queue depth",
-                   "replicas", "latency", "tokens/s", "gpu"):
+                   "replicas", "latency", "tokens/s", "error rates", "renderer busy fraction", "serve batch queue",
+                   "vllm requests waiting", "kv-cache", "time to first token", "gpu utilisation", "gpu memory"):
         assert needed in titles, needed
+    units = {p["title"]: p["fieldConfig"]["defaults"]["unit"] for p in board["panels"]}
+    gpu = [t for t in units if t.lower().startswith("gpu")]
+    # one unit per panel: utilisation in percent and memory in bytes never share an axis
+    assert sorted(units[t] for t in gpu) == ["bytes", "percent"], units
+    for p in board["panels"]:
+        if p["title"].lower().startswith("gpu"):
+            assert all("by (instance, GpuIndex)" in t["expr"] for t in p["targets"]), p["targets"]
+
+
+def test_progress_and_eta_do_not_mislead():
+    """Progress is 1 - backlog/total (resumed intents count, failures do not inflate a finished count twice); the ETA
+    divides by a finish rate over a long window and shows nothing, not a spike, when that rate is 0."""
+    board = json.loads(DASHBOARD.read_text())
+    exprs = {p["title"]: [t["expr"] for t in p["targets"]] for p in board["panels"]}
+    (progress,) = next(v for k, v in exprs.items() if k.startswith("Progress"))
+    assert progress.startswith("1 - ") and m.exported(m.BACKLOG) in progress and m.exported(m.INTENTS_TOTAL) in progress
+    (eta,) = next(v for k, v in exprs.items() if k.startswith("ETA"))
+    assert "clamp_min" not in eta and eta.rstrip().endswith("> 0)") and "[30m]" in eta
+    images = next(v for k, v in exprs.items() if k.startswith("Images/s"))
+    assert m.exported(m.IMAGES_FINISHED) in images[0] and m.exported(m.IMAGES_RENDERED) not in " ".join(images)
 
 
 @pytest.mark.serve
@@ -109,6 +130,8 @@ def test_every_dashboard_expression_returns_data_from_real_prometheus(serve_app,
             body = {"name": "metrics-demo", "intents": [{"id": f"m{k}", "text": f"a blue car {k}"} for k in range(3)],
                     "search": {"rounds": 2, "max_images": 8, "steps": 2}}
             assert client.post("/v1/campaigns", json=body).status_code == 202
+            # one refused submission, so the HTTP error panel has a series (Serve counts 4xx as errors)
+            assert client.post("/v1/campaigns", json={"name": "bad", "intents": []}).status_code == 422
             deadline = time.time() + 600
             while CampaignStatus.model_validate_json(client.get("/v1/campaigns/metrics-demo").content).state == "running":
                 assert time.time() < deadline

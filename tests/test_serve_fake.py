@@ -83,8 +83,8 @@ def test_campaign_over_http_returns_typed_records_and_paginated_results(fake_app
         resp = client.post("/v1/campaigns", json={"name": "pages", "intents": intents(5), "search": SEARCH})
         assert resp.status_code == 202, resp.text
         accepted = CampaignAccepted.model_validate_json(resp.content)
-        # no concurrency given: from the renderer's capacity, 2 x (8 images x 1 replica) / 8 images in the largest
-        # round (2 branches x 2 children x 2 seeds per prompt)
+        # no concurrency given: from the renderer's capacity, 2 x (8 images x 1 replica) / 8 images in an intent's
+        # largest round (2 branches x 2 children x 2 seeds per prompt)
         assert accepted.concurrency == 2
         st = wait_done(client, accepted.id)
         assert st.state == "done" and st.intents_done == 5 and st.improvement.n == 5
@@ -279,3 +279,91 @@ def test_health_names_the_served_models(fake_app):
     health = Health.model_validate_json(httpx.get(f"{fake_app.url}/healthz", timeout=30).content)
     assert health.preset == "fake" and health.models == ModelsRecord.of(load_preset(str(fake_app.preset)))
     assert health.models.diffusion == str(fake_app.state)
+
+
+def test_external_rewriter_and_critic_endpoints_replace_the_llm_deployment(ray_cluster, tmp_path):
+    """With an OpenAI-compatible endpoint for each role the app deploys no LLM: the ingress sends rewrites to one
+    endpoint's model and decompositions and critiques (with the images) to the other's."""
+    from ray import serve
+
+    from pipelines.app import AppConfig, compose_app
+    from tests.openai_fake_server import ScriptedOpenAIServer
+
+    server = ScriptedOpenAIServer()
+    try:
+        state = tmp_path / "state"
+        config = AppConfig(preset=str(write_fake_preset(tmp_path, state)), store_root=str(tmp_path / "store"),
+                           engines=FAKE_ENGINES,
+                           endpoints={"rewriter": {"base_url": server.url, "model": "rw-model"},
+                                      "critic": {"base_url": server.url, "model": "critic-vlm"}})
+        serve.run(compose_app(config, {"diffusion": FAST_HEALTH, "ingress": {"ray_actor_options": {"num_cpus": 0}}}),
+                  name="external", route_prefix="/external")
+        assert set(serve.status().applications["external"].deployments) == {"diffusion", "ingress"}
+        assert not instances(state, "FakeLLMEngine")
+        with httpx.Client(base_url=ray_cluster["url"] + "/external", timeout=60) as client:
+            resp = client.post("/v1/campaigns", json={"name": "ext", "intents": intents(3), "search": SEARCH})
+            assert resp.status_code == 202, resp.text
+            st = wait_done(client, "ext", timeout=300)
+            health = Health.model_validate_json(client.get("/healthz").content)
+        assert st.intents_done == 3, st.model_dump_json(indent=1)[-3000:]
+        assert health.models.llm is None and health.models.critic_endpoint == f"critic-vlm at {server.url}"
+        models = {}
+        for call in server.calls:
+            models.setdefault(call["purpose"], set()).add(call["model"])
+        assert models == {"rewrite": {"rw-model"}, "decompose": {"critic-vlm"}, "critique": {"critic-vlm"}}
+        assert all(c["images"] == 1 for c in server.calls if c["purpose"] == "critique")
+    finally:
+        serve.delete("external")
+        server.close()
+
+
+def test_cli_submit_status_results_cancel_and_report_against_the_app(fake_app, tmp_path):
+    """The cluster user's commands against the running app, the endpoint taken from PROMPTBEAM_ENDPOINT."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from pipelines.cli import app
+    from pipelines.records import IntentOutcome
+
+    env = {"COLUMNS": "300", "PROMPTBEAM_ENDPOINT": fake_app.url}
+
+    def cli(*args: str):
+        return CliRunner().invoke(app, list(args), env=env)
+
+    campaign = tmp_path / "cli-camp.jsonl"
+    campaign.write_text("".join(json.dumps(i) + "\n" for i in intents(3)))
+    done = cli("submit", str(campaign), "--wait", "--rounds", "3", "--beam-width", "1", "--candidates-per-beam", "2",
+               "--max-images", "10", "--seed", "7")
+    assert done.exit_code == 0, done.output
+    manifest = CampaignStore(str(fake_app.store / "cli-camp")).read_manifest()
+    search = manifest.search
+    assert (search.rounds, search.beam_width, search.candidates_per_beam, search.max_images, search.base_seed) == (
+        3, 1, 2, 10, 7)  # the search options reached the endpoint
+    assert "ETA" in done.output
+
+    st = cli("status", "cli-camp")
+    assert st.exit_code == 0 and CampaignStatus.model_validate_json(st.stdout).intents_done == 3
+
+    out = tmp_path / "results.jsonl"
+    res = cli("results", "cli-camp", "--offset", "1", "--out", str(out))
+    assert res.exit_code == 0, res.output
+    lines = [IntentOutcome.model_validate_json(line) for line in out.read_text().splitlines()]
+    assert [o.intent_id for o in lines] == ["i1", "i2"] and all(o.status == "done" for o in lines)
+    streamed = cli("results", "cli-camp", "--limit", "1")
+    assert [IntentOutcome.model_validate_json(streamed.stdout.splitlines()[0]).intent_id] == ["i0"]
+
+    # a long campaign, one intent at a time: cancelled while it runs, its finished intents kept
+    slow = tmp_path / "cli-slow.jsonl"
+    slow.write_text("".join(json.dumps(i) + "\n" for i in intents(60, prefix="s")))
+    assert cli("submit", str(slow), "--concurrency", "1").exit_code == 0
+    cancelled = cli("cancel", "cli-slow")
+    assert cancelled.exit_code == 0, cancelled.output
+    after = CampaignStatus.model_validate_json(cancelled.stdout)
+    assert after.state == "cancelled" and after.intents_finished < 60
+    unknown = cli("cancel", "no-such-campaign")
+    assert unknown.exit_code == 1 and "404" in unknown.output and "no running campaign" in unknown.output
+
+    rep = cli("report", (fake_app.store / "cli-camp").as_uri())  # file:// is an fsspec URL like s3://
+    assert rep.exit_code == 0, rep.output
+    assert (fake_app.store / "cli-camp" / "report.html").is_file()

@@ -21,6 +21,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
 from serving.config import DiffusionEngineConfig, LLMEngineConfig
+from serving.openai_client import LanguageModelEndpoints
 
 _DIR = Path(__file__).parent
 M = TypeVar("M", bound=BaseModel)
@@ -66,6 +67,12 @@ class ModelPreset(_Config):
         description="'llm': agents.critic.Critic on the preset's LLM; else 'module:factory', called as "
         "factory(llm_or_None, CriticConfig) and returning an object with Critic's interface.",
     )
+    endpoints: LanguageModelEndpoints = Field(
+        default_factory=LanguageModelEndpoints,
+        description="OpenAI-compatible endpoints for the rewriter and/or the critic (a user's vLLM server, Ray Serve "
+        "LLM's OpenAI app, a hosted VLM). A role with an endpoint is not served by `llm`; when both roles have one, "
+        "no LLM deployment is started.",
+    )
     build: Literal["tiny"] | None = Field(
         default=None, description="'tiny': the models are built offline into the tiny-model directory on first use."
     )
@@ -86,7 +93,10 @@ class ModelPreset(_Config):
 
     @property
     def needs_llm(self) -> bool:
-        return "llm" in (self.rewriter, self.critic)
+        """Whether a role runs on the preset's own LLM (kind 'llm' and no endpoint): then the LLM is served."""
+        return (self.rewriter == "llm" and self.endpoints.rewriter is None) or (
+            self.critic == "llm" and self.endpoints.critic is None
+        )
 
     @property
     def on_gpu(self) -> bool:
@@ -132,8 +142,11 @@ def available() -> list[str]:
     return sorted(p.stem for p in _DIR.glob("*.yaml"))
 
 
-def load_preset(name: str, tiny_dir: str | os.PathLike | None = None) -> ModelPreset:
-    """The preset called ``name`` (or the YAML file at that path), with ``{tiny_dir}`` filled in."""
+def load_preset(name: str, tiny_dir: str | os.PathLike | None = None,
+                endpoints: LanguageModelEndpoints | None = None) -> ModelPreset:
+    """The preset called ``name`` (or the YAML file at that path), with ``{tiny_dir}`` filled in. Each role set in
+    ``endpoints`` replaces the file's endpoint for that role (validated together: a preset without an ``llm`` is
+    valid once every role has an endpoint)."""
     path = Path(name).expanduser() if name.endswith((".yaml", ".yml")) else _DIR / f"{name}.yaml"
     if not path.is_file():
         raise PresetError(f"unknown model preset {name!r}; choose one of {available()} or give a path to a .yaml file")
@@ -145,6 +158,10 @@ def load_preset(name: str, tiny_dir: str | os.PathLike | None = None) -> ModelPr
         if isinstance(raw.get(section), dict) and isinstance(raw[section].get("model"), str):
             raw[section] = {**raw[section], "model": raw[section]["model"].replace("{tiny_dir}", root)}
     try:
+        if endpoints is not None:
+            own = LanguageModelEndpoints.model_validate(raw.get("endpoints") or {})
+            raw["endpoints"] = LanguageModelEndpoints(rewriter=endpoints.rewriter or own.rewriter,
+                                                      critic=endpoints.critic or own.critic)
         return ModelPreset.model_validate({"name": path.stem, **raw})
     except ValidationError as exc:
         raise PresetError(f"preset {str(path)!r} is invalid: {exc}") from exc
@@ -157,10 +174,11 @@ def resolve_preset(
     diffusion: BaseModel | None = None,
     llm: BaseModel | None = None,
     defaults: BaseModel | None = None,
+    endpoints: LanguageModelEndpoints | None = None,
 ) -> ModelPreset:
     """A preset with field overrides laid over it (``DiffusionOverrides``, ``LLMOverrides``,
-    ``RenderDefaultsOverrides``)."""
-    preset = load_preset(name, tiny_dir)
+    ``RenderDefaultsOverrides``) and per-role ``endpoints`` over its own."""
+    preset = load_preset(name, tiny_dir, endpoints)
     if llm is not None and preset.llm is None:
         raise PresetError(f"preset {preset.name!r} has no llm to override; give a full llm config in a preset file")
     return preset.model_copy(update={
