@@ -162,7 +162,7 @@ def test_rayservice_gpu_workers_share_a_model_cache_volume():
         (container,) = pod["containers"]
         (mount,) = [m for m in container["volumeMounts"]
                     if volumes[m["name"]].get("persistentVolumeClaim", {}).get("claimName") == claim["metadata"]["name"]]
-        env = {e["name"]: e["value"] for e in container["env"]}
+        env = {e["name"]: e.get("value") for e in container["env"]}  # secrets come by valueFrom
         assert Path(env["HF_HOME"]).is_relative_to(mount["mountPath"]), (group["groupName"], env, mount)
 
 
