@@ -79,3 +79,15 @@ def test_search_simulator_runs_and_the_paired_search_beats_best_of_n_where_promp
             == {"22.000"}
     low = float(table[("prompts differ", "paired search (default)")][3].split("[")[1].split(",")[0])
     assert low > 0  # the interval of the improvement over best-of-N lies above 0
+
+
+@pytest.mark.slow
+def test_world_benchmark_small_prints_every_arm():
+    """benchmarks/bench_world.py --small: one held-out intent per tag, every arm (the LLM arm on the tiny VLM), the
+    table with CIs, costs per intent and the goal line."""
+    out = _run("benchmarks.bench_world", "--small", "--no-record")
+    for arm in ("best-of-8, user's wording", "beam + rule rewriter", "beam + LLM rewriter (tiny random VLM)",
+                "oracle phrasing (4 phrasings x 2 seeds)"):
+        assert f"| {arm} " in out, out[-3000:]
+    assert "judge accuracy [95% CI]" in out and "LLM calls/intent" in out
+    assert "Goal (beam + rule >= best-of-N + 10 points): " in out
