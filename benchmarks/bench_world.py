@@ -141,6 +141,11 @@ async def keep_no_image(candidate, png: bytes) -> None:
     return None
 
 
+def points(diff) -> str:
+    """A paired difference of pass rates in accuracy points, with its interval."""
+    return f"{100 * diff.mean:+.1f} [{100 * diff.ci_low:+.1f}, {100 * diff.ci_high:+.1f}]"
+
+
 def mean_ci(values: list[float]) -> str:
     low, high = bootstrap_ci(values)
     return f"{sum(values) / len(values):.3f} [{low:.3f}, {high:.3f}]"
@@ -194,7 +199,8 @@ async def run(args) -> str:
         await asyncio.to_thread(ensure_models, tiny)
         llm = LLMEngine(tiny.llm)
         try:
-            llm_planner = BeamSearchPlanner(renderer, Rewriter(LocalLanguageModel(llm)), critic, config, image_sink=keep_no_image)
+            llm_planner = BeamSearchPlanner(renderer, Rewriter(LocalLanguageModel(llm)), critic, config,
+                                            image_sink=keep_no_image)
             await asyncio.gather(*(run_planner_arm(llm_planner, i, arms["beam_llm"]) for i, _ in intents[:llm_n]))
         finally:
             llm.shutdown()
@@ -215,17 +221,22 @@ async def run(args) -> str:
         table_rows.append([
             labels[name], len(on), mean_ci([arm.passed[i] for i in on]), mean_ci([arm.check_rate[i] for i in on]),
             f"{sum(arm.images[i] for i in on) / len(on):.2f}", f"{sum(arm.llm_calls[i] for i in on) / len(on):.2f}",
-            "–" if name == "best_of_n" else f"{100 * diff.mean:+.1f} [{100 * diff.ci_low:+.1f}, {100 * diff.ci_high:+.1f}]",
+            "–" if name == "best_of_n" else points(diff),
         ])
     rule = summary["beam_rule"]
     goal = (f"Goal (beam + rule >= best-of-N + {GOAL_POINTS:.0f} points): "
             + ("met" if 100 * rule.mean >= GOAL_POINTS else f"missed by {GOAL_POINTS - 100 * rule.mean:.1f} points")
             + f" ({100 * rule.mean:+.1f} points; wins/ties/losses {rule.wins}/{rule.ties}/{rule.losses}).")
-    per_tag = "; ".join(
-        f"{t}: " + " / ".join(f"{sum(arms[a].passed[i] for i in ids if i.startswith(t)) / max(1, sum(i.startswith(t) for i in ids)):.2f}"
-                              for a in ("best_of_n", "beam_rule", "oracle"))
-        for t in TAGS)
-    notes = (f"{len(ids)} held-out intents (pipelines/world/data/heldout.jsonl{', one per tag' if args.small else ''}), "
+    tag_of = {i.id: s.tag for i, s in intents}
+
+    def tag_accuracy(arm: str, tag: str) -> str:
+        values = [arms[arm].passed[i] for i in ids if tag_of[i] == tag]
+        return f"{sum(values) / len(values):.2f}" if values else "–"
+
+    per_tag = "; ".join(f"{t}: " + " / ".join(tag_accuracy(a, t) for a in ("best_of_n", "beam_rule", "oracle"))
+                        for t in TAGS)
+    which = ", one per tag" if args.small else ""
+    notes = (f"{len(ids)} held-out intents (pipelines/world/data/heldout.jsonl{which}), "
              f"budget {args.budget} images per intent per arm, world model {RECOMMENDED_STEPS} steps CFG "
              f"{RECOMMENDED_GUIDANCE} on {args.device}; beam B=2 K=3 S=1, stops when an image passes; LLM arm on the "
              f"first {llm_n} intents (the tiny VLM has random weights). Accuracy per tag (best-of-N / beam + rule / "

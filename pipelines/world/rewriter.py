@@ -66,8 +66,9 @@ COLOR_WORDS = sorted({*BASIC_COLORS, *(w for w, alts in THESAURUS.items() if set
 """Words the attribute rules treat as colours."""
 NOUN_RE = r"[a-z]+(?: sign)?"
 RELATIONS: dict[str, str] = {
-    "left of": "right of", "right of": "left of", "above": "below", "below": "above", "to the left of": "to the right of",
-    "to the right of": "to the left of", "over": "under", "under": "over", "on top of": "beneath", "beneath": "on top of",
+    "left of": "right of", "right of": "left of", "above": "below", "below": "above",
+    "to the left of": "to the right of", "to the right of": "to the left of", "over": "under", "under": "over",
+    "on top of": "beneath", "beneath": "on top of",
     "on the left side of": "on the right side of", "on the right side of": "on the left side of",
     "higher than": "lower than", "lower than": "higher than", "leftward of": "rightward of",
     "rightward of": "leftward of",
@@ -87,7 +88,8 @@ class Focus:
 
     def __init__(self, context: RewriteContext):
         checks = context.intent.checks or IntentChecks()
-        questions = [c.question for c in checks_from_structure(checks, 32)] if checks.objects or checks.relations else []
+        structured = checks.objects or checks.relations
+        questions = [c.question for c in checks_from_structure(checks, 32)] if structured else []
         failed = set(context.failed_checks)
         n_obj = len(checks.objects)
         self.checks = checks

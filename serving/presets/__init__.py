@@ -1,8 +1,8 @@
 """Model presets as data: which diffusion model and which LLM/VLM to serve, how, and the image defaults they imply.
 
-Each ``serving/presets/<name>.yaml`` is one :class:`ModelPreset` (``tiny``, ``world``, ``gpu``, ``sdxl``, ``flux-schnell``); a path
-to a YAML file of the same shape works wherever a preset name does. The app config and the CLI overlay single fields
-on top (:func:`resolve_preset`), so switching models is an edit of YAML, never of Python::
+Each ``serving/presets/<name>.yaml`` is one :class:`ModelPreset` (``tiny``, ``world``, ``gpu``, ``sdxl``,
+``flux-schnell``); a path to a YAML file of the same shape works wherever a preset name does. The app config and the
+CLI overlay single fields on top (:func:`resolve_preset`), so switching models is an edit of YAML, never of Python::
 
     preset: gpu
     diffusion: {model: black-forest-labs/FLUX.1-schnell, dtype: bfloat16, max_batch_size: 4}
