@@ -160,14 +160,19 @@ def _failed_checks(record: LineageRecord | None, questions: list[str]) -> str:
 
 
 def _path(lineage: list[LineageRecord], best_id: str | None, questions: list[str]) -> str:
-    """The chain of prompts from the intent's wording to the best image, each with the checks its image failed."""
+    """The chain of prompts from the intent's wording to the best image (round-0 rewrites hang off the wording), each
+    with the checks its image failed; empty when the best image is of the wording itself."""
     by_id = {c.id: c for c in lineage if c.mode == "beam"}
     chain, node = [], by_id.get(best_id or "")
     while node is not None:
         chain.insert(0, node)
         node = by_id.get(node.parent_id or "")
-    if len(chain) < 2:
+    originals = [c for c in by_id.values() if c.source == "original" and c.score is not None]
+    original = max(originals, key=lambda c: c.score, default=None)  # the wording's best seed
+    if not chain or original is None or chain[-1].prompt == original.prompt:
         return ""
+    if chain[0].source != "original":
+        chain.insert(0, original)
     steps = "".join(f"<li>r{c.round} · {_score(c.score)} · {html.escape(c.prompt[:160])}"
                     f"{_failed_checks(c, questions)}</li>" for c in chain)
     return f'<div class="path"><b>how the best prompt was found</b><ol>{steps}</ol></div>'
