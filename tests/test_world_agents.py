@@ -22,9 +22,16 @@ from pipelines.world.rewriter import RuleRewriter
 from pipelines.world.scenes import SceneSpec, draw_specs, make_spec
 
 
-def png(array) -> bytes:
+def png(array, prompt: str | None = None) -> bytes:
+    """PNG bytes; with ``prompt``, tagged as FakeRenderer tags its images (what tests.fakes.ScriptedLLM reads)."""
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    if prompt is not None:
+        info.add_text("prompt", prompt)
+        info.add_text("seed", "0")
     buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="PNG")
+    Image.fromarray(array).save(buf, format="PNG", pnginfo=info)
     return buf.getvalue()
 
 
@@ -207,3 +214,26 @@ def test_the_world_preset_names_the_shipped_model_and_no_llm():
     assert preset.diffusion.model == str(WEIGHTS_DIR.resolve())
     assert preset.rewriter == "pipelines.world.rewriter:rule_rewriter"
     assert preset.critic == "pipelines.world.critic:judge_critic"
+
+
+def test_the_judge_as_held_out_scorer_beside_the_vlm_critic():
+    """``vlm_critic_with_judge``: the (scripted) VLM critic scores; the judge's verdict is reported as held-out."""
+    from pipelines.world.critic import vlm_critic_with_judge
+    from tests.fakes import ScriptedLLM
+
+    drawn = make_spec("color_attr", ["circle", "square"], ["red", "blue"])
+    asked = make_spec("color_attr", ["circle", "square"], ["red", "green"])
+    images, _ = draw_specs([drawn], seed=1)
+    critic = vlm_critic_with_judge(ScriptedLLM(keep_requests=False), CriticConfig())
+    intent = spec_to_intent(asked, asked.prompt, "i")
+    checks, result = critique_with(critic, png(images[0], asked.prompt), intent)
+    assert result.held_out == {"judge": pytest.approx(0.25)}  # mean of pass 0 and checks 0.5
+    assert "judge" not in result.scores
+    with pytest.raises(ValueError, match="needs the preset's llm"):
+        vlm_critic_with_judge(None, CriticConfig())
+
+
+def critique_with(critic, image: bytes, intent: Intent):
+    checks, _ = asyncio.run(critic.decompose(intent, request_id="r", seed=0))
+    result, _ = asyncio.run(critic.critique(image, intent, checks, request_id="r", seed=0))
+    return checks, result

@@ -15,6 +15,8 @@ With the default weights (0.5 / 0.35 / 0.15) an image passing every check scores
 The intent's structure travels in ``Intent.checks`` (objects with count and colour, relations), which is what
 :func:`pipelines.world.judge.spec_to_intent` writes and the campaign files carry; :func:`spec_from_checks` turns it
 back into the GenEval-style spec the judge reads. No LLM call is made (costs are zero).
+
+Where the critic is the VLM, :class:`JudgeScorer` adds the judge as a held-out scorer (reported, never optimised).
 """
 
 from __future__ import annotations
@@ -103,3 +105,28 @@ class JudgeCritic:
 def judge_critic(llm, config: CriticConfig) -> JudgeCritic:
     """Preset factory (``critic: pipelines.world.critic:judge_critic``): needs no language model."""
     return JudgeCritic(config)
+
+
+class JudgeScorer:
+    """``agents.ports.Scorer``: the judge as a held-out scorer beside a VLM critic — ``pass`` (1 when every check
+    holds) and ``checks`` (the share that hold) for world intents; reported in ``Critique.held_out``, never optimised."""
+
+    name = "judge"
+
+    def __init__(self, config: CriticConfig | None = None):
+        self.critic = JudgeCritic(config)
+
+    async def score(self, png: bytes, intent: Intent) -> dict[str, float]:
+        checks, _ = await self.critic.decompose(intent, request_id="judge", seed=0)
+        critique, _ = await self.critic.critique(png, intent, checks, request_id="judge", seed=0)
+        return {"pass": critique.alignment, "checks": critique.scores["checks"]}
+
+
+def vlm_critic_with_judge(llm, config: CriticConfig):
+    """Preset factory (``critic: pipelines.world.critic:vlm_critic_with_judge``): the VLM critic scores and steers
+    the search; the judge's verdict on world intents is reported beside it as the held-out ``judge`` score."""
+    from agents.critic import Critic, WeightedScorer
+
+    if llm is None:
+        raise ValueError("vlm_critic_with_judge needs the preset's llm (the VLM critic)")
+    return Critic(llm, config, scorers=[WeightedScorer(JudgeScorer(config), held_out=True)])
