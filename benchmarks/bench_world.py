@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -52,6 +53,9 @@ class BatchingRenderer:
 
     def __init__(self, engine, batch: int):
         self.engine, self.batch = engine, batch
+        # One engine call at a time: the pipeline and count_tokens share a fast tokenizer, whose truncation state a
+        # concurrent call from another thread corrupts ("Unable to create tensor ...").
+        self.lock = threading.Lock()
         self.queue: asyncio.Queue[tuple[list[RenderRequest], asyncio.Future]] = asyncio.Queue()
         self.worker: asyncio.Task | None = None
         self.images = 0
@@ -73,7 +77,7 @@ class BatchingRenderer:
             try:
                 results = []
                 for i in range(0, len(requests), self.batch):
-                    results += await asyncio.to_thread(self.engine.render, requests[i:i + self.batch])
+                    results += await asyncio.to_thread(self._locked, self.engine.render, requests[i:i + self.batch])
             except Exception as exc:  # noqa: BLE001 - handed to every waiting caller
                 for _, fut in jobs:
                     fut.set_exception(exc)
@@ -84,11 +88,15 @@ class BatchingRenderer:
                 fut.set_result(results[start:start + len(reqs)])
                 start += len(reqs)
 
+    def _locked(self, fn, *args):
+        with self.lock:
+            return fn(*args)
+
     async def info(self):
         return self.engine.info()
 
     async def count_tokens(self, prompts: list[str]) -> list[int]:
-        return self.engine.count_tokens(prompts)
+        return await asyncio.to_thread(self._locked, self.engine.count_tokens, prompts)
 
 
 @dataclass
