@@ -23,7 +23,7 @@ app.add_typer(world_app, name="world")
 app.add_typer(verify_app)  # `promptbeam verify IMAGE`: its one command, at the top level
 console = Console(stderr=True)
 
-PRESET_HELP = "Model preset: a name in serving/presets/ (tiny, gpu, sdxl, flux-schnell) or a path to a .yaml."
+PRESET_HELP = "Model preset: a name in serving/presets/ (tiny, world, gpu, sdxl, flux-schnell) or a path to a .yaml."
 CONFIG_HELP = ("A Serve config (its first application's `args` and `deployments`, e.g. deploy/serve_config.yaml) or a "
                "bare AppConfig mapping; the options below override its models.")
 

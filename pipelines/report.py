@@ -1,5 +1,5 @@
-"""The HTML report of a campaign: summary statistics, every intent's best image beside the baseline's, score per round,
-the lineage tree.
+"""The HTML report of a campaign: summary statistics, every intent's best image beside the baseline's (each with the
+checks its image failed), score per round, the chain of prompts that led to the best image, the lineage tree.
 
 Small campaigns (up to ``EMBED_UP_TO`` intents) get one self-contained ``report.html`` with the images inside, so it
 opens anywhere. Larger ones get ``report.html`` (the summary and one table row per intent, no images) and pages of
@@ -35,7 +35,7 @@ figcaption{font-size:13px;max-width:256px} .pos{color:#0a7d32} .neg{color:#b3261
 ul.tree{list-style:none;padding-left:18px;margin:4px 0;border-left:2px solid #e0e0e0}
 ul.tree li{margin:4px 0;font-size:13px} ul.tree img{width:40px;height:40px;vertical-align:middle;
 image-rendering:pixelated;border:1px solid #ccc;margin-right:6px} .failed{color:#b3261e} .best{font-weight:600}
-nav a{margin-right:12px}
+nav a{margin-right:12px} .path ol{margin:6px 0;padding-left:22px;font-size:13px}
 """
 
 
@@ -148,6 +148,36 @@ def _tree(images: _Images, lineage: list[LineageRecord], best_id: str | None) ->
     return render(None)
 
 
+def _failed_checks(record: LineageRecord | None, questions: list[str]) -> str:
+    """The checks the critic answered "no" for this image, as a caption line."""
+    if record is None or record.critique is None:
+        return ""
+    by_id = {f"q{i + 1}": q for i, q in enumerate(questions)}  # the critics number checks q1, q2, ... in this order
+    failed = [by_id.get(a.check_id, a.check_id) for a in record.critique.answers if not a.answer]
+    if not failed:
+        return '<br><span class="pos">all checks pass</span>' if record.critique.answers else ""
+    return '<br><span class="neg">failed: ' + html.escape("; ".join(failed)) + "</span>"
+
+
+def _path(lineage: list[LineageRecord], best_id: str | None, questions: list[str]) -> str:
+    """The chain of prompts from the intent's wording to the best image (round-0 rewrites hang off the wording), each
+    with the checks its image failed; empty when the best image is of the wording itself."""
+    by_id = {c.id: c for c in lineage if c.mode == "beam"}
+    chain, node = [], by_id.get(best_id or "")
+    while node is not None:
+        chain.insert(0, node)
+        node = by_id.get(node.parent_id or "")
+    originals = [c for c in by_id.values() if c.source == "original" and c.score is not None]
+    original = max(originals, key=lambda c: c.score, default=None)  # the wording's best seed
+    if not chain or original is None or chain[-1].prompt == original.prompt:
+        return ""
+    if chain[0].source != "original":
+        chain.insert(0, original)
+    steps = "".join(f"<li>r{c.round} · {_score(c.score)} · {html.escape(c.prompt[:160])}"
+                    f"{_failed_checks(c, questions)}</li>" for c in chain)
+    return f'<div class="path"><b>how the best prompt was found</b><ol>{steps}</ol></div>'
+
+
 def _section(part: IntentPart, images: _Images) -> str:
     o = part.outcome
     anchor = html.escape(o.intent_id)
@@ -155,10 +185,11 @@ def _section(part: IntentPart, images: _Images) -> str:
         return (f'<div class="intent" id="{anchor}"><h3>{anchor}</h3>'
                 f'<p class="failed">{html.escape(o.error or o.status)}</p></div>')
     s, b = o.search, o.baseline
+    by_id = {c.id: c for c in part.lineage}
     baseline_fig = (
         f'<figure>{images.img(b.best_image, "baseline best image", thumb=True)}'
         f'<figcaption><b>best-of-{b.counts.images} baseline {_score(b.best_score)}</b><br>{html.escape(o.intent)}'
-        f'</figcaption></figure>'
+        f'{_failed_checks(by_id.get(b.best_id or ""), o.checks)}</figcaption></figure>'
         if b is not None else '<figure><figcaption class="muted">no baseline for this intent</figcaption></figure>'
     )
     held = "".join(f" · held-out {html.escape(k)} {_delta(v)}" for k, v in o.held_out_improvement.items())
@@ -166,10 +197,10 @@ def _section(part: IntentPart, images: _Images) -> str:
         f'<div class="intent" id="{anchor}"><h3>{anchor}: {html.escape(o.intent)}</h3>'
         f'<p class="muted">improvement {_delta(o.improvement)}{held}</p><div class="pair">'
         f'<figure>{images.img(s.best_image, "best image", thumb=True)}'
-        f'<figcaption><b>search best {_score(s.best_score)}</b><br>{html.escape(s.best_prompt or "")}</figcaption>'
-        f'</figure>{baseline_fig}'
+        f'<figcaption><b>search best {_score(s.best_score)}</b><br>{html.escape(s.best_prompt or "")}'
+        f'{_failed_checks(by_id.get(s.best_id or ""), o.checks)}</figcaption></figure>{baseline_fig}'
         f'<figure>{_chart(s.best_score_per_round, b.best_score if b else None)}'
-        f'<figcaption>best score per round</figcaption></figure></div>'
+        f'<figcaption>best score per round</figcaption></figure></div>{_path(part.lineage, s.best_id, o.checks)}'
         f'<details><summary>lineage ({s.counts.images} images; checks: {html.escape("; ".join(o.checks)[:300])})'
         f'</summary>{_tree(images, part.lineage, s.best_id)}</details></div>'
     )

@@ -95,3 +95,14 @@ def test_busy_benchmark_runs_campaigns_through_the_served_app():
     for concurrency, intents, images, wall, busy, fraction, per_call, rate in rows:
         assert int(images) > 0 and float(busy) > 0 and 0 < float(fraction) <= 1 and 1 <= float(per_call) <= 16
         assert float(rate) == pytest.approx(int(images) / float(wall), rel=0.01)
+
+
+def test_world_benchmark_small_prints_every_arm():
+    """benchmarks/bench_world.py --small: one held-out intent per tag, every arm (the LLM arm on the tiny VLM), the
+    table with CIs, costs per intent and the goal line."""
+    out = _run("benchmarks.bench_world", "--small", "--no-record")
+    for arm in ("best-of-8, user's wording", "beam + rule rewriter", "beam + LLM rewriter (tiny random VLM)",
+                "oracle phrasing (4 phrasings x 2 seeds)"):
+        assert f"| {arm} " in out, out[-3000:]
+    assert "judge accuracy [95% CI]" in out and "LLM calls/intent" in out
+    assert "Goal (beam + rule >= best-of-N + 10 points): " in out

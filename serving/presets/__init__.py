@@ -1,8 +1,8 @@
 """Model presets as data: which diffusion model and which LLM/VLM to serve, how, and the image defaults they imply.
 
-Each ``serving/presets/<name>.yaml`` is one :class:`ModelPreset` (``tiny``, ``gpu``, ``sdxl``, ``flux-schnell``); a path
-to a YAML file of the same shape works wherever a preset name does. The app config and the CLI overlay single fields
-on top (:func:`resolve_preset`), so switching models is an edit of YAML, never of Python::
+Each ``serving/presets/<name>.yaml`` is one :class:`ModelPreset` (``tiny``, ``world``, ``gpu``, ``sdxl``,
+``flux-schnell``); a path to a YAML file of the same shape works wherever a preset name does. The app config and the
+CLI overlay single fields on top (:func:`resolve_preset`), so switching models is an edit of YAML, never of Python::
 
     preset: gpu
     diffusion: {model: black-forest-labs/FLUX.1-schnell, dtype: bfloat16, max_batch_size: 4}
@@ -24,6 +24,8 @@ from serving.config import DiffusionEngineConfig, LLMEngineConfig
 from serving.openai_client import LanguageModelEndpoints
 
 _DIR = Path(__file__).parent
+REPO_ROOT = _DIR.parent.parent
+"""The repository root (``{repo}`` in a preset): models shipped in the repo are found from here wherever it runs."""
 M = TypeVar("M", bound=BaseModel)
 
 AGENT_KIND = r"^(llm|[A-Za-z_][\w.]*:[A-Za-z_]\w*)$"
@@ -144,7 +146,8 @@ def available() -> list[str]:
 
 def load_preset(name: str, tiny_dir: str | os.PathLike | None = None,
                 endpoints: LanguageModelEndpoints | None = None) -> ModelPreset:
-    """The preset called ``name`` (or the YAML file at that path), with ``{tiny_dir}`` filled in. Each role set in
+    """The preset called ``name`` (or the YAML file at that path), with ``{tiny_dir}`` and ``{repo}`` (the
+    repository root, where models shipped in the repo live) filled in. Each role set in
     ``endpoints`` replaces the file's endpoint for that role (validated together: a preset without an ``llm`` is
     valid once every role has an endpoint)."""
     path = Path(name).expanduser() if name.endswith((".yaml", ".yml")) else _DIR / f"{name}.yaml"
@@ -156,7 +159,8 @@ def load_preset(name: str, tiny_dir: str | os.PathLike | None = None,
     root = str(Path(tiny_dir).resolve()) if tiny_dir else str(default_tiny_dir())
     for section in ("diffusion", "llm"):
         if isinstance(raw.get(section), dict) and isinstance(raw[section].get("model"), str):
-            raw[section] = {**raw[section], "model": raw[section]["model"].replace("{tiny_dir}", root)}
+            model = raw[section]["model"].replace("{tiny_dir}", root).replace("{repo}", str(REPO_ROOT))
+            raw[section] = {**raw[section], "model": model}
     try:
         if endpoints is not None:
             own = LanguageModelEndpoints.model_validate(raw.get("endpoints") or {})
