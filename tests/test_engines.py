@@ -469,3 +469,24 @@ def test_renderer_reports_its_prompt_limit_and_counts_tokens(diffusion_engine):
     assert info.max_prompt_tokens == 77 and info.tokenizer.startswith("CLIPTokenizer")
     short, long = diffusion_engine.count_tokens(["a red apple", "apple " * 100])
     assert 3 <= short < 10 and long > info.max_prompt_tokens
+
+
+def test_counting_tokens_while_a_render_runs(diffusion_engine):
+    """count_tokens runs on the replica's event loop while the pipeline thread tokenizes for a render: it uses its own
+    tokenizer copy, since a fast tokenizer shared by two threads fails ("Already borrowed")."""
+    import threading
+
+    from agents.messages import RenderRequest
+
+    expected = diffusion_engine.count_tokens(["a red apple", "two blue cubes on a table"])
+    assert diffusion_engine._counting_tokenizer is not diffusion_engine.pipe.tokenizer
+    reqs = [RenderRequest(request_id=f"c{i}", prompt=f"a red apple number {i}", seed=i, steps=2, width=64, height=64)
+            for i in range(8)]
+    done = threading.Event()
+    worker = threading.Thread(target=lambda: (diffusion_engine.render(reqs), done.set()))
+    worker.start()
+    counts = []
+    while not done.is_set():
+        counts.append(diffusion_engine.count_tokens(["a red apple", "two blue cubes on a table"]))
+    worker.join()
+    assert counts and all(c == expected for c in counts)

@@ -16,6 +16,7 @@ import functools
 import io
 import logging
 import os
+import threading
 import time
 from collections import defaultdict
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -151,6 +152,8 @@ class DiffusionEngine:
         # thread (CUDA graph trees, inference mode) is made once, whichever thread a caller (Serve's to_thread) uses.
         self._pipeline_thread = ThreadPoolExecutor(1, thread_name_prefix="pipeline")
         self._closed = False
+        self._counting_tokenizer = None  # count_tokens' own copy (see there)
+        self._counting_lock = threading.Lock()
         self._pool = (ThreadPoolExecutor(config.encode_workers, thread_name_prefix="encode",
                                          initializer=_yield_to_the_pipeline) if config.encode_workers else None)
         # Output safety runs in the encoder threads, beside the encoding: a flagged image's pixels never leave.
@@ -236,11 +239,19 @@ class DiffusionEngine:
                             tokenizer=type(tok).__name__ if tok is not None else None)
 
     def count_tokens(self, prompts: list[str]) -> list[int]:
-        """Tokens per prompt in the limiting tokenizer, start/end tokens included (compare with ``info()``)."""
+        """Tokens per prompt in the limiting tokenizer, start/end tokens included (compare with ``info()``).
+
+        Counts with a private copy of the tokenizer: a fast (Rust) tokenizer used from two threads at once fails
+        ("Already borrowed"), and the pipeline thread uses the pipeline's own while a render runs."""
         tok, _ = self._limiting_tokenizer()
         if tok is None:
             return [len(p.split()) for p in prompts]
-        return [len(ids) for ids in tok(list(prompts), truncation=False)["input_ids"]]
+        with self._counting_lock:
+            if self._counting_tokenizer is None:
+                import copy
+
+                self._counting_tokenizer = copy.deepcopy(tok)
+            return [len(ids) for ids in self._counting_tokenizer(list(prompts), truncation=False)["input_ids"]]
 
     # -- rendering -----------------------------------------------------------------------------------------------------
 
