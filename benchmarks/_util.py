@@ -5,7 +5,9 @@ from __future__ import annotations
 import datetime
 import os
 import platform
+import statistics
 import subprocess
+import time
 from pathlib import Path
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
@@ -56,3 +58,14 @@ def report(title: str, headers: list[str], rows: list[list], notes: str = "", re
         with RESULTS.open("a") as f:
             f.write(f"\n## {title}\n{stamp} · commit {commit()} · {machine()}\n\n{text}\n\n{notes}\n")
     return text
+
+
+def median_time(fn, reps: int) -> float:
+    """Median seconds of ``reps`` calls of ``fn`` after one warm-up call."""
+    fn()  # warm-up
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)

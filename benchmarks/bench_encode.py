@@ -29,7 +29,7 @@ import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from benchmarks._util import report
+from benchmarks._util import median_time, report
 
 FORMATS = {  # label: config fields
     "png (level 6, default)": {"image_format": "png"},
@@ -38,16 +38,6 @@ FORMATS = {  # label: config fields
     "webp lossless method 0": {"image_format": "webp", "webp_method": 0},
     "jpeg quality 90": {"image_format": "jpeg", "jpeg_quality": 90},
 }
-
-
-def median_time(fn, reps: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def main() -> None:

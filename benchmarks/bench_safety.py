@@ -15,13 +15,12 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks._util import report
+from benchmarks._util import median_time, report
 from serving.safety.credentials import C2paConfig
 from serving.safety.nsfw import ImageSafetyConfig, OpenNSFWChecker
 from serving.safety.provenance import ProvenanceConfig, Stamper, verify
@@ -31,13 +30,7 @@ from tests.safety_data import decode, jpeg, make_credentials, png, resized, scen
 
 
 def median_ms(fn: Callable[[], object], reps: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1000
+    return median_time(fn, reps) * 1000
 
 
 def record(i: int = 0) -> ProvenanceRecord:
