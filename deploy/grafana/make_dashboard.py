@@ -88,7 +88,8 @@ PANELS: list[tuple[str, str, list[tuple[str, str]], str]] = [
         (f"histogram_quantile(0.9, sum by (le) (rate({e(m.RENDER_BATCH_SIZE, '_bucket')}[{RI}])))", "p90"),
     ], ""),
     ("Serve batch queue and utilisation (@serve.batch)", "short", [
-        ("max by (deployment, function_name) (ray_serve_batch_queue_length)", "queued {{deployment}}"),
+        # Ray sets this gauge only while a batch is being formed; 0 where no replica has exported it yet
+        ("max by (deployment, function_name) (ray_serve_batch_queue_length) or on() vector(0)", "queued {{deployment}}"),
         (f"sum by (deployment) (rate(ray_serve_batch_utilization_percent_sum[{RI}])) / "
          f"sum by (deployment) (rate(ray_serve_batch_utilization_percent_count[{RI}]))", "utilisation % {{deployment}}"),
     ], "Ray Serve's own batcher metrics: requests waiting for a batch, and batch size as % of max_batch_size."),
