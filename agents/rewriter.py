@@ -49,6 +49,17 @@ class Rewriter:
         self.llm = llm
         self.config = config or RewriterConfig()
 
+    @property
+    def knows(self) -> str:
+        """What this rewriter reads, in one line (reports and benchmark tables say it beside its prompts)."""
+        parts = ["the intent's words"]
+        if self.config.use_feedback:
+            parts.append("the critic's checks and feedback")
+        parts.append("its branch's earlier prompts and their scores")
+        if self.config.model_vocabulary:
+            parts.append("the image model's public vocabulary (one fixed list)")
+        return "a language model reading " + ", ".join(parts)
+
     def context_data(self, context: RewriteContext) -> dict[str, Any]:
         """The JSON shown to the model, trimmed to ``context_tokens``: the oldest tried prompts go first, then the
         weakest of the best prompts, then the oldest ancestors (the parent and the top prompt always stay)."""
