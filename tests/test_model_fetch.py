@@ -25,9 +25,10 @@ def _wheel(directory: Path, package: str, version: str, member: str, data: bytes
     with zipfile.ZipFile(path, "w") as zf:
         zf.writestr(f"{module}/__init__.py", "")
         zf.writestr(member, data)
-        zf.writestr(f"{module}-{version}.dist-info/METADATA", f"Metadata-Version: 2.1\nName: {package}\nVersion: {version}\n")
-        zf.writestr(f"{module}-{version}.dist-info/WHEEL", "Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
-        zf.writestr(f"{module}-{version}.dist-info/RECORD", "")
+        info = f"{module}-{version}.dist-info"
+        zf.writestr(f"{info}/METADATA", f"Metadata-Version: 2.1\nName: {package}\nVersion: {version}\n")
+        zf.writestr(f"{info}/WHEEL", "Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+        zf.writestr(f"{info}/RECORD", "")
     return path
 
 
