@@ -54,6 +54,8 @@ from pipelines.world.scenes import CANVAS, TAGS, SceneSpec
 
 GOAL_POINTS = 10.0
 """The issue's goal: beam + real LLM >= best-of-N + 10 points of judge accuracy, interval low end above 0."""
+PROMPT_CHARS = 150
+"""The LLM arms' cap on a proposal's characters (a world caption is under 80; the JSON schema stops a run-on reply)."""
 MAX_BEST_OF = 32
 """Best-of-N is rendered once per intent on this many seeds; best-of-k for every k reported is its first k images."""
 
@@ -118,16 +120,58 @@ class BatchingRenderer:
         return await asyncio.to_thread(self._locked, self.engine.count_tokens, prompts)
 
 
-class MeteredLLM:
-    """``LanguageModel`` port that sums each intent's LLM wall seconds (request ids start with the intent id)."""
+class ArmRenderer:
+    """The shared renderer as one arm sees it: request ids prefixed with the arm's name on the way in (arms draw the
+    same intents, so their candidate ids coincide) and restored on the way out."""
 
-    def __init__(self, llm):
-        self.llm = llm
+    def __init__(self, renderer: BatchingRenderer, arm: str):
+        self.renderer, self.arm = renderer, arm
+
+    async def render(self, requests: list[RenderRequest]) -> list[RenderResult]:
+        tagged = [r.model_copy(update={"request_id": f"{self.arm}:{r.request_id}"}) for r in requests]
+        results = await self.renderer.render(tagged)
+        return [res.model_copy(update={"request_id": req.request_id}) for res, req in zip(results, requests)]
+
+    async def info(self):
+        return await self.renderer.info()
+
+    async def count_tokens(self, prompts: list[str]) -> list[int]:
+        return await self.renderer.count_tokens(prompts)
+
+
+class BusyClock:
+    """Wall seconds during which at least one call is in flight (the union of the calls' intervals): what the calls
+    cost the machine, however many ran at once."""
+
+    def __init__(self):
+        self.in_flight, self.since, self.seconds = 0, 0.0, 0.0
+
+    def enter(self) -> None:
+        if self.in_flight == 0:
+            self.since = time.perf_counter()
+        self.in_flight += 1
+
+    def leave(self) -> None:
+        self.in_flight -= 1
+        if self.in_flight == 0:
+            self.seconds += time.perf_counter() - self.since
+
+
+class MeteredLLM:
+    """``LanguageModel`` port that sums each intent's LLM call latency (request ids start with the intent id) and
+    feeds the engine's shared :class:`BusyClock`."""
+
+    def __init__(self, llm, clock: BusyClock):
+        self.llm, self.clock = llm, clock
         self.seconds: dict[str, float] = {}
 
     async def chat(self, request: ChatRequest) -> ChatResult:
         t0 = time.perf_counter()
-        result = await self.llm.chat(request)
+        self.clock.enter()
+        try:
+            result = await self.llm.chat(request)
+        finally:
+            self.clock.leave()
         intent_id = request.request_id.split("/")[0]
         self.seconds[intent_id] = self.seconds.get(intent_id, 0.0) + time.perf_counter() - t0
         return result
@@ -154,12 +198,13 @@ class Arm:
         self.llm_seconds[intent_id] = llm_seconds
 
 
-def search_config(budget: int) -> SearchConfig:
+def search_config(budget: int, temperature: float = 0.8) -> SearchConfig:
     """Round 0: the user's wording and 3 rewrites; later rounds: 3 children of the 2 best branches, until the budget
     is spent or an image passes every check (``PASS_SCORE``). One seed per prompt: the budget goes to prompts."""
     return SearchConfig(beam_width=2, candidates_per_beam=3, rounds=4, seeds_per_prompt=1, explore_seeds=1,
                         max_images=budget, score_threshold=PASS_SCORE, patience=2, steps=RECOMMENDED_STEPS,
-                        guidance_scale=RECOMMENDED_GUIDANCE, width=CANVAS, height=CANVAS, run_baseline=False)
+                        guidance_scale=RECOMMENDED_GUIDANCE, width=CANVAS, height=CANVAS, run_baseline=False,
+                        temperature=temperature, retry_temperature=min(2.0, temperature + 0.4))
 
 
 async def keep_no_image(candidate, png: bytes) -> None:
@@ -247,14 +292,16 @@ async def run(args) -> str:
                                                    device=args.device, dtype="float32", max_batch_size=args.batch,
                                                    local_files_only=True))
     renderer = BatchingRenderer(engine, args.batch)
-    config = search_config(args.budget)
+    config = search_config(args.budget, args.temperature)
     critic = JudgeCritic(CriticConfig())
     sem = asyncio.Semaphore(args.concurrency)
     llm_engine, llm_desc = load_llm(args.llm)
-    metered = {name: MeteredLLM(LocalLanguageModel(llm_engine)) for name in ("llm", "llm_nofb", "llm_vocab")}
-    rewriter_configs = {"llm": RewriterConfig(max_tokens=args.llm_max_tokens),
-                        "llm_nofb": RewriterConfig(max_tokens=args.llm_max_tokens, use_feedback=False),
-                        "llm_vocab": RewriterConfig(max_tokens=args.llm_max_tokens, model_vocabulary=MODEL_VOCABULARY)}
+    clock = BusyClock()
+    metered = {name: MeteredLLM(LocalLanguageModel(llm_engine), clock) for name in ("llm", "llm_nofb", "llm_vocab")}
+    common = {"max_tokens": args.llm_max_tokens, "max_prompt_chars": PROMPT_CHARS}
+    rewriter_configs = {"llm": RewriterConfig(**common),
+                        "llm_nofb": RewriterConfig(**common, use_feedback=False),
+                        "llm_vocab": RewriterConfig(**common, model_vocabulary=MODEL_VOCABULARY)}
     short = args.llm if args.llm != "tiny" else "tiny random LLM"
     arms = {
         "best_of_n": Arm(f"best-of-{args.budget}, user's wording", "the intent's words"),
@@ -269,10 +316,10 @@ async def run(args) -> str:
     }
     from agents.rewriter import Rewriter
 
-    planners = {name: BeamSearchPlanner(renderer, Rewriter(metered[name], rewriter_configs[name]), critic, config,
-                                        image_sink=keep_no_image) for name in metered}
-    planners["oracle_rewriter"] = BeamSearchPlanner(renderer, OracleRewriter(), critic, config,
-                                                    image_sink=keep_no_image)
+    planners = {name: BeamSearchPlanner(ArmRenderer(renderer, name), Rewriter(metered[name], rewriter_configs[name]),
+                                        critic, config, image_sink=keep_no_image) for name in metered}
+    planners["oracle_rewriter"] = BeamSearchPlanner(ArmRenderer(renderer, "oracle_rewriter"), OracleRewriter(), critic,
+                                                    config, image_sink=keep_no_image)
     best_of: dict[str, list[bool]] = {}
     done = [0]
 
@@ -292,13 +339,15 @@ async def run(args) -> str:
         await asyncio.gather(*(one(i, s) for i, s in intents))
     finally:
         llm_engine.shutdown()
-    # Equal compute: the images the LLM arm's seconds would have bought at this run's render rate.
-    llm_s = sum(arms["llm"].llm_seconds.values()) / len(ids)
+    # Equal compute: the images one LLM arm's engine time would have bought at this run's render rate. The engine's
+    # busy time (calls of all LLM arms overlap and batch) is shared out evenly over the LLM arms and intents.
+    llm_s = clock.seconds / (len(metered) * len(ids))
     rate = renderer.images_per_second
-    extra = math.floor(llm_s * rate)
+    extra = min(math.floor(llm_s * rate), args.max_equal_compute - args.budget)
     n_equal = args.budget + extra
     n_max = max(MAX_BEST_OF, n_equal)
-    base_planner = BeamSearchPlanner(renderer, OracleRewriter(), critic, config, image_sink=keep_no_image)
+    base_planner = BeamSearchPlanner(ArmRenderer(renderer, "best_of"), OracleRewriter(), critic, config,
+                                     image_sink=keep_no_image)
 
     async def sampled(intent: Intent) -> None:
         async with sem:
@@ -308,7 +357,8 @@ async def run(args) -> str:
     for intent_id in ids:
         arms["best_of_n"].add(intent_id, any(best_of[intent_id][: args.budget]), args.budget)
     for k in sorted({16, MAX_BEST_OF, n_equal} - {args.budget}):
-        label = (f"best-of-{k} at equal compute (+{extra} images for {llm_s:.1f} LLM-s at {rate:.1f} img/s)"
+        capped = " (capped)" if extra == args.max_equal_compute - args.budget else ""
+        label = (f"best-of-{k} at equal compute (+{extra}{capped} images for {llm_s:.1f} LLM-s at {rate:.1f} img/s)"
                  if k == n_equal else f"best-of-{k}, user's wording (more images)")
         arm = arms.setdefault(f"best_of_{k}", Arm(label, "the intent's words"))
         for intent_id in ids:
@@ -344,7 +394,9 @@ async def run(args) -> str:
              f"pipelines/world/data/heldout.jsonl), submitted as text; the same intents and seeds for every arm; "
              f"budget {args.budget} images per intent for the beam arms; world model {RECOMMENDED_STEPS} steps CFG "
              f"{RECOMMENDED_GUIDANCE} on {args.device}; beam B=2 K=3 S=1, stops when an image passes. LLM: "
-             f"{llm_desc}, temperature per the planner's defaults, guided JSON. Per-tag accuracy (best-of-N / LLM / "
+             f"{llm_desc}, temperature {args.temperature}, guided JSON, at most {args.llm_max_tokens} tokens and "
+             f"{PROMPT_CHARS} characters a prompt; LLM s/intent sums each call's latency; equal compute uses the "
+             f"engine's busy time per arm and intent ({llm_s:.1f} s). Per-tag accuracy (best-of-N / LLM / "
              f"LLM no feedback / LLM + vocabulary / oracle rewriter / oracle phrasing): {per_tag}. {goal} "
              f"Render rate {rate:.1f} images/s; wall time {wall:.0f} s.")
     return report(f"World (honest): beam + real LLM vs best-of-N on held-out intents "
@@ -361,8 +413,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--intents", type=int, default=120, help="Intents, spread evenly over the tags (max 240).")
     p.add_argument("--llm", default="qwen2.5-coder-0.5b-instruct",
                    help="Rewriter LLM: a name `promptbeam models fetch` knows, a local directory, or 'tiny'.")
-    p.add_argument("--llm-max-tokens", type=int, default=256, help="Cap on one rewrite reply's tokens.")
+    p.add_argument("--llm-max-tokens", type=int, default=160, help="Cap on one rewrite reply's tokens.")
     p.add_argument("--budget", type=int, default=8, help="Images per intent for the beam arms and best-of-N.")
+    p.add_argument("--temperature", type=float, default=0.5, help="The LLM rewriter's sampling temperature.")
+    p.add_argument("--max-equal-compute", type=int, default=128,
+                   help="Cap on the equal-compute best-of-N (images per intent).")
     p.add_argument("--phrasings", type=int, default=4, help="Oracle phrasing: phrasings (budget must divide by it).")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--batch", type=int, default=32, help="Images per pipeline call.")
