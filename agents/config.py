@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -112,6 +112,17 @@ class RewriterConfig(_Config):
     )
     max_tokens: int = Field(
         default=2048, ge=16, le=16384, description="Cap on one proposal's tokens (a model stops at the JSON's end)."
+    )
+    use_feedback: bool = Field(
+        default=True,
+        description="Show the rewriter the critic's words (the checks, which failed, the feedback). Off, it sees the "
+        "intent, its branch's prompts and their scores only: the ablation that tells whether feedback helps.",
+    )
+    model_vocabulary: list[Annotated[str, Field(min_length=1, max_length=40, pattern=r"^[A-Za-z][A-Za-z -]*$")]] = Field(
+        default_factory=list, max_length=200,
+        description="Words the image model is known to draw well (what its model card says it was trained on), the "
+        "same list for every intent; shown to the rewriter so that it can say the intent in the model's words. Empty: "
+        "not shown.",
     )
 
 

@@ -1,5 +1,10 @@
 """The LLM rewriter: renders the planner's :class:`RewriteContext` into a chat request and parses the proposals.
 
+What it knows: the intent's text, the critic's checks and feedback (unless ``RewriterConfig.use_feedback`` is off),
+the branch's earlier prompts with their scores, and — only when the operator sets ``RewriterConfig.model_vocabulary``
+— the image model's public vocabulary, one fixed list for every intent. Nothing else: no table from the intent's
+words to the model's, no spec.
+
 It is one implementation of :class:`agents.ports.PromptRewriter`; the planner checks what any rewriter returns
 (length in renderer tokens, duplicates, output filter), so this class only parses and applies its own character cap.
 """
@@ -62,13 +67,19 @@ class Rewriter:
             for step in context.ancestry
         ]
 
+        if not self.config.use_feedback:  # the ablation: no critic words, scores only
+            for step in branch:
+                del step["checks_passed"], step["feedback"]
+
         def data() -> dict[str, Any]:
             d: dict[str, Any] = {"intent": context.intent.text}
             if context.intent.negative_prompt:
                 d["avoid"] = context.intent.negative_prompt
-            d["checks"] = context.checks
+            if self.config.use_feedback:
+                d["checks"] = context.checks
             d["current_prompt"] = context.current_prompt
-            d["failed_checks"] = context.failed_checks
+            if self.config.use_feedback:
+                d["failed_checks"] = context.failed_checks
             d["branch_oldest_first"] = branch
             d["best_prompts_so_far"] = best
             d["already_tried"] = tried
@@ -94,6 +105,7 @@ class Rewriter:
         system = prompts.render(
             "rewriter", "system", k=context.k, max_chars=self.config.max_prompt_chars,
             max_prompt_tokens=limit, max_words=words_for_tokens(limit) if limit else None,
+            vocabulary=", ".join(self.config.model_vocabulary), feedback=self.config.use_feedback,
         )
         return ChatRequest(
             request_id=request_id,

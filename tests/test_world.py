@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from pipelines.world import grammar
-from pipelines.world.judge import detect, judge, spec_to_intent
+from pipelines.world.judge import detect, judge, spec_to_checks
 from pipelines.world.scenes import (
     BACKGROUND,
     CANVAS,
@@ -216,19 +216,18 @@ def test_answers_follow_checks_from_structure(tag):
     specs = _specs(tag, 60, seed=300 + TAGS.index(tag))
     images, _ = draw_specs(specs, seed=4)
     for spec, image in zip(specs, images):
-        intent = spec_to_intent(spec, text=spec.prompt, id="i1")
-        checks = checks_from_structure(intent.checks, max_checks=10)
+        checks = checks_from_structure(spec_to_checks(spec), max_checks=10)
         for candidate, expect_pass in [(spec, True), (_wrong(spec, rng), False)]:
             verdict = judge(image, candidate)
             assert len(verdict.answers) == len(checks_from_structure(
-                spec_to_intent(candidate, "x", "i").checks, max_checks=10)) == len(checks)
+                spec_to_checks(candidate), max_checks=10)) == len(checks)
             assert all(verdict.answers) == verdict.passed
     # the questions say what the answers mean
     spec = make_spec("counting", ["circle"], [None], count=3)
-    assert checks_from_structure(spec_to_intent(spec, "x", "i").checks, 10)[0].question == \
+    assert checks_from_structure(spec_to_checks(spec), 10)[0].question == \
         "Does the image show exactly 3 circles?"
     spec = make_spec("position", ["circle", "square"], ["red", None], relation="above")
-    assert [c.question for c in checks_from_structure(spec_to_intent(spec, "x", "i").checks, 10)] == [
+    assert [c.question for c in checks_from_structure(spec_to_checks(spec), 10)] == [
         "Does the image show a red circle?", "Does the image show a square?", "Is the square above the red circle?"]
 
 

@@ -1,9 +1,8 @@
 """A critic whose answers come from the world's judge instead of a VLM (``agents.ports.ImageCritic``).
 
-The checks are the same ones the VLM critic asks for a structured intent (``agents.critic.checks_from_structure`` over
-``Intent.checks``); the judge (:mod:`pipelines.world.judge`) answers each of them by detecting the shapes in the image,
-and the score is the shared formula (``agents.critic.build_critique``), so planner, campaign runner, store, report and
-metrics treat it like any critic. Where the VLM gives two ratings, the judge gives:
+The judge (:mod:`pipelines.world.judge`) answers each check by detecting the shapes in the image, and the score is the
+shared formula (``agents.critic.build_critique``), so planner, campaign runner, store, report and metrics treat it like
+any critic. Where the VLM gives two ratings, the judge gives:
 
 - ``alignment`` = 1 when every check passes (the judge's all-pass verdict, GenEval's accuracy), else 0;
 - ``quality`` = the share of the image's detected objects that are recognisable shapes (stray blobs and smears lower
@@ -12,9 +11,9 @@ metrics treat it like any critic. Where the VLM gives two ratings, the judge giv
 With the default weights (0.5 / 0.35 / 0.15) an image passing every check scores >= 0.85 and any other scores
 <= 0.65, so the best-scored image of an arm passes the judge whenever any of its images does (:data:`PASS_SCORE`).
 
-The intent's structure travels in ``Intent.checks`` (objects with count and colour, relations), which is what
-:func:`pipelines.world.judge.spec_to_intent` writes and the campaign files carry; :func:`spec_from_checks` turns it
-back into the GenEval-style spec the judge reads. No LLM call is made (costs are zero).
+**What it says, and what it keeps.** The checks and the feedback quote the intent's own words
+(:mod:`pipelines.world.decompose`); the spec the judge scores against — in the model's training vocabulary — never
+leaves it. No LLM call is made (costs are zero).
 
 Where the critic is the VLM, :class:`JudgeScorer` adds the judge as a held-out scorer (reported, never optimised).
 """
@@ -27,6 +26,7 @@ from agents.config import CriticConfig
 from agents.critic import build_critique, checks_from_structure
 from agents.messages import ChatResult, Check, Critique, Intent, IntentChecks
 from agents.ports import CriticError
+from pipelines.world.decompose import ParsedIntent, ParseError, feedback, parse_intent, questions
 from pipelines.world.grammar import INVERSE
 from pipelines.world.judge import detect, evaluate
 from pipelines.world.scenes import TAGS, Requirement, SceneSpec
@@ -36,7 +36,7 @@ PASS_SCORE = 0.85
 
 
 def spec_from_checks(checks: IntentChecks | None, tag: str | None = None) -> SceneSpec:
-    """The GenEval-style spec behind an intent's structured checks (the inverse of ``spec_to_intent``).
+    """The GenEval-style spec behind an intent's structured checks (the inverse of ``pipelines.world.judge.spec_to_checks``).
 
     An object with a ``count`` asks for exactly that many (an exclude of count + 1 follows, GenEval's counting form),
     as the critic's question "exactly N" says; one without asks for at least one. A relation names its objects as
@@ -65,36 +65,66 @@ def spec_from_checks(checks: IntentChecks | None, tag: str | None = None) -> Sce
 
 
 class JudgeCritic:
-    """``ImageCritic`` answered by the world's judge. Stateless; ``decompose`` and ``critique`` make no LLM call."""
+    """``ImageCritic`` answered by the world's judge. Stateless; ``decompose`` and ``critique`` make no LLM call.
+
+    An intent is read in one of two ways, and the judge keeps what it read to itself:
+
+    - from its text (the world's benchmark and example intents carry nothing else): :mod:`pipelines.world.decompose`
+      parses the wording into the spec, and the checks and feedback quote the intent's own phrases ("Is there a
+      crimson wedge?", "no crimson wedge found"), so a rewriter never reads the words the model was trained on;
+    - from structured ``checks`` a user wrote (general campaigns): the checks are the user's own names, asked as
+      ``agents.critic.checks_from_structure`` asks them.
+    """
 
     def __init__(self, config: CriticConfig | None = None):
         self.config = config or CriticConfig()
 
-    async def decompose(self, intent: Intent, *, request_id: str, seed: int) -> tuple[list[Check], ChatResult | None]:
-        """The VLM critic's structured checks; an intent without structure gets one holistic check, which
-        :meth:`critique` then refuses with the reason (recorded on each candidate)."""
+    def reading(self, intent: Intent) -> tuple[list[Check], SceneSpec, ParsedIntent | None]:
+        """The intent's checks, the spec the judge scores them with, and the parse (None for structured checks).
+        Raises ``CriticError`` naming what the world cannot read."""
         if intent.checks and (intent.checks.objects or intent.checks.relations):
-            return checks_from_structure(intent.checks, self.config.max_checks), None
-        return [Check(id="q1", question="Does the image show everything the intent describes?")], None
+            try:
+                spec = spec_from_checks(intent.checks, intent.tags[0] if intent.tags else None)
+            except ValueError as exc:
+                raise CriticError(f"intent {intent.id!r}: {exc}") from exc
+            return checks_from_structure(intent.checks, self.config.max_checks), spec, None
+        try:
+            parsed = parse_intent(intent.text)
+        except ParseError as exc:
+            raise CriticError(f"intent {intent.id!r}: {exc}") from exc
+        qs = questions(parsed)[: self.config.max_checks]
+        return [Check(id=f"q{i + 1}", question=q) for i, q in enumerate(qs)], parsed.spec, parsed
+
+    async def decompose(self, intent: Intent, *, request_id: str, seed: int) -> tuple[list[Check], ChatResult | None]:
+        """The intent's checks; an intent the world cannot read gets one holistic check, which :meth:`critique`
+        then refuses with the reason (recorded on each candidate)."""
+        try:
+            return self.reading(intent)[0], None
+        except CriticError:
+            return [Check(id="q1", question="Does the image show everything the intent describes?")], None
 
     def judge(self, png: bytes, intent: Intent, checks: list[Check]) -> Critique:
         """The critique of one image (synchronous; the judge takes about a millisecond)."""
-        try:
-            spec = spec_from_checks(intent.checks, intent.tags[0] if intent.tags else None)
-        except ValueError as exc:
-            raise CriticError(f"intent {intent.id!r}: {exc}") from exc
+        expected, spec, parsed = self.reading(intent)
         dets = detect(png)
         verdict = evaluate(spec, dets)
         if not verdict.supported:
             raise CriticError(f"intent {intent.id!r}: {'; '.join(verdict.reasons)}")
-        expected = checks_from_structure(intent.checks, self.config.max_checks)  # type: ignore[arg-type]
         if [c.question for c in checks] != [c.question for c in expected]:
             raise CriticError(f"intent {intent.id!r}: the checks {[c.question for c in checks]} are not the ones the "
                               f"judge answers {[c.question for c in expected]}")
         answers = {c.id: bool(a) for c, a in zip(checks, verdict.answers)}
         quality = sum(d.shape is not None for d in dets) / len(dets) if dets else 0.0
+        if parsed is None:
+            notes = verdict.reasons  # structured checks: the user's own names
+        else:
+            counts = [{"n": sum(d.shape == o.shape and (o.color is None or d.color == o.color) for d in dets),
+                       "n_shape": sum(d.shape == o.shape for d in dets),
+                       "n_color": sum(d.color == o.color for d in dets)} for o in parsed.objects]
+            present = [c["n"] >= o.count for c, o in zip(counts, parsed.objects)]
+            notes = feedback(parsed, verdict.answers, counts, relation_checkable=all(present))
         return build_critique(self.config, checks, answers, alignment=1.0 if verdict.passed else 0.0,
-                              quality=quality, feedback="; ".join(verdict.reasons))
+                              quality=quality, feedback="; ".join(notes))
 
     async def critique(
         self, png: bytes, intent: Intent, checks: list[Check], *, request_id: str, seed: int

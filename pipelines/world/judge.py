@@ -19,8 +19,9 @@ of entry ``i`` by GenEval's box rule (:func:`pipelines.world.scenes.relative_pos
 boxes' summed sizes). Specs naming classes, colours or relations the world does not draw are answered
 ``unsupported`` rather than guessed.
 
-Beside the all-pass verdict the judge answers one boolean per check of :func:`spec_to_intent`'s ``Intent``, in the
-order ``agents.critic.checks_from_structure`` asks them (objects, then relations).
+Beside the all-pass verdict the judge answers one boolean per include entry (exactness folded in), then one per
+relation: the order of the checks the world's critic asks (:mod:`pipelines.world.decompose` for an intent's text,
+``agents.critic.checks_from_structure`` for structured checks from :func:`spec_to_checks`).
 """
 
 from __future__ import annotations
@@ -89,7 +90,7 @@ class Verdict:
     supported: bool
     passed: bool = False
     answers: list[bool] = field(default_factory=list)
-    """One per check of :func:`spec_to_intent` (objects, then relations), as checks_from_structure orders them."""
+    """One per include entry (objects, exactness folded in), then one per relation: the order of the critic's checks."""
     reasons: list[str] = field(default_factory=list)
     """Why it failed (GenEval-style), or why it is unsupported."""
 
@@ -235,11 +236,23 @@ def judge(image, spec: SceneSpec | dict) -> Verdict:
 
 
 def spec_to_intent(spec: SceneSpec | dict, text: str, id: str):
-    """An ``agents.messages.Intent`` for a spec, with ``checks`` the critic turns into yes/no questions
-    (``agents.critic.checks_from_structure``): one object per include entry (``count`` set where the spec asks for
-    an exact number, i.e. an exclude of count + 1 follows it, as GenEval's counting records do), one relation per
-    position. :func:`judge` answers them in that order (``Verdict.answers``)."""
-    from agents.messages import Intent, IntentChecks, ObjectSpec, RelationSpec
+    """The ``agents.messages.Intent`` a user of the world submits: its text, nothing else (no tag either: tag names
+    hold count words, "two_object"). The world's critic reads the text (:mod:`pipelines.world.decompose`); the spec
+    stays with the judge. ``spec`` is accepted for symmetry with :func:`spec_to_checks` and checked."""
+    from agents.messages import Intent
+
+    if isinstance(spec, dict):
+        spec = SceneSpec.model_validate(spec)
+    return Intent(id=id, text=text)
+
+
+def spec_to_checks(spec: SceneSpec | dict):
+    """Structured ``agents.messages.IntentChecks`` for a spec, in the spec's own (training) names, as a user of a
+    general campaign could write them: one object per include entry (``count`` set where the spec asks for an exact
+    number, i.e. an exclude of count + 1 follows it, as GenEval's counting records do), one relation per position.
+    :func:`judge` answers them in that order (``Verdict.answers``). The world's benchmark does not use them: they
+    would tell a rewriter the model's vocabulary."""
+    from agents.messages import IntentChecks, ObjectSpec, RelationSpec
 
     if isinstance(spec, dict):
         spec = SceneSpec.model_validate(spec)
@@ -254,7 +267,7 @@ def spec_to_intent(spec: SceneSpec | dict, text: str, id: str):
             target = spec.include[req.position[1]]
             relations.append(RelationSpec(subject=_named(req.cls, req.color), relation=req.position[0],
                                           object=_named(target.cls, target.color)))
-    return Intent(id=id, text=text, checks=IntentChecks(objects=objects, relations=relations), tags=[spec.tag])
+    return IntentChecks(objects=objects, relations=relations)
 
 
 def _named(cls: str, color: str | None) -> str:

@@ -23,6 +23,17 @@ TOKENIZER_DIR = Path(__file__).with_name("clip_tokenizer")
 WEIGHTS_DIR = Path(__file__).with_name("weights")
 """The shipped, trained pipeline (see its README.md, the model card)."""
 
+MODEL_VOCABULARY: list[str] = [
+    "red", "orange", "yellow", "green", "blue", "purple", "pink", "white",
+    "circle", "square", "triangle", "cross",
+    "one", "two", "three", "four",
+    "left of", "right of", "above", "below",
+]
+"""The model's public vocabulary, as its model card states it (weights/README.md): the words its training captions
+use almost always (the grammar's ``frequent`` forms). A user knows their model, so a rewriter may be shown this one
+fixed list (``RewriterConfig.model_vocabulary``); it is the same for every intent and says nothing about which of an
+intent's words means which of these."""
+
 RECOMMENDED_STEPS = 12
 """Denoising steps to render with (DPM-Solver++ 2M): good images at low cost."""
 RECOMMENDED_GUIDANCE = 4.0

@@ -1,22 +1,25 @@
-"""A rule-based rewriter (``agents.ports.PromptRewriter``): proposes prompts without a language model.
+"""The oracle rewriter (``agents.ports.PromptRewriter``): a labelled upper bound that knows the world's vocabulary.
 
-It sees what the LLM rewriter sees — the intent (text and structured checks), the branch's history and the critic's
-answers (``RewriteContext``) — and edits the parent prompt with a few transformations, each a plain text rule:
+It is **an oracle, not a rewriter a user could have**: its thesaurus (:data:`THESAURUS`) was written from the world's
+own synonym tables (every held-out and rare word of :mod:`pipelines.world.grammar` is a key, most mapping only to the
+concept's training word), its merge/reorder rules mirror the grammar's held-out templates, and ``restate`` and
+``emphasise`` write the judge's spec out in the model's training words: it reads the intent through the world's
+decomposer (:func:`pipelines.world.decompose.parse_intent`, the judge's side) and maps the critic's failed checks to
+the spec's objects. Its figure in ``benchmarks/bench_world.py`` is an upper bound on what rewriting can reach, beside
+the oracle phrasing arm; with ``restate``/``emphasise`` off and intents worded with synonyms outside its table it
+fell *below* best-of-N (DESIGN.md, "an instrument that leaks proves nothing").
 
-- ``common_words``: replace a less common word or phrase with a more common synonym from a small general thesaurus
-  (:data:`THESAURUS`; "crimson" -> "red", "beneath" -> "below", "a pair of" -> "two");
+Its transformations, each a plain text rule applied to the parent prompt:
+
+- ``common_words``: replace a word or phrase with its training-vocabulary synonym from :data:`THESAURUS`;
 - ``attributes``: merge an attribute said after its noun into the usual order ("a circle in red" -> "a red circle"),
   or split it the other way;
 - ``reorder``: swap two joined objects, or say a relation the other way round ("A left of B" -> "B right of A");
-- ``restate``: restate the failed checks (or all of them) as a description, from the intent's structure;
-- ``emphasise``: repeat what a failed check says is missing.
+- ``restate``: restate the failed checks (or all of them) from the judge's spec, in training words;
+- ``emphasise``: repeat what a failed check says is missing, in training words.
 
-It is **not an oracle**: it never sees the judge's spec or the model's training vocabulary, only the critic's answers.
-Which transformation runs is a seeded random choice, weighted toward the ones that address the failed checks (a failed
-relation favours ``reorder`` and ``restate``, a failed colour ``attributes`` and ``common_words``); the thesaurus has
-ambiguous entries ("rose" -> red or pink, "amber" -> orange or yellow) and ``emphasise``/``attributes`` can produce
-phrasings the model reads worse, so its proposals can be worse than the original — the search's selection decides.
-Same context and seed, same proposals.
+Which transformation runs is a seeded random choice, weighted toward the ones that address the failed checks. Same
+context and seed, same proposals.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ from agents.config import RewriterConfig
 from agents.critic import checks_from_structure
 from agents.messages import IntentChecks, ObjectSpec, RewriteContext, RewriteReply
 from agents.rewriter import clean_prompt
+from pipelines.world.decompose import ParseError, parse_intent, questions
+from pipelines.world.judge import spec_to_checks
 
 THESAURUS: dict[str, list[str]] = {
     # colours
@@ -59,7 +64,7 @@ THESAURUS: dict[str, list[str]] = {
     "a picture of": ["a photo of", "an image of"], "a drawing showing": ["a photo of", "a picture of"],
     "an image of": ["a photo of"],
 }
-"""Less common word or phrase -> more common candidates (general English, not the world's training split)."""
+"""Word or phrase -> the world's training words for it (written from pipelines/world/grammar.py: an oracle's table)."""
 
 BASIC_COLORS = ("red", "orange", "yellow", "green", "blue", "purple", "pink", "white", "brown", "black", "gray")
 COLOR_WORDS = sorted({*BASIC_COLORS, *(w for w, alts in THESAURUS.items() if set(alts) & set(BASIC_COLORS))})
@@ -226,9 +231,10 @@ TRANSFORMS: dict[str, Transform] = {
 }
 
 
-class RuleRewriter:
-    """``PromptRewriter`` with the transformations above. Each proposal applies one transformation, or with
-    probability ``temperature / 2`` two in a row, to the parent prompt; duplicates and tried prompts are skipped."""
+class OracleRewriter:
+    """``PromptRewriter`` with the transformations above (an upper bound: see the module docstring). Each proposal
+    applies one transformation, or with probability ``temperature / 2`` two in a row, to the parent prompt; duplicates
+    and tried prompts are skipped."""
 
     def __init__(self, config: RewriterConfig | None = None, max_attempts: int = 40):
         self.config = config or RewriterConfig()
@@ -237,7 +243,7 @@ class RuleRewriter:
     def proposals(self, context: RewriteContext, seed: int, temperature: float) -> list[tuple[str, list[str]]]:
         """Up to ``context.k`` new prompts, each with the names of the transformations that made it."""
         rng = random.Random(f"rule-rewriter:{seed}")
-        focus = Focus(context)
+        focus = Focus(with_spec(context))
         weights = focus.weights()
         names = list(weights)
         seen = {p.lower() for p in context.tried} | {context.current_prompt.lower()}
@@ -263,6 +269,25 @@ class RuleRewriter:
         return RewriteReply(prompts=prompts)
 
 
-def rule_rewriter(llm, config: RewriterConfig) -> RuleRewriter:
-    """Preset factory (``rewriter: pipelines.world.rewriter:rule_rewriter``): needs no language model."""
-    return RuleRewriter(config)
+def with_spec(context: RewriteContext) -> RewriteContext:
+    """The context with the judge's spec put in: the intent's structured checks in training words and the failed
+    checks mapped onto them (by position: the world's critic asks one question per object, then the relation). What
+    makes this rewriter an oracle. A context whose intent already has structured checks is returned as it is."""
+    intent = context.intent
+    if intent.checks and (intent.checks.objects or intent.checks.relations):
+        return context
+    try:
+        parsed = parse_intent(intent.text)
+    except ParseError:
+        return context
+    canonical = spec_to_checks(parsed.spec)
+    honest = questions(parsed)
+    oracle = [c.question for c in checks_from_structure(canonical, 32)]
+    failed = [oracle[honest.index(q)] for q in context.failed_checks if q in honest]
+    return context.model_copy(update={"intent": intent.model_copy(update={"checks": canonical}),
+                                      "failed_checks": failed, "checks": oracle})
+
+
+def oracle_rewriter(llm, config: RewriterConfig) -> OracleRewriter:
+    """Preset factory (``rewriter: pipelines.world.rewriter:oracle_rewriter``): needs no language model."""
+    return OracleRewriter(config)
