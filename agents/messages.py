@@ -309,9 +309,6 @@ class CallCounts(Message):
         self.prompt_tokens += result.prompt_tokens
         self.completion_tokens += result.completion_tokens
 
-    def __add__(self, other: CallCounts) -> CallCounts:
-        return CallCounts(**{k: getattr(self, k) + getattr(other, k) for k in CallCounts.model_fields})
-
 
 StopReason = Literal["rounds", "threshold", "plateau", "budget", "no_candidates"]
 

@@ -1,5 +1,5 @@
-"""Statistics of the search: the branch statistic selection uses, and the paired search-vs-baseline comparison per
-intent, summarised per campaign with a bootstrap interval (optimised and held-out scores side by side).
+"""Statistics of the search: the branch statistic selection uses, the paired search-vs-baseline summary (mean with a
+bootstrap interval) and the reward-hacking rule that compares the optimised and held-out summaries.
 
 Pure Python + NumPy (no Ray, vLLM or torch). Used by the planner, the campaign status, the report, the metrics and the
 benchmarks, so every place quotes the same numbers.
@@ -11,8 +11,6 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
-
-from agents.messages import SearchResult
 
 TIE_EPS = 1e-9
 """Differences smaller than this count as ties."""
@@ -98,72 +96,19 @@ def seed_adjusted_means(
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# Per intent and per campaign: search vs baseline, optimised and held-out scores
+# Per campaign: does a held-out scorer confirm the optimised gain?
 # --------------------------------------------------------------------------------------------------------------------
-
-
-class PairedImprovement(BaseModel):
-    """One intent's paired comparison: the search's best image vs the baseline's best image, same checks, same critic.
-
-    ``held_out`` holds, per held-out scorer, the held-out score of the search's best image minus that of the baseline's
-    best image (both chosen by the optimised score, as a user would receive them)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    search_best: float
-    baseline_best: float
-    difference: float
-    held_out: dict[str, float] = Field(default_factory=dict)
-
-
-def paired_improvement(search: SearchResult, baseline: SearchResult | None) -> PairedImprovement | None:
-    """The comparison for one intent; None without a baseline or without a scored image in either arm."""
-    best, base = search.best, baseline.best if baseline else None
-    if best is None or base is None or best.score is None or base.score is None:
-        return None
-    held_out = {}
-    if best.critique and base.critique:
-        for name in best.critique.held_out.keys() & base.critique.held_out.keys():
-            held_out[name] = best.critique.held_out[name] - base.critique.held_out[name]
-    return PairedImprovement(
-        search_best=best.score, baseline_best=base.score, difference=best.score - base.score, held_out=held_out
-    )
-
-
-class CampaignComparison(BaseModel):
-    """A campaign's search-vs-baseline figures: the optimised score and, side by side, each held-out scorer."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    optimized: PairedSummary
-    held_out: dict[str, PairedSummary] = Field(default_factory=dict)
-    reward_hacking: list[str] = Field(
-        default_factory=list,
-        description="Held-out scorers that do not confirm the optimised gain (see reward_hacking_suspected).",
-    )
 
 
 def reward_hacking_suspected(optimized: PairedSummary, held_out: PairedSummary) -> bool:
     """True when the search improves the optimised score (its 95% interval lies above 0) while the held-out scorer
-    does not confirm it (its interval reaches 0 or below): the search may be exploiting the critic."""
+    does not confirm it (its interval reaches 0 or below): the search may be exploiting the critic.
+
+    The one home of this rule (``pipelines.records.CampaignTally`` applies it to a campaign's status, report and
+    metrics). Without an interval on either side the answer is False, "not suspected", on purpose: the flag is a claim
+    that the evidence disagrees, and a held-out scorer with no pairs (it scored none of the images both arms chose,
+    e.g. it failed on them) gives no evidence either way. Raising the flag then would cry wolf on every campaign whose
+    held-out scorer was missing; that case stays visible instead as ``held_out[name].n == 0``."""
     if optimized.ci_low is None or held_out.ci_low is None:
         return False
     return optimized.ci_low > TIE_EPS and held_out.ci_low <= TIE_EPS
-
-
-def compare_campaign(
-    improvements: Iterable[PairedImprovement | None], *, n_boot: int = 2000, seed: int = 0
-) -> CampaignComparison:
-    """Summarise a campaign's per-intent comparisons (None entries, intents without a baseline, are skipped)."""
-    pairs = [p for p in improvements if p is not None]
-    optimized = paired_summary([p.difference for p in pairs], n_boot=n_boot, seed=seed)
-    names = sorted({name for p in pairs for name in p.held_out})
-    held_out = {
-        name: paired_summary([p.held_out[name] for p in pairs if name in p.held_out], n_boot=n_boot, seed=seed)
-        for name in names
-    }
-    return CampaignComparison(
-        optimized=optimized,
-        held_out=held_out,
-        reward_hacking=[name for name, s in held_out.items() if reward_hacking_suspected(optimized, s)],
-    )

@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from agents.config import CriticConfig, RewriterConfig, SearchConfig
 from agents.messages import SAFE_NAME, CallCounts, Candidate, Intent, SearchResult
 from agents.planner import baseline_fraction, baseline_sampled, check_intent
-from agents.stats import TIE_EPS, PairedSummary, paired_summary
+from agents.stats import PairedSummary, paired_summary, reward_hacking_suspected
 from serving.presets import ModelPreset, RenderDefaults, partial_model
 
 MAX_INTENTS = 100_000
@@ -395,7 +395,7 @@ class CampaignSummary(Record):
     reward_hacking_suspected: list[str] = Field(
         default_factory=list,
         description="Held-out scorers on which the search does not improve (interval not above 0) while the "
-        "optimised score does (interval above 0).",
+        "optimised score does (interval above 0); see agents.stats.reward_hacking_suspected.",
     )
 
     @property
@@ -506,11 +506,7 @@ class CampaignTally:
             return self._cached[1]
         improvement = paired_summary(self._improvements, n_boot=self.n_boot)
         held_out = {k: paired_summary(v, n_boot=self.n_boot) for k, v in sorted(self._held_out.items())}
-        suspected = [
-            k for k, s in held_out.items()
-            if improvement.ci_low is not None and improvement.ci_low > TIE_EPS
-            and (s.ci_low is None or s.ci_low <= TIE_EPS)
-        ]
+        suspected = [k for k, s in held_out.items() if reward_hacking_suspected(improvement, s)]
         summary = CampaignSummary(
             intents_total=self.intents_total, **self._counts,
             search_costs=self._costs["beam"], baseline_costs=self._costs["best_of_n"],

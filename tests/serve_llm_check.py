@@ -44,11 +44,14 @@ def main(tmp: Path) -> dict:
 
         buf = io.BytesIO()
         Image.new("RGB", (32, 32), (200, 30, 30)).save(buf, format="PNG")
-        schema = {"type": "object", "properties": {"colour": {"type": "string", "maxLength": 12}},
+        # Guided JSON must hold whatever the random model prefers: the longest answer the schema allows,
+        # {"colour":"xxxxxxxx"}, is 21 characters, so max_tokens 64 always leaves room to close it (a reply cut by
+        # max_tokens would be a parse error that says nothing about the grammar).
+        schema = {"type": "object", "properties": {"colour": {"type": "string", "maxLength": 8}},
                   "required": ["colour"], "additionalProperties": False}
 
         def request(rid: str) -> ChatRequest:
-            return ChatRequest(request_id=rid, purpose="critique", json_schema=schema, seed=5, max_tokens=24,
+            return ChatRequest(request_id=rid, purpose="critique", json_schema=schema, seed=5, max_tokens=64,
                                messages=[ChatMessage(role="user", content=[ImagePart(png=buf.getvalue()),
                                                                             TextPart(text="Which colour is it?")])])
 

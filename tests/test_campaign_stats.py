@@ -1,5 +1,5 @@
-"""Campaign statistics: per-intent paired improvement, the campaign interval, held-out figures and the reward-hacking
-flag; the seed-adjusted branch statistic."""
+"""Campaign statistics: per-intent paired improvement (pipelines.records), the campaign interval, held-out figures and
+the reward-hacking flag (agents.stats, applied by the production fold); the seed-adjusted branch statistic."""
 
 from __future__ import annotations
 
@@ -7,13 +7,14 @@ import numpy as np
 import pytest
 
 from agents.messages import CallCounts, Candidate, Critique, Intent, SearchResult
-from agents.stats import PairedImprovement, compare_campaign, paired_improvement, seed_adjusted_means
+from agents.stats import PairedSummary, paired_summary, reward_hacking_suspected, seed_adjusted_means
+from pipelines.records import CampaignTally, IntentOutcome
 
 
-def _result(mode: str, scores: list[float], held_out: list[float]) -> SearchResult:
-    intent = Intent(id="i", text="x")
+def _result(mode: str, scores: list[float], held_out: list[float], intent_id: str = "i") -> SearchResult:
+    intent = Intent(id=intent_id, text="x")
     cands = [
-        Candidate(id=f"{mode}{n}", intent_id="i", parent_id=None, round=0, prompt="x", seed=n,
+        Candidate(id=f"{mode}{n}", intent_id=intent_id, parent_id=None, round=0, prompt="x", seed=n,
                   source="original" if mode == "beam" else "baseline", score=s,
                   critique=Critique(alignment=s, quality=s, score=s, held_out={"judge": h}))
         for n, (s, h) in enumerate(zip(scores, held_out))
@@ -23,14 +24,15 @@ def _result(mode: str, scores: list[float], held_out: list[float]) -> SearchResu
                         stop_reason="rounds", best_score_per_round=[best.score], counts=CallCounts())
 
 
-def test_paired_improvement_compares_the_best_images_on_both_scores():
+def test_an_outcome_compares_the_best_images_on_both_scores():
     search = _result("beam", [0.5, 0.9, 0.7], [0.2, 0.3, 0.9])
     baseline = _result("best_of_n", [0.6, 0.4], [0.5, 0.1])
-    p = paired_improvement(search, baseline)
-    assert p.difference == pytest.approx(0.3)
+    outcome = IntentOutcome.done(search, baseline)
+    assert outcome.improvement == pytest.approx(0.3)
     # held-out of the images a user receives (best by the optimised score), not the held-out maximum
-    assert p.held_out == {"judge": pytest.approx(0.3 - 0.5)}
-    assert paired_improvement(search, None) is None
+    assert outcome.held_out_improvement == {"judge": pytest.approx(0.3 - 0.5)}
+    alone = IntentOutcome.done(search, None)
+    assert alone.improvement is None and alone.held_out_improvement == {}
 
 
 def test_the_campaign_interval_covers_the_true_mean():
@@ -38,28 +40,40 @@ def test_the_campaign_interval_covers_the_true_mean():
     true_mean, covered, campaigns = 0.04, 0, 100
     for c in range(campaigns):
         diffs = rng.normal(true_mean, 0.15, size=300)  # a synthetic campaign of 300 intents
-        pairs = [PairedImprovement(search_best=0.5 + d, baseline_best=0.5, difference=d) for d in diffs]
-        s = compare_campaign(pairs, n_boot=400, seed=c).optimized
+        s = paired_summary(diffs, n_boot=400, seed=c)
         assert s.n == 300 and s.ci_low < s.mean < s.ci_high
         covered += s.ci_low <= true_mean <= s.ci_high
     assert 0.88 <= covered / campaigns <= 1.0
 
 
-def test_reward_hacking_is_flagged_when_the_held_out_score_does_not_follow():
-    rng = np.random.default_rng(0)
+def _outcomes(held_out_gain: float, n: int = 200, seed: int = 0) -> list[IntentOutcome]:
+    """A campaign whose search gains ~0.1 on the optimised score and ``held_out_gain`` on the held-out judge."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for k, (d, h) in enumerate(zip(rng.normal(0.1, 0.05, n), rng.normal(held_out_gain, 0.05, n))):
+        search = _result("beam", [0.5 + d], [0.5 + h], intent_id=f"i{k}")
+        out.append(IntentOutcome.done(search, _result("best_of_n", [0.5], [0.5], intent_id=f"i{k}")))
+    return out
 
-    def campaign(held_out_gain: float):
-        return [PairedImprovement(search_best=0.6, baseline_best=0.5, difference=d,
-                                  held_out={"judge": h})
-                for d, h in zip(rng.normal(0.1, 0.05, 200), rng.normal(held_out_gain, 0.05, 200))]
 
-    hacked = compare_campaign(campaign(0.0))
-    assert hacked.optimized.ci_low > 0 and hacked.held_out["judge"].ci_low <= 0
-    assert hacked.reward_hacking == ["judge"]
-    honest = compare_campaign(campaign(0.08))
-    assert honest.held_out["judge"].ci_low > 0 and honest.reward_hacking == []
-    none = compare_campaign([None, None])
-    assert none.optimized.n == 0 and none.reward_hacking == []
+def test_reward_hacking_is_flagged_in_the_campaign_status_when_the_held_out_score_does_not_follow():
+    """Through the production fold (CampaignTally: status, report and metrics read its summary)."""
+    hacked = CampaignTally.of(_outcomes(0.0), 200).summary()
+    assert hacked.improvement.ci_low > 0 and hacked.held_out["judge"].ci_low <= 0
+    assert hacked.reward_hacking_suspected == ["judge"]
+    honest = CampaignTally.of(_outcomes(0.08), 200).summary()
+    assert honest.held_out["judge"].ci_low > 0 and honest.reward_hacking_suspected == []
+    unpaired = CampaignTally.of([IntentOutcome.done(_result("beam", [0.9], [0.1]), None)] * 3, 3).summary()
+    assert unpaired.improvement.n == 0 and unpaired.held_out == {} and unpaired.reward_hacking_suspected == []
+
+
+def test_a_missing_interval_is_not_suspected():
+    """No evidence is not evidence of reward hacking (agents.stats.reward_hacking_suspected says why)."""
+    gain = PairedSummary(n=50, mean=0.1, ci_low=0.05, ci_high=0.15)
+    assert reward_hacking_suspected(gain, PairedSummary(n=0)) is False
+    assert reward_hacking_suspected(PairedSummary(n=0), PairedSummary(n=50, mean=-0.1, ci_low=-0.2, ci_high=0.0)) is False
+    assert reward_hacking_suspected(gain, PairedSummary(n=50, mean=0.0, ci_low=-0.05, ci_high=0.05)) is True
+    assert reward_hacking_suspected(gain, PairedSummary(n=50, mean=0.1, ci_low=0.04, ci_high=0.15)) is False
 
 
 def test_seed_adjusted_means_equal_plain_means_when_seeds_are_all_shared_or_all_distinct():

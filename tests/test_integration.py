@@ -12,6 +12,7 @@ from agents.critic import Critic
 from agents.messages import CandidateStatus, Intent
 from agents.planner import BeamSearchPlanner
 from agents.rewriter import Rewriter
+from pipelines.records import add_counts
 from serving.clients import LocalLanguageModel, LocalRenderer
 from tests.fakes import DictSink
 
@@ -92,7 +93,7 @@ def test_two_round_paired_search_with_real_engines(diffusion_engine, vlm_engine,
     # equal budget, and per-arm costs that add up to what went through the ports
     assert baseline.counts.images == search.counts.images == len(search.candidates) == len(baseline.candidates)
     assert {c.prompt for c in baseline.candidates} == {intent.text}
-    total = search.counts + baseline.counts
+    total = add_counts(search.counts, baseline.counts)
     assert (total.images, total.render_calls) == (renderer.images, renderer.render_calls) == (2 * len(r0 + r1), 4)
     assert total.llm_calls == llm.chats and total.prompt_tokens == llm.prompt_tokens
     assert total.completion_tokens == llm.completion_tokens > 0

@@ -17,6 +17,7 @@ from agents.messages import CallCounts, CandidateStatus, Intent, SearchCheckpoin
 from agents.planner import BeamSearchPlanner, IntentRejected, baseline_fraction, baseline_sampled, check_intent
 from agents.ports import ImageCritic, PromptRewriter
 from agents.rewriter import Rewriter
+from pipelines.records import add_counts
 from tests.fakes import CountingRewriter, DictSink, FakeRenderer, ScriptedCritic, ScriptedLLM, origin
 
 
@@ -425,7 +426,7 @@ def test_per_arm_costs_add_up_to_the_totals():
     cfg = SearchConfig(beam_width=2, candidates_per_beam=2, rounds=3, seeds_per_prompt=2, patience=3)
     planner, renderer, llm = make_planner(cfg)
     search, baseline = run(planner.run_with_baseline(INTENT))
-    total = search.counts + baseline.counts
+    total = add_counts(search.counts, baseline.counts)
     assert total.images == sum(len(c) for c in renderer.calls) == len(search.candidates) + len(baseline.candidates)
     assert total.render_calls == len(renderer.calls)
     assert total.llm_calls == len(llm.requests)

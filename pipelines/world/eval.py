@@ -110,7 +110,7 @@ def _ci(values: list[float]) -> tuple[float, float, float]:
 
 def eval_canonical(model_dir: str, per_tag: int = 50, seeds: int = 1, record: bool = True) -> dict[str, float]:
     """Per-tag judge accuracy on GenEval's wording of ``per_tag`` fixed specs, ``seeds`` images each."""
-    from benchmarks._util import report
+    from pipelines.tables import report
 
     judged = Judged(model_dir)
     specs = canonical_specs(per_tag)
@@ -160,7 +160,7 @@ def eval_headroom(model_dir: str, budget: int = 8, phrasings: int = 4, limit: in
                   record: bool = True) -> dict:
     """Oracle phrasing vs best-of-N on the user's wording at an equal image budget (see the module docstring)."""
     from agents.stats import paired_summary
-    from benchmarks._util import report
+    from pipelines.tables import report
 
     if budget % phrasings:
         raise ValueError(f"budget ({budget}) must be a multiple of phrasings ({phrasings})")

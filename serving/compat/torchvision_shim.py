@@ -34,18 +34,6 @@ _SITE_DIR = str(Path(__file__).with_name("_site"))
 _installed = False
 
 
-def torchvision_available() -> bool:
-    """True when torchvision imports and works (its C++ ops register against this torch)."""
-    if importlib.util.find_spec("torchvision") is None:
-        return False
-    try:
-        import torchvision  # noqa: F401
-
-        return True
-    except Exception:
-        return False
-
-
 def shim_needed() -> bool:
     """Whether to install the shim. ``PROMPTBEAM_TORCHVISION_SHIM=0|1`` overrides detection."""
     flag = os.environ.get("PROMPTBEAM_TORCHVISION_SHIM")

@@ -57,10 +57,6 @@ class LLMEngine:
         from vllm.platforms import current_platform
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        chunked = config.enable_chunked_prefill
-        if chunked is None and current_platform.is_cpu():
-            chunked = False  # see LLMEngineConfig.enable_chunked_prefill
-
         args = AsyncEngineArgs(
             model=model,
             max_model_len=config.max_model_len,
@@ -77,9 +73,7 @@ class LLMEngine:
             # xgrammar with no free whitespace: a weak model cannot stall on endless blanks inside the JSON.
             structured_outputs_config={"backend": "xgrammar", "disable_any_whitespace": True},
             disable_log_stats=False,
-            enable_chunked_prefill=chunked,
-            # without chunking, one step must fit a whole prompt
-            max_num_batched_tokens=None if chunked is not False else max(config.max_model_len, 2048),
+            **config.prefill_args(on_cpu=current_platform.is_cpu()),
         )
         t0 = time.perf_counter()
         try:
