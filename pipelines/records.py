@@ -8,6 +8,7 @@
     CampaignSummary   counts, per-arm costs and paired statistics over the finished intents (constant size)
     CampaignStatus    the summary with state and times: what GET /v1/campaigns/{id} returns
     CampaignAccepted  the answer to a submission
+    CampaignPage      GET /v1/campaigns: a page of CampaignListing (id, state, progress, created time)
     ErrorBody         every error answer: a one-line detail and the fields at fault (FieldError)
     Health            the ingress's liveness answer
     CampaignTally     the one fold: outcome by outcome into a CampaignSummary (runner, ingress, store, report, CLI)
@@ -422,6 +423,24 @@ class CampaignAccepted(Record):
     concurrency: int = Field(description="Intents searched at once.")
     status_url: str
     results_url: str
+
+
+class CampaignListing(Record):
+    """One campaign in GET /v1/campaigns: enough to pick one to watch (its full status: GET /v1/campaigns/{id})."""
+
+    id: str
+    state: CampaignState
+    intents_total: int = Field(ge=0)
+    intents_finished: int = Field(ge=0, description="Done or rejected so far (the progress).")
+    created_at: float = Field(description="When the campaign was first submitted (Unix seconds).")
+
+
+class CampaignPage(Record):
+    """GET /v1/campaigns: campaigns in id order, at most ``limit``; ``next_cursor`` is the ``cursor`` for the next
+    page, None on the last one."""
+
+    campaigns: list[CampaignListing]
+    next_cursor: str | None = None
 
 
 class FieldError(Record):
