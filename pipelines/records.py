@@ -21,6 +21,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import json
+import re
 from collections import Counter
 from collections.abc import Iterable
 from typing import Any, Literal
@@ -37,6 +38,14 @@ MAX_INTENTS = 100_000
 NAME_PATTERN = SAFE_NAME
 MAX_NAME_CHARS = 100
 """Campaign names: letters, digits, ``_.-``, not starting with a dot (a name becomes a folder in the store)."""
+
+
+def name_from(text: str) -> str:
+    """A campaign name made from any text (a file's stem): characters outside :data:`NAME_PATTERN` become ``-``, a
+    leading dot goes, at most :data:`MAX_NAME_CHARS`; ``campaign`` when nothing is left."""
+    return re.sub(r"[^A-Za-z0-9_.\-]", "-", text).lstrip(".")[:MAX_NAME_CHARS] or "campaign"
+
+
 STORE_FORMAT = 2
 """Version of the stored records' layout; a store written in another layout is refused with a clear message."""
 MAX_ERRORS = 20
