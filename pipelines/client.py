@@ -48,7 +48,8 @@ from serving.retry import RetryPolicy, call_sync, parse_retry_after
 
 DEFAULT_ENDPOINT = "http://127.0.0.1:8000"
 DEFAULT_RETRY = RetryPolicy(attempts=6, backoff_s=0.5, max_backoff_s=10.0)
-"""Six tries over ~8 s of backoff: a restarting proxy or ingress (seconds) should not end a long campaign's watch."""
+"""Six tries over ~15 s of backoff (0.5, 1, 2, 4, 8 s): a restarting proxy or ingress should not end a long campaign's
+watch."""
 RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
 """Answers worth another try for an idempotent call: rate limited, or the server (or a proxy before it) failed."""
 SUBMIT_RETRY_STATUS = frozenset({429, 503})
