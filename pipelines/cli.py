@@ -157,22 +157,6 @@ def list_presets() -> None:
     Console().print(table)
 
 
-@models_app.command("presets")
-def list_presets() -> None:
-    """List the model presets and what they serve."""
-    from serving.presets import available, load_preset
-
-    table = Table(title="model presets (serving/presets/*.yaml)")
-    for col in ("preset", "diffusion", "llm", "size", "steps", "guidance", "description"):
-        table.add_column(col)
-    for name in available():
-        p = load_preset(name)
-        d = p.defaults
-        table.add_row(name, p.diffusion.model, p.llm.model if p.llm else "-", f"{d.width}x{d.height}", str(d.steps),
-                      str(d.guidance_scale), p.description)
-    Console().print(table)
-
-
 # ---------------------------------------------------------------------------------------------------------------------
 # Models and app config from options
 # ---------------------------------------------------------------------------------------------------------------------
