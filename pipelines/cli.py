@@ -68,13 +68,20 @@ PRESET = typer.Option(None, help=PRESET_HELP + " Default: the config's, else tin
 CONFIG = typer.Option(None, help=CONFIG_HELP)
 DIFFUSION_MODEL = typer.Option(None, help="Diffusion model id or directory over the preset's (default: the preset's).")
 LLM_MODEL = typer.Option(None, help="LLM/VLM id or directory over the preset's (default: the preset's).")
-_S = SearchConfig.model_fields
-ROUNDS = typer.Option(_S["rounds"].default, min=1, help=_S["rounds"].description)
-BEAM_WIDTH = typer.Option(_S["beam_width"].default, min=1, help=_S["beam_width"].description)
-CANDIDATES = typer.Option(_S["candidates_per_beam"].default, min=1, help=_S["candidates_per_beam"].description)
-SEEDS = typer.Option(_S["seeds_per_prompt"].default, min=1, help=_S["seeds_per_prompt"].description)
-MAX_IMAGES = typer.Option(_S["max_images"].default, min=1, help=_S["max_images"].description)
-SEED = typer.Option(_S["base_seed"].default, min=0, help="Base seed: same seed, same lineage.")
+
+
+def _search_option(field: str, **kwargs):
+    """A CLI option whose default and help text are SearchConfig's own (one default per option everywhere)."""
+    info = SearchConfig.model_fields[field]
+    return typer.Option(info.default, help=kwargs.pop("help", info.description), **kwargs)
+
+
+ROUNDS = _search_option("rounds", min=1)
+BEAM_WIDTH = _search_option("beam_width", min=1)
+CANDIDATES = _search_option("candidates_per_beam", min=1)
+SEEDS = _search_option("seeds_per_prompt", min=1)
+MAX_IMAGES = _search_option("max_images", min=1)
+SEED = _search_option("base_seed", min=0, help="Base seed: same seed, same lineage.")
 BASELINE = typer.Option("all", help="Which intents also run the best-of-N baseline: all | none | sample:<fraction>.")
 CONCURRENCY = typer.Option(None, min=1, help="Intents searched at once (default: from the renderer's capacity).")
 INTERVAL = typer.Option(1.0, min=0.1, help="Seconds between status polls while following.")

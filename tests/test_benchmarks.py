@@ -114,7 +114,8 @@ def test_world_benchmark_small_table():
     """benchmarks/bench_world.py --small --llm tiny: one held-out intent per tag through every arm (the LLM arms on
     the tiny random-weight model: plumbing, not quality). The table, not the goal line's text, is checked: every arm
     is there with values in range, the LLM arms called the LLM and the others did not, best-of-k spent k images."""
-    out = _run("benchmarks.bench_world", "--small", "--llm", "tiny", "--no-record")
+    out = _run("benchmarks.bench_world", "--small", "--llm", "tiny", "--max-equal-compute", "32", "--no-record",
+               timeout=1200)
     rows = parse_table(out, "arm")
     labels = {
         "best-of-8, user's wording": "best_of", "beam + LLM (tiny random LLM) with feedback": "llm",
