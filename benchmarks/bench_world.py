@@ -356,13 +356,16 @@ async def run(args) -> str:
     await asyncio.gather(*(sampled(i) for i, _ in intents))
     for intent_id in ids:
         arms["best_of_n"].add(intent_id, any(best_of[intent_id][: args.budget]), args.budget)
-    for k in sorted({16, MAX_BEST_OF, n_equal} - {args.budget}):
-        capped = " (capped)" if extra == args.max_equal_compute - args.budget else ""
-        label = (f"best-of-{k} at equal compute (+{extra}{capped} images for {llm_s:.1f} LLM-s at {rate:.1f} img/s)"
-                 if k == n_equal else f"best-of-{k}, user's wording (more images)")
-        arm = arms.setdefault(f"best_of_{k}", Arm(label, "the intent's words"))
+    for k in (16, MAX_BEST_OF):
+        arm = arms.setdefault(f"best_of_{k}", Arm(f"best-of-{k}, user's wording (more images)", "the intent's words"))
         for intent_id in ids:
             arm.add(intent_id, any(best_of[intent_id][:k]), k)
+    capped = " (capped)" if extra == args.max_equal_compute - args.budget else ""
+    equal = arms.setdefault("best_of_equal", Arm(
+        f"best-of-{n_equal} at equal compute (+{extra}{capped} images for {llm_s:.1f} LLM-s at {rate:.1f} img/s)",
+        "the intent's words"))
+    for intent_id in ids:
+        equal.add(intent_id, any(best_of[intent_id][:n_equal]), n_equal)
     wall = time.perf_counter() - t_start
 
     table_rows = []
