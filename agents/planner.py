@@ -347,11 +347,14 @@ class BeamSearchPlanner:
         return out
 
     def _baseline_seed(self, state: SearchCheckpoint, i: int) -> int:
-        """The baseline's i-th seed: the original prompt's round-0 seeds first, then its own."""
+        """The baseline's i-th seed. Paired mode: the seeds the search's rounds introduce, in order (round 0's S seeds,
+        then round 1's, ...), so every seed the search draws a new prompt on is also one the baseline draws the
+        original on, and best-of-8 is the first 8 images of best-of-32. Fresh mode: the original prompt's round-0
+        seeds first, then its own."""
         s = self.config.seeds_per_prompt
+        if self.config.seed_mode == "paired":
+            return stable_seed(self.config.base_seed, state.intent.id, "seed", i // s, i % s)
         if i < s:
-            if self.config.seed_mode == "paired":
-                return self._round_seeds(state.intent, 0)[i]
             return stable_seed(self.config.base_seed, f"{state.intent.id}/r0/p0/s{i}")
         return stable_seed(self.config.base_seed, state.intent.id, "baseline", i)
 

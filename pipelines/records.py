@@ -8,6 +8,7 @@
     CampaignSummary   counts, per-arm costs and paired statistics over the finished intents (constant size)
     CampaignStatus    the summary with state and times: what GET /v1/campaigns/{id} returns
     CampaignAccepted  the answer to a submission
+    CampaignPage      GET /v1/campaigns: a page of CampaignListing (id, state, progress, created time)
     ErrorBody         every error answer: a one-line detail and the fields at fault (FieldError)
     Health            the ingress's liveness answer
     CampaignTally     the one fold: outcome by outcome into a CampaignSummary (runner, ingress, store, report, CLI)
@@ -20,6 +21,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import json
+import re
 from collections import Counter
 from collections.abc import Iterable
 from typing import Any, Literal
@@ -36,6 +38,14 @@ MAX_INTENTS = 100_000
 NAME_PATTERN = SAFE_NAME
 MAX_NAME_CHARS = 100
 """Campaign names: letters, digits, ``_.-``, not starting with a dot (a name becomes a folder in the store)."""
+
+
+def name_from(text: str) -> str:
+    """A campaign name made from any text (a file's stem): characters outside :data:`NAME_PATTERN` become ``-``, a
+    leading dot goes, at most :data:`MAX_NAME_CHARS`; ``campaign`` when nothing is left."""
+    return re.sub(r"[^A-Za-z0-9_.\-]", "-", text).lstrip(".")[:MAX_NAME_CHARS] or "campaign"
+
+
 STORE_FORMAT = 2
 """Version of the stored records' layout; a store written in another layout is refused with a clear message."""
 MAX_ERRORS = 20
@@ -425,6 +435,24 @@ class CampaignAccepted(Record):
     concurrency: int = Field(description="Intents searched at once.")
     status_url: str
     results_url: str
+
+
+class CampaignListing(Record):
+    """One campaign in GET /v1/campaigns: enough to pick one to watch (its full status: GET /v1/campaigns/{id})."""
+
+    id: str
+    state: CampaignState
+    intents_total: int = Field(ge=0)
+    intents_finished: int = Field(ge=0, description="Done or rejected so far (the progress).")
+    created_at: float = Field(description="When the campaign was first submitted (Unix seconds).")
+
+
+class CampaignPage(Record):
+    """GET /v1/campaigns: campaigns in id order, at most ``limit``; ``next_cursor`` is the ``cursor`` for the next
+    page, None on the last one."""
+
+    campaigns: list[CampaignListing]
+    next_cursor: str | None = None
 
 
 class FieldError(Record):

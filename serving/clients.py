@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from agents.messages import ChatRequest, ChatResult, RendererInfo, RenderRequest, RenderResult
 from serving import metrics
+from serving.retry import RetryPolicy, call_async
 
 logger = logging.getLogger(__name__)
 
@@ -151,34 +152,14 @@ def is_transient(exc: BaseException) -> bool:
     return any(cls.__name__ in TRANSIENT_ERRORS for cls in type(exc).__mro__)
 
 
-class RetryPolicy(BaseModel):
-    """How a Serve client retries an infrastructure error: exponential backoff, bounded. The defaults wait ~3 minutes
-    in all, long enough for Serve to replace a dead LLM replica (measured: 41 s diffusion, 119 s LLM on CPU)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    attempts: int = Field(default=10, ge=1, le=50, description="Tries per call, the first included.")
-    backoff_s: float = Field(default=1.0, ge=0.0, le=60.0, description="Wait before the first retry; doubles.")
-    max_backoff_s: float = Field(default=30.0, ge=0.0, le=600.0, description="Longest wait between two tries.")
-
-    def delay(self, retry: int) -> float:
-        return min(self.max_backoff_s, self.backoff_s * 2**retry)
-
-
 async def with_retries(call, policy: RetryPolicy, kind: str):
-    """``await call()``, retrying transient errors per ``policy``; each retry is counted in metrics
-    (``promptbeam_retries`` by kind and error). The last error propagates."""
-    for attempt in range(policy.attempts):
-        try:
-            return await call()
-        except Exception as exc:
-            if not is_transient(exc) or attempt == policy.attempts - 1:
-                raise
-            metrics.inc(metrics.RETRIES, kind=kind, error=type(exc).__name__)
-            logger.warning("%s failed (%s: %s); retry %d of %d", kind, type(exc).__name__, str(exc)[:200],
-                           attempt + 1, policy.attempts - 1)
-            await asyncio.sleep(policy.delay(attempt))
-    raise AssertionError("unreachable")  # pragma: no cover
+    """``await call()``, retrying transient errors per ``policy`` (:mod:`serving.retry`, the one retry policy); each
+    retry is counted in metrics (``promptbeam_retries`` by kind and error). The last error propagates."""
+
+    def count(exc: BaseException, attempt: int, delay: float) -> None:
+        metrics.inc(metrics.RETRIES, kind=kind, error=type(exc).__name__)
+
+    return await call_async(call, policy, retry_if=is_transient, on_retry=count, what=kind)
 
 
 class ServeRenderer:

@@ -1,4 +1,5 @@
-"""The planner's ``LanguageModel`` port over any OpenAI-compatible chat-completions endpoint.
+"""The planner's ``LanguageModel`` port over any OpenAI-compatible chat-completions endpoint, through the ``openai``
+SDK.
 
 Points the rewriter or the critic at a server the user already runs: their own ``vllm serve``, Ray Serve LLM's
 OpenAI app, or a hosted vision-language model. Each role gets its own :class:`OpenAIEndpointConfig` (URL, model,
@@ -16,8 +17,8 @@ Errors come in the two kinds the planner knows (see ``agents/critic.py``):
 
 - the server refused the request for its content (400/413/422, e.g. a prompt longer than the context):
   ``ChatResult.error``, which callers record on the candidate before moving on — never retried;
-- infrastructure (connection refused or reset, timeouts, 429, 5xx): retried with capped exponential backoff and
-  full jitter, honouring ``Retry-After``; when the attempts run out, :class:`LanguageModelUnavailable` is raised.
+- infrastructure (connection refused or reset, timeouts, 429, 5xx): retried by the one retry policy
+  (:mod:`serving.retry`: capped exponential backoff with full jitter, honouring ``Retry-After``); when the attempts run out, :class:`LanguageModelUnavailable` is raised.
   Any other 4xx (401 bad key, 404 unknown model) is a configuration error: :class:`LanguageModelError` at once.
 """
 
@@ -37,6 +38,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from agents.messages import ChatMessage, ChatRequest, ChatResult, ImagePart, TextPart
+from serving.retry import RetryPolicy, call_async, parse_retry_after
 
 logger = logging.getLogger(__name__)
 
@@ -190,8 +192,10 @@ def parse_json_reply(text: str, finish_reason: str | None) -> tuple[Any, str | N
 
 
 class OpenAILanguageModel:
-    """``LanguageModel`` over an OpenAI-compatible endpoint, with one pooled ``httpx.AsyncClient``.
+    """``LanguageModel`` over an OpenAI-compatible endpoint, through the ``openai`` SDK (one pooled client).
 
+    The SDK's own retries are off: infrastructure failures are retried by the project's one policy
+    (:mod:`serving.retry`), and the SDK's errors are mapped to the two kinds the planner knows (module docstring).
     Use it from one event loop (the pool belongs to it) and ``await aclose()`` when done, or ``async with``.
     ``sleep`` and ``rng`` are the backoff's clock and dice (tests pass recording ones).
     """
@@ -203,18 +207,23 @@ class OpenAILanguageModel:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rng: random.Random | None = None,
     ):
+        import openai
+
         self.config = config
-        headers = {"Accept": "application/json"}
+        self.policy = RetryPolicy(attempts=1 + config.max_retries, backoff_s=config.backoff_initial_s,
+                                  max_backoff_s=config.backoff_max_s, jitter=True)
+        limits = httpx.Limits(max_connections=config.max_connections, max_keepalive_connections=config.max_connections)
         key = config.api_key()
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
-        self._client = httpx.AsyncClient(
+        self._client = openai.AsyncOpenAI(
+            # No key (a local server): no Authorization header at all; the SDK insists on some key, and would
+            # otherwise read OPENAI_API_KEY, which belongs to no endpoint configured here.
+            api_key=key or "no-key",
             base_url=config.base_url,
-            headers=headers,
             timeout=httpx.Timeout(config.timeout_s, connect=config.connect_timeout_s),
-            limits=httpx.Limits(max_connections=config.max_connections,
-                                max_keepalive_connections=config.max_connections),
+            max_retries=0,
+            http_client=openai.DefaultAsyncHttpxClient(limits=limits),
         )
+        self._headers = None if key else {"Authorization": openai.omit}  # per request: the SDK's way to send none
         self._sleep = sleep
         self._rng = rng or random.Random()
 
@@ -229,7 +238,7 @@ class OpenAILanguageModel:
         await self.aclose()
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        await self._client.close()
 
     def request_body(self, request: ChatRequest) -> dict[str, Any]:
         """The JSON body for one request (public so tests and logs can see exactly what is sent)."""
@@ -237,76 +246,89 @@ class OpenAILanguageModel:
                                     strict_schema=self.config.strict_schema, extra_body=self.config.extra_body)
 
     def backoff_s(self, retry: int, retry_after: str | None = None) -> float:
-        """Wait before retry number ``retry`` (0-based): the server's Retry-After (seconds) if it sent one, else
-        uniform in [0, initial * 2**retry] ("full jitter", so many clients do not retry in lockstep); both capped
-        at ``backoff_max_s``."""
-        cap = self.config.backoff_max_s
-        if retry_after is not None:
-            try:
-                return min(max(float(retry_after), 0.0), cap)
-            except ValueError:
-                pass  # an HTTP date: fall back to our own schedule
-        return self._rng.uniform(0.0, min(cap, self.config.backoff_initial_s * 2**retry))
+        """Wait before retry number ``retry`` (0-based), per this endpoint's :class:`RetryPolicy`: the server's
+        Retry-After (seconds) if it sent one, else uniform in [0, initial * 2**retry] (full jitter); both capped at
+        ``backoff_max_s``."""
+        return self.policy.wait_s(retry, parse_retry_after(retry_after), self._rng)
 
     async def chat(self, request: ChatRequest) -> ChatResult:
-        body = self.request_body(request)
+        import openai
+
+        body = chat_completion_body(request, self.config.model, max_tokens_field=self.config.max_tokens_field,
+                                    strict_schema=self.config.strict_schema)
         t0 = time.perf_counter()
-        attempts = 1 + self.config.max_retries
-        for attempt in range(attempts):
-            retry_after = None
-            try:
-                response = await self._client.post("/chat/completions", json=body)
-            except httpx.TransportError as exc:  # refused, reset, timed out: the server's side
-                failure = f"{type(exc).__name__}: {exc}"
-            else:
-                if response.status_code == 200:
-                    return self._result(request, response, time.perf_counter() - t0)
-                message = _error_message(response)
-                if response.status_code in CONTENT_REFUSED_STATUS:
-                    return ChatResult(request_id=request.request_id, text="",
-                                      error=f"HTTP {response.status_code}: {message}"[:500],
-                                      seconds=time.perf_counter() - t0)
-                if response.status_code not in RETRYABLE_STATUS:
-                    raise LanguageModelError(
-                        f"{self.config.base_url} answered HTTP {response.status_code} for model "
-                        f"{self.config.model!r}: {message}"[:1000]
-                    )
-                failure = f"HTTP {response.status_code}: {message}"
-                retry_after = response.headers.get("Retry-After")
-            if attempt + 1 < attempts:
-                delay = self.backoff_s(attempt, retry_after)
-                logger.warning("chat %s to %s failed (%s); retry %d/%d in %.2fs", request.request_id,
-                               self.config.base_url, failure[:200], attempt + 1, self.config.max_retries, delay)
-                await self._sleep(delay)
-        raise LanguageModelUnavailable(
-            f"{self.config.base_url} (model {self.config.model!r}) failed {attempts} attempt(s) for request "
-            f"{request.request_id!r}; last: {failure}"[:1000]
+        try:
+            completion = await call_async(
+                lambda: self._client.chat.completions.create(**body, extra_body=self.config.extra_body or None,
+                                                            extra_headers=self._headers),
+                self.policy, retry_if=_retryable, retry_after=_retry_after, sleep=self._sleep, rng=self._rng,
+                what=f"chat {request.request_id} to {self.config.base_url}",
+            )
+        except openai.APIStatusError as exc:
+            message = _error_message(exc.response)
+            status = exc.status_code
+            if status in CONTENT_REFUSED_STATUS:
+                return ChatResult(request_id=request.request_id, text="", error=f"HTTP {status}: {message}"[:500],
+                                  seconds=time.perf_counter() - t0)
+            if status in RETRYABLE_STATUS:
+                raise self._unavailable(request, f"HTTP {status}: {message}") from exc
+            raise LanguageModelError(
+                f"{self.config.base_url} answered HTTP {status} for model {self.config.model!r}: {message}"[:1000]
+            ) from exc
+        except openai.APIConnectionError as exc:  # refused, reset, timed out (APITimeoutError is one)
+            cause = exc.__cause__ or exc
+            raise self._unavailable(request, f"{type(cause).__name__}: {cause}") from exc
+        except (ValueError, openai.APIResponseValidationError) as exc:  # 200 whose body is not JSON
+            raise LanguageModelError(
+                f"{self.config.base_url} returned 200 but not a chat completion ({exc!r})"[:1000]
+            ) from exc
+        return self._result(request, completion, time.perf_counter() - t0)
+
+    def _unavailable(self, request: ChatRequest, failure: str) -> LanguageModelUnavailable:
+        return LanguageModelUnavailable(
+            f"{self.config.base_url} (model {self.config.model!r}) failed {self.policy.attempts} attempt(s) for "
+            f"request {request.request_id!r}; last: {failure}"[:1000]
         )
 
-    def _result(self, request: ChatRequest, response: httpx.Response, seconds: float) -> ChatResult:
+    def _result(self, request: ChatRequest, completion: Any, seconds: float) -> ChatResult:
         try:
-            payload = response.json()
-            choice = payload["choices"][0]
-            message = choice["message"]
-        except (ValueError, KeyError, IndexError, TypeError) as exc:
+            choice = completion.choices[0]
+            message = choice.message
+            text = message.content or ""
+        except (AttributeError, IndexError, TypeError, KeyError) as exc:
             raise LanguageModelError(
-                f"{self.config.base_url} returned 200 but not a chat completion ({exc!r}): {response.text[:300]!r}"
+                f"{self.config.base_url} returned 200 but not a chat completion ({exc!r}): {str(completion)[:300]!r}"
             ) from exc
-        usage = payload.get("usage") or {}
-        finish_reason = choice.get("finish_reason")
+        usage = getattr(completion, "usage", None)
+        finish_reason = choice.finish_reason
         result = ChatResult(
             request_id=request.request_id,
-            text=message.get("content") or "",
-            prompt_tokens=int(usage.get("prompt_tokens") or 0),
-            completion_tokens=int(usage.get("completion_tokens") or 0),
+            text=text,
+            prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
+            completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
             finish_reason=finish_reason,
             seconds=seconds,
         )
-        if message.get("refusal"):  # hosted models may decline; the request's content is the cause
-            result.error = f"refused: {message['refusal']}"[:500]
+        refusal = getattr(message, "refusal", None)
+        if refusal:  # hosted models may decline; the request's content is the cause
+            result.error = f"refused: {refusal}"[:500]
         elif request.json_schema is not None:
             result.parsed, result.parse_error = parse_json_reply(result.text, finish_reason)
         return result
+
+
+def _retryable(exc: BaseException) -> bool:
+    """Infrastructure: no answer (refused, reset, timed out), rate limited, or the server (or a proxy) failed."""
+    import openai
+
+    if isinstance(exc, openai.APIStatusError):
+        return exc.status_code in RETRYABLE_STATUS
+    return isinstance(exc, openai.APIConnectionError)
+
+
+def _retry_after(exc: BaseException) -> float | None:
+    response = getattr(exc, "response", None)
+    return parse_retry_after(response.headers.get("Retry-After")) if response is not None else None
 
 
 def _error_message(response: httpx.Response) -> str:

@@ -15,8 +15,9 @@ from typer.testing import CliRunner
 from agents.messages import Intent
 from pipelines.campaign import CampaignRunner
 from pipelines.cli import app
-from pipelines.records import CampaignSpec
+from pipelines.records import CampaignSpec, CampaignState, CampaignStatus
 from pipelines.store import CampaignStore
+from serving.retry import RetryPolicy
 from tests.fakes import FakeRenderer, ScriptedLLM
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -121,8 +122,11 @@ def test_report_reads_and_writes_a_campaign_at_an_fsspec_url():
     assert missing.exit_code == 2 and "no manifest.json" in missing.output
 
 
+STATUS_JSON = CampaignStatus(id="camp", state=CampaignState.running, intents_total=3, started_at=1.0).model_dump_json()
+
+
 class FlakyEndpoint:
-    """A loopback endpoint whose first `failures` GETs answer 503 (a restarting proxy), then a fixed JSON status."""
+    """A loopback endpoint whose first `failures` requests answer 503 (a restarting proxy), then a campaign status."""
 
     def __init__(self, failures: int):
         from tests.http_helpers import LoopbackServer
@@ -135,7 +139,7 @@ class FlakyEndpoint:
             self.authorization.append({k.lower(): v for k, v in headers.items()}.get("authorization"))
             if len(self.paths) <= failures:
                 return 503, b"upstream restarting", "text/plain"
-            return 200, b'{"ok": 1}', "application/json"
+            return 200, STATUS_JSON.encode(), "application/json"
 
         self._server = LoopbackServer(answer)
         self.url = self._server.url
@@ -144,11 +148,12 @@ class FlakyEndpoint:
         self._server.close()
 
 
-def test_polling_retries_with_backoff_and_takes_the_endpoint_from_the_environment(monkeypatch):
-    import pipelines.cli as cli_module
+FAST = RetryPolicy(attempts=6, backoff_s=0.01, max_backoff_s=0.02)
 
+
+def test_polling_retries_with_backoff_and_takes_the_endpoint_from_the_environment(monkeypatch):
     delays: list[float] = []
-    monkeypatch.setattr(cli_module, "BACKOFF_S", 0.01)
+    monkeypatch.setattr("pipelines.client.DEFAULT_RETRY", RetryPolicy(attempts=6, backoff_s=0.01, max_backoff_s=10))
     monkeypatch.setattr("time.sleep", delays.append)
     endpoint = FlakyEndpoint(failures=3)
     try:
@@ -156,9 +161,10 @@ def test_polling_retries_with_backoff_and_takes_the_endpoint_from_the_environmen
     finally:
         endpoint.close()
     assert result.exit_code == 0, result.output
-    assert endpoint.paths == ["/v1/campaigns/camp"] * 4 and '"ok": 1' in result.output
+    assert endpoint.paths == ["/v1/campaigns/camp"] * 4
+    assert CampaignStatus.model_validate_json(result.stdout).id == "camp"
     assert delays == [0.01, 0.02, 0.04]  # doubling per retry
-    assert "HTTP 503" in result.output and "retry 1/" in result.output
+    assert "HTTP 503" in result.output and "retry 1 " in result.output
 
 
 def test_client_commands_send_the_api_token_from_the_environment():
@@ -178,11 +184,9 @@ def test_client_commands_send_the_api_token_from_the_environment():
 
 
 def test_an_unreachable_endpoint_fails_after_the_retries_with_the_reason(monkeypatch):
-    import pipelines.cli as cli_module
     from tests.conftest import free_port
 
-    monkeypatch.setattr(cli_module, "BACKOFF_S", 0.01)
-    monkeypatch.setattr(cli_module, "BACKOFF_MAX_S", 0.02)
+    monkeypatch.setattr("pipelines.client.DEFAULT_RETRY", FAST)
     result = cli(["cancel", "camp", "--endpoint", f"http://127.0.0.1:{free_port()}"])
     assert result.exit_code == 1
-    assert f"failed {cli_module.HTTP_ATTEMPTS} times" in result.output and "ConnectError" in result.output
+    assert f"after {FAST.attempts} tries" in result.output and "ConnectError" in result.output

@@ -222,7 +222,7 @@ def test_healthz_answers_within_a_second_while_a_large_invalid_body_is_rejected(
 def test_with_a_token_every_v1_route_refuses_a_missing_or_wrong_one(token_app):
     routes = [("POST", "/v1/campaigns", {"json": valid("authed")}), ("GET", "/v1/campaigns/authed", {}),
               ("GET", "/v1/campaigns/authed/results", {}), ("GET", "/v1/campaigns/authed/images/x.png", {}),
-              ("DELETE", "/v1/campaigns/authed", {})]
+              ("DELETE", "/v1/campaigns/authed", {}), ("GET", "/v1/campaigns", {})]
     with httpx.Client(base_url=token_app.url, timeout=60) as client:
         for method, path, kw in routes:
             for headers in ({}, {"authorization": "Bearer wrong-token-0123456789"}, {"authorization": TOKEN}):
@@ -236,3 +236,7 @@ def test_with_a_token_every_v1_route_refuses_a_missing_or_wrong_one(token_app):
             assert resp.status_code in {202, 200, 404, 409}, (method, path, resp.text)
             assert resp.status_code != 401
         assert client.get("/healthz").status_code == 200  # liveness needs no token
+        # the served OpenAPI document names the scheme (FastAPI's HTTPBearer) on the /v1 routes
+        schema = client.get("/openapi.json").json()
+        assert schema["components"]["securitySchemes"]["bearerAuth"]["scheme"] == "bearer"
+        assert schema["paths"]["/v1/campaigns"]["get"]["security"] == [{"bearerAuth": []}]

@@ -52,14 +52,17 @@ def test_rewriter_instructions_do_not_depend_on_the_intent(attack):
     assert benign[0].role == hostile[0].role == "system"
     assert benign[0].text() == hostile[0].text()  # system prompt identical, byte for byte
     assert attack not in hostile[0].text()
-    user = hostile[1].text()
+    # the worked examples between them are fixed turns, the same whatever the intent
+    assert [m.text() for m in hostile[1:-1]] == [m.text() for m in benign[1:-1]]
+    assert all(attack not in m.text() for m in hostile[1:-1])
+    user = hostile[-1].text()
     # exactly one data block, which parses back to the attack as plain data
     assert user.count("<user_data>") == 1 and user.count("</user_data>") == 1
     data = json.loads(_between(user))
     assert data["intent"] == attack and data["branch_oldest_first"][0]["feedback"] == [attack]
     assert data["failed_checks"] == [attack[:100]] and data["already_tried"] == [attack]
     # the instruction line after the block is unchanged
-    assert user.split("</user_data>")[1] == benign[1].text().split("</user_data>")[1]
+    assert user.split("</user_data>")[1] == benign[-1].text().split("</user_data>")[1]
 
 
 @pytest.mark.parametrize("attack", ATTACKS)

@@ -73,7 +73,8 @@ class ScriptedServer:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                server.requests.append({"path": self.path, "headers": dict(self.headers), "body": body})
+                server.requests.append({"path": self.path, "body": body,  # header names are case-insensitive
+                                        "headers": {k.lower(): v for k, v in self.headers.items()}})
                 reply = server.replies[min(len(server.requests), len(server.replies)) - 1]
                 if reply[0] == "sleep":
                     time.sleep(reply[1])
@@ -154,7 +155,7 @@ def test_request_carries_images_as_data_urls_schema_seed_and_key(scripted, monke
 
     (sent,) = server.requests
     assert sent["path"] == "/v1/chat/completions"
-    assert sent["headers"]["Authorization"] == "Bearer k-123"
+    assert sent["headers"]["authorization"] == "Bearer k-123"
     body = sent["body"]
     assert body["model"] == "vlm-x" and body["max_tokens"] == 77 and body["seed"] == 5 and body["top_k"] == 20
     assert (body["temperature"], body["top_p"]) == (0.3, 0.9)
@@ -175,7 +176,7 @@ def test_no_seed_no_schema_and_max_completion_tokens_when_configured(scripted):
     result = run_chat(config_for(server.url, max_tokens_field="max_completion_tokens"), chat("hi", max_tokens=9))
     body = server.requests[0]["body"]
     assert "seed" not in body and "response_format" not in body and "max_tokens" not in body
-    assert body["max_completion_tokens"] == 9 and "Authorization" not in server.requests[0]["headers"]
+    assert body["max_completion_tokens"] == 9 and "authorization" not in server.requests[0]["headers"]
     assert result.text == "hello" and result.parsed is None and result.parse_error is None
 
 

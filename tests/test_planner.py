@@ -313,7 +313,7 @@ def test_rewriter_messages_carry_failed_checks_ancestry_and_tried_prompts():
     planner, _, llm = make_planner(cfg, rewrite_fn=rewrite, score_fn=score)
     result = run(planner.run(INTENT))
     last = [r for r in llm.requests if r.purpose == "rewrite"][-1]
-    user = last.messages[1].text()
+    user = last.messages[-1].text()
     data = json.loads(user[user.index("<user_data>") + 11: user.index("</user_data>")])
     assert data["failed_checks"] == ["Is the style right?"]
     assert data["checks"] == ["Is the main subject present?", "Is the style right?"]
@@ -339,7 +339,7 @@ def test_the_rewriter_context_fits_its_token_budget_dropping_the_oldest_first():
     planner, _, llm = make_planner(cfg, small, rewrite_fn=rewrite, score_fn=lambda p, s: (len(p) % 10, 5, False))
     result = run(planner.run(INTENT))
     last = [r for r in llm.requests if r.purpose == "rewrite"][-1]
-    user = last.messages[1].text()
+    user = last.messages[-1].text()
     assert len(user) // 4 + 1 <= 400
     data = json.loads(user[user.index("<user_data>") + 11: user.index("</user_data>")])
     tried = list(dict.fromkeys(c.prompt for c in result.candidates if c.round < 3))

@@ -149,3 +149,23 @@ def test_report_benchmark_runs(tmp_path):
                          env={**os.environ, "PYTHONPATH": str(root)}, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "ratio 10x intents" in out.stdout and "| 600 " in out.stdout
+
+
+@pytest.mark.parametrize("embed", [True, False])
+def test_user_text_is_escaped_in_every_layout(tmp_path, monkeypatch, embed):
+    """The templates autoescape: an intent holding markup appears as text in the index, the sections and the pages."""
+    from pipelines import report
+
+    if not embed:
+        monkeypatch.setattr(report, "EMBED_UP_TO", 0)  # the paged layout for a small campaign
+    attack = '<script>alert("pwned")</script><img src=x onerror=alert(1)>'
+    spec = CampaignSpec(name="x", intents=[Intent(id="i0", text=f"a red apple {attack}")],
+                        search={"rounds": 2, "max_images": 10, "seeds_per_prompt": 1})
+    renderer = FakeRenderer()
+    store = CampaignStore(str(tmp_path))
+    asyncio.run(CampaignRunner(spec, spec.search_config(), renderer, ScriptedLLM(renderer), store).run())
+    pages = [open(write_report(store)).read()] + [p.read_text() for p in (tmp_path / "report").glob("page-*.html")]
+    assert len(pages) == (1 if embed else 2)
+    for html in pages:
+        assert "<script>" not in html and "onerror=alert(1)>" not in html
+    assert all("&lt;script&gt;alert(&#34;pwned&#34;)&lt;/script&gt;" in html for html in pages)

@@ -19,7 +19,7 @@ from pydantic import ValidationError
 
 from agents.config import SearchConfig
 from agents.messages import ChatMessage, ChatRequest, ChatResult, Intent, RenderRequest
-from pipelines.app import IngressConfig
+from pipelines.app import IngressConfig, check_limits
 from pipelines.auth import AuthSettings, BearerAuth, check_bind
 from pipelines.campaign import CampaignRunner
 from pipelines.http import ApiError, install_error_handlers, parse_spec, read_body
@@ -203,12 +203,12 @@ def test_no_token_is_refused_on_a_public_address_unless_allowed(monkeypatch):
 
 def test_operator_bounds_name_the_field_over_them():
     limits = IngressConfig(max_image_side=256, max_steps=8, max_images_per_campaign=100)
-    limits.check(SearchConfig(width=256, height=256, steps=8, max_images=10), intents=5, baseline_share=1.0)
+    check_limits(limits, SearchConfig(width=256, height=256, steps=8, max_images=10), intents=5, baseline_share=1.0)
     for search, intents, field in ((SearchConfig(width=512, height=256), 1, "search.width"),
                                    (SearchConfig(steps=9), 1, "search.steps"),
                                    (SearchConfig(max_images=10), 6, "search.max_images")):
         with pytest.raises(ApiError) as err:
-            limits.check(search, intents, 1.0)
+            check_limits(limits, search, intents, 1.0)
         assert err.value.status_code == 422 and err.value.errors[0].field == field
 
 

@@ -323,7 +323,8 @@ def test_cli_submit_status_results_cancel_and_report_against_the_app(fake_app, t
 
     from typer.testing import CliRunner
 
-    from pipelines.cli import app
+    from pipelines.cli import EXIT_CANCELLED, app
+    from pipelines.client import CampaignClient
     from pipelines.records import IntentOutcome
 
     env = {"COLUMNS": "300", "PROMPTBEAM_ENDPOINT": fake_app.url}
@@ -361,6 +362,27 @@ def test_cli_submit_status_results_cancel_and_report_against_the_app(fake_app, t
     assert cancelled.exit_code == 0, cancelled.output
     after = CampaignStatus.model_validate_json(cancelled.stdout)
     assert after.state == "cancelled" and after.intents_finished < 60
+    watched = cli("watch", "cli-slow", "--interval", "0.2")  # re-attach: it ended cancelled, and says so
+    assert watched.exit_code == EXIT_CANCELLED and CampaignStatus.model_validate_json(watched.stdout).state == "cancelled"
+    assert cli("watch", "cli-camp").exit_code == 0
+
+    # the list: every campaign of the store, paged in id order, with its state and progress
+    listed = cli("ls")
+    assert listed.exit_code == 0, listed.output
+    assert "cli-camp" in listed.stdout and "3/3" in listed.stdout and "cli-slow" in listed.stdout
+    with CampaignClient(fake_app.url) as client:
+        pages, cursor = [], None
+        while True:
+            page = client.list(limit=1, cursor=cursor)
+            pages.append(page.campaigns)
+            cursor = page.next_cursor
+            if cursor is None:
+                break
+        listing = {c.id: c for p in pages for c in p}
+        assert all(len(p) <= 1 for p in pages) and list(listing) == sorted(listing)
+        assert listing["cli-camp"].state == "done" and listing["cli-camp"].intents_finished == 3
+        assert listing["cli-slow"].state == "cancelled" and listing["cli-slow"].intents_total == 60
+
     unknown = cli("cancel", "no-such-campaign")
     assert unknown.exit_code == 1 and "404" in unknown.output and "no running campaign" in unknown.output
 

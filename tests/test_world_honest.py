@@ -168,8 +168,15 @@ def texts_received(context: RewriteContext, config: RewriterConfig) -> list[str]
     ("Propose exactly 3 prompts, each at most 300 characters"), so they are dropped from it before the check; its
     words are checked like every other text's."""
     request = Rewriter(llm=None, config=config).build_request(context, request_id="r", seed=0, temperature=0.7)
-    system, user = (m.content for m in request.messages)
-    return [*strings(context.model_dump(mode="json")), re.sub(r"\d+", " ", system), *user_texts(user)]
+    texts = strings(context.model_dump(mode="json"))
+    for m in request.messages:  # system, the worked examples (user/assistant turns), the request
+        if m.role == "system":
+            texts.append(re.sub(r"\d+", " ", m.content))
+        elif m.role == "user":
+            texts += user_texts(m.content)
+        else:
+            texts += strings(json.loads(m.content))
+    return texts
 
 
 def user_texts(user: str) -> list[str]:
@@ -205,7 +212,7 @@ def test_the_model_vocabulary_is_one_fixed_text_and_the_only_exception(recorded)
     systems = set()
     for context in recorded[::7]:
         request = Rewriter(llm=None, config=config).build_request(context, request_id="r", seed=0, temperature=0.7)
-        system, user = request.messages[0].content, request.messages[1].content
+        system, user = request.messages[0].content, request.messages[-1].content
         systems.add(system)
         assert not any(leaks(t, context.intent.text) for t in user_texts(user))
         without = Rewriter(llm=None, config=RewriterConfig()).build_request(context, request_id="r", seed=0,

@@ -29,10 +29,19 @@ _env.filters["user_json"] = user_json
 
 
 @lru_cache(maxsize=None)
+def _load(name: str) -> dict[str, Any]:
+    return yaml.safe_load((_DIR / f"{name}.yaml").read_text())
+
+
+@lru_cache(maxsize=None)
 def load_templates(name: str) -> dict[str, jinja2.Template]:
-    """Templates of ``agents/prompts/<name>.yaml``, compiled once."""
-    raw = yaml.safe_load((_DIR / f"{name}.yaml").read_text())
-    return {key: _env.from_string(text) for key, text in raw.items()}
+    """Templates of ``agents/prompts/<name>.yaml`` (its string entries), compiled once."""
+    return {key: _env.from_string(text) for key, text in _load(name).items() if isinstance(text, str)}
+
+
+def data(name: str, key: str) -> Any:
+    """A non-template entry of ``agents/prompts/<name>.yaml`` (e.g. worked examples), as plain data."""
+    return _load(name)[key]
 
 
 def render(name: str, key: str, **variables: Any) -> str:

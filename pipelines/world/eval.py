@@ -12,9 +12,11 @@ steps and guidance, and judged on the CPU. Results print as tables and are appen
 wording with at least one form training never showed), at an equal budget of ``budget`` images,
 
 - *best-of-N*: the user's wording with ``budget`` seeds; the intent passes if any image passes the judge;
-- *oracle phrasing*: the user's wording plus ``phrasings - 1`` paraphrases drawn from the grammar's training
-  distribution (what a rewriter that speaks the model's language could propose), ``budget / phrasings`` seeds each;
-  the intent passes if any image passes (the oracle picks the best phrasing with the judge).
+- *oracle phrasing* (:func:`oracle_texts`, the one oracle design, also an upper-bound arm of
+  ``benchmarks/bench_world.py``): the user's wording plus ``phrasings - 1`` paraphrases drawn from the grammar's
+  training distribution, ``budget / phrasings`` seeds each; the intent passes if any image passes.
+
+Both arms draw on the planner's paired seeds (:func:`arm_seed`), the same seeds ``bench_world`` uses.
 
 Both arms select with the same judge, so the gap is what rewording buys over resampling. Reported with 95% bootstrap
 intervals (``agents.stats``): each arm's accuracy, and the paired per-intent difference.
@@ -135,12 +137,30 @@ def eval_canonical(model_dir: str, per_tag: int = 50, seeds: int = 1, record: bo
     return acc
 
 
+def oracle_texts(intent_id: str, text: str, spec: SceneSpec, phrasings: int) -> list[str]:
+    """The oracle phrasing arm's prompts (the world's one oracle design, shared by ``--headroom`` and
+    ``benchmarks/bench_world.py``): the user's wording and ``phrasings - 1`` training-distribution paraphrases of the
+    spec, drawn with a generator seeded by the intent id. An upper bound: it knows the spec and the training
+    grammar."""
+    from pipelines.world.grammar import paraphrases
+
+    rng = random.Random(f"oracle:{intent_id}")
+    return [text, *paraphrases(spec, phrasings - 1, rng, avoid={text})]
+
+
+def arm_seed(intent_id: str, i: int, base_seed: int = 0) -> int:
+    """The i-th seed of an intent's arms: the planner's paired seed of round ``i`` (``agents.planner``), so best-of-N
+    here, best-of-N in the planner and the oracle phrasing all draw on the same seeds."""
+    from agents.planner import stable_seed
+
+    return stable_seed(base_seed, intent_id, "seed", i, 0)
+
+
 def eval_headroom(model_dir: str, budget: int = 8, phrasings: int = 4, limit: int | None = None,
                   record: bool = True) -> dict:
     """Oracle phrasing vs best-of-N on the user's wording at an equal image budget (see the module docstring)."""
     from agents.stats import paired_summary
     from pipelines.tables import report
-    from pipelines.world.grammar import paraphrases
 
     if budget % phrasings:
         raise ValueError(f"budget ({budget}) must be a multiple of phrasings ({phrasings})")
@@ -151,12 +171,11 @@ def eval_headroom(model_dir: str, budget: int = 8, phrasings: int = 4, limit: in
     for k, row in enumerate(intents):
         spec = SceneSpec.model_validate(row["spec"])
         for s in range(budget):
-            jobs.append((row["text"], s, spec))
+            jobs.append((row["text"], arm_seed(row["id"], s), spec))
             owners.append((k, "best_of_n", 0))
-        rng = random.Random(f"oracle:{row['id']}")
-        for j, text in enumerate([row["text"], *paraphrases(spec, phrasings - 1, rng, avoid={row["text"]})]):
+        for j, text in enumerate(oracle_texts(row["id"], row["text"], spec, phrasings)):
             for s in range(seeds_each):
-                jobs.append((text, 1000 + s, spec))
+                jobs.append((text, arm_seed(row["id"], s), spec))
                 owners.append((k, "oracle", j))
     passed = judged.passes(jobs)
     best = [0.0] * len(intents)

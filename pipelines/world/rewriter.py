@@ -236,6 +236,9 @@ class OracleRewriter:
     applies one transformation, or with probability ``temperature / 2`` two in a row, to the parent prompt; duplicates
     and tried prompts are skipped."""
 
+    knows = ("ORACLE, an upper bound and not a rewriter a user could have: the world's synonym table and the judge's "
+             "spec, in the model's training words")
+
     def __init__(self, config: RewriterConfig | None = None, max_attempts: int = 40):
         self.config = config or RewriterConfig()
         self.max_attempts = max_attempts

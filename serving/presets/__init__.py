@@ -8,7 +8,8 @@ CLI overlay single fields on top (:func:`resolve_preset`), so switching models i
     diffusion: {model: black-forest-labs/FLUX.1-schnell, dtype: bfloat16, max_batch_size: 4}
     defaults: {width: 1024, height: 1024, steps: 4}
 
-Nothing here touches the disk at import; the tiny-model directory is looked up when a preset is loaded.
+Nothing here touches the disk at import; the tiny-model directory and the fetched-model cache (``{models}``,
+:func:`serving.model_fetch.default_cache_dir`) are looked up when a preset is loaded.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from serving.openai_client import LanguageModelEndpoints
 _DIR = Path(__file__).parent
 REPO_ROOT = _DIR.parent.parent
 """The repository root (``{repo}`` in a preset): models shipped in the repo are found from here wherever it runs."""
+DEFAULT_FETCHED_MODEL = "qwen2.5-coder-0.5b-instruct"
+"""The real instruct LLM the ``world-llm`` preset serves (chosen by ``benchmarks/bench_llm_candidates.py``)."""
 M = TypeVar("M", bound=BaseModel)
 
 AGENT_KIND = r"^(llm|[A-Za-z_][\w.]*:[A-Za-z_]\w*)$"
@@ -146,8 +149,9 @@ def available() -> list[str]:
 
 def load_preset(name: str, tiny_dir: str | os.PathLike | None = None,
                 endpoints: LanguageModelEndpoints | None = None) -> ModelPreset:
-    """The preset called ``name`` (or the YAML file at that path), with ``{tiny_dir}`` and ``{repo}`` (the
-    repository root, where models shipped in the repo live) filled in. Each role set in
+    """The preset called ``name`` (or the YAML file at that path), with ``{tiny_dir}``, ``{repo}`` (the
+    repository root, where models shipped in the repo live) and ``{models}`` (the cache ``promptbeam models fetch``
+    installs into) filled in. Each role set in
     ``endpoints`` replaces the file's endpoint for that role (validated together: a preset without an ``llm`` is
     valid once every role has an endpoint)."""
     path = Path(name).expanduser() if name.endswith((".yaml", ".yml")) else _DIR / f"{name}.yaml"
@@ -160,6 +164,10 @@ def load_preset(name: str, tiny_dir: str | os.PathLike | None = None,
     for section in ("diffusion", "llm"):
         if isinstance(raw.get(section), dict) and isinstance(raw[section].get("model"), str):
             model = raw[section]["model"].replace("{tiny_dir}", root).replace("{repo}", str(REPO_ROOT))
+            if "{models}" in model:
+                from serving.model_fetch import default_cache_dir
+
+                model = model.replace("{models}", str(default_cache_dir()))
             raw[section] = {**raw[section], "model": model}
     try:
         if endpoints is not None:
@@ -193,11 +201,19 @@ def resolve_preset(
 
 
 def ensure_models(preset: ModelPreset) -> None:
-    """Build the preset's models where it says they are built locally (``build: tiny``); idempotent."""
+    """Build the preset's models where it says they are built locally (``build: tiny``), and fetch its LLM when it is
+    a registry model (:mod:`serving.model_fetch`) missing from its cache directory; idempotent."""
     if preset.build == "tiny":
         from serving.tiny_models import make_tiny_models
 
         make_tiny_models(Path(preset.diffusion.model).parent)
+    if preset.llm is not None and preset.needs_llm:
+        from serving import model_fetch
+
+        path = Path(preset.llm.model)
+        model = model_fetch.REGISTRY.get(path.name)
+        if model is not None and path.is_absolute() and not model_fetch.is_complete(model, path):
+            model_fetch.fetch(model.name, path.parent)
 
 
 def import_object(path: str) -> Any:

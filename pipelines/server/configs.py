@@ -1,0 +1,80 @@
+"""What an operator configures in the Serve app: the code path (:class:`AppConfig`, a Serve config's ``args``) and the
+ingress's in-place limits (:class:`IngressConfig`, its ``user_config``). Replicas, autoscaling, resources and batching
+are Serve deployment options in the config's ``deployments:`` section (defaults in :mod:`pipelines.server.builder`)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from pipelines.records import MAX_INTENTS
+from serving.openai_client import LanguageModelEndpoints
+from serving.presets import DiffusionOverrides, LLMOverrides, ModelPreset, RenderDefaultsOverrides, resolve_preset
+
+
+class EngineClasses(BaseModel):
+    """Engine classes the deployments instantiate, as import paths (tests name fake engines here)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    diffusion: str = Field(default="serving.engines:DiffusionEngine", description="Takes a DiffusionEngineConfig.")
+    llm: str = Field(default="serving.engines:LLMEngine", description="Takes an LLMEngineConfig.")
+
+
+class AppConfig(BaseModel):
+    """Arguments of :func:`pipelines.app.build_app` (the ``args:`` block of ``deploy/serve_config*.yaml``): only what
+    changes the code path (the models, the engine classes, the LLM backend, the store)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    preset: str = Field(default="tiny", max_length=4096,
+                        description="Model preset: a name in serving/presets/ or a path to a .yaml.")
+    diffusion: DiffusionOverrides | None = Field(  # type: ignore[valid-type]
+        default=None, description="DiffusionEngineConfig fields over the preset's (model id or directory, dtype, ...)."
+    )
+    llm: LLMOverrides | None = Field(  # type: ignore[valid-type]
+        default=None, description="LLMEngineConfig fields over the preset's."
+    )
+    defaults: RenderDefaultsOverrides | None = Field(  # type: ignore[valid-type]
+        default=None, description="Image defaults (width, height, steps, guidance_scale) over the preset's."
+    )
+    endpoints: LanguageModelEndpoints | None = Field(
+        default=None,
+        description="OpenAI-compatible endpoints for the rewriter and/or the critic, over the preset's (per role). "
+        "When every role that would use the preset's LLM has one, no LLM deployment is started.",
+    )
+    llm_backend: Literal["engine", "ray_serve_llm"] = Field(
+        default="engine",
+        description="How the preset's LLM is served: 'engine', the project's LLMDeployment over the engine class "
+        "in `engines.llm`; 'ray_serve_llm', Ray Serve LLM's LLMServer (vLLM with Ray's health check, placement group "
+        "for tensor parallelism and LLM metrics) built from the same LLMEngineConfig (serving/serve_llm.py).",
+    )
+    tiny_dir: str | None = Field(default=None, max_length=4096,
+                                 description="Where tiny models live (built there if missing).")
+    store_root: str = Field(default="runs/serve", min_length=1, max_length=4096,
+                            description="fsspec URL; each campaign gets <root>/<id>/.")
+    engines: EngineClasses = Field(default_factory=EngineClasses, description="Engine classes (import paths).")
+
+    def resolve(self) -> ModelPreset:
+        return resolve_preset(self.preset, self.tiny_dir, diffusion=self.diffusion, llm=self.llm,
+                              defaults=self.defaults, endpoints=self.endpoints)
+
+
+class IngressConfig(BaseModel):
+    """The ingress's ``user_config``: admission and size limits, updatable in place (no redeploy). The ingress
+    answers a request over one of them with 413, 422 or 429 (:func:`pipelines.server.ingress.check_limits`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_running_campaigns: int = Field(default=4, ge=1, le=1000, description="Beyond this, submissions get 429.")
+    retry_after_s: int = Field(default=30, ge=1, le=3600, description="The Retry-After a 429 carries.")
+    max_body_bytes: int = Field(default=16 * 2**20, ge=1024, le=2**30,
+                                description="Largest submission body; larger ones get 413 before being parsed.")
+    max_intents: int = Field(default=10_000, ge=1, le=MAX_INTENTS, description="Most intents in one campaign.")
+    max_image_side: int = Field(default=1024, ge=8, le=4096, description="Largest width or height a campaign sets.")
+    max_steps: int = Field(default=50, ge=1, le=200, description="Most denoising steps a campaign sets.")
+    max_images_per_campaign: int = Field(
+        default=1_000_000, ge=1, le=10**9,
+        description="Most images a campaign may render: intents x max_images x arms (2 with the baseline).",
+    )

@@ -1,0 +1,383 @@
+"""The server: the campaign API's FastAPI routes on a plain class (:class:`CampaignIngress`), which
+:mod:`pipelines.server.builder` turns into the Serve deployment named ``ingress``.
+
+It owns what answers with an HTTP error: the bearer-token check (FastAPI's ``HTTPBearer``, so OpenAPI shows the
+security scheme), the operator limits (:func:`check_limits`, 413/422/429) and the campaign routes. Campaigns run as
+tasks inside the ingress; the store and the running registry make them survive its restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import posixpath
+from collections.abc import Callable
+from typing import Any
+
+import fsspec
+from fastapi import Depends, FastAPI, HTTPException, Query, Request, Security
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import Response, StreamingResponse
+from fastapi.security import HTTPAuthorizationCredentials
+from pydantic import ValidationError
+from ray import serve
+
+from agents.config import SearchConfig
+from pipelines.auth import BEARER_SCHEME, AuthSettings, BearerAuth, check_bind
+from pipelines.campaign import CampaignConflict, CampaignRunner, intent_concurrency
+from pipelines.http import install_error_handlers, parse_spec, read_body, validation_error
+from pipelines.records import (
+    MAX_NAME_CHARS,
+    CampaignAccepted,
+    CampaignListing,
+    CampaignPage,
+    CampaignSpec,
+    CampaignState,
+    CampaignStatus,
+    CampaignTally,
+    Health,
+    ModelsRecord,
+)
+from pipelines.server.configs import AppConfig, IngressConfig
+from pipelines.store import (
+    CampaignStore,
+    RunningRegistry,
+    StoreFormatError,
+    UnsafeName,
+    campaign_store,
+    is_safe_name,
+)
+from pipelines.version import __version__
+from serving.clients import ServeLanguageModel, ServeRenderer, open_role_models
+
+logger = logging.getLogger(__name__)
+
+MAX_PAGE = 1000
+"""Most campaigns one GET /v1/campaigns returns."""
+
+
+def check_limits(limits: IngressConfig, search: SearchConfig, intents: int, baseline_share: float) -> None:
+    """Raise :class:`pipelines.http.ApiError` 422 naming every search setting over the operator's bounds."""
+    images = intents * search.max_images * (1 + (baseline_share if search.run_baseline else 0))
+    problems = [
+        (f"search.{side}", f"{getattr(search, side)} pixels is over this endpoint's max_image_side "
+                           f"{limits.max_image_side}")
+        for side in ("width", "height") if getattr(search, side) > limits.max_image_side
+    ]
+    if search.steps > limits.max_steps:
+        problems.append(("search.steps", f"{search.steps} steps is over this endpoint's max_steps {limits.max_steps}"))
+    if images > limits.max_images_per_campaign:
+        problems.append(("search.max_images", f"{intents} intents x {search.max_images} images x arms = "
+                                              f"{images:.0f} images, over max_images_per_campaign "
+                                              f"{limits.max_images_per_campaign}"))
+    if problems:
+        raise validation_error([{"loc": (f,), "msg": r} for f, r in problems])
+
+
+api = FastAPI(
+    title="promptbeam",
+    description="Submit text-to-image prompt-refinement campaigns; get every image with its lineage. With a token "
+    "configured, /v1 routes need `Authorization: Bearer <token>`.",
+    version=__version__,
+)
+install_error_handlers(api)
+
+
+def require_token(request: Request,
+                  credentials: HTTPAuthorizationCredentials | None = Security(BEARER_SCHEME)) -> None:
+    """The /v1 routes' dependency: the token check of the ingress serving this app (set when it starts; until then
+    every /v1 request is refused)."""
+    auth: BearerAuth | None = getattr(request.app.state, "auth", None)
+    if auth is None:
+        raise HTTPException(503, "the ingress is still starting; retry in a moment", headers={"Retry-After": "5"})
+    auth.check(credentials)
+
+
+V1 = [Depends(require_token)]
+
+
+def _openapi() -> dict[str, Any]:
+    """The submission body is read by hand (size limit, parsing off the event loop); document it as CampaignSpec."""
+    if api.openapi_schema is None:
+        schema = get_openapi(title=api.title, version=api.version, description=api.description, routes=api.routes)
+        spec = CampaignSpec.model_json_schema(ref_template="#/components/schemas/{model}")
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        components.update(spec.pop("$defs", {}))
+        components["CampaignSpec"] = spec
+        api.openapi_schema = schema
+    return api.openapi_schema
+
+
+api.openapi = _openapi  # type: ignore[method-assign]
+SPEC_BODY = {"requestBody": {"required": True, "content": {"application/json": {
+    "schema": {"$ref": "#/components/schemas/CampaignSpec"}}}}}
+
+
+def _log_failure(task: asyncio.Task) -> None:
+    """A campaign task that died (not cancelled) leaves its reason in the replica log; its status says 'failed'."""
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("campaign task failed: %r", task.exception())
+
+
+def _serve_http_host() -> str | None:
+    """The address Serve's HTTP proxy binds (from the controller), or None when it cannot be asked."""
+    try:
+        from ray.serve.context import _get_global_client
+
+        return _get_global_client().http_config.host
+    except Exception:  # noqa: BLE001 - outside Serve, or a Ray without this API: the caller assumes the worst
+        return None
+
+
+@serve.ingress(api)
+class CampaignIngress:
+    """The campaign API. ``diffusion`` and ``llm`` are deployment handles (``llm`` None when every role has an
+    OpenAI-compatible endpoint); ``llm_client`` wraps the LLM handle in the planner's ``LanguageModel`` port, as the
+    builder chose for the LLM backend; ``auth`` is read from this replica's environment when not given."""
+
+    def __init__(self, diffusion, llm, config: AppConfig,
+                 llm_client: Callable[[Any], Any] = ServeLanguageModel, auth: AuthSettings | None = None):
+        auth = auth or AuthSettings()
+        token = auth.token()
+        check_bind(_serve_http_host() or "0.0.0.0", token, auth)
+        api.state.auth = BearerAuth(token)
+        self.config = config
+        self.preset = config.resolve()
+        self.models = ModelsRecord.of(self.preset)
+        self.renderer = ServeRenderer(diffusion)
+        self.llm = None if llm is None else llm_client(llm)
+        # Roles with an OpenAI-compatible endpoint talk to it directly (one pooled client per endpoint).
+        self.rewriter_llm, self.critic_llm = open_role_models(self.preset.endpoints, self.llm)
+        self.limits = IngressConfig()
+        self.runs: dict[str, tuple[CampaignRunner, asyncio.Task | None]] = {}
+        self.registry = RunningRegistry(config.store_root)
+        self.cancelled_by_user: set[str] = set()
+        # Campaigns a previous ingress was running when it died: resumed as soon as this one serves (Serve runs
+        # the constructor on the replica's event loop).
+        try:
+            self.resuming: asyncio.Task | None = asyncio.get_running_loop().create_task(self._resume_registered())
+        except RuntimeError:  # constructed outside an event loop (not under Serve): nothing to resume here
+            self.resuming = None
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        self.limits = IngressConfig.model_validate(user_config or {})
+
+    def _store(self, campaign_id: str) -> CampaignStore:
+        try:
+            return campaign_store(self.config.store_root, campaign_id)
+        except UnsafeName as exc:
+            raise HTTPException(404, f"no campaign {campaign_id[:120]!r}: {exc}") from exc
+
+    def _running(self) -> list[str]:
+        return [cid for cid, (_, task) in self.runs.items() if task is None or not task.done()]
+
+    @api.post("/v1/campaigns", status_code=202, response_model=CampaignAccepted, dependencies=V1,
+              openapi_extra=SPEC_BODY)
+    async def submit(self, request: Request) -> CampaignAccepted:
+        """Start (or resume) a campaign (a CampaignSpec as JSON). Resubmitting the same campaign resumes it: finished
+        intents are skipped. 413 over the body limit, 422 naming the field over a limit, 429 (with Retry-After) while
+        the running-campaign limit is reached."""
+        limits = self.limits
+        body = await read_body(request, limits.max_body_bytes)
+        spec = await asyncio.to_thread(parse_spec, body, request.headers.get("content-type"), limits.max_intents)
+        if spec.preset is not None and spec.preset != self.preset.name:
+            raise HTTPException(422, f"this endpoint serves preset {self.preset.name!r}, not {spec.preset[:100]!r}")
+        try:
+            search = await asyncio.to_thread(spec.search_config, self.preset.defaults)
+        except ValidationError as exc:
+            errors = [{**e, "loc": ("search", *e["loc"])} for e in exc.errors(include_url=False, include_input=False)]
+            raise validation_error(errors) from exc
+        except ValueError as exc:
+            raise validation_error([{"loc": ("intents",), "msg": str(exc)}]) from exc
+        check_limits(limits, search, len(spec.intents or []), spec.baseline_fraction)
+        return await self._admit(spec, search)
+
+    async def _admit(self, spec: CampaignSpec, search: SearchConfig) -> CampaignAccepted:
+        concurrency = spec.concurrency or intent_concurrency(search, await self.renderer.capacity())
+        cid = spec.campaign_id()
+        runner = CampaignRunner(spec, search, self.renderer, self.rewriter_llm, self._store(cid), models=self.models,
+                                concurrency=concurrency, critic_llm=self.critic_llm)
+        # Admission: the checks and the registration happen with no await in between.
+        running = self._running()
+        if cid in running:
+            raise HTTPException(409, f"campaign {cid!r} is already running")
+        if len(running) >= self.limits.max_running_campaigns:
+            raise HTTPException(429, f"{len(running)} campaigns are running; the limit is "
+                                     f"{self.limits.max_running_campaigns}. Retry later.",
+                                headers={"Retry-After": str(self.limits.retry_after_s)})
+        previous = self.runs.get(cid)
+        self.runs[cid] = (runner, None)
+
+        def undo() -> None:
+            if previous is None:
+                del self.runs[cid]
+            else:
+                self.runs[cid] = previous
+
+        try:
+            resumed = await asyncio.to_thread(runner.prepare_store)
+            await asyncio.to_thread(self.registry.add, cid, spec.model_dump_json().encode())
+        except (CampaignConflict, StoreFormatError) as exc:
+            undo()
+            raise HTTPException(409, str(exc)) from exc
+        except BaseException:
+            undo()
+            raise
+        task = asyncio.create_task(self._run(runner))
+        task.add_done_callback(_log_failure)
+        self.runs[cid] = (runner, task)
+        return CampaignAccepted(id=cid, state=runner.state, intents=len(spec.intents), resumed_intents=resumed,
+                                concurrency=concurrency, status_url=f"/v1/campaigns/{cid}",
+                                results_url=f"/v1/campaigns/{cid}/results")
+
+    async def _run(self, runner: CampaignRunner) -> None:
+        """Run a campaign; it leaves the durable registry when it ends or a user cancels it, and stays there when
+        the ingress stops (a replacement ingress resumes it)."""
+        try:
+            await runner.run()
+        except asyncio.CancelledError:
+            if runner.id in self.cancelled_by_user:
+                await asyncio.shield(asyncio.to_thread(self.registry.remove, runner.id))
+            raise
+        except BaseException:
+            await asyncio.to_thread(self.registry.remove, runner.id)
+            raise
+        await asyncio.to_thread(self.registry.remove, runner.id)
+
+    async def _resume_registered(self) -> None:
+        entries = await asyncio.to_thread(self.registry.entries)
+        for cid, data in sorted(entries.items()):
+            try:
+                spec = CampaignSpec.model_validate_json(data)
+                accepted = await self._admit(spec, spec.search_config(self.preset.defaults))
+                logger.info("resumed campaign %s (%d intents finished before)", cid, accepted.resumed_intents)
+            except Exception as exc:  # noqa: BLE001 - one unresumable campaign must not stop the others
+                logger.error("could not resume campaign %s: %s", cid, exc)
+                if not isinstance(exc, HTTPException) or exc.status_code != 429:
+                    await asyncio.to_thread(self.registry.remove, cid)
+
+    @api.get("/v1/campaigns", response_model=CampaignPage, dependencies=V1)
+    async def list_campaigns(
+        self,
+        limit: int = Query(50, ge=1, le=MAX_PAGE, description="At most this many campaigns."),
+        cursor: str | None = Query(None, max_length=MAX_NAME_CHARS,
+                                   description="The next_cursor of the previous page; unset: the first page."),
+    ) -> CampaignPage:
+        """The campaigns in the store, in id order: id, state, progress and created time. Page with ``limit`` and
+        the previous page's ``next_cursor`` (null on the last page)."""
+
+        def page() -> CampaignPage:
+            fs, base = fsspec.core.url_to_fs(self.config.store_root)
+            try:
+                names = sorted(posixpath.basename(p.rstrip("/")) for p in fs.ls(base, detail=False))
+            except FileNotFoundError:
+                names = []
+            listed: list[CampaignListing] = []
+            for name in names:
+                if not is_safe_name(name) or (cursor is not None and name <= cursor):
+                    continue
+                item = self._listing(name)
+                if item is None:
+                    continue  # a folder that holds no campaign
+                if len(listed) == limit:
+                    return CampaignPage(campaigns=listed, next_cursor=listed[-1].id)
+                listed.append(item)
+            return CampaignPage(campaigns=listed)
+
+        return await asyncio.to_thread(page)
+
+    def _listing(self, campaign_id: str) -> CampaignListing | None:
+        """One line of the list (blocking: store reads). Running here: the runner's live status; else the compiled
+        status; else a run that ended without compiling: counted from its committed parts."""
+        store = campaign_store(self.config.store_root, campaign_id)
+        try:
+            manifest = store.read_manifest()
+        except (StoreFormatError, ValueError):
+            return None
+        if manifest is None:
+            return None
+        if campaign_id in self._running():
+            st = self.runs[campaign_id][0].status
+            state, finished = st.state, st.intents_finished
+        elif (st := store.read_status()) is not None:
+            state, finished = st.state, st.intents_finished
+        else:
+            finished = len(store.done_intents())
+            state = (CampaignState.done if finished >= manifest.intents else
+                     CampaignState.running if self.registry.contains(campaign_id) else CampaignState.cancelled)
+        return CampaignListing(id=campaign_id, state=state, intents_total=manifest.intents,
+                               intents_finished=finished, created_at=manifest.created_at)
+
+    @api.get("/v1/campaigns/{campaign_id}", response_model=CampaignStatus, dependencies=V1)
+    async def status(self, campaign_id: str) -> CampaignStatus:
+        """Progress and statistics (constant size): intents done/failed/rejected/total, images and costs per arm,
+        mean improvement over the baseline with its 95% interval. Per-intent scores: GET .../results."""
+        if campaign_id in self.runs:
+            return self.runs[campaign_id][0].status
+        store = self._store(campaign_id)
+        compiled = await asyncio.to_thread(store.read_status)
+        if compiled is not None:
+            return compiled
+        manifest = await asyncio.to_thread(store.read_manifest)
+        if manifest is None:
+            raise HTTPException(404, f"no campaign {campaign_id!r}")
+
+        def fold() -> CampaignStatus:  # a run that ended without compiling (its process died): fold the parts
+            tally = CampaignTally.of((p.outcome for p in store.iter_parts(manifest.intent_ids)), manifest.intents)
+            finished = tally.summary().intents_finished == manifest.intents
+            # registered but not run here yet: this ingress is about to resume it
+            unfinished = CampaignState.running if self.registry.contains(campaign_id) else CampaignState.cancelled
+            return tally.status(campaign_id, CampaignState.done if finished else unfinished, manifest.created_at)
+
+        return await asyncio.to_thread(fold)
+
+    @api.get("/v1/campaigns/{campaign_id}/results", dependencies=V1)
+    async def results(
+        self,
+        campaign_id: str,
+        offset: int = Query(0, ge=0, description="Skip this many finished intents (campaign order)."),
+        limit: int | None = Query(None, ge=1, le=100_000, description="At most this many lines; all when unset."),
+    ) -> StreamingResponse:
+        """One IntentOutcome per line, in campaign order (partial while the campaign runs). With ``limit``, a
+        ``Link: <...>; rel="next"`` header points at the next page while more may follow."""
+        store = self._store(campaign_id)
+        manifest = await asyncio.to_thread(store.read_manifest)
+        if manifest is None:
+            raise HTTPException(404, f"no campaign {campaign_id!r}")
+
+        def lines():
+            for outcome in store.iter_outcomes(manifest.intent_ids, offset, limit):
+                yield outcome.model_dump_json() + "\n"
+
+        headers = {}
+        if limit is not None and offset + limit < manifest.intents:
+            headers["Link"] = f'</v1/campaigns/{campaign_id}/results?offset={offset + limit}&limit={limit}>; rel="next"'
+        return StreamingResponse(lines(), media_type="application/x-ndjson", headers=headers)
+
+    @api.get("/v1/campaigns/{campaign_id}/images/{name}", dependencies=V1)
+    async def image(self, campaign_id: str, name: str) -> Response:
+        store = self._store(campaign_id)
+        try:
+            png = await asyncio.to_thread(store.read_image, name)
+        except FileNotFoundError as exc:
+            raise HTTPException(404, f"no image {name[:120]!r} in campaign {campaign_id!r}") from exc
+        return Response(png, media_type="image/png")
+
+    @api.delete("/v1/campaigns/{campaign_id}", response_model=CampaignStatus, dependencies=V1)
+    async def cancel(self, campaign_id: str) -> CampaignStatus:
+        """Cancel a running campaign. Finished intents stay; resubmitting resumes it."""
+        if campaign_id not in self.runs:
+            raise HTTPException(404, f"no running campaign {campaign_id[:120]!r}")
+        runner, task = self.runs[campaign_id]
+        if task is None:
+            raise HTTPException(409, f"campaign {campaign_id!r} is still starting; retry in a moment")
+        if not task.done():
+            self.cancelled_by_user.add(campaign_id)
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        return runner.status
+
+    @api.get("/healthz", response_model=Health)
+    async def healthz(self) -> Health:
+        """Liveness, the models served and the app's code version (unchanged by in-place config updates)."""
+        return Health(preset=self.preset.name, models=self.models, code_version=serve.get_replica_context().code_version)
