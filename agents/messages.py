@@ -264,7 +264,7 @@ class Critique(Message):
 class CandidateStatus(str, enum.Enum):
     scored = "scored"
     failed = "failed"  # model-caused failure (recorded, search continues)
-    blocked = "blocked"  # the output filter or moderation refused it
+    withheld = "withheld"  # the output check withheld its image (no image, no score, never in the beam)
 
 
 class Candidate(Message):

@@ -63,7 +63,11 @@ MAX_PROMPT_CHARS = 1000  # RenderRequest's limit (agents.messages.MAX_PROMPT_CHA
 
 class IntentRejected(ValueError):
     """The intent was refused before any work was done (moderation, or settings that would silently ignore part of
-    it); the message says why."""
+    it); the message says why, ``by_moderation`` whether the input moderation refused it."""
+
+    def __init__(self, message: str, *, by_moderation: bool = False):
+        super().__init__(message)
+        self.by_moderation = by_moderation
 
 
 def stable_seed(*parts: object) -> int:
@@ -388,7 +392,7 @@ class BeamSearchPlanner:
             arm.counts.render_seconds += c.timings["render_share_s"]
         withheld = [(c, res) for c, res in zip(candidates, results) if res.withheld_reason is not None]
         for c, res in withheld:  # the output check kept its pixels: no image, no score, never in the beam
-            c.status = CandidateStatus.blocked
+            c.status = CandidateStatus.withheld
             c.error = f"output check: {res.withheld_reason}"
             arm.counts.images_withheld += 1
         kept = [(c, res) for c, res in zip(candidates, results) if res.withheld_reason is None]
@@ -513,7 +517,7 @@ class BeamSearchPlanner:
             self.moderator.check(intent.negative_prompt) if intent.negative_prompt else None
         )
         if reason:
-            raise IntentRejected(f"intent {intent.id!r} was refused by moderation: {reason}")
+            raise IntentRejected(f"intent {intent.id!r} was refused by moderation: {reason}", by_moderation=True)
         if reason := check_intent(intent, self.config):
             raise IntentRejected(reason)
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from agents.config import SearchConfig
 from agents.critic import Critic
-from agents.messages import Intent, RendererInfo, RenderRequest, RenderResult, SearchCheckpoint
+from agents.messages import CandidateStatus, Intent, RendererInfo, RenderRequest, RenderResult, SearchCheckpoint
 from agents.planner import BeamSearchPlanner, IntentRejected
 from agents.ports import LanguageModel, Renderer
 from agents.rewriter import Rewriter
@@ -143,6 +143,7 @@ class CampaignRunner:
         self.started_at = time.time()
         self.finished_at: float | None = None
         self._prepared = False
+        self._resuming = False
 
     @property
     def status(self) -> CampaignStatus:
@@ -169,6 +170,7 @@ class CampaignRunner:
                 f"campaign {self.id!r} already exists in the store with a different setup ({stored.difference(manifest)});"
                 " choose another name or output location"
             )
+        self._resuming = stored is not None  # an earlier run of this campaign wrote the store: this run continues it
         self.store.create()
         self.store.clear_status()
         self.store.write_manifest(manifest)
@@ -189,6 +191,8 @@ class CampaignRunner:
             raise
         todo = [i for i in self.spec.intents if i.id not in done]
         metrics.inc(metrics.INTENTS_SUBMITTED, len(todo), campaign=self.id)
+        if self._resuming:
+            metrics.inc(metrics.CAMPAIGN_RESUMES, campaign=self.id)
         pending = iter(todo)
         heartbeat = asyncio.create_task(self._heartbeat())
         try:
@@ -240,6 +244,8 @@ class CampaignRunner:
             part = IntentPart(outcome=outcome, lineage=lineage_of(search, baseline))
         except IntentRejected as exc:
             part = IntentPart(outcome=IntentOutcome.rejected(intent, str(exc)))
+            if exc.by_moderation:
+                metrics.inc(metrics.MODERATION_BLOCKED, campaign=self.id)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # infrastructure: not committed, so a resume retries this intent
@@ -275,13 +281,10 @@ class CampaignRunner:
         for arm in outcome.arms:
             if arm.counts.images:
                 metrics.inc(metrics.IMAGES_RENDERED, arm.counts.images, campaign=cid, mode=arm.mode)
-        for status in ("scored", "failed"):
-            n = sum(1 for c in lineage if c.mode == "beam" and c.status.value == status)
-            if n:
-                metrics.inc(metrics.CANDIDATES, n, campaign=cid, status=status)
-        if outcome.blocked:
-            metrics.inc(metrics.CANDIDATES, outcome.blocked, campaign=cid, status="blocked")
-            metrics.inc(metrics.MODERATION_BLOCKED, outcome.blocked, campaign=cid)
+        for status in CandidateStatus:
+            n = sum(1 for c in lineage if c.mode == "beam" and c.status == status)
+            metrics.inc(metrics.CANDIDATES, n, campaign=cid, status=status.value)
+        metrics.inc(metrics.REWRITES_BLOCKED, outcome.rewrites_blocked, campaign=cid)
         metrics.inc(metrics.ROUNDS, outcome.search.rounds, campaign=cid)
         for r, score in enumerate(outcome.search.best_score_per_round):
             if score is not None:

@@ -315,7 +315,10 @@ class IntentOutcome(Record):
         default_factory=dict, description="The same difference on each held-out scorer (never optimised)."
     )
     checks: list[str] = Field(default_factory=list, description="The yes/no questions both arms were scored on.")
-    blocked: int = Field(default=0, description="Rewrites refused by the output filter or moderation.")
+    rewrites_blocked: int = Field(
+        default=0, description="Rewrites the output filter dropped before rendering (moderation or injection markers); "
+        "not images: an image the output check withheld is a candidate with status 'withheld'.",
+    )
     resumed_from_round: int | None = Field(
         default=None, description="Set when this intent continued from a checkpoint: the rounds finished before.",
     )
@@ -331,7 +334,7 @@ class IntentOutcome(Record):
         return cls(
             intent_id=search.intent.id, intent=search.intent.text, status="done", search=arm, baseline=base,
             improvement=improvement, held_out_improvement=held_out, checks=[c.question for c in search.checks],
-            blocked=sum(1 for p in search.proposals for _, reason in p.dropped if reason.startswith("blocked")),
+            rewrites_blocked=sum(1 for p in search.proposals for _, reason in p.dropped if reason.startswith("blocked")),
         )
 
     @classmethod

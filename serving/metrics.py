@@ -39,7 +39,7 @@ INTENTS_FINISHED = MetricSpec(
     ("campaign", "status"),
 )
 CANDIDATES = MetricSpec(
-    "promptbeam_candidates", "counter", "Search candidates, by status (scored, failed, blocked)", ("campaign", "status")
+    "promptbeam_candidates", "counter", "Search candidates, by status (scored, failed, withheld)", ("campaign", "status")
 )
 IMAGES_RENDERED = MetricSpec(
     "promptbeam_images_rendered", "counter", "Images rendered, by mode (beam, best_of_n)", ("campaign", "mode")
@@ -182,7 +182,7 @@ OUTPUT_GUARD_SECONDS = MetricSpec(
     SECONDS_BUCKETS,
 )
 MODERATION_BLOCKED = MetricSpec(
-    "promptbeam_moderation_blocked", "counter", "Prompts the input moderation refused, by campaign", ("campaign",)
+    "promptbeam_moderation_blocked", "counter", "Intents the input moderation refused, by campaign", ("campaign",)
 )
 
 # -- appended: images as their render calls return (issue 15) -------------------------------------------------------
@@ -195,3 +195,19 @@ IMAGES_FINISHED = MetricSpec(
 
 ALL += [RENDERER_BUSY_SECONDS, IMAGES_FINISHED, RETRIES, IMAGES_WITHHELD, IMAGES_STAMPED, NSFW_SCORE,
         OUTPUT_GUARD_SECONDS, MODERATION_BLOCKED]
+
+# -- appended: recovery and distinct refusals (issues 20, 21) --------------------------------------------------------
+# Recovery on the dashboard: retries are RETRIES (the one retry policy counts each one); replica restarts are Ray
+# Serve's own series, used as they are (not duplicated): the controller's ray_serve_replica_startup_latency_ms
+# histogram counts every replica start per deployment, so its _count rises on each restart (and scale-up).
+REWRITES_BLOCKED = MetricSpec(
+    "promptbeam_rewrites_blocked", "counter",
+    "Rewrites the output filter dropped before rendering (moderation or injection markers), by campaign",
+    ("campaign",),
+)
+CAMPAIGN_RESUMES = MetricSpec(
+    "promptbeam_campaign_resumes", "counter",
+    "Campaign runs that continued an earlier run of the same campaign (resubmitted, or resumed by a new ingress from "
+    "the durable registry); intents finished before are kept, not redone", ("campaign",),
+)
+ALL += [REWRITES_BLOCKED, CAMPAIGN_RESUMES]

@@ -19,7 +19,7 @@ from pipelines.records import ModelsRecord
 from serving.deployments import BATCHES_HELD, DiffusionBatchConfig
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = ["serve_config.yaml", "serve_config.gpu.yaml"]
+CONFIGS = sorted(p.name for p in (ROOT / "deploy").glob("serve_config*.yaml"))
 
 
 def load(name: str) -> dict:
@@ -39,8 +39,7 @@ def test_serve_config_validates_against_the_app_and_rays_schema(name):
     assert len(inspect.signature(build_app).parameters) == 1  # Serve refuses builders with more parameters
     args = AppConfig.model_validate(app["args"])  # unknown or out-of-range keys fail here
     preset = args.resolve()
-    deps = deployments(app)
-    assert set(deps) == {"diffusion", "llm", "ingress"}
+    deps = deployments(app)  # which deployments the app builds, and their GPUs: tests/test_serve_configs.py
     batching = DiffusionBatchConfig.model_validate(deps["diffusion"]["user_config"])
     IngressConfig.model_validate(deps["ingress"]["user_config"])
     assert batching.max_batch_size <= preset.diffusion.max_batch_size  # the replica's reconfigure would refuse it
@@ -49,8 +48,6 @@ def test_serve_config_validates_against_the_app_and_rays_schema(name):
     held = -(-deps["diffusion"]["max_ongoing_requests"] // batching.max_batch_size)
     assert deps["diffusion"]["graceful_shutdown_timeout_s"] >= held * preset.batch_seconds
     assert held == BATCHES_HELD
-    gpus = 1 if preset.on_gpu else 0
-    assert deps["diffusion"]["ray_actor_options"]["num_gpus"] == deps["llm"]["ray_actor_options"]["num_gpus"] == gpus
 
 
 def test_app_args_refuse_serve_options():
@@ -109,12 +106,16 @@ def test_rayservice_embeds_the_gpu_serve_config():
     groups = {g["groupName"]: g for g in cluster["workerGroupSpecs"]}
     assert set(groups) == {"diffusion-gpu", "llm-gpu"}
     # each model deployment is pinned to its worker group by a custom resource only that group advertises
+    # (the LLM, on Ray Serve LLM, asks through its placement group's bundles: each carries the group's resource)
     for group, name in (("diffusion-gpu", "diffusion"), ("llm-gpu", "llm")):
-        g, actor = groups[group], deps[name]["ray_actor_options"]
+        g = groups[group]
+        asks = deps[name].get("placement_group_bundles") or [{"GPU": deps[name]["ray_actor_options"]["num_gpus"],
+                                                              **deps[name]["ray_actor_options"]["resources"]}]
         advertised = json.loads(json.loads(g["rayStartParams"]["resources"]))
-        assert set(actor["resources"]) == set(advertised)
         limits = g["template"]["spec"]["containers"][0]["resources"]["limits"]
-        assert limits["nvidia.com/gpu"] >= actor["num_gpus"] == 1
+        for ask in asks:
+            assert set(ask) - {"CPU", "GPU"} == set(advertised)
+            assert limits["nvidia.com/gpu"] >= ask["GPU"] == 1
         assert g["minReplicas"] <= g["maxReplicas"] and g["maxReplicas"] >= deps[name]["autoscaling_config"]["max_replicas"]
     assert "nvidia.com/gpu" not in str(cluster["headGroupSpec"])
 

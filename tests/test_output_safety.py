@@ -1,6 +1,6 @@
 """Output safety wired end to end: the real tiny diffusion engine runs the NSFW classifier (open_nsfw on onnxruntime)
 and stamps provenance in its encoder threads; with an operator threshold set from a measured score, the image that
-scored it is withheld, its candidate is blocked and kept out of the beam, and the campaign status counts it."""
+scored it is withheld, its candidate is withheld and kept out of the beam, and the campaign status counts it."""
 
 from __future__ import annotations
 
@@ -77,7 +77,7 @@ def test_an_operator_threshold_withholds_the_image_that_reaches_it(tiny_profile,
     assert second.status.images_withheld == len(flagged) == second.status.search_costs.images_withheld
     for cid in flagged:
         candidate = lineage[cid]
-        assert candidate.status == CandidateStatus.blocked and "NSFW score" in candidate.error
+        assert candidate.status == CandidateStatus.withheld and "NSFW score" in candidate.error
         assert candidate.image is None and candidate.score is None
         assert not (tmp_path / "withhold" / "images" / CampaignStore.image_name(cid)).exists()
     (outcome,) = store.iter_outcomes(["a"])

@@ -463,6 +463,13 @@ def test_baseline_sampling_is_deterministic_and_close_to_its_fraction():
             baseline_fraction(bad)
 
 
+def test_call_counts_add_field_by_field():
+    a = CallCounts(llm_calls=1, images=2, render_seconds=0.5)
+    b = CallCounts(llm_calls=3, prompt_tokens=7, critique_seconds=1.0)
+    assert add_counts(a, b).model_dump() == {**CallCounts().model_dump(), "llm_calls": 4, "images": 2, "prompt_tokens": 7,
+                                    "render_seconds": 0.5, "critique_seconds": 1.0}
+
+
 def test_structured_checks_skip_the_decomposition_call():
     intent = Intent.model_validate(
         {"id": "geneval-1", "text": "two red apples left of a dog",

@@ -82,7 +82,7 @@ def test_campaign_through_ray_serve_llm_on_cpu(tmp_path):
     # guided JSON: the reply parses and follows the schema (a parse error is a failure, not an acceptable outcome)
     assert first.parse_error is None and first.parsed is not None, first
     assert set(first.parsed) == {"colour"} and isinstance(first.parsed["colour"], str), first.parsed
-    assert len(first.parsed["colour"]) <= 8 and json.loads(first.text) == first.parsed, first.text
+    assert len(first.parsed["colour"]) <= 8 and json.loads(first.text, strict=False) == first.parsed, first.text
     assert too_long.error and "HTTP 4" in too_long.error  # refused for its content: recorded, not raised
     assert found["submit_status"] == 202, found["submit_reply"]
     status = CampaignStatus.model_validate(found["campaign_status"])

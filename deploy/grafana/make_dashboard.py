@@ -129,25 +129,32 @@ PANELS: list[tuple[str, str, list[tuple[str, str]], str]] = [
         (f"histogram_quantile(0.5, sum by (le) (rate(ray_vllm_time_to_first_token_seconds_bucket[{RI}])))", "p50"),
         (f"histogram_quantile(0.99, sum by (le) (rate(ray_vllm_time_to_first_token_seconds_bucket[{RI}])))", "p99"),
     ], ""),
-    # Event counters below exist only after their first event (a withheld image, a retry): `or on() vector(0)` draws 0
-    # until then instead of "No data". Output safety runs where the preset enables it (gpu, sdxl, flux-schnell).
+    # Event counters below exist only after their first event (a withheld image, a retry). The queries are the raw
+    # series (tests/test_metrics.py runs each against Prometheus, so a metric nobody records any more fails there);
+    # the panels draw 0 where a query has no data yet (EVENT_PANELS: Grafana's noValue), not "No data".
+    # Output safety runs where the preset enables it (gpu, sdxl, flux-schnell).
     ("Output safety: images stamped / withheld per second", "short", [
-        (f"sum(rate({e(m.IMAGES_STAMPED)}[{RI}])) or on() vector(0)", "stamped"),
-        (f"sum(rate({e(m.IMAGES_WITHHELD)}[{RI}])) or on() vector(0)", "withheld"),
-        (f"sum by (campaign) (rate({e(m.MODERATION_BLOCKED)}{C}[{RI}])) or on() vector(0)",
-         "prompts refused by moderation {{campaign}}"),
-    ], "Images checked by the NSFW classifier and stamped with provenance, images withheld (kept out of results and "
-       "the beam), and prompts the input moderation refused."),
+        (f"sum(rate({e(m.IMAGES_STAMPED)}[{RI}]))", "stamped"),
+        (f"sum(rate({e(m.IMAGES_WITHHELD)}[{RI}]))", "images withheld"),
+        (f"sum by (campaign) (rate({e(m.REWRITES_BLOCKED)}{C}[{RI}]))", "rewrites blocked {{campaign}}"),
+        (f"sum by (campaign) (rate({e(m.MODERATION_BLOCKED)}{C}[{RI}]))", "intents refused by moderation {{campaign}}"),
+    ], "Images checked by the NSFW classifier and stamped with provenance; images the output check withheld (kept out "
+       "of results and the beam); rewrites the output filter dropped before rendering; intents the input moderation "
+       "refused."),
     ("Output check: NSFW score p90 and seconds per image", "short", [
-        (f"histogram_quantile(0.9, sum by (le) (rate({e(m.NSFW_SCORE, '_bucket')}[{RI}]))) or on() vector(0)",
-         "NSFW score p90"),
-        (f"histogram_quantile(0.5, sum by (le) (rate({e(m.OUTPUT_GUARD_SECONDS, '_bucket')}[{RI}]))) or on() vector(0)",
+        (f"histogram_quantile(0.9, sum by (le) (rate({e(m.NSFW_SCORE, '_bucket')}[{RI}])))", "NSFW score p90"),
+        (f"histogram_quantile(0.5, sum by (le) (rate({e(m.OUTPUT_GUARD_SECONDS, '_bucket')}[{RI}])))",
          "check + stamp seconds p50"),
     ], "Runs in the diffusion replica's encoder threads, off the accelerator's path."),
-    ("Retries after infrastructure errors", "short", [
-        (f"sum by (kind, error) (rate({e(m.RETRIES)}[{RI}])) or on() vector(0)", "{{kind}} {{error}}"),
-    ], "Render and chat calls retried with backoff (replica died, back-pressure, timeout); an intent fails only after "
-       "its retries."),
+    ("Recovery: retries, replica starts, campaign resumes", "short", [
+        (f"sum by (kind, error) (increase({e(m.RETRIES)}[{RI}]))", "retries {{kind}} {{error}}"),
+        (f"sum by (deployment) (increase(ray_serve_replica_startup_latency_ms_count[{RI}]))",
+         "replica starts {{deployment}}"),
+        (f"sum by (campaign) (increase({e(m.CAMPAIGN_RESUMES)}{C}[{RI}]))", "resumes {{campaign}}"),
+    ], "Render and chat calls retried with backoff (replica died, back-pressure, timeout; an intent fails only after "
+       "its retries); replicas started per deployment after the first scrape (restarts after a crash, and scale-ups; "
+       "Ray Serve's controller counts them); campaign runs that continued an earlier run (resubmitted, or resumed by "
+       "a new ingress)."),
     # On CPU-only nodes Ray exports no GPU series: the `or on() vector(0)` fallback draws 0 instead of "No data"
     # (tests/test_metrics.py checks that the raw series is absent there and the fallback answers).
     ("GPU utilisation per instance and GPU", "percent", [
@@ -160,9 +167,14 @@ PANELS: list[tuple[str, str, list[tuple[str, str]], str]] = [
 ]
 
 
+EVENT_PANELS = ("Output safety", "Output check", "Recovery")
+"""Panels of event counters: Grafana draws 0 where their queries have no data yet (fieldConfig noValue)."""
+
+
 def dashboard() -> dict:
     panels = []
     for i, (title, unit, targets, description) in enumerate(PANELS):
+        defaults = {"unit": unit, **({"noValue": "0"} if title.startswith(EVENT_PANELS) else {})}
         panels.append({
             "id": i + 1,
             "type": "timeseries",
@@ -170,7 +182,7 @@ def dashboard() -> dict:
             "description": description,
             "datasource": {"type": "prometheus", "uid": "${datasource}"},
             "gridPos": {"h": 8, "w": 12, "x": (i % 2) * 12, "y": (i // 2) * 8},
-            "fieldConfig": {"defaults": {"unit": unit}, "overrides": []},
+            "fieldConfig": {"defaults": defaults, "overrides": []},
             "options": {"legend": {"displayMode": "list", "placement": "bottom"}, "tooltip": {"mode": "multi"}},
             "targets": [
                 {"refId": chr(ord("A") + j), "expr": expr, "legendFormat": legend,
