@@ -397,14 +397,6 @@ def _start_local_serve(app_config, deployments: dict, port: int, host: str = "12
     serve.run(compose_app(app_config, deployments), name="promptbeam")
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @app.command()
 def run(
     campaign: Path = typer.Argument(..., help=CAMPAIGN_FILE_HELP),
