@@ -11,6 +11,42 @@ class _Config(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class MemoryConfig(_Config):
+    """Campaign memory (``agents.memory``): edits that raised one intent's score, offered to the campaign's next
+    intents as hints to the rewriter and as directly edited prompts in the beam."""
+
+    enabled: bool = Field(default=False, description="Learn lessons from this campaign's rewrites and use them.")
+    lessons_in_context: int = Field(
+        default=5, ge=0, le=20, description="Applicable lessons shown to the rewriter (inside <user_data>)."
+    )
+    apply_lessons: int = Field(
+        default=1, ge=0, le=8,
+        description="Prompts per branch and round made by applying lessons directly (no model call); they compete "
+        "in the beam and count against the budget like any prompt. 0: hints only.",
+    )
+    min_wins: int = Field(default=1, ge=1, le=100, description="Wins (and more wins than losses) before a lesson is used.")
+    min_win_rate: float = Field(
+        default=0.5, ge=0.0, le=1.0,
+        description="... and at least this share of its tries won: a lesson whose tries stop winning (ties count) "
+        "loses its support.",
+    )
+    min_gain: float = Field(
+        default=0.02, ge=0.0, le=1.0,
+        description="A try wins when the child's branch score beats its parent's by more than this and (when the "
+        "critic asks checks) the child passes some check more often; it loses when it scores this much lower.",
+    )
+    unhelpful_in_context: int = Field(
+        default=100, ge=0, le=1000, description="Unhelpful edits handed to the rewriter (a searching rewriter skips them)."
+    )
+    start_from: str | None = Field(
+        default=None, max_length=128, pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$",
+        description="Start with the lessons of this earlier campaign in the same store (its evidence included). "
+        "Default: none; campaigns never share lessons unless asked.",
+    )
+    max_phrase_words: int = Field(default=3, ge=1, le=8, description="Longest phrase on either side of a lesson.")
+    max_edits: int = Field(default=3, ge=1, le=8, description="A rewrite with more separate edits teaches nothing.")
+
+
 class SearchConfig(_Config):
     """How hard to search for one intent.
 
@@ -57,6 +93,7 @@ class SearchConfig(_Config):
     guidance_scale: float = Field(default=0.0, ge=0.0, le=30.0, description="CFG scale; <= 1 disables CFG.")
     width: int = Field(default=64, ge=8, le=4096, multiple_of=8, description="Image width in pixels.")
     height: int = Field(default=64, ge=8, le=4096, multiple_of=8, description="Image height in pixels.")
+    memory: MemoryConfig = Field(default_factory=MemoryConfig, description="Campaign memory (off by default).")
 
     @model_validator(mode="after")
     def _consistent(self) -> SearchConfig:

@@ -235,6 +235,9 @@ class Proposal(Message):
     error: str | None = None
     round: int = Field(default=0, ge=0)
     retry: bool = False
+    source: Literal["rewriter", "lessons"] = Field(
+        default="rewriter", description="Who proposed: the rewriter, or campaign memory applying its lessons."
+    )
 
 
 class Check(Message):
@@ -276,8 +279,9 @@ class Candidate(Message):
     round: int = Field(ge=0)
     prompt: str
     seed: int
-    source: Literal["original", "rewrite", "reseed", "baseline"] = Field(
-        description="original: the intent's text; rewrite: a rewriter proposal; reseed: a beam prompt on new seeds "
+    source: Literal["original", "rewrite", "lesson", "reseed", "baseline"] = Field(
+        description="original: the intent's text; rewrite: a rewriter proposal; lesson: campaign memory's edit of the "
+        "parent by lessons learned on other intents; reseed: a beam prompt on new seeds "
         "(a round whose rewrites were all unusable); baseline: best-of-N on the original."
     )
     image: str | None = Field(default=None, description="Image reference: a store path/URI or a content hash.")
@@ -363,6 +367,17 @@ class PromptScore(Message):
     seeds: int = Field(ge=1)
 
 
+class LessonHint(Message):
+    """A campaign-memory edit as a rewriter sees it (``agents.memory``): replace the phrase ``replace`` (which
+    occurs in the prompt being improved) by ``by``; in this campaign it was tried ``tries`` times and raised the score
+    (fixing a check) ``wins`` times."""
+
+    replace: str = Field(max_length=200)
+    by: str = Field(max_length=200)
+    wins: int = Field(ge=0)
+    tries: int = Field(ge=0)
+
+
 class RewriteContext(Message):
     """Everything a rewriter may use to propose ``k`` prompts: built by the planner, read by any rewriter.
 
@@ -388,6 +403,14 @@ class RewriteContext(Message):
     )
     max_prompt_tokens: int | None = Field(
         default=None, description="Tokens the renderer's text encoder reads; longer proposals are dropped."
+    )
+    lessons: list[LessonHint] = Field(
+        default_factory=list, description="Campaign memory: edits that raised other intents' scores and apply to the "
+        "current prompt, best supported first (empty without memory)."
+    )
+    unhelpful_edits: list[LessonHint] = Field(
+        default_factory=list, description="Campaign memory: edits of the current prompt this campaign tried that "
+        "never raised a score, fewest tries first (empty without memory). A searching rewriter tries others first."
     )
 
     @property

@@ -8,11 +8,14 @@ A run, as :meth:`BeamSearchPlanner.run_with_baseline` does it (the campaign runn
    a. propose: round 0 is the intent plus K rewrites of it; later rounds ask for K children of each beam branch, the
       rewriter seeing a :class:`RewriteContext` (the branch's ancestry, its failed checks, the best and the tried
       prompts). Every proposal is checked (renderer tokens, duplicates, output filter). If no rewrite of a round is
-      usable, the round retries once hotter, and then renders the beam's prompts on new seeds instead of stopping;
+      usable, the round retries once hotter, and then renders the beam's prompts on new seeds instead of stopping.
+      With campaign memory (``agents.memory``), each branch also gets prompts made by the campaign's supported
+      lessons (no model call), placed first, and the rewriter sees the lessons that apply;
    b. plan candidates: each prompt on S seeds (paired mode: the round's shared seeds plus the parent's best seeds),
       whole prompts within the budget; the baseline arm gets as many images of the original prompt;
    c. render and critique both arms concurrently (one render call each, batched together by the serving side);
-   d. select the B best branches among the old beam and this round's prompts by the branch score;
+   d. with memory, hand every new prompt and its parent's scores to the campaign's memory (it learns the edit);
+      select the B best branches among the old beam and this round's prompts by the branch score;
    e. stop rules: score threshold, plateau, budget, rounds;
    f. hand a :class:`SearchCheckpoint` to ``on_round``: a run resumed from it continues with the next round;
 4. return one :class:`SearchResult` per arm.
@@ -47,6 +50,7 @@ from agents.messages import (
     SearchCheckpoint,
     SearchResult,
 )
+from agents.memory import CampaignMemory
 from agents.ports import CriticError, ImageCritic, PromptRewriter, Renderer
 from agents.rewriter import clean_prompt
 from agents.safety import KeywordModerator, Moderator, OutputFilter, normalize
@@ -128,6 +132,7 @@ class BeamSearchPlanner:
         *,
         image_sink: ImageSink,
         output_filter: OutputFilter | None = None,
+        memory: CampaignMemory | None = None,
     ):
         self.renderer = renderer
         self.rewriter = rewriter
@@ -136,6 +141,7 @@ class BeamSearchPlanner:
         self.moderator = moderator or KeywordModerator()
         self.image_sink = image_sink
         self.output_filter = output_filter or OutputFilter(self.moderator)
+        self.memory = memory  # the campaign's lessons, shared by its intents (agents.memory); None: no memory
 
     # ------------------------------------------------------------------------------------------------------------
     # Entry points
@@ -217,8 +223,10 @@ class BeamSearchPlanner:
             *([self._render_and_critique(state, state.baseline, baseline)] if baseline else []),
         )
         state.rounds_done = r + 1
-        # d. Select the B best branches among the old beam and this round's prompts
         scores = self._branch_scores(state)
+        if self.memory is not None:  # campaign memory learns from every new prompt against its parent
+            self._learn(state, candidates, scores)
+        # d. Select the B best branches among the old beam and this round's prompts
         pool = list(dict.fromkeys(state.beam + [c.prompt for c in candidates]))
         ranked = sorted((p for p in pool if p in scores), key=lambda p: -scores[p])  # stable: older first on ties
         state.beam = ranked[: cfg.beam_width]
@@ -242,16 +250,45 @@ class BeamSearchPlanner:
 
     async def _propose_round(self, state: SearchCheckpoint, r: int, max_tokens: int | None) -> list[tuple]:
         """(parent candidate id, prompt, source) for the round, in beam order."""
+        parents: list[str | None] = [None] if r == 0 else list(state.beam)
+        # campaign memory's edits first: cheap, backed by evidence from other intents, and the rewriter then sees them
+        # as tried (a rewrite equal to one is a duplicate)
+        lessons = await self._lesson_proposals(state, parents, r, max_tokens)
+        lesson_plan = [(prop.parent_id, p, "lesson") for prop in lessons for p in prop.prompts]
         if r == 0:
-            proposals = await self._propose(state, [None], 0, max_tokens, self.config.temperature, retry=False)
-            return [(None, state.intent.text, "original")] + [(None, p, "rewrite") for p in proposals[0].prompts]
-        parents = list(state.beam)
+            proposals = await self._propose(state, parents, 0, max_tokens, self.config.temperature, retry=False)
+            return ([(None, state.intent.text, "original")] + lesson_plan
+                    + [(None, p, "rewrite") for p in proposals[0].prompts])
         proposals = await self._propose(state, parents, r, max_tokens, self.config.temperature, retry=False)
-        if not any(p.prompts for p in proposals):  # nothing usable: one hotter retry
+        if not any(p.prompts for p in proposals) and not lesson_plan:  # nothing usable: one hotter retry
             proposals = await self._propose(state, parents, r, max_tokens, self.config.retry_temperature, retry=True)
-        if not any(p.prompts for p in proposals):  # still nothing: spend the round on new seeds for the beam
+        if not any(p.prompts for p in proposals) and not lesson_plan:  # still nothing: new seeds for the beam
             return [(self._branch(state, p)[0].parent_id, p, "reseed") for p in parents]
-        return [(prop.parent_id, p, "rewrite") for prop in proposals for p in prop.prompts]
+        return lesson_plan + [(prop.parent_id, p, "rewrite") for prop in proposals for p in prop.prompts]
+
+    async def _lesson_proposals(
+        self, state: SearchCheckpoint, parents: list[str | None], r: int, max_tokens: int | None
+    ) -> list[Proposal]:
+        """Campaign memory's prompts for each parent (its best applicable lessons applied; no model call), checked
+        like any rewrite. Empty without memory."""
+        if self.memory is None or not self.config.memory.apply_lessons:
+            return []
+        made = [self.memory.apply(state.intent.text if parent is None else parent) for parent in parents]
+        if not any(made):
+            return []
+        texts = [clean_prompt(p) for prompts in made for p in prompts]
+        tokens = iter(await self.renderer.count_tokens(texts) if max_tokens else [0] * len(texts))
+        seen = {normalize(state.intent.text)} | {normalize(c.prompt) for c in state.search.candidates}
+        out = []
+        for parent, prompts in zip(parents, made):
+            if not prompts:
+                continue
+            parent_id = self._best(state, parent).id if parent is not None else None
+            proposal = self._check_reply(RewriteReply(prompts=prompts), parent_id, seen, tokens, max_tokens)
+            proposal.round, proposal.source = r, "lessons"
+            state.search.proposals.append(proposal)
+            out.append(proposal)
+        return out
 
     async def _propose(
         self, state: SearchCheckpoint, parents: list[str | None], r: int, max_tokens: int | None, temperature: float,
@@ -274,7 +311,9 @@ class BeamSearchPlanner:
         # Count every reply's tokens in one renderer call (the renderer's own tokenizer decides what fits).
         texts = [clean_prompt(p) if isinstance(p, str) else "" for reply in replies for p in reply.prompts]
         tokens = iter(await self.renderer.count_tokens(texts) if texts and max_tokens else [0] * len(texts))
-        seen = {normalize(state.intent.text)} | {normalize(c.prompt) for c in state.search.candidates}
+        seen = ({normalize(state.intent.text)} | {normalize(c.prompt) for c in state.search.candidates}
+                | {normalize(p) for prop in state.search.proposals if prop.round == r and prop.source == "lessons"
+                   for p in prop.prompts})
         proposals = []
         for parent, reply in zip(parents, replies):
             parent_id = self._best(state, parent).id if parent is not None else None
@@ -336,7 +375,7 @@ class BeamSearchPlanner:
         by_id = {c.id: c for c in state.search.candidates}
         out = []
         for p_index, (parent_id, prompt, source) in enumerate(plan):
-            parent_prompt = by_id[parent_id].prompt if parent_id and source == "rewrite" else None
+            parent_prompt = by_id[parent_id].prompt if parent_id and source in ("rewrite", "lesson") else None
             seeds = self._seeds_for(state, parent_prompt, source, r)
             for s in range(self.config.seeds_per_prompt):
                 cid = f"{intent.id}/r{r}/p{p_index}/s{s}"
@@ -461,6 +500,7 @@ class BeamSearchPlanner:
     ) -> RewriteContext:
         """What the rewriter sees for extending ``parent`` (None in round 0); ``scores`` are the branch scores."""
         questions = {c.id: c.question for c in state.checks}
+        current = parent if parent is not None else state.intent.text
         ancestry: list[BranchStep] = []
         prompt = parent
         while prompt is not None:
@@ -490,6 +530,8 @@ class BeamSearchPlanner:
                           for p in sorted((p for p in rendered if p in scores), key=lambda p: -scores[p])],
             tried=list(tried.values()),
             max_prompt_tokens=max_tokens,
+            lessons=self.memory.hints(current) if self.memory else [],
+            unhelpful_edits=self.memory.unhelpful(current) if self.memory else [],
         )
 
     @staticmethod
@@ -507,6 +549,32 @@ class BeamSearchPlanner:
             check_pass_rate={questions.get(cid, cid): n / len(branch) for cid, n in passed.items()},
             feedback=list(dict.fromkeys(feedback)),
         )
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Campaign memory
+    # ------------------------------------------------------------------------------------------------------------
+
+    def _learn(self, state: SearchCheckpoint, candidates: list[Candidate], scores: dict[str, float]) -> None:
+        """Hand campaign memory each new prompt of the round with its parent's prompt (round 0: the intent's words),
+        their branch scores and the checks the new prompt passed more often than its parent."""
+        by_id = {c.id: c for c in state.search.candidates}
+        questions = {c.id: c.question for c in state.checks}
+        for cand in {c.prompt: c for c in candidates if c.source in ("rewrite", "lesson")}.values():
+            parent = by_id[cand.parent_id].prompt if cand.parent_id else state.intent.text
+            if cand.prompt not in scores or parent not in scores:
+                continue
+            before, after = self._pass_rates(state, parent), self._pass_rates(state, cand.prompt)
+            fixed = [questions.get(cid, cid) for cid, rate in after.items() if rate > before.get(cid, 0.0)]
+            self.memory.observe(state.intent.id, parent, cand.prompt, scores[parent], scores[cand.prompt],
+                                fixed if state.checks else None)
+
+    def _pass_rates(self, state: SearchCheckpoint, prompt: str) -> dict[str, float]:
+        branch = [c for c in self._branch(state, prompt) if c.critique is not None]
+        rates: dict[str, float] = {}
+        for c in branch:
+            for a in c.critique.answers:
+                rates[a.check_id] = rates.get(a.check_id, 0.0) + a.answer / len(branch)
+        return rates
 
     # ------------------------------------------------------------------------------------------------------------
     # Checks, checkpoints, results

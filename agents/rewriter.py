@@ -2,8 +2,9 @@
 
 What it knows: the intent's text, the critic's checks and feedback (unless ``RewriterConfig.use_feedback`` is off),
 the branch's earlier prompts with their scores, and — only when the operator sets ``RewriterConfig.model_vocabulary``
-— the image model's public vocabulary, one fixed list for every intent. Nothing else: no table from the intent's
-words to the model's, no spec.
+— the image model's public vocabulary, one fixed list for every intent, and — only with campaign memory on — the
+campaign's lessons that apply to the prompt (phrase substitutions that raised other intents' critic scores,
+``agents.memory``). Nothing else: no table from the intent's words to the model's, no spec.
 
 It is one implementation of :class:`agents.ports.PromptRewriter`; the planner checks what any rewriter returns
 (length in renderer tokens, duplicates, output filter), so this class only parses and applies its own character cap.
@@ -95,6 +96,10 @@ class Rewriter:
             d["branch_oldest_first"] = branch
             d["best_prompts_so_far"] = best
             d["already_tried"] = tried
+            if context.lessons:  # campaign memory: edits that raised other intents' scores (phrases only)
+                d["lessons_from_this_campaign"] = [
+                    {"replace": h.replace, "by": h.by, "helped": f"{h.wins} of {h.tries}"} for h in context.lessons
+                ]
             return d
 
         while approx_tokens(self._user_text(context, data())) > self.config.context_tokens:
@@ -129,6 +134,7 @@ class Rewriter:
             "rewriter", "system", k=context.k, max_chars=self.config.max_prompt_chars,
             max_prompt_tokens=limit, max_words=words_for_tokens(limit) if limit else None,
             vocabulary=", ".join(self.config.model_vocabulary), feedback=self.config.use_feedback,
+            lessons=bool(context.lessons),
         )
         return ChatRequest(
             request_id=request_id,
