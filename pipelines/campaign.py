@@ -11,16 +11,19 @@ import asyncio
 import importlib.metadata
 import logging
 import math
+import posixpath
 import time
 from collections.abc import Callable
 from typing import Any
 
 from agents.config import SearchConfig
 from agents.critic import Critic
+from agents.memory import CampaignMemory
 from agents.messages import CandidateStatus, Intent, RendererInfo, RenderRequest, RenderResult, SearchCheckpoint
 from agents.planner import BeamSearchPlanner, IntentRejected
 from agents.ports import LanguageModel, Renderer
 from agents.rewriter import Rewriter
+from agents.safety import KeywordModerator, OutputFilter
 from agents.stats import TIE_EPS
 from pipelines.records import (
     CampaignSpec,
@@ -34,7 +37,7 @@ from pipelines.records import (
     ModelsRecord,
     lineage_of,
 )
-from pipelines.store import CampaignStore
+from pipelines.store import CampaignStore, campaign_store
 from serving import metrics
 from serving.clients import RendererCapacity
 from serving.presets import import_object
@@ -144,6 +147,7 @@ class CampaignRunner:
         self.finished_at: float | None = None
         self._prepared = False
         self._resuming = False
+        self.memory: CampaignMemory | None = None  # loaded from the store when the run starts (memory on)
 
     @property
     def status(self) -> CampaignStatus:
@@ -183,6 +187,9 @@ class CampaignRunner:
                 await asyncio.to_thread(self.prepare_store)
             done = await asyncio.to_thread(self.store.done_intents)
             await asyncio.to_thread(self._fold_finished)
+            if self.search.memory.enabled:  # this campaign's lessons so far (a resumed run continues with them)
+                lessons = await asyncio.to_thread(self._initial_lessons)
+                self.memory = CampaignMemory(self.search.memory, OutputFilter(KeywordModerator()), lessons)
         except Exception as exc:  # before the first intent: the status says failed and why, never 'running'
             logger.exception("campaign %s could not start", self.id)
             self.tally.note(f"campaign could not start: {type(exc).__name__}: {exc}")
@@ -230,7 +237,8 @@ class CampaignRunner:
         async def on_round(checkpoint: SearchCheckpoint) -> None:
             await asyncio.to_thread(self.store.write_checkpoint, checkpoint)
 
-        planner = BeamSearchPlanner(self.renderer, self.rewriter, self.critic, self.search, image_sink=sink)
+        planner = BeamSearchPlanner(self.renderer, self.rewriter, self.critic, self.search, image_sink=sink,
+                                    memory=self.memory)
         try:
             # an intent interrupted earlier (crash, failed render after its retries) continues after its last round
             checkpoint = await asyncio.to_thread(self.store.read_checkpoint, intent.id)
@@ -255,10 +263,39 @@ class CampaignRunner:
             return
         await asyncio.to_thread(self.store.write_part, part)
         await asyncio.to_thread(self.store.clear_checkpoint, intent.id)
+        await self._save_memory()
         self.tally.fold(part.outcome)
         self._record_metrics(part.outcome, part.lineage)
         if self.on_intent_done:
             self.on_intent_done(part.outcome)
+
+    def _initial_lessons(self) -> list:
+        """This campaign's stored lessons; before it has any, those of ``memory.start_from`` (a campaign beside it in
+        the same store root) when asked. Raises ValueError when that campaign does not exist."""
+        lessons = self.store.read_lessons()
+        source = self.search.memory.start_from
+        if lessons or source is None:
+            return lessons
+        other = campaign_store(posixpath.dirname(self.store.uri.rstrip("/")), source)
+        if other.read_manifest() is None:
+            raise ValueError(f"search.memory.start_from names campaign {source!r}, which is not in this store")
+        return other.read_lessons()
+
+    async def _save_memory(self) -> None:
+        """Write the campaign's lessons beside its lineage (after each committed intent that changed them) and count
+        what memory did since the last save. Lessons learned by an intent that has not committed yet are saved with
+        the next commit; after a crash, rounds resumed from a checkpoint are not observed twice."""
+        memory = self.memory
+        if memory is None or not memory.changed:
+            return
+        learned, applied = memory.learned, memory.applied
+        memory.learned = memory.applied = 0
+        memory.changed = False
+        lessons = memory.lessons()
+        await asyncio.to_thread(self.store.write_lessons, lessons)
+        metrics.inc(metrics.LESSONS_LEARNED, learned, campaign=self.id)
+        metrics.inc(metrics.LESSONS_APPLIED, applied, campaign=self.id)
+        metrics.set_gauge(metrics.LESSONS_SUPPORTED, len(memory.supported()), campaign=self.id)
 
     def _publish_gauges(self) -> None:
         summary = self.tally.summary()

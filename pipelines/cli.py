@@ -4,6 +4,7 @@ API) and the in-process runner (``search``). It has no HTTP code of its own."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 from collections.abc import Iterator
@@ -98,10 +99,15 @@ ENDPOINT_KEY_ENV = typer.Option(None, "--endpoint-key-env", help="Name of the en
                                 "endpoints' API key (never the key itself). Default: no key.")
 
 
+MEMORY = typer.Option(False, "--memory/--no-memory", help="Campaign memory: edits that raised one intent's score "
+                      "are offered to the later intents (lessons: `promptbeam lessons NAME`, the report).")
+
+
 def _search_overrides(rounds: int, beam_width: int, candidates_per_beam: int, seeds_per_prompt: int,
-                      max_images: int, seed: int) -> dict[str, int]:
+                      max_images: int, seed: int, memory: bool = False) -> dict:
     return {"rounds": rounds, "beam_width": beam_width, "candidates_per_beam": candidates_per_beam,
-            "seeds_per_prompt": seeds_per_prompt, "max_images": max_images, "base_seed": seed}
+            "seeds_per_prompt": seeds_per_prompt, "max_images": max_images, "base_seed": seed,
+            **({"memory": {"enabled": True}} if memory else {})}
 
 
 def _endpoints(rewriter_url: str | None, rewriter_model: str | None, critic_url: str | None,
@@ -405,7 +411,7 @@ def run(
     preset: str = PRESET, diffusion_model: str = DIFFUSION_MODEL, llm_model: str = LLM_MODEL, config: Path = CONFIG,
     rounds: int = ROUNDS, beam_width: int = BEAM_WIDTH, candidates_per_beam: int = CANDIDATES,
     seeds_per_prompt: int = SEEDS, max_images: int = MAX_IMAGES, seed: int = SEED,
-    baseline: str = BASELINE, concurrency: int = CONCURRENCY, interval: float = INTERVAL,
+    baseline: str = BASELINE, concurrency: int = CONCURRENCY, interval: float = INTERVAL, memory: bool = MEMORY,
     port: int = typer.Option(0, help="HTTP port of the local Serve app (0: any free port)."),
     rewriter_endpoint: str = REWRITER_ENDPOINT, rewriter_model: str = REWRITER_MODEL,
     critic_endpoint: str = CRITIC_ENDPOINT, critic_model: str = CRITIC_MODEL, endpoint_key_env: str = ENDPOINT_KEY_ENV,
@@ -415,7 +421,7 @@ def run(
     endpoints = _endpoints(rewriter_endpoint, rewriter_model, critic_endpoint, critic_model, endpoint_key_env)
     app_config, deployments = _app_config(preset, diffusion_model, llm_model, config, store_root=out,
                                           endpoints=endpoints)
-    search = _search_overrides(rounds, beam_width, candidates_per_beam, seeds_per_prompt, max_images, seed)
+    search = _search_overrides(rounds, beam_width, candidates_per_beam, seeds_per_prompt, max_images, seed, memory)
     spec = _load_spec(campaign, name, search, concurrency, baseline)
     port = port or _free_port()
     from ray import serve
@@ -516,11 +522,11 @@ def submit(
     wait: bool = typer.Option(False, help="Follow progress until it ends (exit code by its final state)."),
     rounds: int = ROUNDS, beam_width: int = BEAM_WIDTH, candidates_per_beam: int = CANDIDATES,
     seeds_per_prompt: int = SEEDS, max_images: int = MAX_IMAGES, seed: int = SEED,
-    baseline: str = BASELINE, concurrency: int = CONCURRENCY, interval: float = INTERVAL,
+    baseline: str = BASELINE, concurrency: int = CONCURRENCY, interval: float = INTERVAL, memory: bool = MEMORY,
 ) -> None:
     """Submit a campaign to a running endpoint; print the acceptance (JSON), or with --wait follow it and print its
     final status. Ctrl-C while following detaches: the campaign keeps running."""
-    search = _search_overrides(rounds, beam_width, candidates_per_beam, seeds_per_prompt, max_images, seed)
+    search = _search_overrides(rounds, beam_width, candidates_per_beam, seeds_per_prompt, max_images, seed, memory)
     spec = _load_spec(campaign, name, search, concurrency, baseline)
     with _client(endpoint) as client:
         accepted = client.submit(spec)
@@ -582,6 +588,27 @@ def cancel(campaign_id: str = CAMPAIGN_ID, endpoint: str = ENDPOINT) -> None:
     resumes it."""
     with _client(endpoint) as client:
         _print_json(client.cancel(campaign_id))
+
+
+@app.command()
+def lessons(
+    campaign_id: str = CAMPAIGN_ID, endpoint: str = ENDPOINT,
+    limit: int = typer.Option(20, min=1, help="At most this many lessons (supported first)."),
+    as_json: bool = typer.Option(False, "--json", help="Print every lesson as JSON instead of a table."),
+) -> None:
+    """Print a campaign's memory: the edits it learned (replace -> by) with their evidence."""
+    with _client(endpoint) as client:
+        found = client.lessons(campaign_id)
+    if as_json:
+        print(json.dumps([le.model_dump(mode="json") for le in found], indent=2))
+        return
+    table = Table(title=f"lessons of {campaign_id} ({len(found)} in all)")
+    for col in ("replace", "by", "kind", "wins/tries", "losses", "mean gain", "applied"):
+        table.add_column(col)
+    for le in found[:limit]:
+        table.add_row(le.before, le.after, le.kind, f"{le.wins}/{le.tries}", str(le.losses), f"{le.mean_gain:+.3f}",
+                      str(le.applied))
+    Console().print(table)
 
 
 @app.command()

@@ -32,6 +32,7 @@ import httpx
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from agents.memory import LESSONS, Lesson
 from pipelines.auth import AuthSettings
 from pipelines.records import (
     CampaignAccepted,
@@ -218,6 +219,10 @@ class CampaignClient:
                 from exc
         finally:
             response.close()
+
+    def lessons(self, campaign_id: str) -> list[Lesson]:
+        """The campaign's memory: lessons with their evidence, supported first ([] when memory is off)."""
+        return LESSONS.validate_json(self._send("GET", f"/v1/campaigns/{campaign_id}/lessons").content)
 
     def list(self, limit: int = 50, cursor: str | None = None) -> CampaignPage:
         """One page of the server's campaigns in id order; pass the page's ``next_cursor`` to get the next one."""

@@ -238,7 +238,8 @@ class Manifest(Record):
         the baseline policy and the models' identity."""
         body = {
             "intents": [i.model_dump(mode="json") for i in spec.intents or []],
-            "search": search.model_dump(mode="json"),
+            # memory off (the default) leaves the fingerprint of campaigns stored before memory existed unchanged
+            "search": search.model_dump(mode="json", exclude={"memory"} if not search.memory.enabled else None),
             "rewriter": spec.rewriter.model_dump(mode="json"),
             "critic": spec.critic.model_dump(mode="json"),
             "baseline": spec.baseline,

@@ -157,6 +157,10 @@ def _section(part: IntentPart, images: _Images) -> _Section:
     )
 
 
+LESSONS_SHOWN = 50
+"""Campaign-memory lessons listed in the report (supported first); all of them: GET .../lessons or lessons.json."""
+
+
 def write_report(store: CampaignStore, out_name: str = "report.html") -> str:
     """Render the campaign in ``store`` to ``<campaign>/report.html`` (and ``report/page-*.html`` for large
     campaigns); returns the path of ``report.html``. Reads each part once, in campaign order."""
@@ -202,8 +206,10 @@ def write_report(store: CampaignStore, out_name: str = "report.html") -> str:
                 flush(number)
         if page:
             flush(count // PAGE_SIZE + 1)
+    lessons = store.read_lessons() if manifest.search.memory.enabled else None
     html = env.get_template("index.html").render(title=title, manifest=manifest, summary=tally.summary(), rows=rows,
-                                                 sections=sections, pages=-(-count // PAGE_SIZE))
+                                                 sections=sections, pages=-(-count // PAGE_SIZE), lessons=lessons,
+                                                 lessons_shown=LESSONS_SHOWN)
     path = store.path(out_name)
     with store.fs.open(path, "wb") as f:
         f.write(html.encode())

@@ -9,6 +9,8 @@ Layout of one campaign::
     results.jsonl           one IntentOutcome per line   } compiled from parts/ in campaign order when a run ends,
     lineage.jsonl           one LineageRecord per line   } so they never hold duplicates or half-written lines
     status.json             CampaignStatus of the last run that ended (counts and statistics, constant size)
+    lessons.json            campaign memory (agents.memory.Lesson list), rewritten after every committed intent
+                            when memory is on; a resumed run continues with it
 
 Why parts: object stores have no append, and a crash mid-append leaves half a line. A part is written once, atomically
 (temp file + rename locally; a single PUT on object stores), and its presence is what "this intent is done" means —
@@ -30,6 +32,7 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 from pydantic import ValidationError
 
+from agents.memory import LESSONS, Lesson
 from agents.messages import SAFE_NAME, SearchCheckpoint
 from pipelines.records import (
     MAX_NAME_CHARS,
@@ -146,6 +149,16 @@ class CampaignStore:
             self.fs.rm_file(self._p("status.json"))
         except FileNotFoundError:
             pass
+
+    # -- campaign memory ------------------------------------------------------------------------------------------
+
+    def read_lessons(self) -> list[Lesson]:
+        """The campaign's lessons ([] when it has none: memory off, or nothing learned yet)."""
+        data = self._read_json("lessons.json")
+        return [] if data is None else LESSONS.validate_json(data)
+
+    def write_lessons(self, lessons: list[Lesson]) -> None:
+        self._write_atomic(self._p("lessons.json"), LESSONS.dump_json(lessons, indent=1))
 
     # -- images ---------------------------------------------------------------------------------------------------
 

@@ -211,3 +211,19 @@ CAMPAIGN_RESUMES = MetricSpec(
     "the durable registry); intents finished before are kept, not redone", ("campaign",),
 )
 ALL += [REWRITES_BLOCKED, CAMPAIGN_RESUMES]
+
+# -- appended: campaign memory (issue 22) ----------------------------------------------------------------------------
+LESSONS_LEARNED = MetricSpec(
+    "promptbeam_lessons_learned", "counter",
+    "Campaign-memory lessons that became supported (an edit that raised an intent's score more often than it lowered "
+    "it), by campaign", ("campaign",),
+)
+LESSONS_APPLIED = MetricSpec(
+    "promptbeam_lessons_applied", "counter",
+    "Prompts campaign memory made by applying its lessons to another intent's prompt (rendered in the beam if they "
+    "fit the budget), by campaign", ("campaign",),
+)
+LESSONS_SUPPORTED = MetricSpec(
+    "promptbeam_lessons_supported", "gauge", "Supported lessons in the campaign's memory now", ("campaign",),
+)
+ALL += [LESSONS_LEARNED, LESSONS_APPLIED, LESSONS_SUPPORTED]

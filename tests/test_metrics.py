@@ -29,6 +29,9 @@ NOT_CAUSED_HERE = {
     m.OUTPUT_GUARD_SECONDS: "the tiny preset runs no output check",
     m.REWRITES_BLOCKED: "the tiny random LLM writes nothing the output filter blocks",
     m.RETRIES: "no infrastructure error in this campaign (tests/test_faults.py kills replicas)",
+    m.LESSONS_LEARNED: "memory is off in this campaign (tests/test_memory.py runs one with memory through the app)",
+    m.LESSONS_APPLIED: "memory is off in this campaign",
+    m.LESSONS_SUPPORTED: "memory is off in this campaign",
 }
 """Event counters whose event the test campaign below does not cause: their expressions may have no data. Every
 other expression must return data; none may hide a missing metric behind `or on() vector(0)`."""

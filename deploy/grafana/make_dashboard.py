@@ -155,6 +155,13 @@ PANELS: list[tuple[str, str, list[tuple[str, str]], str]] = [
        "its retries); replicas started per deployment after the first scrape (restarts after a crash, and scale-ups; "
        "Ray Serve's controller counts them); campaign runs that continued an earlier run (resubmitted, or resumed by "
        "a new ingress)."),
+    ("Campaign memory: lessons learned / applied", "short", [
+        (f"sum by (campaign) (increase({e(m.LESSONS_LEARNED)}{C}[{RI}]))", "learned {{campaign}}"),
+        (f"sum by (campaign) (increase({e(m.LESSONS_APPLIED)}{C}[{RI}]))", "applied {{campaign}}"),
+        (f"sum by (campaign) ({e(m.LESSONS_SUPPORTED)}{C})", "supported now {{campaign}}"),
+    ], "Campaigns with memory on (search.memory.enabled): edits that raised one intent's score and became "
+       "supported lessons; prompts made by applying them to later intents; lessons supported now. The campaign's "
+       "lessons with their evidence: GET /v1/campaigns/<name>/lessons and the report."),
     # On CPU-only nodes Ray exports no GPU series: the `or on() vector(0)` fallback draws 0 instead of "No data"
     # (tests/test_metrics.py checks that the raw series is absent there and the fallback answers).
     ("GPU utilisation per instance and GPU", "percent", [
@@ -167,7 +174,7 @@ PANELS: list[tuple[str, str, list[tuple[str, str]], str]] = [
 ]
 
 
-EVENT_PANELS = ("Output safety", "Output check", "Recovery")
+EVENT_PANELS = ("Output safety", "Output check", "Recovery", "Campaign memory")
 """Panels of event counters: Grafana draws 0 where their queries have no data yet (fieldConfig noValue)."""
 
 

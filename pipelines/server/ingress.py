@@ -23,6 +23,7 @@ from pydantic import ValidationError
 from ray import serve
 
 from agents.config import SearchConfig
+from agents.memory import Lesson
 from pipelines.auth import BEARER_SCHEME, AuthSettings, BearerAuth, check_bind
 from pipelines.campaign import CampaignConflict, CampaignRunner, intent_concurrency
 from pipelines.http import install_error_handlers, parse_spec, read_body, validation_error
@@ -353,6 +354,17 @@ class CampaignIngress:
         if limit is not None and offset + limit < manifest.intents:
             headers["Link"] = f'</v1/campaigns/{campaign_id}/results?offset={offset + limit}&limit={limit}>; rel="next"'
         return StreamingResponse(lines(), media_type="application/x-ndjson", headers=headers)
+
+    @api.get("/v1/campaigns/{campaign_id}/lessons", response_model=list[Lesson], dependencies=V1)
+    async def lessons(self, campaign_id: str) -> list[Lesson]:
+        """The campaign's memory: lessons (phrase -> phrase) with their evidence (tries, wins, losses, mean gain,
+        examples), supported ones first. Live while the campaign runs; [] when memory is off or nothing was learned."""
+        if campaign_id in self.runs and (memory := self.runs[campaign_id][0].memory) is not None:
+            return memory.lessons()
+        store = self._store(campaign_id)
+        if await asyncio.to_thread(store.read_manifest) is None:
+            raise HTTPException(404, f"no campaign {campaign_id!r}")
+        return await asyncio.to_thread(store.read_lessons)
 
     @api.get("/v1/campaigns/{campaign_id}/images/{name}", dependencies=V1)
     async def image(self, campaign_id: str, name: str) -> Response:
