@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 from collections.abc import Callable
 
 from agents.config import CriticConfig
@@ -206,3 +207,31 @@ class CountingRewriter:
         self.contexts.append(context)
         return RewriteReply(prompts=[f"{context.current_prompt} | r{context.round} {request_id[-2:]} v{i}"
                                      for i in range(context.k)])
+
+
+# Campaign memory (tests/test_memory.py): a world where only the word "square" draws the box the user asked for.
+
+
+def square_score(prompt: str, seed: int) -> tuple[float, float, bool]:
+    """(alignment, quality, check passed): the box appears only when the prompt says 'square'."""
+    yes = "square" in re.findall(r"[a-z]+", prompt.lower())
+    return (10.0 if yes else 2.0), 5.0, yes
+
+
+class OneFindRewriter:
+    """A rewriter that finds the fix once: for the intent whose text is ``a box`` it proposes 'a square' (and a dud);
+    for every other intent only duds, so without campaign memory they never find it."""
+
+    async def propose(self, context: RewriteContext, *, request_id: str, seed: int, temperature: float) -> RewriteReply:
+        duds = [f"{context.current_prompt} v{context.round}{i}" for i in range(context.k)]
+        if context.intent.text == "a box" and context.round == 0:
+            return RewriteReply(prompts=["a square"] + duds[: context.k - 1])
+        return RewriteReply(prompts=duds)
+
+
+def one_find_rewriter(llm, config):
+    return OneFindRewriter()
+
+
+def square_critic(llm, config):
+    return ScriptedCritic(square_score, config)

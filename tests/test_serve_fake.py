@@ -78,6 +78,48 @@ def fake_app(ray_cluster, tmp_path_factory) -> FakeApp:
 
 
 
+def test_lessons_are_learned_served_over_http_and_counted_in_a_campaign_with_memory(ray_cluster, tmp_path):
+    """The real app with the scripted memory world of tests/test_memory.py (no LLM): 'a box' finds 'a square', the
+    next intents get it from campaign memory; GET .../lessons returns the lesson with its evidence."""
+    from ray import serve
+
+    from pipelines.app import AppConfig, compose_app
+
+    preset = tmp_path / "memory.yaml"
+    preset.write_text(yaml.safe_dump({
+        "description": "fake renderer, scripted memory world", "diffusion": {"model": str(tmp_path / "state")},
+        "rewriter": "tests.fakes:one_find_rewriter", "critic": "tests.fakes:square_critic",
+        "defaults": {"width": 64, "height": 64, "steps": 2, "guidance_scale": 0.0}, "batch_seconds": 1,
+    }))
+    config = AppConfig(preset=str(preset), store_root=str(tmp_path / "store"),
+                       engines={"diffusion": FAKE_ENGINES["diffusion"]})
+    serve.run(compose_app(config, {"diffusion": FAST_HEALTH}), name="memory", route_prefix="/memory")
+    try:
+        search = {"beam_width": 2, "candidates_per_beam": 2, "rounds": 3, "seeds_per_prompt": 1, "max_images": 12,
+                  "score_threshold": 0.9, "memory": {"enabled": True}}
+        body = {"name": "mem", "concurrency": 1, "search": search, "baseline": "none",
+                "intents": [{"id": "a", "text": "a box"}, {"id": "b", "text": "a blue box beside a tree"}]}
+        with httpx.Client(base_url=ray_cluster["url"] + "/memory", timeout=60) as client:
+            assert client.post("/v1/campaigns", json=body).status_code == 202
+            assert wait_done(client, "mem").intents_done == 2
+            lessons = client.get("/v1/campaigns/mem/lessons").json()
+            assert (lessons[0]["before"], lessons[0]["after"], lessons[0]["wins"]) == ("box", "square", 2)
+            assert [e["intent_id"] for e in lessons[0]["examples"]] == ["a", "b"]
+            best = {o.intent_id: o.search.best_prompt for o in outcomes(client.get("/v1/campaigns/mem/results"))}
+            assert best["b"] == "a blue square beside a tree"  # memory's edit, not the rewriter's
+            assert client.get("/v1/campaigns/nope/lessons").status_code == 404
+        from typer.testing import CliRunner
+
+        from pipelines.cli import app
+
+        shown = CliRunner().invoke(app, ["lessons", "mem", "--endpoint", ray_cluster["url"] + "/memory"],
+                                   env={"COLUMNS": "200"})
+        assert shown.exit_code == 0 and "│ box " in shown.output and "square" in shown.output, shown.output
+        assert "2/" in shown.output  # wins/tries
+    finally:
+        serve.delete("memory")
+
+
 def test_campaign_over_http_returns_typed_records_and_paginated_results(fake_app):
     with httpx.Client(base_url=fake_app.url, timeout=60) as client:
         resp = client.post("/v1/campaigns", json={"name": "pages", "intents": intents(5), "search": SEARCH})
