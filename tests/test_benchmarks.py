@@ -84,6 +84,7 @@ def test_search_simulator_runs_and_the_paired_search_beats_best_of_n_where_promp
 
 @pytest.mark.slow
 @pytest.mark.serve
+@pytest.mark.extended  # ~5 minutes; the served app's campaigns are covered by tests/test_serve*.py
 def test_busy_benchmark_runs_campaigns_through_the_served_app():
     """bench_busy --smoke: the Serve app with the fixed-cost renderer and the real tiny vLLM starts once and runs a
     campaign at concurrency 1 and one at the concurrency derived from the renderer's capacity; every row rendered
@@ -143,3 +144,35 @@ def test_world_benchmark_small_table():
             d = delta.replace("[", "").replace("]", "").replace(",", "").split()
             assert -100 <= float(d[1]) <= float(d[0]) <= float(d[2]) <= 100, cells
     assert "Goal (beam + real LLM >= best-of-8 + 10 points" in out
+
+
+def test_campaign_memory_benchmark_small_table():
+    """benchmarks/bench_lessons.py --small: 12 held-out intents in two campaign orders, the explorer with and without
+    memory beside best-of-8. Every arm has its four quarters and the total, intents add up, values are in range,
+    best-of-8 spends 8 images and the searches at most 8, the memory arms carry a paired Δ, the goal line and the
+    learned lessons are reported."""
+    out = _run("benchmarks.bench_lessons", "--small", "--no-record", timeout=1200)
+    arms: dict[str, list[list[str]]] = {}
+    arm = None
+    for line in out.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if not line.startswith("|") or len(cells) != 8 or cells[0] == "arm" or set(cells[0]) <= {"-"} and cells[0]:
+            continue
+        arm = cells[0] or arm
+        arms.setdefault(arm, []).append(cells)
+    expected = {f"{a} ({o} order)" for o in ("fixed", "shuffled")
+                for a in ("best-of-8", "explorer, no memory", "explorer + memory")}
+    assert set(arms) == expected, (sorted(arms), out[-3000:])
+    for label, rows in arms.items():
+        assert [r[2] for r in rows] == ["Q1", "Q2", "Q3", "Q4", "all"]
+        assert sum(int(r[3]) for r in rows[:4]) == int(rows[4][3]) == 12
+        for r in rows:
+            mean, low, high = (float(x) for x in r[4].replace("[", "").replace("]", "").replace(",", "").split())
+            assert 0 <= low <= mean <= high <= 1, r
+            assert (float(r[6]) == 8) if label.startswith("best-of-8") else (0 < float(r[6]) <= 8), r
+            if "+ memory" in label:
+                d = [float(x) for x in r[5].replace("[", "").replace("]", "").replace(",", "").split()]
+                assert -100 <= d[1] <= d[0] <= d[2] <= 100, r
+            else:
+                assert r[5] == "–", r
+    assert "Goal (last quarter with memory >= +10 points" in out and "supported of" in out

@@ -68,6 +68,7 @@ def test_scaling_must_be_explicit():
 @pytest.mark.serve
 @pytest.mark.engines
 @pytest.mark.slow
+@pytest.mark.extended  # ~5 minutes; the backend's deployment is built in the default run (tests/test_builder.py)
 def test_campaign_through_ray_serve_llm_on_cpu(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     proc = subprocess.run([sys.executable, "-m", "tests.serve_llm_check", str(tmp_path)], cwd=ROOT, env=env,
