@@ -83,6 +83,7 @@ def test_lessons_are_learned_served_over_http_and_counted_in_a_campaign_with_mem
     next intents get it from campaign memory; GET .../lessons returns the lesson with its evidence."""
     from ray import serve
 
+    from agents.memory import LESSONS
     from pipelines.app import AppConfig, compose_app
 
     preset = tmp_path / "memory.yaml"
@@ -102,9 +103,9 @@ def test_lessons_are_learned_served_over_http_and_counted_in_a_campaign_with_mem
         with httpx.Client(base_url=ray_cluster["url"] + "/memory", timeout=60) as client:
             assert client.post("/v1/campaigns", json=body).status_code == 202
             assert wait_done(client, "mem").intents_done == 2
-            lessons = client.get("/v1/campaigns/mem/lessons").json()
-            assert (lessons[0]["before"], lessons[0]["after"], lessons[0]["wins"]) == ("box", "square", 2)
-            assert [e["intent_id"] for e in lessons[0]["examples"]] == ["a", "b"]
+            lessons = LESSONS.validate_json(client.get("/v1/campaigns/mem/lessons").content)
+            assert (lessons[0].before, lessons[0].after, lessons[0].wins) == ("box", "square", 2)
+            assert [e.intent_id for e in lessons[0].examples] == ["a", "b"]
             best = {o.intent_id: o.search.best_prompt for o in outcomes(client.get("/v1/campaigns/mem/results"))}
             assert best["b"] == "a blue square beside a tree"  # memory's edit, not the rewriter's
             assert client.get("/v1/campaigns/nope/lessons").status_code == 404
