@@ -76,7 +76,8 @@ class Lesson(Message):
     losses: int = Field(default=0, ge=0, description="... and scored lower than the parent.")
     gain_sum: float = Field(default=0.0, description="Sum of (child - parent) branch score over the tries.")
     applied: int = Field(default=0, ge=0, description="Prompts made by applying this lesson directly.")
-    intents: int = Field(default=0, ge=0, description="Distinct intents it was tried on.")
+    intents: int = Field(default=0, ge=0, description="Distinct intents it was tried on (an intent resumed in a later "
+                         "run of the campaign may count again).")
     examples: list[LessonExample] = Field(default_factory=list, max_length=MAX_EXAMPLES)
 
     @property
@@ -106,8 +107,8 @@ class CampaignMemory:
         self._seen: dict[tuple[str, str], set[str]] = {}  # intents each lesson was tried on (this process)
         for lesson in lessons:
             self._lessons[lesson.key] = lesson.model_copy(deep=True)
-        self.learned = 0  # lessons that became supported in this process (a metric)
-        self.applied = 0  # prompts made by applying a lesson in this process (a metric)
+        self.learned = 0  # lessons that became supported since the runner last saved (a metric)
+        self.applied = 0  # prompts made by applying a lesson since the runner last saved (a metric)
         self.changed = False  # since the last snapshot
 
     # -- learning ---------------------------------------------------------------------------------------------------

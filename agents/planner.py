@@ -563,18 +563,11 @@ class BeamSearchPlanner:
             parent = by_id[cand.parent_id].prompt if cand.parent_id else state.intent.text
             if cand.prompt not in scores or parent not in scores:
                 continue
-            before, after = self._pass_rates(state, parent), self._pass_rates(state, cand.prompt)
-            fixed = [questions.get(cid, cid) for cid, rate in after.items() if rate > before.get(cid, 0.0)]
+            before = self._step(parent, self._branch(state, parent), scores, questions).check_pass_rate
+            after = self._step(cand.prompt, self._branch(state, cand.prompt), scores, questions).check_pass_rate
+            fixed = [q for q, rate in after.items() if rate > before.get(q, 0.0)]
             self.memory.observe(state.intent.id, parent, cand.prompt, scores[parent], scores[cand.prompt],
                                 fixed if state.checks else None)
-
-    def _pass_rates(self, state: SearchCheckpoint, prompt: str) -> dict[str, float]:
-        branch = [c for c in self._branch(state, prompt) if c.critique is not None]
-        rates: dict[str, float] = {}
-        for c in branch:
-            for a in c.critique.answers:
-                rates[a.check_id] = rates.get(a.check_id, 0.0) + a.answer / len(branch)
-        return rates
 
     # ------------------------------------------------------------------------------------------------------------
     # Checks, checkpoints, results
