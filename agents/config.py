@@ -63,10 +63,12 @@ class SearchConfig(_Config):
     candidates_per_beam: int = Field(default=2, ge=1, le=16, description="Rewrites proposed per branch per round (K).")
     rounds: int = Field(default=3, ge=1, le=20, description="Rounds including round 0 (R).")
     seeds_per_prompt: int = Field(default=2, ge=1, le=8, description="Seeds each prompt is rendered on per round (S).")
-    seed_mode: Literal["paired", "fresh"] = Field(
+    seed_mode: Literal["paired", "fresh", "spread"] = Field(
         default="paired",
         description="paired: prompts of a round share seeds and children keep their parent's best seeds; "
-        "fresh: every image gets its own new seed (the unpaired ablation).",
+        "fresh: every image gets its own new seed (the unpaired ablation); spread: the search's n-th image takes "
+        "best-of-N's n-th seed, so the search draws exactly the seeds best-of-N draws and only the prompts differ "
+        "(with one seed per prompt, paired draws one new seed a round; spread draws one an image).",
     )
     explore_seeds: int = Field(
         default=1, ge=0, le=8,
@@ -140,6 +142,12 @@ class SearchConfig(_Config):
 class RewriterConfig(_Config):
     """The LLM that proposes prompts."""
 
+    mode: Literal["rewrite", "edit"] = Field(
+        default="rewrite",
+        description="rewrite: the model writes whole prompts; edit: the model only rewords the intent's phrases (those "
+        "the failed checks quote, with feedback) and every other word is kept by rule (agents.edits) - the narrow "
+        "task small models do well.",
+    )
     max_prompt_chars: int = Field(default=300, ge=10, le=1000, description="Longer rewrites are dropped.")
     history_size: int = Field(default=6, ge=0, le=50, description="Best distinct prompts shown, best first.")
     context_tokens: int = Field(

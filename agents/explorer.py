@@ -13,7 +13,7 @@ replacements other intents tried without a win) and tries those last, so the cam
 vocabulary instead of each intent drawing blindly.
 
 **What it knows**: the current prompt, the intent's tried prompts, the words of the critic's failed checks, the model's
-public vocabulary, :data:`STOP_WORDS` (general English function words) and, with memory, this campaign's unhelpful
+public vocabulary, :data:`agents.edits.STOP_WORDS` (general English function words) and, with memory, this campaign's unhelpful
 edits. No synonym table, no spec, no model call.
 """
 
@@ -23,16 +23,11 @@ import random
 import re
 
 from agents.config import RewriterConfig
+from agents.edits import STOP_WORDS
 from agents.messages import RewriteContext, RewriteReply
 from agents.rewriter import clean_prompt
 from agents.safety import normalize
 
-STOP_WORDS = frozenset(
-    "a an the and or but of in on at to for from by with without as is are was were be been being it its this that "
-    "these those there here some any each every both either neither no not one's than then so such very just also "
-    "into onto over under up down out off near".split()
-)
-"""General English function words: never replaced (a word list any English text tool has, not the world's)."""
 WORD = re.compile(r"[A-Za-z]+")
 
 

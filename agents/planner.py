@@ -24,7 +24,10 @@ A run, as :meth:`BeamSearchPlanner.run_with_baseline` does it (the campaign runn
 its seeds, seed-adjusted (``agents.stats.seed_adjusted_means``) so that prompts rendered on different seed sets are
 compared on an average seed. The result's best image is the single best-scored image.
 
-**Seeds** derive from ``base_seed``, the intent id and the round (``stable_seed``): deterministic, no RNG state.
+**Seeds** derive from ``base_seed``, the intent id and the round (``stable_seed``): deterministic, no RNG state. In
+``spread`` seed mode the search's n-th image takes best-of-N's n-th seed: both arms draw the same seeds and differ only
+in their prompts (with one seed per prompt, ``paired`` draws one new seed a round and a beam of 8 images sees about
+two seeds where best-of-8 sees eight).
 """
 
 from __future__ import annotations
@@ -379,7 +382,12 @@ class BeamSearchPlanner:
             seeds = self._seeds_for(state, parent_prompt, source, r)
             for s in range(self.config.seeds_per_prompt):
                 cid = f"{intent.id}/r{r}/p{p_index}/s{s}"
-                seed = seeds[s] if self.config.seed_mode == "paired" else stable_seed(self.config.base_seed, cid)
+                if self.config.seed_mode == "paired":
+                    seed = seeds[s]
+                elif self.config.seed_mode == "spread":  # the n-th image of the search: best-of-N's n-th seed
+                    seed = self._baseline_seed(state, len(state.search.candidates) + len(out))
+                else:
+                    seed = stable_seed(self.config.base_seed, cid)
                 out.append(Candidate(id=cid, intent_id=intent.id, parent_id=parent_id, round=r, prompt=prompt,
                                      seed=seed, source=source))
         state.search.candidates.extend(out)
@@ -388,9 +396,12 @@ class BeamSearchPlanner:
     def _baseline_seed(self, state: SearchCheckpoint, i: int) -> int:
         """The baseline's i-th seed. Paired mode: the seeds the search's rounds introduce, in order (round 0's S seeds,
         then round 1's, ...), so every seed the search draws a new prompt on is also one the baseline draws the
-        original on, and best-of-8 is the first 8 images of best-of-32. Fresh mode: the original prompt's round-0
-        seeds first, then its own."""
+        original on, and best-of-8 is the first 8 images of best-of-32. Spread mode: one sequence of draws, which
+        the search's images take in the order they are made. Fresh mode: the original prompt's round-0 seeds first,
+        then its own."""
         s = self.config.seeds_per_prompt
+        if self.config.seed_mode == "spread":
+            return stable_seed(self.config.base_seed, state.intent.id, "draw", i)
         if self.config.seed_mode == "paired":
             return stable_seed(self.config.base_seed, state.intent.id, "seed", i // s, i % s)
         if i < s:

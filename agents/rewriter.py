@@ -6,6 +6,10 @@ the branch's earlier prompts with their scores, and — only when the operator s
 campaign's lessons that apply to the prompt (phrase substitutions that raised other intents' critic scores,
 ``agents.memory``). Nothing else: no table from the intent's words to the model's, no spec.
 
+In ``edit`` mode (``RewriterConfig.mode``) the model is asked only for plain wordings of the intent's phrases and
+:mod:`agents.edits` builds the prompts (every other word kept); it falls back to a whole rewrite where no phrase of
+the intent can be found in the current prompt.
+
 It is one implementation of :class:`agents.ports.PromptRewriter`; the planner checks what any rewriter returns
 (length in renderer tokens, duplicates, output filter), so this class only parses and applies its own character cap.
 """
@@ -16,7 +20,7 @@ import json
 import unicodedata
 from typing import Any
 
-from agents import prompts
+from agents import edits, prompts
 from agents.config import RewriterConfig
 from agents.messages import ChatMessage, ChatRequest, RewriteContext, RewriteReply
 from agents.ports import LanguageModel
@@ -54,7 +58,8 @@ class Rewriter:
     @property
     def knows(self) -> str:
         """What this rewriter reads, in one line (reports and benchmark tables say it beside its prompts)."""
-        parts = ["the intent's words"]
+        parts = ["the intent's words"] if self.config.mode == "rewrite" else [
+            "the intent's words (it rewords one phrase at a time; every other word is kept by rule)"]
         if self.config.use_feedback:
             parts.append("the critic's checks and feedback")
         parts.append("its branch's earlier prompts and their scores")
@@ -150,7 +155,79 @@ class Rewriter:
             seed=seed,
         )
 
+    def build_edit_request(self, context: RewriteContext, targets: list[edits.Target], *, request_id: str, seed: int,
+                           temperature: float) -> ChatRequest:
+        """Edit mode: ask for ``k`` plain wordings of each target phrase (``agents/prompts/edits.yaml``)."""
+        feedback = self.config.use_feedback
+        turns = []
+        for example in prompts.data("edits", "few_shot"):
+            answer = {"edits": [{"phrase": e["phrase"], "options": e["options"][:context.k]} for e in example["edits"]]}
+            turns.append(ChatMessage(role="user", content=prompts.render("edits", "user", data=example["data"])))
+            turns.append(ChatMessage(role="assistant", content=json.dumps(answer)))
+        data = edits.edit_request_data(context, targets, feedback)
+        return ChatRequest(
+            request_id=request_id,
+            purpose="rewrite",
+            messages=[
+                ChatMessage(role="system", content=prompts.render("edits", "system", k=context.k, feedback=feedback)),
+                *turns,
+                ChatMessage(role="user", content=prompts.render("edits", "user", data=data)),
+            ],
+            json_schema=edits.edit_schema(len(targets), context.k),
+            max_tokens=self.config.max_tokens,
+            temperature=temperature,
+            seed=seed,
+        )
+
+    @staticmethod
+    def example_words() -> set[str]:
+        """Every word of the edit prompt's worked example: a wording that brings one in copied it."""
+        text = json.dumps(prompts.data("edits", "few_shot"))
+        return set(edits.TOKEN.findall(text.lower())) - edits.FUNCTION_WORDS - {"phrase", "phrases", "prompt",
+                                                                                "options", "edits", "data"}
+
     async def propose(self, context: RewriteContext, *, request_id: str, seed: int, temperature: float) -> RewriteReply:
+        if self.config.mode == "edit":
+            targets = edits.edit_targets(context, self.config.use_feedback)
+            if targets:
+                return await self._propose_edits(context, targets, request_id=request_id, seed=seed,
+                                                 temperature=temperature)
+        return await self._propose_rewrites(context, request_id=request_id, seed=seed, temperature=temperature)
+
+    async def _propose_edits(self, context: RewriteContext, targets: list[edits.Target], *, request_id: str,
+                             seed: int, temperature: float) -> RewriteReply:
+        request = self.build_edit_request(context, targets, request_id=request_id, seed=seed, temperature=temperature)
+        result = await self.llm.chat(request)
+        if result.error:
+            return RewriteReply(error=result.error, chat=result)
+        entries = result.parsed.get("edits") if isinstance(result.parsed, dict) else None
+        if result.parse_error or not isinstance(entries, list):
+            error = result.parse_error or f"reply has no 'edits' list: {result.text[:200]!r}"
+            return RewriteReply(error=error, chat=result)
+        example_words = self.example_words()
+        options: list[list[str]] = []
+        dropped: list[tuple[str, str]] = []
+        for i, target in enumerate(targets):  # entries are matched to phrases by position (the schema fixes the count)
+            entry = entries[i] if i < len(entries) and isinstance(entries[i], dict) else {}
+            usable = []
+            for option in entry.get("options") or []:
+                option = clean_prompt(option) if isinstance(option, str) else ""
+                reason = edits.refuse_option(option, target, context.intent.text, example_words)
+                if reason:
+                    dropped.append((f"{target.phrase} -> {option}"[:200], reason))
+                elif option.lower() not in (u.lower() for u in usable):
+                    usable.append(option)
+            options.append(usable)
+        made = edits.apply_options(context.current_prompt, targets, options, context.k)
+        cap = self.config.max_prompt_chars
+        kept = [p for p in made if len(p) <= cap]
+        dropped += [(p[:200], f"longer than {cap} characters") for p in made if len(p) > cap]
+        if not kept:
+            return RewriteReply(error="no usable wording for any phrase", dropped=dropped, chat=result)
+        return RewriteReply(prompts=kept, dropped=dropped, chat=result)
+
+    async def _propose_rewrites(self, context: RewriteContext, *, request_id: str, seed: int,
+                                temperature: float) -> RewriteReply:
         result = await self.llm.chat(self.build_request(context, request_id=request_id, seed=seed, temperature=temperature))
         if result.error:
             return RewriteReply(error=result.error, chat=result)

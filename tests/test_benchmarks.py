@@ -119,13 +119,17 @@ def test_world_benchmark_small_table():
                timeout=1200)
     rows = parse_table(out, "arm")
     labels = {
-        "best-of-8, user's wording": "best_of", "beam + LLM (tiny random LLM) with feedback": "llm",
-        "beam + LLM (tiny random LLM), no feedback": "llm", "beam + LLM (tiny random LLM) + model vocabulary": "llm",
+        "best-of-8, user's wording": "best_of", "beam + LLM (tiny random LLM), phrase edits, feedback": "llm",
+        "beam + LLM (tiny random LLM), phrase edits, no feedback": "llm",
+        "beam + LLM (tiny random LLM), phrase edits, feedback + memory": "llm",
+        "beam + LLM (tiny random LLM), whole rewrites (before), paired seeds": "llm",
         "UPPER BOUND: oracle rewriter": "oracle", "UPPER BOUND: oracle phrasing (4 phrasings x 2 seeds)": "oracle",
         "best-of-16, user's wording (more images)": "best_of", "best-of-32, user's wording (more images)": "best_of",
     }
     assert set(labels) <= set(rows), (sorted(rows), out[-3000:])
-    assert any(label.startswith("best-of-") and "at equal compute" in label for label in rows)
+    assert any(label.startswith("best-of-") and "at equal compute (" in label for label in rows)  # this CPU
+    assert any(label.startswith("best-of-") and "GPU cluster cost model" in label for label in rows)
+    assert "Image efficiency: the smallest best-of-k" in out
     for label, cells in rows.items():
         _, knows, n, acc, delta, images, calls, tokens, seconds = cells
         assert int(n) == 6 and knows

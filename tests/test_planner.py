@@ -139,6 +139,19 @@ def test_fresh_seed_mode_gives_every_image_its_own_seed():
     assert len({c.seed for c in result.candidates}) == len(result.candidates) == result.counts.images
 
 
+def test_spread_seed_mode_draws_exactly_the_seeds_best_of_n_draws():
+    cfg = SearchConfig(beam_width=2, candidates_per_beam=3, rounds=3, seeds_per_prompt=1, explore_seeds=1,
+                       max_images=10, seed_mode="spread", patience=3)
+    planner, _, _ = make_planner(cfg)
+    search, baseline = run(planner.run_with_baseline(INTENT))
+    seeds = [c.seed for c in search.candidates]
+    assert len(set(seeds)) == len(seeds) == search.counts.images > 4  # one new seed per image, over several rounds
+    assert seeds == [c.seed for c in baseline.candidates]  # the same draws, in the same order
+    assert search.candidates[0].prompt == INTENT.text  # the original prompt gets best-of-N's first seed
+    paired = run(make_planner(cfg.model_copy(update={"seed_mode": "paired"}))[0].run(INTENT))
+    assert len({c.seed for c in paired.candidates}) < len(seeds)  # what spread fixes: paired S=1 shares a round's seed
+
+
 def test_same_base_seed_same_lineage():
     cfg = SearchConfig(rounds=3, patience=3, base_seed=7)
     a = run(make_planner(cfg)[0].run(INTENT)).model_dump(exclude=NO_TIMINGS)
@@ -156,13 +169,13 @@ def test_same_base_seed_same_lineage():
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     beam=st.integers(1, 4), k=st.integers(1, 3), rounds=st.integers(1, 5), seeds=st.integers(1, 3),
-    explore=st.integers(0, 3), budget=st.integers(1, 80), paired=st.booleans(),
+    explore=st.integers(0, 3), budget=st.integers(1, 80), mode=st.sampled_from(["paired", "fresh", "spread"]),
 )
-def test_planned_images_equal_images_rendered_by_a_full_run(beam, k, rounds, seeds, explore, budget, paired):
+def test_planned_images_equal_images_rendered_by_a_full_run(beam, k, rounds, seeds, explore, budget, mode):
     try:
         cfg = SearchConfig(beam_width=beam, candidates_per_beam=k, rounds=rounds, seeds_per_prompt=seeds,
                            explore_seeds=explore, max_images=budget, patience=20,
-                           seed_mode="paired" if paired else "fresh")
+                           seed_mode=mode)
     except ValidationError:
         assume(False)
     renderer = FakeRenderer()

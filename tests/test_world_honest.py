@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from agents import edits
 from agents.config import RewriterConfig, SearchConfig
 from agents.messages import Intent, RenderRequest, RenderResult, RewriteContext, RewriteReply
 from agents.planner import BeamSearchPlanner
@@ -167,7 +168,12 @@ def texts_received(context: RewriteContext, config: RewriterConfig) -> list[str]
     The system message is the one text whose digits are exempt: it takes no intent data, only the config's numbers
     ("Propose exactly 3 prompts, each at most 300 characters"), so they are dropped from it before the check; its
     words are checked like every other text's."""
-    request = Rewriter(llm=None, config=config).build_request(context, request_id="r", seed=0, temperature=0.7)
+    rewriter = Rewriter(llm=None, config=config)
+    targets = edits.edit_targets(context, config.use_feedback) if config.mode == "edit" else []
+    if targets:  # edit mode asks about phrases; without any it falls back to the whole-rewrite request
+        request = rewriter.build_edit_request(context, targets, request_id="r", seed=0, temperature=0.7)
+    else:
+        request = rewriter.build_request(context, request_id="r", seed=0, temperature=0.7)
     texts = strings(context.model_dump(mode="json"))
     for m in request.messages:  # system, the worked examples (user/assistant turns), the request
         if m.role == "system":
@@ -196,9 +202,10 @@ def test_every_world_intent_reached_the_rewriter_with_feedback(recorded):
         assert any(kind in f for f in feedback), kind
 
 
+@pytest.mark.parametrize("mode", ["rewrite", "edit"])
 @pytest.mark.parametrize("use_feedback", [True, False])
-def test_no_text_a_rewriter_receives_names_a_concept_the_intent_does_not(recorded, use_feedback):
-    config = RewriterConfig(use_feedback=use_feedback)
+def test_no_text_a_rewriter_receives_names_a_concept_the_intent_does_not(recorded, use_feedback, mode):
+    config = RewriterConfig(use_feedback=use_feedback, mode=mode)
     found: dict[str, set[str]] = {}
     for context in recorded:
         for text in texts_received(context, config):
