@@ -34,19 +34,22 @@ WORD = re.compile(r"[A-Za-z]+")
 class VocabularyExplorer:
     """Replaces one word at a time by one of the image model's vocabulary entries (see the module docstring)."""
 
-    def __init__(self, vocabulary: list[str]):
+    def __init__(self, vocabulary: list[str], *, keep_vocabulary_words: bool = True):
+        """``keep_vocabulary_words``: never replace a word that is already a vocabulary entry — right for a short
+        list of words the model draws well (a model card's), wrong for a tokenizer's vocabulary, which has nearly every
+        word: pass False there."""
         if not vocabulary:
             raise ValueError("the vocabulary explorer needs the image model's vocabulary "
                              "(RewriterConfig.model_vocabulary); it is empty")
         self.vocabulary = list(dict.fromkeys(v.lower() for v in vocabulary))
-        self.known = {w for v in self.vocabulary for w in v.split()}
+        self.known = {w for v in self.vocabulary for w in v.split()} if keep_vocabulary_words else set()
 
     knows = ("no language model: the image model's public vocabulary (one fixed list), general English stop words, "
              "the words of the critic's failed checks")
 
     def targets(self, context: RewriteContext) -> list[str]:
         """Words of the current prompt worth replacing (in prompt order): not a stop word, not already a vocabulary
-        word; only those the failed checks mention, when any does."""
+        word (unless told otherwise); only those the failed checks mention, when any does."""
         words = list(dict.fromkeys(w.lower() for w in WORD.findall(context.current_prompt)))
         words = [w for w in words if w not in STOP_WORDS and w not in self.known]
         failed = {w.lower() for q in context.failed_checks for w in WORD.findall(q)}

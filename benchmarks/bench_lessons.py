@@ -15,13 +15,16 @@ Arms and what each knows (nothing else reaches it):
 
 - **best-of-8**: the intent's words on 8 seeds (reference);
 - **explorer, no memory**: ``agents.explorer.VocabularyExplorer``: no language model; replaces one word of the
-  prompt (a word of a failed check, when there is one) by an entry of the image model's public vocabulary
-  (``MODEL_VOCABULARY``, one fixed list); every intent starts from nothing;
+  prompt (a word of a failed check, when there is one) by an entry of the image model's public vocabulary: its
+  tokenizer's words (``pipelines.world.model.tokenizer_words``: the CLIP BPE's ~32,000 whole words, what a real model
+  publishes; ``--vocabulary tokenizer``, the default) or, labelled UPPER BOUND, ``ANSWER_WORDS`` (exactly the judge's
+  20 answer words: a search over them enumerates the answers; ``--vocabulary answer-words``); every intent starts
+  from nothing;
 - **explorer + memory** ("memory alone": no LLM): the same, plus ``agents.memory.CampaignMemory``: edits that raised
   an earlier intent's critic score (learned from this campaign's own prompts and scores), offered as directly
   edited prompts in the beam;
-- **LLM, no memory / LLM + memory** (``--llm``): ``agents.rewriter.Rewriter`` on a real pretrained instruct LLM with
-  the critic's feedback and the model vocabulary; with memory it also sees the applicable lessons inside
+- **LLM, no memory / LLM + memory** (``--llm``): ``agents.rewriter.Rewriter`` on a real pretrained instruct LLM in
+  phrase-edit mode (``agents.edits``) with the critic's feedback, no vocabulary list; with memory it also sees the applicable lessons inside
   ``<user_data>`` and the lesson prompts compete in the beam. Run on the first ``--llm-intents`` of each order (the
   CPU LLM is slow) in the shuffled order (the fixed order's first intents are all of one tag).
 
@@ -57,7 +60,7 @@ from benchmarks.bench_world import (
 )
 from pipelines.world.critic import PASS_SCORE, JudgeCritic
 from pipelines.world.eval import load_heldout
-from pipelines.world.model import MODEL_VOCABULARY
+from pipelines.world.model import ANSWER_WORDS, tokenizer_words
 from pipelines.world.scenes import TAGS
 
 GOAL_POINTS = 10.0
@@ -140,7 +143,11 @@ async def run(args) -> str:
     critic = JudgeCritic(CriticConfig())
     base = search_config(args.budget, args.temperature)
     with_memory = base.model_copy(update={"memory": MemoryConfig(enabled=True)})
-    explorer = VocabularyExplorer(MODEL_VOCABULARY)
+    vocabulary = tokenizer_words() if args.vocabulary == "tokenizer" else ANSWER_WORDS
+    explorer = VocabularyExplorer(vocabulary, keep_vocabulary_words=args.vocabulary != "tokenizer")
+    bound = "" if args.vocabulary == "tokenizer" else "UPPER BOUND: "
+    vocab_knows = (f"tokenizer's {len(vocabulary):,} words" if args.vocabulary == "tokenizer"
+                   else "the judge's 20 answer words")
 
     def planner(arm: str, rewriter, config):
         def make(memory: CampaignMemory | None) -> BeamSearchPlanner:
@@ -179,7 +186,7 @@ async def run(args) -> str:
             from agents.rewriter import Rewriter
 
             rewriter = Rewriter(llm, RewriterConfig(max_tokens=args.llm_max_tokens, max_prompt_chars=PROMPT_CHARS,
-                                                    model_vocabulary=MODEL_VOCABULARY))
+                                                    mode="edit"))
             for name, order in [("shuffled", shuffled)]:  # the fixed order's first intents are all one tag
                 sub = order[: args.llm_intents]
                 results[name]["llm"] = await run_campaign(planner(f"llm_{name}", rewriter, base), sub,
@@ -196,10 +203,10 @@ async def run(args) -> str:
         ids = [i.id for i in order]
         res = results[name]
         table_rows += rows_for(f"best-of-{args.budget} ({name} order)", "the intent's words", best_arm, None, ids)
-        table_rows += rows_for(f"explorer, no memory ({name} order)", "model vocabulary, failed-check words",
+        table_rows += rows_for(f"{bound}explorer, no memory ({name} order)", f"{vocab_knows}, failed-check words",
                                explore_plain, None, ids)
-        table_rows += rows_for(f"explorer + memory ({name} order)", "+ this campaign's lessons", res["explore_mem"],
-                               explore_plain, ids)
+        table_rows += rows_for(f"{bound}explorer + memory ({name} order)", "+ this campaign's lessons",
+                               res["explore_mem"], explore_plain, ids)
         last = quarters(ids)[-1]
         diff = paired_summary([res["explore_mem"].solved[i] - explore_plain.solved[i] for i in last])
         met = 100 * diff.mean >= GOAL_POINTS and diff.ci_low > 0
@@ -207,8 +214,8 @@ async def run(args) -> str:
                      f"quarter, {diff.wins}/{diff.ties}/{diff.losses} wins/ties/losses)")
         if "llm" in res:
             sub = ids[: args.llm_intents]
-            table_rows += rows_for(f"LLM, no memory ({name} order)", "feedback + model vocabulary", res["llm"], None,
-                                   sub)
+            table_rows += rows_for(f"LLM, no memory ({name} order)", "phrase edits, critic's feedback", res["llm"],
+                                   None, sub)
             table_rows += rows_for(f"LLM + memory ({name} order)", "+ this campaign's lessons", res["llm_mem"],
                                    res["llm"], sub)
             last = quarters(sub)[-1]
@@ -250,6 +257,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--concurrency", type=int, default=8, help="Intents in flight at once.")
+    p.add_argument("--vocabulary", choices=["tokenizer", "answer-words"], default="tokenizer",
+                   help="The explorer's vocabulary: the model's tokenizer words (what a model publishes) or the "
+                   "judge's answer words (an upper bound).")
     p.add_argument("--no-record", dest="record", action="store_false", help="Print only; no RESULTS.md entry.")
     args = p.parse_args(argv)
     if not 4 <= args.intents <= 240:

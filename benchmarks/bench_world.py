@@ -26,7 +26,7 @@ What each arm knows (nothing else reaches it; ``tests/test_world_honest.py`` che
 - **beam + LLM, whole rewrites** (``llm_rewrite``, the design before phrase edits): the model writes whole prompts
   (``RewriterConfig.mode="rewrite"``), paired seeds with one seed per prompt (about two distinct seeds an intent);
 - **UPPER BOUND: beam + LLM + answer words** (``llm_vocab``, opt-in): as ``llm_rewrite`` plus
-  ``pipelines.world.model.MODEL_VOCABULARY``, which is exactly the judge's 20 answer words (not what a model card
+  ``pipelines.world.model.ANSWER_WORDS``, which is exactly the judge's 20 answer words (not what a model card
   publishes: that is its tokenizer's 49,408 entries);
 - **best-of-N at equal compute**, under two cost models: *this CPU* (the extra images the LLM arms' engine-busy
   seconds would have bought at the render rate measured in this run: here one 1.5B rewrite costs as much as ~100
@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import math
 import threading
 import time
@@ -60,7 +61,7 @@ from agents.safety import OutputFilter
 from agents.stats import bootstrap_ci, paired_summary
 from pipelines.world.critic import PASS_SCORE, JudgeCritic
 from pipelines.world.eval import arm_seed, load_heldout, oracle_texts
-from pipelines.world.model import MODEL_VOCABULARY, RECOMMENDED_GUIDANCE, RECOMMENDED_STEPS
+from pipelines.world.model import ANSWER_WORDS, RECOMMENDED_GUIDANCE, RECOMMENDED_STEPS
 from pipelines.world.rewriter import OracleRewriter
 from pipelines.world.scenes import CANVAS, TAGS, SceneSpec
 
@@ -320,7 +321,9 @@ async def run(args) -> str:
 
     rows = load_heldout()
     per_tag = 1 if args.small else -(-args.intents // len(TAGS))
-    rows = [r for t in TAGS for r in [x for x in rows if x["tag"] == t][:per_tag]]
+    by_tag = [[x for x in rows if x["tag"] == t][:per_tag] for t in TAGS]
+    # interleaved over the tags, so the intents in flight (and any prefix of the run) mix every tag
+    rows = [group[i] for i in range(per_tag) for group in by_tag if i < len(group)]
     intents = [(Intent(id=r["id"], text=r["text"]), SceneSpec.model_validate(r["spec"])) for r in rows]
     tag_of = {r["id"]: r["tag"] for r in rows}
     ids = [i.id for i, _ in intents]
@@ -342,7 +345,7 @@ async def run(args) -> str:
                         "llm_nofb": RewriterConfig(**common, mode="edit", use_feedback=False),
                         "llm_memory": RewriterConfig(**common, mode="edit"),
                         "llm_rewrite": RewriterConfig(**common),
-                        "llm_vocab": RewriterConfig(**common, model_vocabulary=MODEL_VOCABULARY)}
+                        "llm_vocab": RewriterConfig(**common, model_vocabulary=ANSWER_WORDS)}
     spread = config.model_copy(update={"seed_mode": "spread"})
     search_configs = {"llm": spread, "llm_nofb": spread, "llm_rewrite": config, "llm_vocab": config,
                       "llm_memory": spread.model_copy(update={"memory": MemoryConfig(enabled=True)}),
@@ -358,7 +361,7 @@ async def run(args) -> str:
         "llm_rewrite": Arm(f"beam + LLM ({short}), whole rewrites (before), paired seeds",
                            "intent + critic's checks/feedback + branch prompts and scores"),
         "llm_vocab": Arm(f"UPPER BOUND: beam + LLM ({short}) + the judge's answer words",
-                         "as whole rewrites + MODEL_VOCABULARY (= the judge's 20 answer words)"),
+                         "as whole rewrites + ANSWER_WORDS (= the judge's 20 answer words)"),
         "oracle_rewriter": Arm("UPPER BOUND: oracle rewriter", "the world's synonym table + the judge's spec"),
         "oracle_phrasing": Arm(f"UPPER BOUND: oracle phrasing ({args.phrasings} phrasings x "
                                f"{args.budget // args.phrasings} seeds)", "training-grammar paraphrases of the spec"),
@@ -385,6 +388,13 @@ async def run(args) -> str:
                                        arms["oracle_phrasing"], config.base_seed)] if "oracle_phrasing" in arms else []),
             )
             done[0] += 1
+            if args.log:  # one line per finished intent: a run cut short still has its beam arms' outcomes
+                line = {"id": intent.id, "tag": tag_of[intent.id], **{
+                    name: {"passed": arms[name].passed[intent.id], "images": arms[name].images[intent.id],
+                           "llm_calls": arms[name].llm_calls[intent.id], "tokens": arms[name].tokens[intent.id]}
+                    for name in arms if intent.id in arms[name].passed}}
+                with open(args.log, "a") as f:
+                    f.write(json.dumps(line) + "\n")
             if done[0] % max(1, len(intents) // 20) == 0 or done[0] == len(intents):
                 print(f"  {done[0]}/{len(intents)} intents, {renderer.images} images, "
                       f"{time.perf_counter() - t_start:.0f} s", flush=True)
@@ -500,6 +510,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--batch", type=int, default=32, help="Images per pipeline call.")
     p.add_argument("--concurrency", type=int, default=24, help="Intents in flight at once.")
+    p.add_argument("--log", default=None, help="Append each finished intent's beam-arm outcomes to this JSONL file.")
     p.add_argument("--arms", nargs="+", default=list(DEFAULT_ARMS), choices=ARMS,
                    help="Arms to run besides best-of-N (which always runs).")
     p.add_argument("--no-record", dest="record", action="store_false", help="Print only; no RESULTS.md entry.")

@@ -31,7 +31,7 @@ from pipelines.world.critic import JudgeCritic
 from pipelines.world.eval import load_heldout
 from pipelines.world.grammar import COLOR_WORDS, COUNT_WORDS, RELATION_WORDS, SHAPE_WORDS
 from pipelines.world.judge import spec_to_checks, spec_to_intent
-from pipelines.world.model import MODEL_VOCABULARY
+from pipelines.world.model import ANSWER_WORDS
 from pipelines.world.scenes import TAGS, SceneSpec, draw_specs, plural, sample_spec
 from tests.test_world import _wrong
 
@@ -215,7 +215,7 @@ def test_no_text_a_rewriter_receives_names_a_concept_the_intent_does_not(recorde
 
 
 def test_the_model_vocabulary_is_one_fixed_text_and_the_only_exception(recorded):
-    config = RewriterConfig(model_vocabulary=MODEL_VOCABULARY)
+    config = RewriterConfig(model_vocabulary=ANSWER_WORDS)
     systems = set()
     for context in recorded[::7]:
         request = Rewriter(llm=None, config=config).build_request(context, request_id="r", seed=0, temperature=0.7)
@@ -225,7 +225,7 @@ def test_the_model_vocabulary_is_one_fixed_text_and_the_only_exception(recorded)
         without = Rewriter(llm=None, config=RewriterConfig()).build_request(context, request_id="r", seed=0,
                                                                             temperature=0.7).messages[0].content
         assert not leaks(re.sub(r"\d+", " ", without), context.intent.text)
-    assert len(systems) == 1 and all(word in next(iter(systems)) for word in MODEL_VOCABULARY)
+    assert len(systems) == 1 and all(word in next(iter(systems)) for word in ANSWER_WORDS)
 
 
 def test_the_check_can_fail_structured_checks_in_training_words_leak():

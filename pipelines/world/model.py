@@ -23,16 +23,29 @@ TOKENIZER_DIR = Path(__file__).with_name("clip_tokenizer")
 WEIGHTS_DIR = Path(__file__).with_name("weights")
 """The shipped, trained pipeline (see its README.md, the model card)."""
 
-MODEL_VOCABULARY: list[str] = [
+ANSWER_WORDS: list[str] = [
     "red", "orange", "yellow", "green", "blue", "purple", "pink", "white",
     "circle", "square", "triangle", "cross",
     "one", "two", "three", "four",
     "left of", "right of", "above", "below",
 ]
-"""The model's public vocabulary, as its model card states it (weights/README.md): the words its training captions
-use almost always (the grammar's ``frequent`` forms). A user knows their model, so a rewriter may be shown this one
-fixed list (``RewriterConfig.model_vocabulary``); it is the same for every intent and says nothing about which of an
-intent's words means which of these."""
+"""UPPER BOUND, not a model card: the words the world's training captions use almost always (the grammar's
+``frequent`` forms), which are exactly the judge's 20 answer words (8 colours, 4 shapes, 4 counts, 4 relations). A
+search over this list enumerates the answers, so a rewriter or explorer shown it is an upper bound, labelled so beside
+the oracle. What the model really publishes is its tokenizer: :func:`tokenizer_words`."""
+
+
+def tokenizer_words(weights_dir: Path | None = None, min_chars: int = 3) -> list[str]:
+    """The model's public vocabulary as a user of a real model has it: the whole words of its text encoder's tokenizer
+    (the CLIP BPE it ships: 49,408 entries, of which about 32,000 are ASCII words of ``min_chars`` letters or more),
+    sorted. Reads ``tokenizer/tokenizer.json`` of the pipeline directory (default: the shipped weights); knows nothing
+    of the world's grammar."""
+    import json
+
+    path = (weights_dir or WEIGHTS_DIR) / "tokenizer" / "tokenizer.json"
+    vocab = json.loads(path.read_text())["model"]["vocab"]
+    words = {t[:-4] for t in vocab if t.endswith("</w>")}
+    return sorted(w for w in words if w.isascii() and w.isalpha() and len(w) >= min_chars)
 
 RECOMMENDED_STEPS = 12
 """Denoising steps to render with (DPM-Solver++ 2M): good images at low cost."""
