@@ -103,7 +103,7 @@ class Rewriter:
             d["already_tried"] = tried
             if context.lessons:  # campaign memory: edits that raised other intents' scores (phrases only)
                 d["lessons_from_this_campaign"] = [
-                    {"replace": h.replace, "by": h.by, "helped": f"{h.wins} of {h.tries}"} for h in context.lessons
+                    {"replace": h.replace, "by": h.by, "wins": h.wins, "tries": h.tries} for h in context.lessons
                 ]
             return d
 

@@ -161,7 +161,7 @@ def test_the_llm_rewriter_is_shown_the_lessons_as_data_inside_user_data():
     request = Rewriter(None, RewriterConfig()).build_request(context, request_id="b/r0", seed=0, temperature=0.5)
     user = request.messages[-1].content
     inside = user.split("<user_data>", 1)[1].split("</user_data>", 1)[0]
-    assert json.loads(inside)["lessons_from_this_campaign"] == [{"replace": "box", "by": "square", "helped": "1 of 1"}]
+    assert json.loads(inside)["lessons_from_this_campaign"] == [{"replace": "box", "by": "square", "wins": 1, "tries": 1}]
     assert "lessons_from_this_campaign" in request.messages[0].content  # the instruction to use them
     without = Rewriter(None, RewriterConfig()).build_request(
         context.model_copy(update={"lessons": []}), request_id="b/r0", seed=0, temperature=0.5)

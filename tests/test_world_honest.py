@@ -23,7 +23,10 @@ import pytest
 from PIL import Image
 
 from agents import edits
-from agents.config import RewriterConfig, SearchConfig
+from agents.config import MemoryConfig, RewriterConfig, SearchConfig
+from agents.explorer import VocabularyExplorer
+from agents.memory import CampaignMemory
+from agents.safety import OutputFilter
 from agents.messages import Intent, RenderRequest, RenderResult, RewriteContext, RewriteReply
 from agents.planner import BeamSearchPlanner
 from agents.rewriter import Rewriter
@@ -31,7 +34,7 @@ from pipelines.world.critic import JudgeCritic
 from pipelines.world.eval import load_heldout
 from pipelines.world.grammar import COLOR_WORDS, COUNT_WORDS, RELATION_WORDS, SHAPE_WORDS
 from pipelines.world.judge import spec_to_checks, spec_to_intent
-from pipelines.world.model import ANSWER_WORDS
+from pipelines.world.model import ANSWER_WORDS, tokenizer_words
 from pipelines.world.scenes import TAGS, SceneSpec, draw_specs, plural, sample_spec
 from tests.test_world import _wrong
 
@@ -143,15 +146,27 @@ def world_intents() -> list[tuple[Intent, SceneSpec]]:
     return rows
 
 
-def run_recorded(intents: list[tuple[Intent, SceneSpec]]) -> list[RewriteContext]:
+def run_recorded(intents: list[tuple[Intent, SceneSpec]], memory: CampaignMemory | None = None,
+                 results: list | None = None) -> list[RewriteContext]:
+    """Every intent through the planner with the recording rewriter; with ``memory``, campaign memory on (lessons
+    learned from earlier intents offered as hints and as lesson prompts). ``results`` collects the SearchResults."""
     rewriter = RecordingRewriter()
     renderer = DrawingRenderer({i.id: s for i, s in intents})
     config = SearchConfig(beam_width=2, candidates_per_beam=2, rounds=3, seeds_per_prompt=1, explore_seeds=1,
-                          max_images=9, width=64, height=64, steps=1, run_baseline=False)
-    planner = BeamSearchPlanner(renderer, rewriter, JudgeCritic(), config, image_sink=keep_nothing)
+                          max_images=9, width=64, height=64, steps=1, run_baseline=False,
+                          memory=MemoryConfig(enabled=memory is not None))
+    planner = BeamSearchPlanner(renderer, rewriter, JudgeCritic(), config, image_sink=keep_nothing, memory=memory)
 
     async def all_intents():
-        await asyncio.gather(*(planner.run(intent) for intent, _ in intents))
+        sem = asyncio.Semaphore(8)  # a campaign's concurrency: later intents see earlier intents' lessons
+
+        async def one(intent):
+            async with sem:
+                result = await planner.run(intent)
+                if results is not None:
+                    results.append(result)
+
+        await asyncio.gather(*(one(intent) for intent, _ in intents))
 
     asyncio.run(all_intents())
     return rewriter.contexts
@@ -212,6 +227,53 @@ def test_no_text_a_rewriter_receives_names_a_concept_the_intent_does_not(recorde
             if bad := leaks(text, context.intent.text):
                 found.setdefault(context.intent.text, set()).update(bad)
     assert not found, dict(list(found.items())[:10])
+
+
+def test_with_campaign_memory_only_the_campaigns_own_words_cross_intents():
+    """Memory on: lessons (hints), unhelpful edits and the lesson-made prompts, through the whole-rewrite and the
+    phrase-edit requests. Memory exists to carry a phrase from one intent to another, so a concept word may reach an
+    intent that lacks it only inside a lesson's phrase, and every word of every lesson must come from the campaign's
+    own prompts (its intents' texts and the rewriter's proposals), never from the system: here the recording rewriter
+    adds only style words, so a lesson word from anywhere else would be a leak."""
+    memory = CampaignMemory(MemoryConfig(enabled=True, min_wins=1, min_win_rate=0.0), OutputFilter())
+    results: list = []
+    intents = world_intents()
+    contexts = run_recorded(intents, memory=memory, results=results)
+    assert any(c.lessons for c in contexts) and any(c.unhelpful_edits for c in contexts)  # the paths ran
+    lesson_prompts = [p for r in results for prop in r.proposals if prop.source == "lessons" for p in prop.prompts]
+    assert lesson_prompts  # memory made prompts of its own
+
+    def words(text: str) -> set[str]:
+        return set(re.findall(r"[a-z]+|\d+", text.lower()))
+
+    campaign = {w for i, _ in intents for w in words(i.text)} | {w for c in contexts for p in c.tried
+                                                                 for w in words(p) if p not in lesson_prompts}
+    campaign |= {w for s in SUFFIXES for w in words(s)}
+    lesson_words = {w for le in memory.lessons() for w in words(f"{le.before} {le.after}")}
+    assert lesson_words and lesson_words <= campaign, lesson_words - campaign
+    for config in (RewriterConfig(), RewriterConfig(mode="edit")):
+        found = {c.intent.text: bad for c in contexts for t in texts_received(c, config)
+                 if (bad := leaks(t, c.intent.text) - lesson_words)}
+        assert not found, dict(list(found.items())[:10])
+
+
+def test_the_explorer_reads_the_tokenizer_and_draws_blindly_from_it():
+    """The explorer's vocabulary is what the model publishes (its tokenizer's ~32,000 words), and it draws from it
+    blindly: concept words turn up in its proposals about as often as in the vocabulary, not first (with the judge's
+    answer words as its vocabulary every proposal would name a concept)."""
+    vocabulary = tokenizer_words()
+    assert len(vocabulary) > 30_000 and set(ANSWER_WORDS) - {"left of", "right of"} <= set(vocabulary)
+    explorer = VocabularyExplorer(vocabulary, keep_vocabulary_words=False)
+    rows = load_heldout()[::8]
+    new_words: list[str] = []
+    for i, row in enumerate(rows):
+        context = RewriteContext(intent=Intent(id=row["id"], text=row["text"]), round=0, k=3)
+        reply = asyncio.run(explorer.propose(context, request_id="r", seed=i, temperature=1.0))
+        for p in reply.prompts:
+            new_words += sorted(set(re.findall(r"[a-z]+", p.lower())) - set(re.findall(r"[a-z]+", row["text"].lower())))
+    share = sum(w in CONCEPT_WORDS for w in new_words) / len(new_words)
+    base_rate = len(CONCEPT_WORDS & set(vocabulary)) / len(vocabulary)
+    assert len(new_words) >= 60 and share < max(0.05, 10 * base_rate), (share, base_rate)
 
 
 def test_the_model_vocabulary_is_one_fixed_text_and_the_only_exception(recorded):
