@@ -141,6 +141,8 @@ class CampaignRunner:
         self.rewriter = make_agent(models.rewriter, Rewriter, llm, spec.rewriter)
         # The critic may have its own model (an OpenAI-compatible endpoint); else it shares the rewriter's.
         self.critic = make_agent(models.critic, Critic, critic_llm or llm, spec.critic)
+        # What the rewriter reads, in one line (every rewriter says it; an oracle says it is one)
+        self.rewriter_knows = str(getattr(self.rewriter, "knows", type(self.rewriter).__name__))[:500]
         self.tally = CampaignTally(len(spec.intents))
         self.state = CampaignState.running
         self.started_at = time.time()
@@ -151,7 +153,8 @@ class CampaignRunner:
 
     @property
     def status(self) -> CampaignStatus:
-        return self.tally.status(self.id, self.state, self.started_at, self.finished_at, self.concurrency)
+        return self.tally.status(self.id, self.state, self.started_at, self.finished_at, self.concurrency,
+                                 self.rewriter_knows)
 
     def manifest(self, created_at: float | None = None) -> Manifest:
         return Manifest(
@@ -161,6 +164,7 @@ class CampaignRunner:
             critic=self.spec.critic, baseline=self.spec.baseline, models=self.models, concurrency=self.concurrency,
             versions=package_versions(),
             seeds={"base_seed": self.search.base_seed, "derivation": "sha256(base_seed, candidate id)"},
+            rewriter_knows=self.rewriter_knows,
         )
 
     def prepare_store(self) -> int:

@@ -482,6 +482,8 @@ def _finish_report(campaign_dir: Path | str, status: CampaignStatus | None = Non
         console.print(f"state: {st.state.value}; {st.intents_done} done, {st.intents_failed} failed, "
                       f"{st.intents_rejected} rejected; {st.images_rendered} images; improvement over the baseline "
                       f"{fmt(imp.mean)}{ci}, {imp.wins}/{imp.ties}/{imp.losses} better/tied/worse")
+    if manifest.rewriter_knows:
+        console.print(f"rewriter: {manifest.rewriter_knows}")
     console.print(f"results: {campaign_dir}/results.jsonl  lineage: {campaign_dir}/lineage.jsonl  report: {path}")
     return st
 

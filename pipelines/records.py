@@ -231,6 +231,11 @@ class Manifest(Record):
     concurrency: int
     versions: dict[str, str] = Field(default_factory=dict)
     seeds: dict[str, Any] = Field(default_factory=dict, description="How seeds are derived (for reproduction).")
+    rewriter_knows: str = Field(
+        default="", max_length=500,
+        description="The rewriter in one line: what it reads (an ORACLE says it is one). Shown by the report, the CLI "
+        "and the status; not part of the fingerprint (the models and the rewriter config are).",
+    )
 
     @staticmethod
     def compute_fingerprint(spec: CampaignSpec, search: SearchConfig, models: ModelsRecord) -> str:
@@ -426,6 +431,9 @@ class CampaignStatus(CampaignSummary):
     started_at: float
     finished_at: float | None = None
     concurrency: int | None = Field(default=None, description="Intents searched at once in this run.")
+    rewriter_knows: str | None = Field(
+        default=None, description="The rewriter in one line: what it reads (an ORACLE says it is one)."
+    )
 
 
 class CampaignAccepted(Record):
@@ -549,9 +557,10 @@ class CampaignTally:
         return summary
 
     def status(self, campaign_id: str, state: CampaignState, started_at: float, finished_at: float | None = None,
-               concurrency: int | None = None) -> CampaignStatus:
+               concurrency: int | None = None, rewriter_knows: str | None = None) -> CampaignStatus:
         return CampaignStatus(**self.summary().model_dump(), id=campaign_id, state=state, errors=list(self.errors),
-                              started_at=started_at, finished_at=finished_at, concurrency=concurrency)
+                              started_at=started_at, finished_at=finished_at, concurrency=concurrency,
+                              rewriter_knows=rewriter_knows)
 
     @classmethod
     def of(cls, outcomes: Iterable[IntentOutcome], intents_total: int) -> CampaignTally:

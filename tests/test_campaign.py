@@ -340,3 +340,23 @@ def test_resume_after_the_runner_process_is_killed(tmp_path):
     keys = [(c.mode, c.id) for c in lineage]
     assert len(keys) == len(set(keys)) == sum(r.images for r in results)
     assert store.read_status().intents_done == 10
+
+
+def test_status_manifest_and_report_name_the_rewriter_and_what_it_knows(tmp_path):
+    """A user reading a campaign's results must see which rewriter made them and what it read (an oracle says so)."""
+    from pipelines.report import write_report
+
+    s = spec(2, rewriter={"mode": "edit"})
+    store = CampaignStore(str(tmp_path))
+    run = runner(s, store)
+    status = asyncio.run(run.run())
+    knows = run.rewriter.knows
+    assert "language model" in knows and "every other word is kept by rule" in knows  # edit mode says so
+    assert status.rewriter_knows == knows == store.read_manifest().rewriter_knows
+    assert store.read_status().rewriter_knows == knows
+    html = Path(write_report(store)).read_text()
+    assert f"rewriter: {knows}".replace("'", "&#39;") in html
+    oracle_models = MODELS.model_copy(update={"rewriter": "pipelines.world.rewriter:oracle_rewriter"})
+    oracle = CampaignRunner(s, s.search_config(), FakeRenderer(), ScriptedLLM(), CampaignStore(str(tmp_path / "o")),
+                            models=oracle_models)
+    assert oracle.rewriter_knows.startswith("ORACLE")

@@ -328,7 +328,8 @@ class CampaignIngress:
             finished = tally.summary().intents_finished == manifest.intents
             # registered but not run here yet: this ingress is about to resume it
             unfinished = CampaignState.running if self.registry.contains(campaign_id) else CampaignState.cancelled
-            return tally.status(campaign_id, CampaignState.done if finished else unfinished, manifest.created_at)
+            return tally.status(campaign_id, CampaignState.done if finished else unfinished, manifest.created_at,
+                                rewriter_knows=manifest.rewriter_knows or None)
 
         return await asyncio.to_thread(fold)
 
