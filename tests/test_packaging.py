@@ -30,10 +30,20 @@ def tracked_files() -> list[str]:
     return sorted(p for p in out.split("\0") if p and (ROOT / p).is_file())
 
 
-def test_license_is_the_apache_2_text_pyproject_names():
+def pyproject() -> dict:
+    import tomllib
+
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def test_license_is_the_apache_2_text_pyproject_names_in_the_current_form():
+    """PEP 639: an SPDX expression and the license files (the TOML-table form is deprecated by setuptools 77, which
+    the build requires)."""
     text = (ROOT / "LICENSE").read_text()
     assert text.lstrip().startswith("Apache License") and "Version 2.0, January 2004" in text
-    assert 'license = { text = "Apache-2.0" }' in (ROOT / "pyproject.toml").read_text()
+    project = pyproject()["project"]
+    assert project["license"] == "Apache-2.0" and project["license-files"] == ["LICENSE"]
+    assert "setuptools>=77" in pyproject()["build-system"]["requires"]
 
 
 def test_nothing_shipped_imports_benchmarks_or_tests():
@@ -58,8 +68,11 @@ def wheel(tmp_path_factory) -> Path:
         (src / rel).write_bytes((ROOT / rel).read_bytes())
     dist = tmp_path_factory.mktemp("dist")
     uv = Path(sys.executable).with_name("uv")
-    subprocess.run([str(uv), "build", "--wheel", "--no-build-isolation", "--offline", "--python", sys.executable,
-                    "-o", str(dist), str(src)], check=True, capture_output=True, text=True, timeout=300)
+    built = subprocess.run([str(uv), "build", "--wheel", "--no-build-isolation", "--offline", "--python",
+                            sys.executable, "-o", str(dist), str(src)], check=True, capture_output=True, text=True,
+                           timeout=300)
+    # setuptools' deprecations (the old license form was one) are a build that stops working later
+    assert "SetuptoolsDeprecationWarning" not in built.stdout + built.stderr, built.stderr[-3000:]
     (whl,) = dist.glob("promptbeam-*.whl")
     return whl
 
@@ -72,6 +85,46 @@ def test_wheel_holds_every_runtime_file(wheel):
     expected = [rel for rel in tracked_files() if rel.startswith(tuple(p + "/" for p in SHIPPED))]
     assert [rel for rel in expected if rel not in names] == []
     assert any(n.endswith(".dist-info/licenses/LICENSE") or n.endswith(".dist-info/LICENSE") for n in names)
+    (metadata,) = [n for n in names if n.endswith(".dist-info/METADATA")]
+    assert "License-Expression: Apache-2.0" in zipfile.ZipFile(wheel).read(metadata).decode().splitlines()
+
+
+OLDEST_PIP = "23.0.1"
+"""The oldest pip docs/install.md supports: pip 23.0 (a venv of this Python 3.11.7 brings pip 23.2.1)."""
+
+
+@pytest.mark.slow
+def test_the_oldest_supported_pip_installs_the_wheel_and_reads_its_requirements(wheel, tmp_path):
+    """pip 23 vendors packaging 21.3, which cannot parse some requirement forms newer tools write (``torch===2.13.0;
+    extra == "gpu"`` crashed its resolver and ``pip check``). A fresh venv gets that pip from the package index,
+    installs the wheel, and every Requires-Dist of it must parse with that pip's own parser."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    py = str(venv / "bin" / "python")
+
+    def pip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+        done = subprocess.run([py, "-m", "pip", "--disable-pip-version-check", *args], capture_output=True,
+                              text=True, timeout=600)
+        assert not check or done.returncode == 0, f"pip {args}: {done.stdout[-2000:]}{done.stderr[-2000:]}"
+        return done
+
+    pip("install", "-q", f"pip=={OLDEST_PIP}")
+    assert pip("--version").stdout.startswith(f"pip {OLDEST_PIP} ")
+    pip("install", "--no-deps", str(wheel))
+    parsed = subprocess.run([py, "-c", (
+        "from importlib.metadata import requires\n"
+        "from pip._vendor.packaging.requirements import Requirement\n"
+        "reqs = [Requirement(r) for r in requires('promptbeam')]\n"
+        "(torch,) = [r for r in reqs if r.name == 'torch' and r.marker and 'gpu' in str(r.marker)]\n"
+        "print(len(reqs), torch.specifier.contains('2.13.0'), torch.specifier.contains('2.13.0+cpu'))\n"
+    )], capture_output=True, text=True, timeout=120)
+    assert parsed.returncode == 0, parsed.stderr[-3000:]
+    count, accepts_cuda_build, accepts_cpu_build = parsed.stdout.split()
+    assert int(count) > 20 and accepts_cuda_build == "True" and accepts_cpu_build == "False"
+    # pip check reads every installed distribution's requirements: it names the missing ones, no parse error
+    checked = pip("check", check=False)
+    assert "Error parsing requirements" not in checked.stdout + checked.stderr, checked.stdout[-2000:]
+    assert f"promptbeam {pyproject()['project']['version']} requires ray" in checked.stdout, checked.stdout[-2000:]
 
 
 @pytest.mark.slow
