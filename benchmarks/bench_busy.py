@@ -11,7 +11,7 @@ so that start-up and the last intents' tail weigh the same in every row.
 Busy fraction = the replica's ``busy_seconds`` added during the campaign / the campaign's wall time (its status's
 ``finished_at - started_at``). Goal: >= 0.9 once concurrency suffices.
 
-    .venv/bin/python -m benchmarks.bench_busy [--waves 3] [--batch-seconds 6] [--smoke] [--no-record]
+    .venv/bin/python -m benchmarks.bench_busy [--waves 3] [--batch-seconds 6] [--smoke] [--record]
 """
 
 from __future__ import annotations
@@ -127,7 +127,7 @@ def run_rows(tiny_dir: Path, store: Path, waves: int, concurrencies: list[int | 
 
 
 def main() -> None:
-    from benchmarks._util import report
+    from benchmarks._util import add_record_options, report
     from serving.tiny_models import make_tiny_models
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -136,7 +136,7 @@ def main() -> None:
     ap.add_argument("--concurrency", default="1,2,4,8", help="rows besides the capacity-derived one")
     ap.add_argument("--smoke", action="store_true", help="CI: 1 wave, 0.2 s per call, rows 1 and derived")
     ap.add_argument("--tiny-dir", type=Path, default=None)
-    ap.add_argument("--no-record", action="store_true", help="print only; do not append to RESULTS.md")
+    add_record_options(ap)
     args = ap.parse_args()
     if args.smoke:
         args.waves, args.batch_seconds, args.concurrency = 1, 0.2, "1"
@@ -155,7 +155,7 @@ def main() -> None:
         f"size (max_batch_size 16, the tiny preset's); LLM: the tiny preset's vLLM; search: {SEARCH}, baseline on "
         "every intent; "
         "busy fraction = busy_seconds added / campaign wall time; goal: >= 0.9 once concurrency suffices",
-        record=not args.no_record,
+        record=args.record,
     )
 
 

@@ -6,7 +6,7 @@ second, like a restarted replica on the same volume, loads inductor's compiled g
 seconds, graphs compiled, inductor's FX-graph cache hits and misses, and the restarted replica's warm-up over the first.
 
     PYTHONPATH=. python -m benchmarks.bench_compile_cache            # inductor: minutes on 2 CPU cores
-    PYTHONPATH=. python -m benchmarks.bench_compile_cache --backend eager --no-record   # smoke (no inductor cache)
+    PYTHONPATH=. python -m benchmarks.bench_compile_cache --backend eager   # smoke (no inductor cache)
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks._util import report
+from benchmarks._util import add_record_options, report
 
 
 def replica(model: str, cache: str, backend: str, max_batch: int) -> None:
@@ -42,7 +42,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--backend", default="inductor", choices=["inductor", "eager"])
     ap.add_argument("--max-batch", type=int, default=1, help="max_batch_size: buckets are powers of two up to it")
-    ap.add_argument("--no-record", action="store_true")
+    add_record_options(ap)
     ap.add_argument("--replica", nargs=2, metavar=("MODEL", "CACHE"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.replica:
@@ -70,7 +70,7 @@ def main() -> None:
          ["restart / first start", again["seconds"] / first["seconds"], "", "", ""]],
         notes=f"buckets up to max_batch_size {args.max_batch}, 64², 1 step; dynamo still traces on a restart (the "
               "cache skips inductor's code generation and C++/Triton compilation)",
-        record=not args.no_record,
+        record=args.record,
     )
 
 

@@ -18,7 +18,7 @@ costs little compute and the encoding weighs as it does on a GPU. On 2 CPU cores
 threads share the cores, which a GPU does not: the overlap here is a lower bound.
 
     PYTHONPATH=. python -m benchmarks.bench_encode                # full run, appended to benchmarks/RESULTS.md
-    PYTHONPATH=. python -m benchmarks.bench_encode --smoke --no-record
+    PYTHONPATH=. python -m benchmarks.bench_encode --smoke
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from benchmarks._util import median_time, report
+from benchmarks._util import add_record_options, median_time, report
 
 FORMATS = {  # label: config fields
     "png (level 6, default)": {"image_format": "png"},
@@ -51,7 +51,7 @@ def main() -> None:
     ap.add_argument("--torch-threads", type=int, default=None,
                     help="torch's intra-op threads; 1 leaves the other core to the encoders, as a GPU leaves the CPU")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes, one rep (CI)")
-    ap.add_argument("--no-record", action="store_true")
+    add_record_options(ap)
     args = ap.parse_args()
     if args.smoke:
         args.size, args.batch, args.batches, args.reps = 128, 2, 2, 1
@@ -91,7 +91,7 @@ def main() -> None:
         notes=f"{len(sample)} images of serving.tiny_models.TINY_SD_512 ({args.steps} steps, random weights: "
               "noise-like, which compresses worse than photographs); medians of "
               f"{args.reps} after a warm-up; torch threads {torch.get_num_threads()}",
-        record=not args.no_record,
+        record=args.record,
     )
 
     # 2. The overlap, streamed as the deployment issues batches
@@ -139,7 +139,7 @@ def main() -> None:
               f"{torch.get_num_threads()} torch thread(s) and "
               f"the encoder threads share {os.cpu_count()} cores (on a GPU the device computes and the CPU is free to "
               "encode: --torch-threads 1 comes closer to that); goal on GPU: engine >= 0.97x plain",
-        record=not args.no_record,
+        record=args.record,
     )
 
 

@@ -47,6 +47,7 @@ from agents.messages import Intent
 from agents.planner import BeamSearchPlanner
 from agents.safety import OutputFilter
 from agents.stats import paired_summary
+from benchmarks._util import add_record_options
 from benchmarks.bench_world import (
     PROMPT_CHARS,
     ArmRenderer,
@@ -260,7 +261,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--vocabulary", choices=["tokenizer", "answer-words"], default="tokenizer",
                    help="The explorer's vocabulary: the model's tokenizer words (what a model publishes) or the "
                    "judge's answer words (an upper bound).")
-    p.add_argument("--no-record", dest="record", action="store_false", help="Print only; no RESULTS.md entry.")
+    add_record_options(p)
     args = p.parse_args(argv)
     if not 4 <= args.intents <= 240:
         p.error(f"--intents must be between 4 and 240, got {args.intents}")

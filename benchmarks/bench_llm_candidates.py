@@ -37,7 +37,7 @@ import threading
 import time
 from pathlib import Path
 
-from benchmarks._util import report
+from benchmarks._util import add_record_options, report
 
 DEFAULT_MODELS = ["smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct", "qwen2.5-coder-1.5b-instruct"]
 WORLD_MAX_PROMPT_TOKENS = 32
@@ -247,7 +247,7 @@ def main() -> None:
     ap.add_argument("--modes", nargs="+", default=["rewrite", "edit"], choices=["rewrite", "edit"],
                     help="Rewriter modes to measure per model (RewriterConfig.mode): whole rewrites, phrase edits.")
     ap.add_argument("--mode", default="rewrite", help=argparse.SUPPRESS)  # child mode's rewriter mode
-    ap.add_argument("--no-record", action="store_true", help="Print only; do not append to benchmarks/RESULTS.md.")
+    add_record_options(ap)
     ap.add_argument("--measurements", type=Path, default=None,
                     help="Keep each model's raw measurement (every proposal, timings) as DIR/<model>.json and reuse "
                     "one that is there for the same intents and k: models can be measured in separate runs and "
@@ -295,7 +295,7 @@ def main() -> None:
         "is still said in some form (nothing lost); mode: whole rewrites or phrase edits (RewriterConfig.mode); failed "
         "calls count as k failed proposals. Peak RSS: the measuring "
         "process tree (engine core included).",
-        record=not args.no_record,
+        record=args.record,
     )
 
 

@@ -4,7 +4,7 @@ Each size runs in a fresh process. The renderer and the LLM are the scripted fak
 noise PNGs, valid JSON replies), so what is measured is the runner and the store — the part that must stream results
 instead of holding them — not model weights, which do not grow with the campaign.
 
-    .venv/bin/python -m benchmarks.bench_memory [--n 100] [--no-record]
+    .venv/bin/python -m benchmarks.bench_memory [--n 100] [--record]
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 
-from benchmarks._util import report
+from benchmarks._util import add_record_options, report
 
 CHILD = r"""
 import asyncio, json, resource, sys, time
@@ -46,7 +46,7 @@ def run(n: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=100)
-    ap.add_argument("--no-record", action="store_true")
+    add_record_options(ap)
     args = ap.parse_args()
     small, large = run(args.n), run(10 * args.n)
     growth = large["peak_rss_mib"] / small["peak_rss_mib"] - 1
@@ -54,7 +54,7 @@ def main() -> None:
     rows.append(["growth 10x intents", "", "", f"{growth:+.1%}"])
     report("Memory in campaign size (runner + store, fake models)", ["intents", "images", "seconds", "peak RSS MiB"],
            rows, notes="1 round, 4 prompts per intent, + baseline at equal budget; goal: <= 10% growth",
-           record=not args.no_record)
+           record=args.record)
 
 
 if __name__ == "__main__":

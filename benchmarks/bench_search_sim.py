@@ -22,7 +22,7 @@ score) and, as an ablation, paired search ranked by the raw mean.
 of best-of-N's; mean over intents with a 95% bootstrap interval and win/tie/loss counts (``agents.stats``). The critic
 score difference (what a campaign reports) is shown beside it.
 
-    PYTHONPATH=. .venv/bin/python -m benchmarks.bench_search_sim [--intents 500] [--no-record]
+    PYTHONPATH=. .venv/bin/python -m benchmarks.bench_search_sim [--intents 500] [--record]
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ from agents.messages import (
 )
 from agents.planner import BeamSearchPlanner
 from agents.stats import paired_summary
-from benchmarks._util import report
+from benchmarks._util import add_record_options, report
 
 _NORMAL = NormalDist()
 
@@ -203,7 +203,7 @@ def _ci(summary) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--intents", type=int, default=500)
-    parser.add_argument("--no-record", action="store_true", help="print only; do not append to RESULTS.md")
+    add_record_options(parser)
     args = parser.parse_args()
 
     # Equal budget for every arm: no early stop (a clipped branch score never reaches 1.0; patience = rounds).
@@ -242,7 +242,7 @@ def main() -> None:
     )
     report("Search vs best-of-N at equal image budget (synthetic world, real planner)",
            ["world", "arm", "images/intent", "Δ image vs best-of-N [95% CI]", "Δ critic", "Δ prompt q [95% CI]",
-            "W/T/L"], rows, notes, record=not args.no_record)
+            "W/T/L"], rows, notes, record=args.record)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@
 With ``--profile``: the CPU seconds each process spent during each campaign (from /proc, Linux), to see where the
 served side's extra time goes.
 
-    .venv/bin/python -m benchmarks.bench_serving [--intents 6] [--n 8] [--profile] [--no-record]
+    .venv/bin/python -m benchmarks.bench_serving [--intents 6] [--n 8] [--profile] [--record]
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks._util import report
+from benchmarks._util import add_record_options, report
 
 SEARCH = {"rounds": 2, "beam_width": 2, "candidates_per_beam": 2, "seeds_per_prompt": 1, "max_images": 8,
           "steps": 2, "width": 64, "height": 64, "guidance_scale": 0.0}
@@ -147,7 +147,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=8, help="burst size for the batching benchmark")
     ap.add_argument("--tiny-dir", type=Path, default=None)
     ap.add_argument("--profile", action="store_true", help="print CPU seconds per process during each campaign")
-    ap.add_argument("--no-record", action="store_true", help="print only; do not append to RESULTS.md")
+    add_record_options(ap)
     args = ap.parse_args()
     from serving.tiny_models import make_tiny_models
 
@@ -172,7 +172,7 @@ def main() -> None:
          ["(a) Serve app over HTTP", args.intents, serve_images, serve_s, serve_ips],
          ["ratio (a)/(b)", "", "", "", serve_ips / local_ips]],
         notes=f"search config: {json.dumps(SEARCH)}; campaign concurrency 4; goal: ratio >= 0.8",
-        record=not args.no_record,
+        record=args.record,
     )
     report(
         "Dynamic batching efficiency (CPU, tiny diffusion)",
@@ -181,7 +181,7 @@ def main() -> None:
          [f"one in-process batch of {args.n}", args.n, burst_local, [args.n]],
          ["efficiency (in-process / served)", "", burst_local / burst_served, ""]],
         notes="5 repetitions after warm-up, medians; 64x64, 4 steps; goal: efficiency >= 0.8",
-        record=not args.no_record,
+        record=args.record,
     )
 
 

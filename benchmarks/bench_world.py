@@ -59,6 +59,7 @@ from agents.messages import ChatRequest, ChatResult, Intent, RenderRequest, Rend
 from agents.planner import BeamSearchPlanner
 from agents.safety import OutputFilter
 from agents.stats import bootstrap_ci, paired_summary
+from benchmarks._util import add_record_options
 from pipelines.world.critic import PASS_SCORE, JudgeCritic
 from pipelines.world.eval import arm_seed, load_heldout, oracle_texts
 from pipelines.world.model import ANSWER_WORDS, RECOMMENDED_GUIDANCE, RECOMMENDED_STEPS
@@ -513,7 +514,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--log", default=None, help="Append each finished intent's beam-arm outcomes to this JSONL file.")
     p.add_argument("--arms", nargs="+", default=list(DEFAULT_ARMS), choices=ARMS,
                    help="Arms to run besides best-of-N (which always runs).")
-    p.add_argument("--no-record", dest="record", action="store_false", help="Print only; no RESULTS.md entry.")
+    add_record_options(p)
     args = p.parse_args(argv)
     if args.budget % args.phrasings:
         p.error(f"--budget ({args.budget}) must be a multiple of --phrasings ({args.phrasings})")

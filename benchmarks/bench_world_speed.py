@@ -1,6 +1,6 @@
 """Speed of the measuring world's parts on this machine: judge, rasterizer, and the shipped model's rendering.
 
-    python -m benchmarks.bench_world_speed [--images 2000] [--no-record]
+    python -m benchmarks.bench_world_speed [--images 2000] [--record]
 
 - judge: images/s on one core (``OMP/MKL`` threads and torch threads pinned to 1), over ground-truth drawings of all
   six tags (goal: >= 200 images/s at 64x64);
@@ -16,6 +16,8 @@ import os
 import random
 import time
 
+from benchmarks._util import add_record_options
+
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
@@ -23,7 +25,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--images", type=int, default=2000)
     p.add_argument("--render-batches", type=int, default=3)
-    p.add_argument("--no-record", action="store_true")
+    add_record_options(p)
     a = p.parse_args(argv)
 
     import torch
@@ -76,7 +78,7 @@ def main(argv: list[str] | None = None) -> None:
                  f"{best / 8:.3f} s/image (best batch)", f"{RECOMMENDED_STEPS} steps, guidance {RECOMMENDED_GUIDANCE}"])
     report("World speed: judge, rasterizer, shipped model (CPU)", ["part", "items", "seconds", "rate", "note"], rows,
            notes="goals: judge >= 200 images/s on one core; rendering ~0.1-0.2 s per image at batch 8",
-           record=not a.no_record)
+           record=a.record)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,9 @@ busy-fraction script on the real Serve app and tiny vLLM (short)."""
 
 from __future__ import annotations
 
+import ast
 import os
+import re
 import subprocess
 import sys
 import time
@@ -11,15 +13,85 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks._util import RESULTS, add_record_options, report, sections
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _run(*args: str, timeout: int = 600) -> str:
+    """Run a benchmark script; without ``--record`` it must leave benchmarks/RESULTS.md as it was."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    before = RESULTS.read_bytes()
     proc = subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, env=env,
                           timeout=timeout)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "--record" in args or RESULTS.read_bytes() == before, f"{args} wrote RESULTS.md without --record"
     return proc.stdout
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# RESULTS.md: one section per table, written only with --record (fast: no benchmark runs)
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def test_the_record_flag_is_off_by_default_and_no_record_is_still_accepted():
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    add_record_options(parser)
+    assert parser.parse_args([]).record is False
+    assert parser.parse_args(["--record"]).record is True
+    assert parser.parse_args(["--no-record"]).record is False
+
+
+def test_a_recorded_table_replaces_the_section_with_its_heading(tmp_path, capsys):
+    results = tmp_path / "RESULTS.md"
+    results.write_text("# Benchmark results\n\nintro\n\n## Speed (CPU)\nold run\n\n| a |\n\n## Other\nkept\n\n"
+                       "## Speed (CPU)\nan older duplicate\n")
+    report("Speed (CPU)", ["path", "images/s"], [["engine", 1.5]], notes="the notes", record=True, results=results)
+    report("New (CPU)", ["x"], [[1]], record=True, results=results)
+    report("Not recorded", ["x"], [[1]], results=results)
+    text = results.read_text()
+    preamble, found = sections(text)
+    assert preamble == "# Benchmark results\n\nintro\n\n"
+    assert [h for h, _ in found] == ["Other", "Speed (CPU)", "New (CPU)"]
+    speed = dict(found)["Speed (CPU)"]
+    assert "old run" not in text and "older duplicate" not in text and "| engine | 1.500    |" in speed
+    assert re.search(r"^\d{4}-\d\d-\d\d \d\d:\d\d UTC · commit \S+ · .+ cores", speed.splitlines()[1])
+    assert speed.rstrip().endswith("the notes") and dict(found)["Other"] == "## Other\nkept\n\n"
+    assert "Not recorded" in capsys.readouterr().out  # printed, not written
+
+
+def test_a_heading_inside_a_code_block_is_not_a_section():
+    _, found = sections("## A\n```\n## not a heading\n```\n## B\n")
+    assert [h for h, _ in found] == ["A", "B"]
+
+
+def test_every_benchmark_script_records_only_with_the_record_flag():
+    """Each script that reports through benchmarks/_util takes ``--record`` from add_record_options; none declares
+    its own --no-record or appends to RESULTS.md itself."""
+    offenders = []
+    for path in sorted((ROOT / "benchmarks").rglob("*.py")):
+        if path.name == "_util.py":
+            continue
+        source = path.read_text()
+        calls = {node.func.id for node in ast.walk(ast.parse(source)) if isinstance(node, ast.Call)
+                 and isinstance(node.func, ast.Name)}
+        if calls & {"report", "record_section"} and "add_record_options" not in calls:
+            offenders.append(f"{path.name}: reports without add_record_options")
+        if '"--no-record"' in source or "RESULTS.open(" in source:
+            offenders.append(f"{path.name}: its own --no-record or RESULTS.md write")
+    assert offenders == []
+
+
+def test_results_md_has_one_stamped_section_per_heading():
+    """The committed file: no heading twice, and every section says when, at which commit and on which machine."""
+    _, found = sections(RESULTS.read_text())
+    headings = [h for h, _ in found]
+    assert len(found) >= 10 and sorted({h for h in headings if headings.count(h) > 1}) == []
+    for heading, text in found:
+        assert re.search(r"\d{4}-\d\d-\d\d", text) and re.search(r"commit [0-9a-f]{7}", text), heading
+        assert "cores" in text, heading
 
 
 @pytest.mark.slow
@@ -27,7 +99,7 @@ def test_gpu_script_runs_every_row_tiny_on_cpu(tmp_path):
     """benchmarks/gpu/run_all.py at test shapes: all three architectures through the same builders, every group;
     fp8 says why it cannot run on a CPU instead of failing."""
     out = _run("benchmarks.gpu.run_all", "--tiny", "--budget-s", "600", "--reps", "1", "--sdpa", "math",
-               "--no-record", "--out", str(tmp_path / "table.md"))
+               "--out", str(tmp_path / "table.md"))
     table = (tmp_path / "table.md").read_text()
     for arch in ("sd15", "sdxl", "flux"):
         assert f"| {arch} " in table
@@ -42,7 +114,7 @@ def test_gpu_script_keeps_its_budget(tmp_path):
     """With too little time the script stops at the budget, says what it skipped or was running, and still writes
     the rows it measured."""
     t0 = time.monotonic()
-    out = _run("benchmarks.gpu.run_all", "--tiny", "--budget-s", "12", "--reps", "1", "--no-record",
+    out = _run("benchmarks.gpu.run_all", "--tiny", "--budget-s", "12", "--reps", "1",
                "--out", str(tmp_path / "table.md"))
     assert time.monotonic() - t0 < 12 + 15  # the budget + interpreter start-up
     assert "BUDGET of 12 s reached" in out or "SKIPPED" in out
@@ -51,26 +123,26 @@ def test_gpu_script_keeps_its_budget(tmp_path):
 
 @pytest.mark.slow
 def test_encode_benchmark_runs(tmp_path):
-    out = _run("benchmarks.bench_encode", "--smoke", "--no-record")
+    out = _run("benchmarks.bench_encode", "--smoke")
     assert "webp lossless method 0" in out and "jpeg quality 90" in out
     assert "(c) engine, encoder pool of 4" in out and "hidden" in out
 
 
 @pytest.mark.slow
 def test_compile_cache_benchmark_runs():
-    out = _run("benchmarks.bench_compile_cache", "--backend", "eager", "--no-record")
+    out = _run("benchmarks.bench_compile_cache", "--backend", "eager")
     assert "restart (same cache dir)" in out and "restart / first start" in out
 
 
 @pytest.mark.slow
 def test_memory_benchmark_runs(tmp_path):
-    out = _run("benchmarks.bench_memory", "--n", "3", "--no-record")
+    out = _run("benchmarks.bench_memory", "--n", "3")
     assert "growth 10x intents" in out
 
 
 @pytest.mark.slow
 def test_search_simulator_runs_and_the_paired_search_beats_best_of_n_where_prompts_differ():
-    out = _run("benchmarks.bench_search_sim", "--intents", "40", "--no-record")
+    out = _run("benchmarks.bench_search_sim", "--intents", "40")
     rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in out.splitlines() if line.startswith("| ")]
     table = {(r[0], r[1]): r for r in rows[1:]}
     worlds = {"prompts differ", "prompts differ a little", "seeds dominate", "prompts do not differ"}
@@ -89,7 +161,7 @@ def test_busy_benchmark_runs_campaigns_through_the_served_app():
     """bench_busy --smoke: the Serve app with the fixed-cost renderer and the real tiny vLLM starts once and runs a
     campaign at concurrency 1 and one at the concurrency derived from the renderer's capacity; every row rendered
     images and its busy fraction is a fraction."""
-    out = _run("benchmarks.bench_busy", "--smoke", "--no-record", timeout=900)
+    out = _run("benchmarks.bench_busy", "--smoke", timeout=900)
     rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in out.split("Renderer busy fraction")[1]
             .splitlines() if line.startswith("| ") and not line.startswith("| intent")]
     assert [r[0] for r in rows] == ["1", "8 (from capacity)"]  # 2 x 16 images per batch / 4 per round
@@ -115,7 +187,7 @@ def test_world_benchmark_small_table():
     """benchmarks/bench_world.py --small --llm tiny: one held-out intent per tag through every arm (the LLM arms on
     the tiny random-weight model: plumbing, not quality). The table, not the goal line's text, is checked: every arm
     is there with values in range, the LLM arms called the LLM and the others did not, best-of-k spent k images."""
-    out = _run("benchmarks.bench_world", "--small", "--llm", "tiny", "--max-equal-compute", "32", "--no-record",
+    out = _run("benchmarks.bench_world", "--small", "--llm", "tiny", "--max-equal-compute", "32",
                timeout=1200)
     rows = parse_table(out, "arm")
     labels = {
@@ -155,7 +227,7 @@ def test_campaign_memory_benchmark_small_table():
     memory beside best-of-8. Every arm has its four quarters and the total, intents add up, values are in range,
     best-of-8 spends 8 images and the searches at most 8, the memory arms carry a paired Δ, the goal line and the
     learned lessons are reported."""
-    out = _run("benchmarks.bench_lessons", "--small", "--no-record", timeout=1200)
+    out = _run("benchmarks.bench_lessons", "--small", timeout=1200)
     arms: dict[str, list[list[str]]] = {}
     arm = None
     for line in out.splitlines():

@@ -146,5 +146,5 @@ def test_checker_runs_on_rendered_images(diffusion_engine, checker):
 def test_safety_benchmark_runs():
     from tests.test_benchmarks import _run
 
-    out = _run("benchmarks.bench_safety", "--quick", "--no-record", "--reps", "1", "--images", "2")
+    out = _run("benchmarks.bench_safety", "--quick", "--reps", "1", "--images", "2")
     assert "stamp + C2PA signature" in out and "JPEG q75" in out and "µs per check" in out

@@ -145,7 +145,7 @@ def test_report_benchmark_runs(tmp_path):
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
-    out = subprocess.run([sys.executable, "-m", "benchmarks.bench_report", "--n", "60", "--no-record"], cwd=root,
+    out = subprocess.run([sys.executable, "-m", "benchmarks.bench_report", "--n", "60"], cwd=root,
                          env={**os.environ, "PYTHONPATH": str(root)}, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "ratio 10x intents" in out.stdout and "| 600 " in out.stdout

@@ -40,7 +40,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from benchmarks._util import commit, machine, table
+from benchmarks._util import add_record_options, record_section, stamp, table
 
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0}  # dense bf16/fp16 tensor-core peaks
 HEADERS = ["group", "arch", "setting", "path", "img/s", "x plain", "MFU", "warm-up s", "graphs warm-up/steady",
@@ -284,26 +284,21 @@ def main() -> None:
     ap.add_argument("--sdpa", default="cudnn,flash", help="SDPA backends to measure on SD1.5 4-step (group b)")
     ap.add_argument("--tiny", action="store_true", help="tiny shapes on CPU (CI smoke run)")
     ap.add_argument("--out", default=None, help="also write the final table to this file")
-    ap.add_argument("--no-record", action="store_true", help="do not append to benchmarks/RESULTS.md")
+    add_record_options(ap)
     args = ap.parse_args()
     run = Run(args=args, deadline=time.monotonic() + args.budget_s)
 
     def finish(reason: str) -> None:
         title = f"GPU renderer, all architectures{' (tiny, CPU smoke run)' if args.tiny else ''}"
-        text = table(HEADERS, run.rows)
-        stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-        block = (f"\n## {title}\n{stamp} · commit {commit()} · {machine()}\n\n{text}\n\n{reason}; budget "
-                 f"{args.budget_s:.0f} s; steady-state images/s, medians of {args.reps} streams after a warm-up "
-                 "stream; random weights of the real architectures\n")
+        body = (f"{table(HEADERS, run.rows)}\n\n{reason}; budget {args.budget_s:.0f} s; steady-state images/s, "
+                f"medians of {args.reps} streams after a warm-up stream; random weights of the real architectures")
+        block = f"\n## {title}\n{stamp()}\n\n{body}\n"
         print(block, flush=True)
         if args.out:
             with open(args.out, "w") as f:
                 f.write(block)
-        if not args.no_record:
-            from benchmarks._util import RESULTS
-
-            with RESULTS.open("a") as f:
-                f.write(block)
+        if args.record:
+            record_section(title, body)
 
     def watchdog() -> None:
         print(f"BUDGET of {args.budget_s:.0f} s reached while running {run.current}: stopping here", flush=True)
