@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import threading
 from collections.abc import Coroutine
 from pathlib import Path
@@ -15,8 +16,28 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
+HEAVY_TIERS = ("faults", "cluster", "soak", "realllm", "extended")
+"""Tiers outside the default run. A test marked with one runs only when the ``-m`` expression names that marker, so
+tiers compose: ``-m serve`` is the Serve tests without the heavy ones, ``-m extended`` the extended tier, and
+``-m "serve or soak"`` adds the soak tier to the Serve tests."""
+
+
+def deselect_heavy_tiers(config, items) -> None:
+    expression = config.getoption("markexpr") or ""
+    named = {tier for tier in HEAVY_TIERS if re.search(rf"\b{tier}\b", expression)}
+    keep, heavy = [], []
+    for item in items:
+        tiers = {tier for tier in HEAVY_TIERS if item.get_closest_marker(tier)}
+        (heavy if tiers - named else keep).append(item)
+    if heavy:
+        config.hook.pytest_deselected(items=heavy)
+        items[:] = keep
+
+
 def pytest_collection_modifyitems(config, items):
     import importlib.util
+
+    deselect_heavy_tiers(config, items)
 
     has_cuda = False
     if importlib.util.find_spec("torch") is not None:

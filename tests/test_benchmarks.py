@@ -183,6 +183,7 @@ def parse_table(out: str, first_header: str) -> dict[str, list[str]]:
     return rows
 
 
+@pytest.mark.slow  # an end-to-end benchmark run (minutes): outside the quick tier
 def test_world_benchmark_small_table():
     """benchmarks/bench_world.py --small --llm tiny: one held-out intent per tag through every arm (the LLM arms on
     the tiny random-weight model: plumbing, not quality). The table, not the goal line's text, is checked: every arm
@@ -222,6 +223,7 @@ def test_world_benchmark_small_table():
     assert "Goal (beam + real LLM >= best-of-8 + 10 points" in out
 
 
+@pytest.mark.slow  # an end-to-end benchmark run (minutes): outside the quick tier
 def test_campaign_memory_benchmark_small_table():
     """benchmarks/bench_lessons.py --small: 12 held-out intents in two campaign orders, the explorer with and without
     memory beside best-of-8. Every arm has its four quarters and the total, intents add up, values are in range,
