@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from agents.config import SearchConfig
+from agents.config import RewriterConfig, SearchConfig
 from pipelines.client import DEFAULT_ENDPOINT, CampaignClient, CampaignClientError
 from pipelines.models_cli import fetch_command, fetchable_command
 from pipelines.records import CampaignState, CampaignStatus
@@ -83,6 +83,10 @@ CANDIDATES = _search_option("candidates_per_beam", min=1)
 SEEDS = _search_option("seeds_per_prompt", min=1)
 MAX_IMAGES = _search_option("max_images", min=1)
 SEED = _search_option("base_seed", min=0, help="Base seed: same seed, same lineage.")
+SEED_MODE = _search_option("seed_mode", help="paired | fresh | spread. "
+                           + SearchConfig.model_fields["seed_mode"].description)
+REWRITER_MODE = typer.Option(RewriterConfig.model_fields["mode"].default, "--rewriter-mode",
+                             help="rewrite | edit. " + RewriterConfig.model_fields["mode"].description)
 BASELINE = typer.Option("all", help="Which intents also run the best-of-N baseline: all | none | sample:<fraction>.")
 CONCURRENCY = typer.Option(None, min=1, help="Intents searched at once (default: from the renderer's capacity).")
 INTERVAL = typer.Option(1.0, min=0.1, help="Seconds between status polls while following.")
@@ -104,10 +108,10 @@ MEMORY = typer.Option(False, "--memory/--no-memory", help="Campaign memory: edit
 
 
 def _search_overrides(rounds: int, beam_width: int, candidates_per_beam: int, seeds_per_prompt: int,
-                      max_images: int, seed: int, memory: bool = False) -> dict:
+                      max_images: int, seed: int, memory: bool = False, seed_mode: str = "paired") -> dict:
     return {"rounds": rounds, "beam_width": beam_width, "candidates_per_beam": candidates_per_beam,
             "seeds_per_prompt": seeds_per_prompt, "max_images": max_images, "base_seed": seed,
-            **({"memory": {"enabled": True}} if memory else {})}
+            "seed_mode": seed_mode, **({"memory": {"enabled": True}} if memory else {})}
 
 
 def _endpoints(rewriter_url: str | None, rewriter_model: str | None, critic_url: str | None,
@@ -231,6 +235,7 @@ def search(
     preset: str = PRESET, diffusion_model: str = DIFFUSION_MODEL, llm_model: str = LLM_MODEL, config: Path = CONFIG,
     rounds: int = ROUNDS, beam_width: int = BEAM_WIDTH, candidates_per_beam: int = CANDIDATES,
     seeds_per_prompt: int = SEEDS, max_images: int = MAX_IMAGES, seed: int = SEED,
+    seed_mode: str = SEED_MODE, rewriter_mode: str = REWRITER_MODE,
     rewriter_endpoint: str = REWRITER_ENDPOINT, rewriter_model: str = REWRITER_MODEL,
     critic_endpoint: str = CRITIC_ENDPOINT, critic_model: str = CRITIC_MODEL, endpoint_key_env: str = ENDPOINT_KEY_ENV,
 ) -> None:
@@ -245,8 +250,10 @@ def search(
     try:
         spec = CampaignSpec(
             name=name, intents=[{"id": "intent", "text": text}], concurrency=1,
-            search={**_search_overrides(rounds, beam_width, candidates_per_beam, seeds_per_prompt, max_images, seed),
+            search={**_search_overrides(rounds, beam_width, candidates_per_beam, seeds_per_prompt, max_images, seed,
+                                        seed_mode=seed_mode),
                     "patience": rounds},
+            rewriter={"mode": rewriter_mode},
         )
         model_preset = app_config.resolve()
         search_config = spec.search_config(model_preset.defaults)
@@ -302,7 +309,8 @@ def _print_lineage(campaign_dir: Path) -> None:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def _load_spec(campaign: Path, name: str | None, search: dict, concurrency: int | None, baseline: str):
+def _load_spec(campaign: Path, name: str | None, search: dict, concurrency: int | None, baseline: str,
+               rewriter_mode: str = "rewrite"):
     """Read a JSONL campaign file into a CampaignSpec; exit 2 with the reason on bad input."""
     from pydantic import ValidationError
 
@@ -312,7 +320,8 @@ def _load_spec(campaign: Path, name: str | None, search: dict, concurrency: int 
         raise _fail(f"campaign file {str(campaign)!r} does not exist")
     try:
         return CampaignSpec(name=name or name_from(campaign.stem), intents_jsonl=campaign.read_text(),
-                            search=search, concurrency=concurrency, baseline=baseline)
+                            search=search, concurrency=concurrency, baseline=baseline,
+                            rewriter={"mode": rewriter_mode})
     except (ValidationError, ValueError) as exc:
         raise _fail(f"{campaign}: {exc}") from exc
 
@@ -412,6 +421,7 @@ def run(
     rounds: int = ROUNDS, beam_width: int = BEAM_WIDTH, candidates_per_beam: int = CANDIDATES,
     seeds_per_prompt: int = SEEDS, max_images: int = MAX_IMAGES, seed: int = SEED,
     baseline: str = BASELINE, concurrency: int = CONCURRENCY, interval: float = INTERVAL, memory: bool = MEMORY,
+    seed_mode: str = SEED_MODE, rewriter_mode: str = REWRITER_MODE,
     port: int = typer.Option(0, help="HTTP port of the local Serve app (0: any free port)."),
     rewriter_endpoint: str = REWRITER_ENDPOINT, rewriter_model: str = REWRITER_MODEL,
     critic_endpoint: str = CRITIC_ENDPOINT, critic_model: str = CRITIC_MODEL, endpoint_key_env: str = ENDPOINT_KEY_ENV,
@@ -421,8 +431,9 @@ def run(
     endpoints = _endpoints(rewriter_endpoint, rewriter_model, critic_endpoint, critic_model, endpoint_key_env)
     app_config, deployments = _app_config(preset, diffusion_model, llm_model, config, store_root=out,
                                           endpoints=endpoints)
-    search = _search_overrides(rounds, beam_width, candidates_per_beam, seeds_per_prompt, max_images, seed, memory)
-    spec = _load_spec(campaign, name, search, concurrency, baseline)
+    search = _search_overrides(rounds, beam_width, candidates_per_beam, seeds_per_prompt, max_images, seed, memory,
+                               seed_mode)
+    spec = _load_spec(campaign, name, search, concurrency, baseline, rewriter_mode)
     port = port or _free_port()
     from ray import serve
 
@@ -525,11 +536,13 @@ def submit(
     rounds: int = ROUNDS, beam_width: int = BEAM_WIDTH, candidates_per_beam: int = CANDIDATES,
     seeds_per_prompt: int = SEEDS, max_images: int = MAX_IMAGES, seed: int = SEED,
     baseline: str = BASELINE, concurrency: int = CONCURRENCY, interval: float = INTERVAL, memory: bool = MEMORY,
+    seed_mode: str = SEED_MODE, rewriter_mode: str = REWRITER_MODE,
 ) -> None:
     """Submit a campaign to a running endpoint; print the acceptance (JSON), or with --wait follow it and print its
     final status. Ctrl-C while following detaches: the campaign keeps running."""
-    search = _search_overrides(rounds, beam_width, candidates_per_beam, seeds_per_prompt, max_images, seed, memory)
-    spec = _load_spec(campaign, name, search, concurrency, baseline)
+    search = _search_overrides(rounds, beam_width, candidates_per_beam, seeds_per_prompt, max_images, seed, memory,
+                               seed_mode)
+    spec = _load_spec(campaign, name, search, concurrency, baseline, rewriter_mode)
     with _client(endpoint) as client:
         accepted = client.submit(spec)
         _print_accepted(accepted)

@@ -190,3 +190,32 @@ def test_an_unreachable_endpoint_fails_after_the_retries_with_the_reason(monkeyp
     result = cli(["cancel", "camp", "--endpoint", f"http://127.0.0.1:{free_port()}"])
     assert result.exit_code == 1
     assert f"after {FAST.attempts} tries" in result.output and "ConnectError" in result.output
+
+
+def test_submit_sends_the_rewriter_and_seed_modes_and_refuses_unknown_ones(tmp_path):
+    """--rewriter-mode and --seed-mode reach the submitted spec (the README's first command depends on them); an
+    unknown mode exits 2 with the reason before anything is sent."""
+    import json
+
+    from tests.http_helpers import LoopbackServer
+
+    bodies: list[dict] = []
+    accepted = json.dumps({"id": "w", "state": "running", "intents": 1, "resumed_intents": 0, "concurrency": 1,
+                           "status_url": "/v1/campaigns/w", "results_url": "/v1/campaigns/w/results"})
+
+    def answer(method, path, headers, body):
+        bodies.append(json.loads(body))
+        return 202, accepted.encode(), "application/json"
+
+    server = LoopbackServer(answer)
+    campaign = tmp_path / "w.jsonl"
+    campaign.write_text('{"id": "a", "text": "a wedge"}\n')
+    try:
+        ok = cli(["submit", str(campaign), "--endpoint", server.url, "--rewriter-mode", "edit",
+                  "--seed-mode", "spread"])
+        bad = cli(["submit", str(campaign), "--endpoint", server.url, "--rewriter-mode", "poetry"])
+    finally:
+        server.close()
+    assert ok.exit_code == 0, ok.output
+    assert bodies[0]["rewriter"]["mode"] == "edit" and bodies[0]["search"]["seed_mode"] == "spread"
+    assert bad.exit_code == 2 and "mode" in bad.output and len(bodies) == 1
