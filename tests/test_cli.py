@@ -58,6 +58,36 @@ def test_unknown_presets_and_bad_options_exit_2_with_the_reason(tmp_path):
     assert result.exit_code == 2 and "max_batch_size" in result.output
 
 
+SERVE_CONFIG = """
+applications:
+  - name: promptbeam
+    import_path: pipelines.app:build_app
+    args: {preset: tiny, store_root: "s3://bucket/runs", diffusion: {max_batch_size: 4}, llm: {max_num_seqs: 8}}
+    deployments:
+      - {name: diffusion, num_replicas: 2}
+      - {name: ingress, user_config: {max_intents: 10}}
+"""
+
+
+def test_a_serve_config_file_gives_the_apps_args_and_deployment_options_and_options_override_them(tmp_path):
+    """What `promptbeam run/serve --config` start from: the first application's args (options over them) and its
+    deployments' Serve options by name; a bare AppConfig mapping is read as the args."""
+    from pipelines.server.configs import load_app_config
+
+    config = tmp_path / "serve.yaml"
+    config.write_text(SERVE_CONFIG)
+    app_config, deployments = load_app_config(config, llm_model="/models/llm", store_root=tmp_path / "runs")
+    assert deployments == {"diffusion": {"num_replicas": 2}, "ingress": {"user_config": {"max_intents": 10}}}
+    assert app_config.diffusion.max_batch_size == 4 and app_config.store_root == str(tmp_path / "runs")
+    assert app_config.llm.model == "/models/llm" and app_config.llm.max_num_seqs == 8  # merged, not replaced
+    bare = tmp_path / "app.yaml"
+    bare.write_text("preset: world\n")
+    assert load_app_config(bare)[0].preset == "world" and load_app_config(bare)[1] == {}
+    assert load_app_config(bare, preset="tiny")[0].preset == "tiny"
+    with pytest.raises(ValueError, match="config file .*missing.yaml' does not exist"):
+        load_app_config(tmp_path / "missing.yaml")
+
+
 @pytest.mark.engines
 @pytest.mark.slow
 def test_search_is_a_one_intent_campaign_with_in_process_engines(tiny_models, tmp_path):

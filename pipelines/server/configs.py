@@ -1,10 +1,12 @@
 """What an operator configures in the Serve app: the code path (:class:`AppConfig`, a Serve config's ``args``) and the
 ingress's in-place limits (:class:`IngressConfig`, its ``user_config``). Replicas, autoscaling, resources and batching
-are Serve deployment options in the config's ``deployments:`` section (defaults in :mod:`pipelines.server.builder`)."""
+are Serve deployment options in the config's ``deployments:`` section (defaults in :mod:`pipelines.server.builder`).
+:func:`load_app_config` reads such a file, with the command line's overrides, into both."""
 
 from __future__ import annotations
 
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -78,3 +80,42 @@ class IngressConfig(BaseModel):
         default=1_000_000, ge=1, le=10**9,
         description="Most images a campaign may render: intents x max_images x arms (2 with the baseline).",
     )
+
+
+def load_app_config(config: Path | None = None, *, preset: str | None = None, diffusion_model: str | None = None,
+                    llm_model: str | None = None, store_root: Path | None = None,
+                    endpoints: dict | None = None) -> tuple[AppConfig, dict[str, dict]]:
+    """(AppConfig, the Serve options per deployment name) from a config file and overrides over it: what
+    ``promptbeam run``, ``serve`` and ``search`` start from.
+
+    ``config`` is a Serve config (its first application's ``args`` and ``deployments``, e.g.
+    ``deploy/serve_config.yaml``) or a bare AppConfig mapping; ``preset``, the two models, ``store_root`` and the
+    per-role ``endpoints`` replace what it says. Raises ValueError naming the problem (a missing file, an invalid
+    field, an unknown preset) before anything starts."""
+    import yaml
+
+    args: dict[str, Any] = {}
+    deployments: dict[str, dict] = {}
+    if config is not None:
+        if not config.is_file():
+            raise ValueError(f"config file {str(config)!r} does not exist")
+        raw = yaml.safe_load(config.read_text()) or {}
+        if "applications" in raw:  # a Serve config
+            application = raw["applications"][0]
+            args = dict(application.get("args") or {})
+            deployments = {d["name"]: {k: v for k, v in d.items() if k != "name"}
+                           for d in application.get("deployments") or []}
+        else:
+            args = dict(raw)
+    if preset:
+        args["preset"] = preset
+    for section, model in (("diffusion", diffusion_model), ("llm", llm_model)):
+        if model:
+            args[section] = {**(args.get(section) or {}), "model": model}
+    if store_root is not None:
+        args["store_root"] = str(store_root)
+    if endpoints:
+        args["endpoints"] = {**(args.get("endpoints") or {}), **endpoints}
+    app_config = AppConfig.model_validate(args)  # a ValidationError is a ValueError
+    app_config.resolve()  # unknown presets and invalid model fields fail here, before anything starts
+    return app_config, deployments
