@@ -33,7 +33,6 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from agents.memory import LESSONS, Lesson
-from pipelines.auth import AuthSettings
 from pipelines.records import (
     CampaignAccepted,
     CampaignPage,
@@ -45,6 +44,7 @@ from pipelines.records import (
     Health,
     IntentOutcome,
 )
+from pipelines.server.auth import AuthSettings
 from serving.retry import RetryPolicy, call_sync, parse_retry_after
 
 DEFAULT_ENDPOINT = "http://127.0.0.1:8000"

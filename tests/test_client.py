@@ -15,7 +15,6 @@ from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 import pipelines.cli as cli_module
-from pipelines.auth import BearerAuth
 from pipelines.client import (
     CampaignClient,
     CampaignNotFound,
@@ -23,8 +22,9 @@ from pipelines.client import (
     ServerUnavailable,
     Unauthorized,
 )
-from pipelines.http import install_error_handlers, validation_error
 from pipelines.records import CampaignAccepted, CampaignListing, CampaignPage, CampaignSpec, CampaignState, CampaignStatus
+from pipelines.server.auth import BearerAuth
+from pipelines.server.http import install_error_handlers, validation_error
 from serving.retry import RetryPolicy
 
 TOKEN = "client-token-0123456789"

@@ -20,10 +20,10 @@ from pydantic import ValidationError
 from agents.config import SearchConfig
 from agents.messages import ChatMessage, ChatRequest, ChatResult, Intent, RenderRequest
 from pipelines.app import IngressConfig, check_limits
-from pipelines.auth import AuthSettings, BearerAuth, check_bind
 from pipelines.campaign import CampaignRunner
-from pipelines.http import ApiError, install_error_handlers, parse_spec, read_body
 from pipelines.records import CampaignSpec, CampaignState, ErrorBody
+from pipelines.server.auth import AuthSettings, BearerAuth, check_bind
+from pipelines.server.http import ApiError, install_error_handlers, parse_spec, read_body
 from pipelines.store import CampaignStore, RunningRegistry, UnsafeName, campaign_store
 from serving.clients import RetryPolicy, ServeLanguageModel, ServeRenderer
 from serving.config import DiffusionEngineConfig

@@ -3,8 +3,9 @@
     configs.py   what an operator sets: AppConfig (the Serve config's ``args``), IngressConfig (its in-place
                  ``user_config``), EngineClasses; pydantic, every field described and bounded; load_app_config
                  reads a Serve config file into them
-    ingress.py   the server: the FastAPI routes as a plain class (CampaignIngress), the bearer-token check and the
-                 operator limits that answer with HTTP errors
+    ingress.py   the server: the FastAPI routes as a plain class (CampaignIngress) and the operator limits that
+                 answer with HTTP errors, over its HTTP edge: http.py (bounded body reading, errors as JSON) and
+                 auth.py (the bearer token: AuthSettings, which the client reads too, and its check)
     builder.py   the only place that applies ``serve.deployment`` to the ingress and chooses the LLM backend
     ../client.py the typed Python client over the HTTP API (CampaignClient), which the CLI prints from
 

@@ -24,9 +24,7 @@ from ray import serve
 
 from agents.config import SearchConfig
 from agents.memory import Lesson
-from pipelines.auth import BEARER_SCHEME, AuthSettings, BearerAuth, check_bind
 from pipelines.campaign import CampaignConflict, CampaignRunner, intent_concurrency
-from pipelines.http import install_error_handlers, parse_spec, read_body, validation_error
 from pipelines.records import (
     MAX_NAME_CHARS,
     CampaignAccepted,
@@ -39,7 +37,9 @@ from pipelines.records import (
     Health,
     ModelsRecord,
 )
+from pipelines.server.auth import BEARER_SCHEME, AuthSettings, BearerAuth, check_bind
 from pipelines.server.configs import AppConfig, IngressConfig
+from pipelines.server.http import install_error_handlers, parse_spec, read_body, validation_error
 from pipelines.store import (
     CampaignStore,
     RunningRegistry,
@@ -58,7 +58,7 @@ MAX_PAGE = 1000
 
 
 def check_limits(limits: IngressConfig, search: SearchConfig, intents: int, baseline_share: float) -> None:
-    """Raise :class:`pipelines.http.ApiError` 422 naming every search setting over the operator's bounds."""
+    """Raise :class:`pipelines.server.http.ApiError` 422 naming every search setting over the operator's bounds."""
     images = intents * search.max_images * (1 + (baseline_share if search.run_baseline else 0))
     problems = [
         (f"search.{side}", f"{getattr(search, side)} pixels is over this endpoint's max_image_side "
