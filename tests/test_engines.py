@@ -311,7 +311,7 @@ def test_full_size_builders_make_the_real_architectures():
     meta device (no memory) against the published sizes."""
     import torch
 
-    from serving.tiny_models import build_random_pipeline
+    from benchmarks.gpu.architectures import build_random_pipeline
 
     def billions(pipe):
         return {name: sum(p.numel() for p in m.parameters()) / 1e9 for name, m in pipe.components.items()
@@ -328,7 +328,7 @@ def test_full_size_builders_make_the_real_architectures():
 @pytest.mark.parametrize("arch", ["sd15", "sdxl", "flux"])
 def test_in_memory_builders_render_at_tiny_size(arch):
     """The same builder code at test shapes renders through the engine (what the GPU script runs at full size)."""
-    from serving.tiny_models import build_random_pipeline
+    from benchmarks.gpu.architectures import build_random_pipeline
 
     size = 32 if arch == "flux" else 64
     engine = DiffusionEngine.from_pipeline(build_random_pipeline(arch, tiny=True), DiffusionEngineConfig(

@@ -22,7 +22,7 @@ pytestmark = [pytest.mark.gpu, pytest.mark.slow]
 def sd15_engine(tmp_path_factory):
     from serving.config import DiffusionEngineConfig
     from serving.engines import DiffusionEngine
-    from serving.tiny_models import make_random_sd15
+    from benchmarks.gpu.architectures import make_random_sd15
 
     path = make_random_sd15(tmp_path_factory.mktemp("sd15"))
     return DiffusionEngine(DiffusionEngineConfig(model=str(path), device="cuda", dtype="float16"))
@@ -55,7 +55,7 @@ def sd15_on_device():
     """SD1.5 architecture built directly on the GPU in fp16 (no save, seconds)."""
     import torch
 
-    from serving.tiny_models import build_random_pipeline
+    from benchmarks.gpu.architectures import build_random_pipeline
 
     return build_random_pipeline("sd15", device="cuda", dtype=torch.float16)
 
@@ -128,7 +128,7 @@ def test_fp8_renders_close_to_bf16():
 
     from serving.config import DiffusionEngineConfig
     from serving.engines import DiffusionEngine
-    from serving.tiny_models import build_random_pipeline
+    from benchmarks.gpu.architectures import build_random_pipeline
 
     if torch.cuda.get_device_capability() < (8, 9) or importlib.util.find_spec("torchao") is None:
         pytest.skip("fp8 needs torchao and compute capability >= 8.9")

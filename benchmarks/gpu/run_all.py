@@ -1,10 +1,10 @@
 """The renderer on one GPU, in one run that fits a wall-clock budget: SD1.5, SDXL and FLUX.1-schnell architectures,
 a plain diffusers loop against the served engine and against each speed option.
 
-Random weights of the real architectures (``serving.tiny_models.build_random_pipeline``), built directly on the GPU,
-nothing saved (compute does not depend on the weights). Rows run in order of importance and each is printed as soon as
-it is measured; a row whose estimated cost no longer fits ``--budget-s`` is skipped with a line saying so, and a
-watchdog ends the run at the budget whatever is running (the table so far is kept).
+Random weights of the real architectures (:func:`benchmarks.gpu.architectures.build_random_pipeline`), built directly
+on the GPU, nothing saved (compute does not depend on the weights). Rows run in order of importance and each is printed
+as soon as it is measured; a row whose estimated cost no longer fits ``--budget-s`` is skipped with a line saying so,
+and a watchdog ends the run at the budget whatever is running (the table so far is kept).
 
   group a  SD1.5 512², 4 steps, no CFG, fp16, batch 16 (like SD-Turbo), and 25 steps, CFG 7.5, batch 8: plain loop vs
            the engine served as the deployment issues batches (the next batch starts when the pipeline call returns;
@@ -254,7 +254,7 @@ def free() -> None:
 def build(run: Run, arch: str, dtype: str, device: str):
     import torch
 
-    from serving.tiny_models import build_random_pipeline
+    from benchmarks.gpu.architectures import build_random_pipeline
 
     t0 = time.perf_counter()
     pipe = build_random_pipeline(arch, tiny=run.args.tiny, device=device, dtype=getattr(torch, dtype))
