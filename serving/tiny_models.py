@@ -20,6 +20,8 @@ import json
 import os
 from pathlib import Path
 
+from serving.files import atomic_directory
+
 # A small corpus so the trained BPE has realistic merges for prompts, JSON and chat markup.
 _CORPUS = [
     "a photo of a red apple on a wooden table, studio lighting, high detail",
@@ -330,20 +332,10 @@ def make_tiny_models(root: str | os.PathLike, force: bool = False) -> dict[str, 
     paths: dict[str, Path] = {}
     for name, build in builders.items():
         target = root / name
-        marker = target / ".promptbeam-complete"
-        if force or not marker.exists():
-            tmp = root / f".{name}.partial"
-            if tmp.exists():
-                import shutil
-
-                shutil.rmtree(tmp)
-            build(tmp)
-            (tmp / ".promptbeam-complete").write_text("ok\n")
-            if target.exists():
-                import shutil
-
-                shutil.rmtree(target)
-            tmp.rename(target)  # atomic: a crash never leaves a half-written model where loaders look
+        if force or not (target / ".promptbeam-complete").exists():
+            with atomic_directory(target) as staged:  # a crash never leaves a half-written model where loaders look
+                build(staged)
+                (staged / ".promptbeam-complete").write_text("ok\n")
         paths[name] = target
     return paths
 

@@ -29,7 +29,6 @@ import json
 import math
 import platform
 import random
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -38,6 +37,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipelines.world.model import WorldModelConfig
+from serving.files import atomic_directory
 
 TRAINING_INFO = "training.json"
 
@@ -164,16 +164,9 @@ def _save(pipe, out: Path, info: dict) -> None:
     """Write the pipeline next to ``out`` and swap it in, so a crash mid-save never leaves a broken model."""
     from pipelines.world.model import save_pipeline
 
-    tmp = out.with_name(out.name + ".saving")
-    old = out.with_name(out.name + ".old")
-    shutil.rmtree(tmp, ignore_errors=True)
-    save_pipeline(pipe, tmp)
-    (tmp / TRAINING_INFO).write_text(json.dumps(info, indent=2))
-    shutil.rmtree(old, ignore_errors=True)
-    if out.exists():
-        out.rename(old)
-    tmp.rename(out)
-    shutil.rmtree(old, ignore_errors=True)
+    with atomic_directory(out) as staged:
+        save_pipeline(pipe, staged)
+        (staged / TRAINING_INFO).write_text(json.dumps(info, indent=2))
 
 
 VAE_CROP = 32
