@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from agents.config import RewriterConfig, SearchConfig
-from pipelines.client import DEFAULT_ENDPOINT, CampaignClient, CampaignClientError
+from pipelines.client import DEFAULT_ENDPOINT, CampaignClient, CampaignClientError, RetryableAnswer
 from pipelines.models_cli import fetch_command, fetchable_command
 from pipelines.records import CampaignState, CampaignStatus
 from pipelines.version import __version__
@@ -297,7 +297,7 @@ def _load_spec(campaign: Path, name: str | None, search: dict, concurrency: int 
 
 
 def _print_retry(what: str, error: BaseException, attempt: int, delay: float) -> None:
-    reason = str(error) if type(error).__name__ == "_RetryableAnswer" else f"{type(error).__name__}: {error}"
+    reason = str(error) if isinstance(error, RetryableAnswer) else f"{type(error).__name__}: {error}"
     console.print(f"[yellow]{what} failed ({reason}); retry {attempt} in {delay:.1f}s[/yellow]")
 
 

@@ -13,7 +13,8 @@ and the way to script campaigns from Python.
 
 Every answer is a record from :mod:`pipelines.records`. Every error is a :class:`CampaignClientError`:
 :class:`Unauthorized` (401), :class:`CampaignNotFound` (404), :class:`CampaignRejected` (another 4xx, with the
-status, the reason and the fields at fault) or :class:`ServerUnavailable` (no answer, or 5xx, through every retry).
+status, the reason and the fields at fault) or :class:`ServerUnavailable` (no answer, or 5xx, through every retry);
+``on_retry`` sees the errors that are tried again, an answer as a :class:`RetryableAnswer`.
 
 Retries use the project's one policy (:mod:`serving.retry`). Reads and cancels are idempotent and are retried on
 connection errors, 429 and 5xx (honouring Retry-After). A submission is retried only when the server cannot have
@@ -99,16 +100,18 @@ class ServerUnavailable(CampaignClientError):
     """No answer (connection refused, reset, timed out) or a server error, through every retry."""
 
 
-class _RetryableAnswer(Exception):
-    """An answer worth another try (raised inside an attempt so the retry policy sees it)."""
+class RetryableAnswer(CampaignClientError):
+    """An answer worth another try (429, or 5xx for an idempotent call): what ``on_retry`` is handed before the
+    client asks again. It never reaches the caller: after the last try the answer becomes its own error
+    (:class:`CampaignRejected`, :class:`ServerUnavailable`)."""
 
     def __init__(self, response: httpx.Response):
-        super().__init__(f"HTTP {response.status_code}")
+        super().__init__(f"HTTP {response.status_code}", response.status_code)
         self.response = response
 
 
 def _retry_after(exc: BaseException) -> float | None:
-    if isinstance(exc, _RetryableAnswer):
+    if isinstance(exc, RetryableAnswer):
         return parse_retry_after(exc.response.headers.get("retry-after"))
     return None
 
@@ -250,11 +253,11 @@ class CampaignClient:
                 response.read()  # the reason, also of a streamed answer
                 response.close()
                 if response.status_code in retry_status:
-                    raise _RetryableAnswer(response)
+                    raise RetryableAnswer(response)
             return response
 
         def retry_if(exc: BaseException) -> bool:
-            if isinstance(exc, _RetryableAnswer):
+            if isinstance(exc, RetryableAnswer):
                 return True
             # a submission whose connection was made may have started the campaign: never sent twice
             return isinstance(exc, httpx.ConnectError if not idempotent else httpx.TransportError)
@@ -266,7 +269,7 @@ class CampaignClient:
         try:
             response = call_sync(attempt, self.retry, retry_if=retry_if, retry_after=_retry_after,
                                  on_retry=on_retry, sleep=self._sleep, what=f"{method} {path}")
-        except _RetryableAnswer as exc:  # still refused after every try
+        except RetryableAnswer as exc:  # still refused after every try
             response = exc.response
         except httpx.TransportError as exc:
             tries = f"after {self.retry.attempts} tries" if retry_if(exc) else "not retried: the server may have " \

@@ -194,7 +194,7 @@ def test_polling_retries_with_backoff_and_takes_the_endpoint_from_the_environmen
     assert endpoint.paths == ["/v1/campaigns/camp"] * 4
     assert CampaignStatus.model_validate_json(result.stdout).id == "camp"
     assert delays == [0.01, 0.02, 0.04]  # doubling per retry
-    assert "HTTP 503" in result.output and "retry 1 " in result.output
+    assert "GET /v1/campaigns/camp failed (HTTP 503); retry 1 in" in result.output  # the answer, not a class name
 
 
 def test_client_commands_send_the_api_token_from_the_environment():

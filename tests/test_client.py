@@ -19,6 +19,7 @@ from pipelines.client import (
     CampaignClient,
     CampaignNotFound,
     CampaignRejected,
+    RetryableAnswer,
     ServerUnavailable,
     Unauthorized,
 )
@@ -130,10 +131,13 @@ def test_idempotent_calls_retry_5xx_and_429_honouring_retry_after_then_give_up()
     server.get_failures = [(503, {}), (429, {"Retry-After": "0.5"}), (502, {})]
     sleeps: list[float] = []
     retries: list[str] = []
-    with server.client(sleeps=sleeps, on_retry=lambda what, exc, n, d: retries.append(what)) as client:
+    with server.client(sleeps=sleeps, on_retry=lambda what, exc, n, d: retries.append((what, exc))) as client:
         assert client.status("c").intents_finished == 1
     assert sleeps == [0.01, 0.5, 0.04]  # doubling, except the server's Retry-After
-    assert retries == ["GET /v1/campaigns/c"] * 3
+    assert [what for what, _ in retries] == ["GET /v1/campaigns/c"] * 3
+    # on_retry is handed the client's own public type for an answer worth another try, with its status
+    assert all(isinstance(exc, RetryableAnswer) for _, exc in retries)
+    assert [exc.status for _, exc in retries] == [503, 429, 502]
     server.get_failures = [(500, {})] * FAST.attempts
     with server.client() as client, pytest.raises(ServerUnavailable, match="HTTP 500"):
         client.status("c")
