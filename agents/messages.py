@@ -226,12 +226,20 @@ class ChatResult(Message):
 
 
 class Proposal(Message):
-    """What the rewriter proposed for one branch, after the planner's checks: prompts kept, prompts dropped with
-    reasons. A proposal with ``retry`` True is the one hotter retry of a round whose rewrites were all unusable."""
+    """What the rewriter proposed for one branch, after the planner's checks: prompts kept, prompts dropped as
+    unusable and prompts blocked by the output filter, each with its reason. A proposal with ``retry`` True is the one
+    hotter retry of a round whose rewrites were all unusable."""
 
     parent_id: str | None
     prompts: list[str]
-    dropped: list[tuple[str, str]] = Field(default_factory=list, description="(prompt, reason) pairs.")
+    dropped: list[tuple[str, str]] = Field(
+        default_factory=list, description="(prompt, reason) pairs of unusable rewrites: not a string, empty, too long, "
+        "a duplicate, or refused by the rewriter itself."
+    )
+    blocked: list[tuple[str, str]] = Field(
+        default_factory=list, description="(prompt, reason) pairs the output filter refused (moderation or injection "
+        "markers): usable but not allowed. Records written before this field held them in ``dropped``."
+    )
     error: str | None = None
     round: int = Field(default=0, ge=0)
     retry: bool = False

@@ -328,10 +328,12 @@ class BeamSearchPlanner:
         return proposals
 
     def _check_reply(self, reply: RewriteReply, parent_id: str | None, seen: set[str], tokens, max_tokens) -> Proposal:
-        """Keep non-empty, renderable, allowed, new prompts; record every dropped one with its reason. ``seen`` (the
-        normalized prompts already tried for this intent) is updated in place."""
+        """Keep non-empty, renderable, allowed, new prompts; record every other one with its reason, as dropped
+        (unusable) or blocked (the output filter refused it). ``seen`` (the normalized prompts already tried for this
+        intent) is updated in place."""
         kept: list[str] = []
         dropped = list(reply.dropped)
+        blocked: list[tuple[str, str]] = []
         for item in reply.prompts:
             prompt = clean_prompt(item) if isinstance(item, str) else ""
             n_tokens = next(tokens)
@@ -346,14 +348,14 @@ class BeamSearchPlanner:
             elif normalize(prompt) in seen:
                 dropped.append((prompt, "duplicate"))
             elif reason := self.output_filter.check(prompt):
-                dropped.append((prompt, f"blocked: {reason}"))
+                blocked.append((prompt, reason))
             else:
                 seen.add(normalize(prompt))
                 kept.append(prompt)
         error = reply.error
         if error is None and not kept:
             error = "no usable rewrite (all empty, too long, duplicate or blocked)"
-        return Proposal(parent_id=parent_id, prompts=kept, dropped=dropped, error=error)
+        return Proposal(parent_id=parent_id, prompts=kept, dropped=dropped, blocked=blocked, error=error)
 
     # ------------------------------------------------------------------------------------------------------------
     # Seeds and candidates
@@ -525,7 +527,7 @@ class BeamSearchPlanner:
             failed = sorted((q for q, rate in rates.items() if rate < 1.0), key=lambda q: rates[q])
         rendered = list(dict.fromkeys(c.prompt for c in state.search.candidates))
         counts = {p: len(self._branch(state, p)) for p in scores}
-        dropped = [p for prop in state.search.proposals for p, why in prop.dropped
+        dropped = [p for prop in state.search.proposals for p, why in [*prop.dropped, *prop.blocked]
                    if why not in ("duplicate", "empty", "not a string")]
         tried: dict[str, str] = {}
         for p in rendered + dropped:

@@ -340,7 +340,7 @@ class IntentOutcome(Record):
         return cls(
             intent_id=search.intent.id, intent=search.intent.text, status="done", search=arm, baseline=base,
             improvement=improvement, held_out_improvement=held_out, checks=[c.question for c in search.checks],
-            rewrites_blocked=sum(1 for p in search.proposals for _, reason in p.dropped if reason.startswith("blocked")),
+            rewrites_blocked=sum(len(p.blocked) for p in search.proposals),
         )
 
     @classmethod
