@@ -1,8 +1,8 @@
 """Memory in campaign size: peak RSS of the campaign runner for n and 10*n intents (1 round).
 
-Each size runs in a fresh process. The renderer and the LLM are the scripted fakes from ``tests/fakes.py`` (64x64
-noise PNGs, valid JSON replies), so what is measured is the runner and the store — the part that must stream results
-instead of holding them — not model weights, which do not grow with the campaign.
+Each size runs in a fresh process. The renderer and the LLM are the scripted fakes of :mod:`pipelines.testing.fakes`
+(64x64 noise PNGs, valid JSON replies), so what is measured is the runner and the store — the part that must stream
+results instead of holding them — not model weights, which do not grow with the campaign.
 
     .venv/bin/python -m benchmarks.bench_memory [--n 100] [--record]
 """
@@ -22,7 +22,7 @@ import asyncio, json, resource, sys, time
 from pipelines.campaign import CampaignRunner
 from pipelines.records import CampaignSpec
 from pipelines.store import CampaignStore
-from tests.fakes import FakeRenderer, ScriptedLLM
+from pipelines.testing.fakes import FakeRenderer, ScriptedLLM
 
 n, store = int(sys.argv[1]), sys.argv[2]
 spec = CampaignSpec(name="mem", intents=[{"id": f"i{k}", "text": f"a red apple number {k}"} for k in range(n)],

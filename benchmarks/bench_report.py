@@ -21,7 +21,7 @@ from benchmarks._util import add_record_options, report
 
 def measure(n: int, workdir: Path) -> list:
     from pipelines.report import write_report
-    from tests.synthetic import synthetic_store
+    from pipelines.testing.synthetic import synthetic_store
 
     root = workdir / f"c{n}"
     root.mkdir()

@@ -21,12 +21,12 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks._util import add_record_options, median_time, report
+from pipelines.testing.safety_data import BENIGN, HARMFUL, decode, jpeg, make_credentials, png, resized, scene
 from serving.safety.credentials import C2paConfig
 from serving.safety.nsfw import ImageSafetyConfig, OpenNSFWChecker
 from serving.safety.provenance import ProvenanceConfig, Stamper, verify
 from serving.safety.record import ProvenanceRecord
 from serving.safety.watermark import Watermarker
-from tests.safety_data import decode, jpeg, make_credentials, png, resized, scene
 
 
 def median_ms(fn: Callable[[], object], reps: int) -> float:
@@ -104,7 +104,6 @@ def robustness_table(sizes: list[int], n: int) -> tuple[list[list], list[str], s
 
 def moderation_table(reps: int) -> list[list]:
     from agents.safety import KeywordModerator
-    from tests.test_moderation import BENIGN, HARMFUL
 
     moderator = KeywordModerator()
     table = [t for t, _ in HARMFUL] + BENIGN
@@ -141,7 +140,8 @@ def main() -> None:
            notes=f"id read back exactly / images; mean PSNR of the marked images: {', '.join(psnr)}; {fp}.",
            record=args.record)
     report("Input moderation (KeywordModerator, normalising)", ["texts", "count", "classified right", "µs per check"],
-           moderation_table(reps), notes="tests/test_moderation.py's benign/harmful table; tests/data/partiprompts.txt",
+           moderation_table(reps),
+           notes="the benign/harmful table of pipelines/testing/safety_data.py; tests/data/partiprompts.txt",
            record=args.record)
 
 

@@ -1,5 +1,5 @@
 """Engines with the real engines' interface and no model, for the fast Serve tier (Serve, the app and the campaign
-layer are real; the models are the scripted fakes of ``tests/fakes.py``).
+layer are real; the models are the scripted fakes of ``pipelines/testing/fakes.py``).
 
 Each instance registers itself in a state directory, given as the engine config's ``model``: ``<id>.alive`` when it
 starts, ``<id>.shutdown`` when its ``shutdown`` runs. A test marks one dead from outside its replica by creating
@@ -16,9 +16,9 @@ from concurrent.futures import Future
 from pathlib import Path
 
 from agents.messages import ChatRequest, ChatResult, RendererInfo, RenderRequest, RenderResult
+from pipelines.testing.fakes import FakeRenderer, ScriptedLLM
 from serving.config import DiffusionEngineConfig, LLMEngineConfig
 from serving.engines.diffusion import PendingRender, PipelineCall
-from tests.fakes import FakeRenderer, ScriptedLLM
 
 
 class _Registered:

@@ -1,7 +1,7 @@
-"""An OpenAI-compatible chat server on loopback that answers with ``tests.fakes.ScriptedLLM``: the wire format is real
-(images as data URLs, ``response_format`` json_schema, seed, usage), the model is scripted. For tests of the app and the
-CLI with external rewriter/critic endpoints, where a vLLM server would only add minutes (tests/test_openai_client.py
-runs the client against vLLM's own server).
+"""An OpenAI-compatible chat server on loopback that answers with ``pipelines.testing.fakes.ScriptedLLM``: the wire
+format is real (images as data URLs, ``response_format`` json_schema, seed, usage), the model is scripted. For tests
+of the app and the CLI with external rewriter/critic endpoints, where a vLLM server would only add minutes
+(tests/test_openai_client.py runs the client against vLLM's own server).
 
 It reads each request back into a ``ChatRequest``, so a field the client failed to send shows up as a wrong answer.
 """
@@ -14,7 +14,7 @@ import json
 import threading
 
 from agents.messages import ChatMessage, ChatRequest, ImagePart, TextPart
-from tests.fakes import ScriptedLLM
+from pipelines.testing.fakes import ScriptedLLM
 from tests.http_helpers import LoopbackServer
 
 

@@ -84,6 +84,30 @@ def test_every_benchmark_script_records_only_with_the_record_flag():
     assert offenders == []
 
 
+def test_no_benchmark_imports_the_tests():
+    """Benchmarks take their fakes, synthetic stores and safety data from :mod:`pipelines.testing`, never from
+    ``tests/``: an ``import tests...`` anywhere in a script (also inside a function), or an import path string that
+    names a module under tests (an engine or agent class handed to the Serve app)."""
+
+    def names_tests(module: str | None) -> bool:
+        return module is not None and (module == "tests" or module.startswith("tests."))
+
+    offenders = []
+    for path in sorted((ROOT / "benchmarks").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                modules = [node.module] if node.level == 0 else []
+            elif isinstance(node, ast.Constant) and isinstance(node.value, str) \
+                    and re.fullmatch(r"\w+(\.\w+)+(:\w+)?", node.value):  # "package.module[:object]", not a path part
+                modules = [node.value.split(":")[0]]
+            else:
+                continue
+            offenders += [f"{path.relative_to(ROOT)}:{node.lineno}: {m}" for m in modules if names_tests(m)]
+    assert offenders == []
+
+
 def test_results_md_has_one_stamped_section_per_heading():
     """The committed file: no heading twice, and every section says when, at which commit and on which machine."""
     _, found = sections(RESULTS.read_text())

@@ -24,9 +24,9 @@ from pipelines.records import (
     ModelsRecord,
 )
 from pipelines.store import CampaignStore, StoreFormatError
+from pipelines.testing.fakes import FakeRenderer, ScriptedLLM
 from serving.clients import RendererCapacity
 from serving.presets import RenderDefaults, load_preset
-from tests.fakes import FakeRenderer, ScriptedLLM
 
 ROOT = Path(__file__).resolve().parents[1]
 SEARCH = {"beam_width": 2, "candidates_per_beam": 2, "rounds": 2, "seeds_per_prompt": 1, "max_images": 16}
@@ -299,7 +299,7 @@ import asyncio, sys
 from pipelines.campaign import CampaignRunner
 from pipelines.records import CampaignSpec
 from pipelines.store import CampaignStore, StoreFormatError
-from tests.fakes import FakeRenderer, ScriptedLLM
+from pipelines.testing.fakes import FakeRenderer, ScriptedLLM
 
 class SlowRenderer(FakeRenderer):
     async def render(self, requests):

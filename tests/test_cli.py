@@ -17,8 +17,8 @@ from pipelines.campaign import CampaignRunner
 from pipelines.cli import app
 from pipelines.records import CampaignSpec, CampaignState, CampaignStatus
 from pipelines.store import CampaignStore
+from pipelines.testing.fakes import FakeRenderer, ScriptedLLM
 from serving.retry import RetryPolicy
-from tests.fakes import FakeRenderer, ScriptedLLM
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -111,7 +111,7 @@ def test_search_is_a_one_intent_campaign_with_in_process_engines(tiny_models, tm
 def test_promptbeam_verify_reads_the_provenance_stamp_back(tmp_path):
     from serving.safety.provenance import Stamper
     from serving.safety.record import ProvenanceRecord
-    from tests.safety_data import png, scene
+    from pipelines.testing.safety_data import png, scene
 
     record = ProvenanceRecord(campaign="c", intent="i0", candidate="r0-p0-s0", prompt="a red apple", seed=7,
                               model="tiny", width=64, height=64, steps=2, created="2026-11-27T10:00:00+00:00")

@@ -9,7 +9,7 @@ import pytest
 from agents.config import CriticConfig
 from agents.critic import Critic, CriticError, WeightedScorer, critique_schema
 from agents.messages import Check, Intent, RenderRequest
-from tests.fakes import DictSink, FakeRenderer, ScriptedLLM
+from pipelines.testing.fakes import DictSink, FakeRenderer, ScriptedLLM
 
 
 class ConstScorer:

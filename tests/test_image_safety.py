@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
+from pipelines.testing.safety_data import png, scene
 from serving.safety import ImageSafetyChecker, ImageSafetyConfig, OpenNSFWChecker, OutputGuard, OutputSafetyConfig
 from serving.safety.images import ImageDecodeError
 from serving.safety.nsfw import load_image_safety_checker
 from serving.safety.provenance import ProvenanceRecord, verify
-from tests.safety_data import png, scene
 
 
 @pytest.fixture(scope="module")

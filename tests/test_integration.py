@@ -13,8 +13,8 @@ from agents.messages import CandidateStatus, Intent
 from agents.planner import BeamSearchPlanner
 from agents.rewriter import Rewriter
 from pipelines.records import add_counts
+from pipelines.testing.fakes import DictSink
 from serving.clients import LocalLanguageModel, LocalRenderer
-from tests.fakes import DictSink
 
 pytestmark = [pytest.mark.engines, pytest.mark.slow]
 

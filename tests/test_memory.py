@@ -17,10 +17,11 @@ from pipelines.campaign import CampaignRunner
 from pipelines.records import CampaignSpec, ModelsRecord
 from pipelines.report import write_report
 from pipelines.store import CampaignStore
-from tests.fakes import FakeRenderer
+from pipelines.testing.fakes import FakeRenderer
 
 MODELS = ModelsRecord(preset="fake", diffusion="fake-sd", diffusion_dtype="auto", llm=None, llm_dtype=None,
-                      rewriter="tests.fakes:one_find_rewriter", critic="tests.fakes:square_critic")
+                      rewriter="pipelines.testing.fakes:one_find_rewriter",
+                      critic="pipelines.testing.fakes:square_critic")
 INTENTS = [Intent(id="a", text="a box"), Intent(id="b", text="a blue box beside a tree"),
            Intent(id="c", text="one box, seen from above")]
 

@@ -12,10 +12,10 @@ from agents.messages import CandidateStatus, Intent, RenderRequest
 from pipelines.campaign import CampaignRunner
 from pipelines.records import CampaignSpec, CampaignState
 from pipelines.store import CampaignStore
+from pipelines.testing.fakes import ScriptedLLM
 from serving.clients import LocalRenderer
 from serving.engines import DiffusionEngine
 from serving.safety import ImageSafetyConfig, OutputSafetyConfig, verify
-from tests.fakes import ScriptedLLM
 
 pytestmark = [pytest.mark.engines, pytest.mark.slow]
 

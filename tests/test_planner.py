@@ -18,7 +18,7 @@ from agents.planner import BeamSearchPlanner, IntentRejected, baseline_fraction,
 from agents.ports import ImageCritic, PromptRewriter
 from agents.rewriter import Rewriter
 from pipelines.records import IntentOutcome, add_counts
-from tests.fakes import CountingRewriter, DictSink, FakeRenderer, ScriptedCritic, ScriptedLLM, origin
+from pipelines.testing.fakes import CountingRewriter, DictSink, FakeRenderer, ScriptedCritic, ScriptedLLM, origin
 
 
 def make_planner(config: SearchConfig, rewriter_config: RewriterConfig | None = None, **llm_kwargs):

@@ -13,12 +13,12 @@ import typer
 from PIL import Image, PngImagePlugin
 from typer.testing import CliRunner
 
+from pipelines.testing.safety_data import decode, jpeg, make_credentials, png, scene
 from serving.safety.credentials import C2paConfig, C2paError
 from serving.safety.images import ImageDecodeError
 from serving.safety.provenance import RECORD_KEY, ProvenanceConfig, Stamper, verify
 from serving.safety.record import DIGITAL_SOURCE_TYPE, ProvenanceRecord
 from serving.safety.watermark import WatermarkConfig
-from tests.safety_data import decode, jpeg, make_credentials, png, scene
 
 RECORD = ProvenanceRecord(
     campaign="parti", intent="p-0007", candidate="r1-b0-c2-s0", prompt='a red <apple> & "pear" on a table, ünïcode ✓',

@@ -18,8 +18,8 @@ from pipelines.campaign import CampaignRunner
 from pipelines.records import STORE_FORMAT, CampaignSpec
 from pipelines.report import EMBED_UP_TO, PAGE_SIZE, write_report
 from pipelines.store import CampaignStore
-from tests.fakes import FakeRenderer, ScriptedLLM
-from tests.synthetic import synthetic_store
+from pipelines.testing.fakes import FakeRenderer, ScriptedLLM
+from pipelines.testing.synthetic import synthetic_store
 
 
 def run_campaign(d, n: int) -> CampaignStore:

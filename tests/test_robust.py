@@ -25,11 +25,11 @@ from pipelines.records import CampaignSpec, CampaignState, ErrorBody
 from pipelines.server.auth import AuthSettings, BearerAuth, check_bind
 from pipelines.server.http import ApiError, install_error_handlers, parse_spec, read_body
 from pipelines.store import CampaignStore, RunningRegistry, UnsafeName, campaign_store
+from pipelines.testing.fakes import FakeRenderer, ScriptedLLM
 from serving.clients import RetryPolicy, ServeLanguageModel, ServeRenderer
 from serving.config import DiffusionEngineConfig
 from serving.deployments import DiffusionDeployment
 from tests.fake_engines import FakeDiffusionEngine
-from tests.fakes import FakeRenderer, ScriptedLLM
 
 UNSAFE = [".", "..", ".hidden", "a/b", "../x", "a\\b", "a\x00b", "a\n", "", "x" * 129, "é", "a b"]
 SEARCH = {"beam_width": 2, "candidates_per_beam": 2, "rounds": 2, "max_images": 12}

@@ -21,10 +21,10 @@ from agents.messages import Intent
 from pipelines.campaign import CampaignRunner
 from pipelines.records import CampaignAccepted, CampaignSpec, CampaignStatus, Health, ModelsRecord
 from pipelines.store import CampaignStore
+from pipelines.testing.fakes import FakeRenderer, ScriptedLLM
 from serving.presets import load_preset
 from tests.fake_engines import instances, mark_dead
 from tests.http_helpers import intents, outcomes, wait_done
-from tests.fakes import FakeRenderer, ScriptedLLM
 
 pytestmark = [pytest.mark.serve, pytest.mark.slow]
 
@@ -89,7 +89,7 @@ def test_lessons_are_learned_served_over_http_and_counted_in_a_campaign_with_mem
     preset = tmp_path / "memory.yaml"
     preset.write_text(yaml.safe_dump({
         "description": "fake renderer, scripted memory world", "diffusion": {"model": str(tmp_path / "state")},
-        "rewriter": "tests.fakes:one_find_rewriter", "critic": "tests.fakes:square_critic",
+        "rewriter": "pipelines.testing.fakes:one_find_rewriter", "critic": "pipelines.testing.fakes:square_critic",
         "defaults": {"width": 64, "height": 64, "steps": 2, "guidance_scale": 0.0}, "batch_seconds": 1,
     }))
     config = AppConfig(preset=str(preset), store_root=str(tmp_path / "store"),

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from pipelines.testing.safety_data import decode, jpeg, png, resized, scene
 from serving.safety.watermark import Watermarker, WatermarkConfig, WatermarkError
-from tests.safety_data import decode, jpeg, png, resized, scene
 
 PAYLOAD = 0xC0FFEE42
 

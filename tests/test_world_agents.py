@@ -23,7 +23,8 @@ from pipelines.world.scenes import SceneSpec, draw_specs, make_spec
 
 
 def png(array, prompt: str | None = None) -> bytes:
-    """PNG bytes; with ``prompt``, tagged as FakeRenderer tags its images (what tests.fakes.ScriptedLLM reads)."""
+    """PNG bytes; with ``prompt``, tagged as FakeRenderer tags its images (what
+    :class:`pipelines.testing.fakes.ScriptedLLM` reads)."""
     from PIL.PngImagePlugin import PngInfo
 
     info = PngInfo()
@@ -211,7 +212,7 @@ def test_the_world_preset_names_the_shipped_model_and_no_llm():
 def test_the_judge_as_held_out_scorer_beside_the_vlm_critic():
     """``vlm_critic_with_judge``: the (scripted) VLM critic scores; the judge's verdict is reported as held-out."""
     from pipelines.world.critic import vlm_critic_with_judge
-    from tests.fakes import ScriptedLLM
+    from pipelines.testing.fakes import ScriptedLLM
 
     drawn = make_spec("color_attr", ["circle", "square"], ["red", "blue"])
     asked = make_spec("color_attr", ["circle", "square"], ["red", "green"])

@@ -1,4 +1,5 @@
-"""Scripted fakes of the planner's ports, for planner logic only (engines are tested through the real components)."""
+"""Scripted fakes of the planner's ports, for planner logic, the fast Serve tests (through ``tests/fake_engines.py``)
+and the benchmarks that measure the runner rather than models (engines are tested through the real components)."""
 
 from __future__ import annotations
 
