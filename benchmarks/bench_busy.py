@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import tempfile
 import time
 from pathlib import Path
@@ -68,20 +67,15 @@ def intents(n: int, tag: str) -> list[dict]:
     return [{"id": f"{tag}{k}", "text": TEXTS[k % len(TEXTS)] + f", variant {k}"} for k in range(n)]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run_rows(tiny_dir: Path, store: Path, waves: int, concurrencies: list[int | None]) -> list[list]:
-    import httpx
     import ray
     from ray import serve
 
     from pipelines.app import AppConfig, EngineClasses, compose_app
     from pipelines.campaign import intent_concurrency
-    from pipelines.records import CampaignAccepted, CampaignSpec, CampaignStatus
+    from pipelines.client import CampaignClient
+    from pipelines.records import CampaignSpec
+    from pipelines.server.local import free_port
 
     port = free_port()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
@@ -95,21 +89,14 @@ def run_rows(tiny_dir: Path, store: Path, waves: int, concurrencies: list[int | 
         # what the app derives when a request names no concurrency (the same function, the same capacity)
         derived = intent_concurrency(CampaignSpec(intents=intents(1, "x"), search=SEARCH).search_config(),
                                      handle.capacity.remote().result())
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as client:
+        with CampaignClient(f"http://127.0.0.1:{port}", timeout_s=120) as client:
             for k, concurrency in enumerate(concurrencies):
                 n_intents = waves * (concurrency or derived)
-                body = {"name": f"busy-{k}", "intents": intents(n_intents, f"c{k}-"), "search": SEARCH}
-                if concurrency is not None:
-                    body["concurrency"] = concurrency
+                spec = CampaignSpec(name=f"busy-{k}", intents=intents(n_intents, f"c{k}-"), search=SEARCH,
+                                    concurrency=concurrency)  # None: the app derives it
                 busy_before = handle.busy_seconds.remote().result()
-                resp = client.post("/v1/campaigns", json=body)
-                assert resp.status_code == 202, resp.text
-                accepted = CampaignAccepted.model_validate_json(resp.content)
-                while True:
-                    st = CampaignStatus.model_validate_json(client.get(f"/v1/campaigns/{accepted.id}").content)
-                    if st.state != "running":
-                        break
-                    time.sleep(0.1)
+                accepted = client.submit(spec)
+                st = client.wait(accepted.id, interval_s=0.1)
                 assert st.state == "done", st.errors
                 assert accepted.concurrency == (concurrency or derived)
                 busy = handle.busy_seconds.remote().result() - busy_before

@@ -86,17 +86,18 @@ async def in_process(tiny_dir: Path, n_intents: int, store_dir: Path) -> tuple[f
 
 
 def served(tiny_dir: Path, n_intents: int, store_dir: Path, n_burst: int):
-    import httpx
     import ray
     from ray import serve
 
     from agents.messages import RenderRequest
     from pipelines.app import AppConfig, compose_app
-    from pipelines.records import CampaignStatus
+    from pipelines.client import CampaignClient
+    from pipelines.records import CampaignSpec
+    from pipelines.server.local import free_port
     from serving.engines import DiffusionEngine
     from serving.presets import load_preset
 
-    port = 18765
+    port = free_port()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     try:
@@ -104,15 +105,10 @@ def served(tiny_dir: Path, n_intents: int, store_dir: Path, n_burst: int):
         serve.run(compose_app(AppConfig(preset="tiny", tiny_dir=str(tiny_dir), store_root=str(store_dir)),
                             deployments={"diffusion": batching}), name="promptbeam")
         # 1. the campaign over HTTP
-        body = {"name": "bench", "intents": intents(n_intents), "search": SEARCH, "concurrency": 4}
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
+        spec = CampaignSpec(name="bench", intents=intents(n_intents), search=SEARCH, concurrency=4)
+        with CampaignClient(f"http://127.0.0.1:{port}") as client:
             cpu, t0 = process_cpu_seconds(), time.perf_counter()
-            assert client.post("/v1/campaigns", json=body).status_code == 202
-            while True:
-                st = CampaignStatus.model_validate_json(client.get("/v1/campaigns/bench").content)
-                if st.state != "running":
-                    break
-                time.sleep(0.2)
+            st = client.wait(client.submit(spec).id, interval_s=0.2)
             seconds = time.perf_counter() - t0
             cpu = cpu_by_process(cpu, process_cpu_seconds())
         # 2. batching: N concurrent single-image calls vs one in-process batch of N (same engine settings)

@@ -199,6 +199,12 @@ class CampaignClient:
                 return
             self._sleep(interval_s)
 
+    def wait(self, campaign_id: str, interval_s: float = 1.0) -> CampaignStatus:
+        """:meth:`follow` to the end: the campaign's final status (done, failed or cancelled)."""
+        for status in self.follow(campaign_id, interval_s):
+            pass
+        return status
+
     def cancel(self, campaign_id: str) -> CampaignStatus:
         """Cancel a running campaign (finished intents stay; submitting it again resumes it)."""
         return CampaignStatus.model_validate_json(self._send("DELETE", f"/v1/campaigns/{campaign_id}").content)

@@ -110,6 +110,15 @@ def test_calls_return_typed_records():
         assert [c.id for c in client.list(limit=2, cursor=page.next_cursor).campaigns] == ["c"]
 
 
+def test_wait_follows_to_the_end_and_returns_the_final_status():
+    server = ScriptedApi(TOKEN)
+    sleeps: list[float] = []
+    with server.client(sleeps=sleeps) as client:
+        final = client.wait("c", interval_s=0.25)
+    assert final.state == CampaignState.done and final.intents_finished == 3
+    assert sleeps == [0.25, 0.25]  # polled every interval while it ran, not after it ended
+
+
 def test_errors_are_the_clients_own_types():
     server = ScriptedApi(TOKEN)
     with server.client(token=None) as anonymous:
