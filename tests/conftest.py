@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from pipelines.server.local import free_port
+
 # Tests never reach a model hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -119,14 +121,6 @@ def vlm_engine(tiny_profile, loop_thread):
         engine.shutdown()
 
     loop_thread.run(stop())
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

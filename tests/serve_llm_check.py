@@ -25,7 +25,7 @@ def main(tmp: Path) -> dict:
     from pipelines.records import CampaignStatus
     from serving.serve_llm import ServeLLMLanguageModel
     from serving.tiny_models import make_tiny_models
-    from tests.conftest import free_port
+    from pipelines.server.local import free_port
 
     tiny = make_tiny_models(tmp / "tiny")
     port = free_port()

@@ -214,7 +214,7 @@ def test_client_commands_send_the_api_token_from_the_environment():
 
 
 def test_an_unreachable_endpoint_fails_after_the_retries_with_the_reason(monkeypatch):
-    from tests.conftest import free_port
+    from pipelines.server.local import free_port
 
     monkeypatch.setattr("pipelines.client.DEFAULT_RETRY", FAST)
     result = cli(["cancel", "camp", "--endpoint", f"http://127.0.0.1:{free_port()}"])

@@ -16,8 +16,8 @@ import pytest
 import yaml
 
 from pipelines.records import CampaignStatus
+from pipelines.server.local import free_port
 from serving import metrics as m
-from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "promptbeam.json"

@@ -25,6 +25,7 @@ from PIL import Image
 from pydantic import ValidationError
 
 from agents.messages import ChatMessage, ChatRequest, ImagePart, TextPart
+from pipelines.server.local import free_port
 from serving.openai_client import (
     LanguageModelEndpoints,
     LanguageModelError,
@@ -33,7 +34,6 @@ from serving.openai_client import (
     OpenAILanguageModel,
     open_language_models,
 )
-from tests.conftest import free_port
 
 
 def png_of(color=(200, 30, 30), size=(64, 64)) -> bytes:
