@@ -72,10 +72,15 @@ DIFFUSION_MODEL = typer.Option(None, help="Diffusion model id or directory over 
 LLM_MODEL = typer.Option(None, help="LLM/VLM id or directory over the preset's (default: the preset's).")
 
 
+def _config_option(model: type, field: str, *names: str, choices: str = "", **kwargs):
+    """A CLI option whose default and help text are the config model's own (one default per option everywhere);
+    ``choices`` is put before the help text."""
+    info = model.model_fields[field]
+    return typer.Option(info.default, *names, help=kwargs.pop("help", choices + info.description), **kwargs)
+
+
 def _search_option(field: str, **kwargs):
-    """A CLI option whose default and help text are SearchConfig's own (one default per option everywhere)."""
-    info = SearchConfig.model_fields[field]
-    return typer.Option(info.default, help=kwargs.pop("help", info.description), **kwargs)
+    return _config_option(SearchConfig, field, **kwargs)
 
 
 ROUNDS = _search_option("rounds", min=1)
@@ -84,10 +89,8 @@ CANDIDATES = _search_option("candidates_per_beam", min=1)
 SEEDS = _search_option("seeds_per_prompt", min=1)
 MAX_IMAGES = _search_option("max_images", min=1)
 SEED = _search_option("base_seed", min=0, help="Base seed: same seed, same lineage.")
-SEED_MODE = _search_option("seed_mode", help="paired | fresh | spread. "
-                           + SearchConfig.model_fields["seed_mode"].description)
-REWRITER_MODE = typer.Option(RewriterConfig.model_fields["mode"].default, "--rewriter-mode",
-                             help="rewrite | edit. " + RewriterConfig.model_fields["mode"].description)
+SEED_MODE = _search_option("seed_mode", choices="paired | fresh | spread. ")
+REWRITER_MODE = _config_option(RewriterConfig, "mode", "--rewriter-mode", choices="rewrite | edit. ")
 BASELINE = typer.Option("all", help="Which intents also run the best-of-N baseline: all | none | sample:<fraction>.")
 CONCURRENCY = typer.Option(None, min=1, help="Intents searched at once (default: from the renderer's capacity).")
 INTERVAL = typer.Option(1.0, min=0.1, help="Seconds between status polls while following.")
