@@ -313,6 +313,63 @@ def load_llm(name: str):
     return LLMEngine(config), desc
 
 
+def gpu_equal_images(args, arms: dict[str, Arm], ids: list[str]) -> tuple[int, int, float, str | None]:
+    """Equal compute on a GPU cluster: (best-of-N, extra images, LLM tokens per intent, the arm priced): the main LLM
+    arm's tokens priced against an SDXL-class image (:data:`GPU_COST`)."""
+    main_llm = next((a for a in ("llm", "llm_memory", "llm_nofb", "llm_rewrite") if a in arms), None)
+    tokens = sum(arms[main_llm].tokens.values()) / len(ids) if main_llm else 0.0
+    extra = math.floor(tokens * GPU_COST.token_s / GPU_COST.image_s)
+    return args.budget + extra, extra, tokens, main_llm
+
+
+def table_from_logs(args) -> str:
+    """The table of a run assembled from per-intent ``--log`` files (a run cut in phases: the beam arms of one run,
+    best-of-N of another on the same seeds). Intents are those with best-of-N and every logged arm."""
+    beams: dict[str, dict] = {}
+    best_of: dict[str, list[bool]] = {}
+    tag_of: dict[str, str] = {}
+    for path in args.table_from:
+        for line in open(path):
+            row = json.loads(line)
+            tag_of[row["id"]] = row["tag"]
+            if "best_of" in row:
+                best_of[row["id"]] = row["best_of"]
+            else:
+                beams[row["id"]] = {k: v for k, v in row.items() if isinstance(v, dict)}
+    names = sorted({name for arms in beams.values() for name in arms}, key=ARMS.index)
+    ids = [i for i in best_of if all(name in beams.get(i, {}) for name in names)]
+    if not ids:
+        raise SystemExit("no intent has best-of-N and every arm in these logs")
+    all_arms = make_arms(args)
+    arms = {name: all_arms[name] for name in ["best_of_n", *names]}
+    for name in names:
+        for i in ids:
+            arms[name].add(i, bool(beams[i][name]["passed"]), beams[i][name]["images"], beams[i][name]["llm_calls"],
+                           beams[i][name]["tokens"])
+    return tabulate(args, arms, best_of, ids, tag_of, args.llm, None, None)
+
+
+def make_arms(args) -> dict[str, Arm]:
+    """Every arm the benchmark knows, empty, with its label and what it knows."""
+    short = args.llm if args.llm != "tiny" else "tiny random LLM"
+    edit_knows = "intent + critic's failed checks/feedback (intent's words) + wordings tried; rewords phrases only"
+    all_arms = {
+        "best_of_n": Arm(f"best-of-{args.budget}, user's wording", "the intent's words"),
+        "llm": Arm(f"beam + LLM ({short}), phrase edits, feedback", edit_knows),
+        "llm_nofb": Arm(f"beam + LLM ({short}), phrase edits, no feedback", "intent + wordings tried and scores"),
+        "llm_memory": Arm(f"beam + LLM ({short}), phrase edits, feedback + memory",
+                          edit_knows + " + this run's lessons"),
+        "llm_rewrite": Arm(f"beam + LLM ({short}), whole rewrites (before), paired seeds",
+                           "intent + critic's checks/feedback + branch prompts and scores"),
+        "llm_vocab": Arm(f"UPPER BOUND: beam + LLM ({short}) + the judge's answer words",
+                         "as whole rewrites + ANSWER_WORDS (= the judge's 20 answer words)"),
+        "oracle_rewriter": Arm("UPPER BOUND: oracle rewriter", "the world's synonym table + the judge's spec"),
+        "oracle_phrasing": Arm(f"UPPER BOUND: oracle phrasing ({args.phrasings} phrasings x "
+                               f"{args.budget // args.phrasings} seeds)", "training-grammar paraphrases of the spec"),
+    }
+    return all_arms
+
+
 async def run(args) -> str:
     from benchmarks._util import report
     from serving.clients import LocalLanguageModel
@@ -351,22 +408,7 @@ async def run(args) -> str:
     search_configs = {"llm": spread, "llm_nofb": spread, "llm_rewrite": config, "llm_vocab": config,
                       "llm_memory": spread.model_copy(update={"memory": MemoryConfig(enabled=True)}),
                       "oracle_rewriter": config}
-    short = args.llm if args.llm != "tiny" else "tiny random LLM"
-    edit_knows = "intent + critic's failed checks/feedback (intent's words) + wordings tried; rewords phrases only"
-    all_arms = {
-        "best_of_n": Arm(f"best-of-{args.budget}, user's wording", "the intent's words"),
-        "llm": Arm(f"beam + LLM ({short}), phrase edits, feedback", edit_knows),
-        "llm_nofb": Arm(f"beam + LLM ({short}), phrase edits, no feedback", "intent + wordings tried and scores"),
-        "llm_memory": Arm(f"beam + LLM ({short}), phrase edits, feedback + memory",
-                          edit_knows + " + this run's lessons"),
-        "llm_rewrite": Arm(f"beam + LLM ({short}), whole rewrites (before), paired seeds",
-                           "intent + critic's checks/feedback + branch prompts and scores"),
-        "llm_vocab": Arm(f"UPPER BOUND: beam + LLM ({short}) + the judge's answer words",
-                         "as whole rewrites + ANSWER_WORDS (= the judge's 20 answer words)"),
-        "oracle_rewriter": Arm("UPPER BOUND: oracle rewriter", "the world's synonym table + the judge's spec"),
-        "oracle_phrasing": Arm(f"UPPER BOUND: oracle phrasing ({args.phrasings} phrasings x "
-                               f"{args.budget // args.phrasings} seeds)", "training-grammar paraphrases of the spec"),
-    }
+    all_arms = make_arms(args)
     arms = {name: arm for name, arm in all_arms.items() if name == "best_of_n" or name in wanted}
     from agents.rewriter import Rewriter
 
@@ -411,12 +453,7 @@ async def run(args) -> str:
     rate = renderer.images_per_second
     extra = min(math.floor(llm_s * rate), args.max_equal_compute - args.budget)
     n_equal = args.budget + extra
-    # Equal compute on a GPU cluster: the llm arm's tokens priced against an SDXL-class image (GPU_COST)
-    main_llm = next((a for a in ("llm", "llm_memory", "llm_nofb", "llm_rewrite") if a in arms), None)
-    tokens = sum(arms[main_llm].tokens.values()) / len(ids) if main_llm else 0.0
-    gpu_extra = math.floor(tokens * GPU_COST.token_s / GPU_COST.image_s)
-    n_gpu = args.budget + gpu_extra
-    n_max = max(MAX_BEST_OF, n_equal, n_gpu)
+    n_max = max(MAX_BEST_OF, n_equal, gpu_equal_images(args, arms, ids)[0])
     # best-of-N draws spread mode's seed sequence: the phrase-edit arms' images are on exactly these seeds
     base_planner = BeamSearchPlanner(ArmRenderer(renderer, "best_of"), OracleRewriter(), critic, spread,
                                      image_sink=keep_no_image)
@@ -424,27 +461,42 @@ async def run(args) -> str:
     async def sampled(intent: Intent) -> None:
         async with sem:
             best_of[intent.id] = await run_best_of(base_planner, intent, n_max)
+            if args.log:
+                with open(args.log, "a") as f:
+                    f.write(json.dumps({"id": intent.id, "tag": tag_of[intent.id], "best_of": best_of[intent.id]})
+                            + "\n")
 
     await asyncio.gather(*(sampled(i) for i, _ in intents))
+    cpu = {"llm_s": llm_s, "rate": rate, "extra": extra, "n_equal": n_equal} if metered else None
+    return tabulate(args, arms, best_of, ids, tag_of, llm_desc, cpu, time.perf_counter() - t_start)
+
+
+def tabulate(args, arms: dict[str, Arm], best_of: dict[str, list[bool]], ids: list[str], tag_of: dict[str, str],
+             llm_desc: str, cpu: dict | None, wall: float | None) -> str:
+    """The table: the arms' outcomes beside best-of-k on the same seeds, the equal-compute rows (this CPU's when its
+    measurements ``cpu`` are given; the GPU cluster's from the tokens used), image efficiency, per tag, the goal."""
+    from benchmarks._util import report
+
+    n_gpu, gpu_extra, tokens, main_llm = gpu_equal_images(args, arms, ids)
+    n_max = min(len(v) for v in best_of.values())
     for intent_id in ids:
         arms["best_of_n"].add(intent_id, any(best_of[intent_id][: args.budget]), args.budget)
     for k in (16, MAX_BEST_OF):
         arm = arms.setdefault(f"best_of_{k}", Arm(f"best-of-{k}, user's wording (more images)", "the intent's words"))
         for intent_id in ids:
             arm.add(intent_id, any(best_of[intent_id][:k]), k)
-    capped = " (capped)" if extra == args.max_equal_compute - args.budget else ""
-    equal = arms.setdefault("best_of_equal", Arm(
-        f"best-of-{n_equal} at equal compute (+{extra}{capped} images for {llm_s:.1f} LLM-s at {rate:.1f} img/s)",
-        "the intent's words"))
-    for intent_id in ids:
-        equal.add(intent_id, any(best_of[intent_id][:n_equal]), n_equal)
+    if cpu is not None:
+        capped = " (capped)" if cpu["extra"] == args.max_equal_compute - args.budget else ""
+        equal = arms.setdefault("best_of_equal", Arm(
+            f"best-of-{cpu['n_equal']} at equal compute, this CPU (+{cpu['extra']}{capped} images for "
+            f"{cpu['llm_s']:.1f} LLM-s at {cpu['rate']:.1f} img/s)", "the intent's words"))
+        for intent_id in ids:
+            equal.add(intent_id, any(best_of[intent_id][:cpu["n_equal"]]), cpu["n_equal"])
     gpu_equal = arms.setdefault("best_of_gpu", Arm(
         f"best-of-{n_gpu} at equal compute, GPU cluster cost model (+{gpu_extra} images for {tokens:.0f} LLM "
         f"tokens/intent)", "the intent's words"))
     for intent_id in ids:
         gpu_equal.add(intent_id, any(best_of[intent_id][:n_gpu]), n_gpu)
-    wall = time.perf_counter() - t_start
-
     table_rows = []
     summary = {}
     base = arms["best_of_n"]
@@ -474,20 +526,23 @@ async def run(args) -> str:
 
     def tag_accuracy(name: str, tag: str) -> str:
         values = [arms[name].passed[i] for i in ids if tag_of[i] == tag]
-        return f"{sum(values) / len(values):.2f}"
+        return f"{sum(values) / len(values):.2f}" if values else "–"
 
     shown = [a for a in ("best_of_n", *ARMS) if a in arms]
     per_tag = "; ".join(f"{t}: " + " / ".join(tag_accuracy(a, t) for a in shown) for t in TAGS)
-    notes = (f"{len(ids)} held-out intents ({per_tag and len(ids) // len(TAGS)} per tag; "
+    notes = (f"{len(ids)} held-out intents (interleaved over the tags; "
              f"pipelines/world/data/heldout.jsonl), submitted as text; the same intents and seeds for every arm; "
              f"budget {args.budget} images per intent for the beam arms; world model {RECOMMENDED_STEPS} steps CFG "
              f"{RECOMMENDED_GUIDANCE} on {args.device}; beam B=2 K=3 S=1, stops when an image passes. LLM: "
              f"{llm_desc}, temperature {args.temperature}, guided JSON, at most {args.llm_max_tokens} tokens and "
-             f"{PROMPT_CHARS} characters a prompt; LLM s/intent sums each call's latency. Equal compute, this CPU: the "
-             f"engine's busy time per arm and intent ({llm_s:.1f} s) at the measured render rate; GPU cluster: "
+             f"{PROMPT_CHARS} characters a prompt; LLM s/intent sums each call's latency. Equal compute, "
+             + (f"this CPU: the engine's busy time per arm and intent ({cpu['llm_s']:.1f} s) at the measured render "
+                f"rate; " if cpu else "this CPU: not measured in this table (assembled from per-intent logs); ")
+             + f"GPU cluster: "
              f"{GPU_COST.image_s} GPU-s an image, {GPU_COST.token_s * 1000:.3f} GPU-s per 1,000 LLM tokens "
              f"({GPU_COST.source}). {efficiency}Per-tag accuracy ({' / '.join(shown)}): {per_tag}. {goal} "
-             f"Render rate {rate:.1f} images/s; wall time {wall:.0f} s.")
+             + (f"Render rate {cpu['rate']:.1f} images/s. " if cpu else "")
+             + (f"Wall time {wall:.0f} s." if wall is not None else ""))
     return report(f"World (honest): beam + real LLM vs best-of-N on held-out intents "
                   f"({'small' if args.small else f'{len(ids)} intents'})",
                   ["arm", "what it knows", "intents", "judge accuracy [95% CI]",
@@ -511,16 +566,22 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--batch", type=int, default=32, help="Images per pipeline call.")
     p.add_argument("--concurrency", type=int, default=24, help="Intents in flight at once.")
-    p.add_argument("--log", default=None, help="Append each finished intent's beam-arm outcomes to this JSONL file.")
-    p.add_argument("--arms", nargs="+", default=list(DEFAULT_ARMS), choices=ARMS,
-                   help="Arms to run besides best-of-N (which always runs).")
+    p.add_argument("--log", default=None, help="Append each finished intent's beam-arm outcomes, then its best-of-N "
+                   "images' verdicts, to this JSONL file.")
+    p.add_argument("--table-from", nargs="+", default=None, metavar="LOG",
+                   help="Print the table from --log files instead of running (a run cut in phases).")
+    p.add_argument("--arms", nargs="*", default=list(DEFAULT_ARMS), choices=ARMS,
+                   help="Arms to run besides best-of-N (which always runs); none: best-of-N alone.")
     add_record_options(p)
     args = p.parse_args(argv)
     if args.budget % args.phrasings:
         p.error(f"--budget ({args.budget}) must be a multiple of --phrasings ({args.phrasings})")
     if not 1 <= args.intents <= 240:
         p.error(f"--intents must be between 1 and 240, got {args.intents}")
-    asyncio.run(run(args))
+    if args.table_from:
+        table_from_logs(args)
+    else:
+        asyncio.run(run(args))
 
 
 if __name__ == "__main__":
