@@ -334,8 +334,8 @@ def table_from_logs(args) -> str:
             tag_of[row["id"]] = row["tag"]
             if "best_of" in row:
                 best_of[row["id"]] = row["best_of"]
-            else:
-                beams[row["id"]] = {k: v for k, v in row.items() if isinstance(v, dict)}
+            else:  # merged: an arm's outcome may come from any of the logs
+                beams.setdefault(row["id"], {}).update({k: v for k, v in row.items() if isinstance(v, dict)})
     names = sorted({name for arms in beams.values() for name in arms}, key=ARMS.index)
     ids = [i for i in best_of if all(name in beams.get(i, {}) for name in names)]
     if not ids:
@@ -431,7 +431,7 @@ async def run(args) -> str:
                                        arms["oracle_phrasing"], config.base_seed)] if "oracle_phrasing" in arms else []),
             )
             done[0] += 1
-            if args.log:  # one line per finished intent: a run cut short still has its beam arms' outcomes
+            if args.log and (planners or "oracle_phrasing" in arms):  # a run cut short keeps its beam arms' outcomes
                 line = {"id": intent.id, "tag": tag_of[intent.id], **{
                     name: {"passed": arms[name].passed[intent.id], "images": arms[name].images[intent.id],
                            "llm_calls": arms[name].llm_calls[intent.id], "tokens": arms[name].tokens[intent.id]}
@@ -453,7 +453,7 @@ async def run(args) -> str:
     rate = renderer.images_per_second
     extra = min(math.floor(llm_s * rate), args.max_equal_compute - args.budget)
     n_equal = args.budget + extra
-    n_max = max(MAX_BEST_OF, n_equal, gpu_equal_images(args, arms, ids)[0])
+    n_max = max(args.best_of, n_equal, gpu_equal_images(args, arms, ids)[0])
     # best-of-N draws spread mode's seed sequence: the phrase-edit arms' images are on exactly these seeds
     base_planner = BeamSearchPlanner(ArmRenderer(renderer, "best_of"), OracleRewriter(), critic, spread,
                                      image_sink=keep_no_image)
@@ -481,7 +481,7 @@ def tabulate(args, arms: dict[str, Arm], best_of: dict[str, list[bool]], ids: li
     n_max = min(len(v) for v in best_of.values())
     for intent_id in ids:
         arms["best_of_n"].add(intent_id, any(best_of[intent_id][: args.budget]), args.budget)
-    for k in (16, MAX_BEST_OF):
+    for k in [k for k in (16, 32, 64, 128) if k <= n_max]:
         arm = arms.setdefault(f"best_of_{k}", Arm(f"best-of-{k}, user's wording (more images)", "the intent's words"))
         for intent_id in ids:
             arm.add(intent_id, any(best_of[intent_id][:k]), k)
@@ -562,6 +562,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--temperature", type=float, default=0.5, help="The LLM rewriter's sampling temperature.")
     p.add_argument("--max-equal-compute", type=int, default=128,
                    help="Cap on the equal-compute best-of-N (images per intent).")
+    p.add_argument("--best-of", type=int, default=MAX_BEST_OF,
+                   help="Render best-of-N on at least this many seeds per intent (image efficiency looks up to it).")
     p.add_argument("--phrasings", type=int, default=4, help="Oracle phrasing: phrasings (budget must divide by it).")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--batch", type=int, default=32, help="Images per pipeline call.")
