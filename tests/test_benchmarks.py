@@ -224,7 +224,7 @@ def test_world_benchmark_small_table():
         "best-of-16, user's wording (more images)": "best_of", "best-of-32, user's wording (more images)": "best_of",
     }
     assert set(labels) <= set(rows), (sorted(rows), out[-3000:])
-    assert any(label.startswith("best-of-") and "at equal compute (" in label for label in rows)  # this CPU
+    assert any(label.startswith("best-of-") and "at equal compute, this CPU (" in label for label in rows)
     assert any(label.startswith("best-of-") and "GPU cluster cost model" in label for label in rows)
     assert "Image efficiency: the smallest best-of-k" in out
     for label, cells in rows.items():
