@@ -90,6 +90,16 @@ class RenderRequest(Message):
     height: int = Field(default=64, description="Pixels, a positive multiple of 8.")
     campaign: str | None = Field(default=None, max_length=100, description="Campaign, for the image's provenance.")
     intent: str | None = Field(default=None, max_length=128, description="Intent id, for the image's provenance.")
+    critic_max_pixels: int | None = Field(
+        default=None, ge=28 * 28, le=4096 * 4096,
+        description="When set, the renderer also returns ``critic_image``: the image at most this many pixels "
+        "(aspect kept), made where the pixels are, so the campaign never decodes or re-encodes an image.",
+    )
+    image_uri: str | None = Field(
+        default=None, max_length=2048,
+        description="fsspec URI the renderer writes the image to (the campaign's store); it then returns a "
+        "``StoredImage`` instead of the bytes. Unset, or where the renderer cannot write there, the bytes come back.",
+    )
 
     @field_validator("prompt")
     @classmethod
@@ -131,11 +141,25 @@ class RendererInfo(Message):
     tokenizer: str | None = Field(default=None, description="Which tokenizer counts them, e.g. 'CLIPTokenizer'.")
 
 
+class StoredImage(Message):
+    """An image the renderer wrote itself: where, how big, and its content hash (the campaign keeps only this)."""
+
+    uri: str = Field(description="Where it was written: the request's ``image_uri``, or the campaign's reference to it.")
+    size: int = Field(ge=0, description="Bytes written.")
+    sha256: str = Field(min_length=64, max_length=64)
+
+
 class RenderResult(Message):
-    """A rendered image plus what produced it."""
+    """A rendered image plus what produced it: the bytes in ``png``, or (``stored`` set, ``png`` empty) a reference to
+    where the renderer wrote them."""
 
     request_id: str
     png: bytes = Field(repr=False)
+    stored: StoredImage | None = Field(default=None, description="Set when the renderer wrote the image itself.")
+    critic_image: bytes | None = Field(
+        default=None, repr=False,
+        description="The image at the request's ``critic_max_pixels`` (JPEG, or the image's own bytes when it fits).",
+    )
     seed: int
     model: str
     width: int
@@ -150,7 +174,7 @@ class RenderResult(Message):
 
     @property
     def sha256(self) -> str:
-        return hashlib.sha256(self.png).hexdigest()
+        return self.stored.sha256 if self.stored is not None else hashlib.sha256(self.png).hexdigest()
 
 
 # --------------------------------------------------------------------------------------------------------------------

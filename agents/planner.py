@@ -37,6 +37,7 @@ import hashlib
 import time
 from collections.abc import Awaitable, Callable
 
+from agents.budget import ImageBudget, held_bytes
 from agents.config import SearchConfig
 from agents.messages import (
     ArmState,
@@ -48,6 +49,7 @@ from agents.messages import (
     PromptScore,
     Proposal,
     RenderRequest,
+    RenderResult,
     RewriteContext,
     RewriteReply,
     SearchCheckpoint,
@@ -64,6 +66,8 @@ ImageSink = Callable[[Candidate, bytes], Awaitable[str]]
 
 RoundCallback = Callable[[SearchCheckpoint], Awaitable[None]]
 """Called after every finished round with a snapshot from which the search can be resumed."""
+
+CRITIC_SEES_WHOLE_IMAGE = 4096 * 4096  # RenderRequest's largest image: the variant is then the image itself
 
 MAX_PROMPT_CHARS = 1000  # RenderRequest's limit (agents.messages.MAX_PROMPT_CHARS)
 
@@ -122,7 +126,8 @@ class BeamSearchPlanner:
 
     The rewriter and the critic are any :class:`PromptRewriter` and :class:`ImageCritic` (the LLM-backed
     ``Rewriter`` and ``Critic``, a rule-based rewriter, a judge-backed critic). ``image_sink`` stores every rendered
-    PNG and returns its reference; the planner keeps no image bytes.
+    PNG the renderer did not store itself and returns its reference; the planner keeps no image bytes beyond a render
+    call, and ``image_budget`` (shared by a campaign's intents) caps the bytes all calls hold at once.
     """
 
     def __init__(
@@ -136,6 +141,7 @@ class BeamSearchPlanner:
         image_sink: ImageSink,
         output_filter: OutputFilter | None = None,
         memory: CampaignMemory | None = None,
+        image_budget: ImageBudget | None = None,
     ):
         self.renderer = renderer
         self.rewriter = rewriter
@@ -145,6 +151,9 @@ class BeamSearchPlanner:
         self.image_sink = image_sink
         self.output_filter = output_filter or OutputFilter(self.moderator)
         self.memory = memory  # the campaign's lessons, shared by its intents (agents.memory); None: no memory
+        self.image_budget = image_budget
+        # the critic's image size, made by the renderer; a critic that names none (a judge) sees the whole image
+        self.critic_max_pixels = getattr(critic, "image_max_pixels", None) or CRITIC_SEES_WHOLE_IMAGE
 
     # ------------------------------------------------------------------------------------------------------------
     # Entry points
@@ -431,33 +440,40 @@ class BeamSearchPlanner:
         requests = [
             RenderRequest(request_id=c.id, prompt=c.prompt, negative_prompt=state.intent.negative_prompt, seed=c.seed,
                           steps=cfg.steps, guidance_scale=cfg.guidance_scale, width=cfg.width, height=cfg.height,
-                          intent=state.intent.id)
+                          intent=state.intent.id, critic_max_pixels=self.critic_max_pixels)
             for c in candidates
         ]
-        # Infrastructure errors (renderer down, bad request) raise: they are not the model's fault.
-        results = await self.renderer.render(requests)
-        arm.counts.images += len(results)
-        arm.counts.render_calls += 1
-        for c, res in zip(candidates, results):
-            c.timings["render_s"] = res.render_seconds
-            c.timings["render_share_s"] = res.render_seconds / res.batch_size  # this image's share of the call
-            arm.counts.render_seconds += c.timings["render_share_s"]
-        withheld = [(c, res) for c, res in zip(candidates, results) if res.withheld_reason is not None]
-        for c, res in withheld:  # the output check kept its pixels: no image, no score, never in the beam
-            c.status = CandidateStatus.withheld
-            c.error = f"output check: {res.withheld_reason}"
-            arm.counts.images_withheld += 1
-        kept = [(c, res) for c, res in zip(candidates, results) if res.withheld_reason is None]
-        await asyncio.gather(*(self._store_and_critique(state, arm, c, res.png) for c, res in kept))
+        budget = self.image_budget or ImageBudget(max_bytes=2**62)
+        async with budget.hold(sum(budget.estimate(r) for r in requests)) as hold:
+            # Infrastructure errors (renderer down, bad request) raise: they are not the model's fault.
+            results = await self.renderer.render(requests)
+            hold.resize(sum(held_bytes(r) for r in results))
+            arm.counts.images += len(results)
+            arm.counts.render_calls += 1
+            for c, res in zip(candidates, results):
+                c.timings["render_s"] = res.render_seconds
+                c.timings["render_share_s"] = res.render_seconds / res.batch_size  # this image's share of the call
+                arm.counts.render_seconds += c.timings["render_share_s"]
+            withheld = [(c, res) for c, res in zip(candidates, results) if res.withheld_reason is not None]
+            for c, res in withheld:  # the output check kept its pixels: no image, no score, never in the beam
+                c.status = CandidateStatus.withheld
+                c.error = f"output check: {res.withheld_reason}"
+                arm.counts.images_withheld += 1
+            kept = [(c, res) for c, res in zip(candidates, results) if res.withheld_reason is None]
+            del results, withheld
+            await asyncio.gather(*(self._store_and_critique(state, arm, c, res) for c, res in kept))
         scored = [c.score for c in candidates if c.score is not None]
         arm.best_score_per_round.append(max(scored) if scored else None)
 
-    async def _store_and_critique(self, state: SearchCheckpoint, arm: ArmState, candidate: Candidate, png: bytes):
-        candidate.image = await self.image_sink(candidate, png)
+    async def _store_and_critique(self, state: SearchCheckpoint, arm: ArmState, candidate: Candidate, res: RenderResult):
+        # the renderer stored the image (a reference came back) or the sink stores the bytes: one path that degrades
+        candidate.image = res.stored.uri if res.stored is not None else await self.image_sink(candidate, res.png)
+        # the renderer's critic variant where it made one; else the image itself (the critic fits it, off the loop)
+        image = res.critic_image if res.critic_image is not None else res.png
         t0 = time.perf_counter()
         try:
             critique, chat = await self.critic.critique(
-                png, state.intent, state.checks, request_id=f"{candidate.id}/critique",
+                image, state.intent, state.checks, request_id=f"{candidate.id}/critique",
                 seed=stable_seed(candidate.id, "critic"),
             )
         except CriticError as exc:  # model-caused: record it on the candidate and carry on

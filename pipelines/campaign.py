@@ -16,6 +16,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from fsspec.implementations.local import LocalFileSystem
+from fsspec.implementations.memory import MemoryFileSystem
+
+from agents.budget import ImageBudget
 from agents.config import SearchConfig
 from agents.critic import Critic
 from agents.memory import CampaignMemory
@@ -86,23 +90,31 @@ def make_agent(kind: str, llm_backed: type, llm: LanguageModel | None, config: A
 
 
 class CampaignRenderer:
-    """The renderer as one campaign sees it: request ids carry the campaign's id, so two campaigns whose candidates share
-    ids (intents are named by their users) never meet with the same id in a render batch; results come back with the
-    planner's own ids. Images are counted per campaign as each render call returns (the dashboard's live images/s; the
-    intent's committed counts come later)."""
+    """The renderer as one campaign sees it. Requests carry the campaign (``RenderRequest.campaign``), so two campaigns
+    whose candidates share ids (intents are named by their users) stay apart in a render batch without renaming them.
+    Where the renderer can reach the campaign's store (``renderer_stores``), each request names the file the renderer
+    writes the image to, and the reference that comes back is turned into the lineage's ``images/<name>``. Images are
+    counted per campaign as each render call returns (the dashboard's live images/s; the intent's committed counts
+    come later)."""
 
-    def __init__(self, renderer: Renderer, campaign_id: str):
+    def __init__(self, renderer: Renderer, campaign_id: str, store: CampaignStore | None = None):
         self.renderer = renderer
         self.campaign_id = campaign_id
-        self.prefix = f"{campaign_id}:"
+        self.store = store
 
     async def render(self, requests: list[RenderRequest]) -> list[RenderResult]:
+        store = self.store
         results = await self.renderer.render(
-            [r.model_copy(update={"request_id": self.prefix + r.request_id, "campaign": self.campaign_id})
+            [r.model_copy(update={"campaign": self.campaign_id,
+                                  "image_uri": store.image_uri(r.request_id) if store is not None else None})
              for r in requests]
         )
         metrics.inc(metrics.IMAGES_FINISHED, len(results), campaign=self.campaign_id)
-        return [r.model_copy(update={"request_id": r.request_id.removeprefix(self.prefix)}) for r in results]
+        if store is None:
+            return results
+        return [r if r.stored is None else
+                r.model_copy(update={"stored": r.stored.model_copy(update={"uri": store.image_ref(r.stored.uri)})})
+                for r in results]
 
     async def info(self) -> RendererInfo:
         return await self.renderer.info()
@@ -129,10 +141,16 @@ class CampaignRunner:
         concurrency: int | None = None,
         on_intent_done: Callable[[IntentOutcome], None] | None = None,
         critic_llm: LanguageModel | None = None,
+        renderer_stores: bool | None = None,
     ):
         self.spec = spec
         self.search = search
-        self.renderer = CampaignRenderer(renderer, spec.campaign_id())
+        # The renderer writes images to the store itself where it can reach it: an object store or a shared
+        # filesystem (a local path is only known to be shared when the caller says so: in-process, one machine).
+        if renderer_stores is None:
+            renderer_stores = not isinstance(store.fs, (LocalFileSystem, MemoryFileSystem))
+        self.renderer = CampaignRenderer(renderer, spec.campaign_id(), store if renderer_stores else None)
+        self.image_budget = ImageBudget(spec.max_image_bytes_in_flight, renderer_stores=renderer_stores)
         self.store = store
         self.models = models
         self.concurrency = concurrency or spec.concurrency or 8
@@ -242,7 +260,7 @@ class CampaignRunner:
             await asyncio.to_thread(self.store.write_checkpoint, checkpoint)
 
         planner = BeamSearchPlanner(self.renderer, self.rewriter, self.critic, self.search, image_sink=sink,
-                                    memory=self.memory)
+                                    memory=self.memory, image_budget=self.image_budget)
         try:
             # an intent interrupted earlier (crash, failed render after its retries) continues after its last round
             checkpoint = await asyncio.to_thread(self.store.read_checkpoint, intent.id)

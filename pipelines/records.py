@@ -105,6 +105,12 @@ class CampaignSpec(Record):
         description="Intents searched at once. Default: enough to keep the renderer's batches full "
         "(its max_batch_size x replicas, with headroom).",
     )
+    max_image_bytes_in_flight: int = Field(
+        default=256 * 2**20, ge=2**20, le=2**36,
+        description="Image bytes the campaign process holds at once, over all intents (agents.budget.ImageBudget): "
+        "render calls wait while the cap is reached. With the renderer writing images to the store only the critic's "
+        "small variants count; else whole images (256 MiB is ~430 512x512 or ~85 1024x1024 PNGs of a noisy image).",
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> CampaignSpec:

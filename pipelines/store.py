@@ -167,6 +167,19 @@ class CampaignStore:
         """Candidate ids look like 'intent/r1/p0/s0'; their images are flat files 'intent__r1__p0__s0.png'."""
         return candidate_id.replace("/", "__") + ".png"
 
+    def image_uri(self, candidate_id: str) -> str:
+        """Where a renderer writes the candidate's image itself (``RenderRequest.image_uri``): the file that
+        :meth:`write_image` would write, as an fsspec URI; :meth:`image_ref` turns it back into the lineage's reference."""
+        return f"{self.uri}/images/{self.image_name(candidate_id)}"
+
+    def image_ref(self, uri: str) -> str:
+        """The reference lineage records (``images/<name>``) for a URI made by :meth:`image_uri`; ValueError for any
+        other (a renderer must not point the campaign elsewhere)."""
+        name = uri.removeprefix(f"{self.uri}/images/")
+        if name == uri or re.fullmatch(IMAGE_NAME, name) is None:
+            raise ValueError(f"{uri[:200]!r} is not an image of this campaign's store {self.uri!r}")
+        return f"images/{name}"
+
     def write_image(self, candidate_id: str, png: bytes) -> str:
         """Store a PNG; returns its path relative to the campaign (what lineage records)."""
         name = self.image_name(candidate_id)

@@ -60,7 +60,7 @@ class FakeDiffusionEngine(_Registered):
     def render(self, requests: list[RenderRequest]) -> list[RenderResult]:
         self._raise_if_dead()
         time.sleep(self._delay("render"))
-        ids = [r.request_id for r in requests]
+        ids = [(r.campaign, r.request_id) for r in requests]
         if len(set(ids)) != len(ids):  # as the real engine
             raise ValueError("request ids in one render call must be unique")
         return asyncio.run(self._renderer.render(requests))  # the deployment calls this in a worker thread

@@ -124,6 +124,36 @@ def test_duplicate_request_ids_are_rejected(diffusion_engine):
         diffusion_engine.render([req(0, 1), req(0, 2)])
 
 
+def test_the_same_id_from_two_campaigns_renders_in_one_call(diffusion_engine):
+    a, b = diffusion_engine.render([req(0, 1, campaign="a"), req(0, 1, campaign="b")])
+    assert a.png == b.png and a.request_id == b.request_id == "r0"
+
+
+def test_encoder_pool_writes_the_image_and_makes_the_critic_variant(diffusion_engine, tmp_path):
+    """Issue 19: the image goes from the engine to the store once (reference, size, sha256 back instead of bytes) and
+    the critic's variant is made from the pixels in the encoder pool; where the store is unreachable the bytes come
+    back (the campaign writes them)."""
+    import hashlib
+
+    from agents.critic import image_size
+
+    plain = diffusion_engine.render([req(0, 3, width=64, height=64)])[0]
+    (tmp_path / "a-file-not-a-dir").write_text("x")
+    uri = str(tmp_path / "camp" / "images" / "r0.png")
+    stored, small, fitting, unreachable = diffusion_engine.render([
+        req(0, 3, width=64, height=64, image_uri=uri, critic_max_pixels=32 * 32),
+        req(1, 3, width=64, height=64, critic_max_pixels=32 * 32),
+        req(2, 3, width=64, height=64, critic_max_pixels=64 * 64),
+        req(3, 3, width=64, height=64, image_uri=str(tmp_path / "a-file-not-a-dir" / "x.png")),
+    ])
+    assert stored.png == b"" and stored.stored.uri == uri and stored.sha256 == hashlib.sha256(plain.png).hexdigest()
+    assert (tmp_path / "camp" / "images" / "r0.png").read_bytes() == plain.png and stored.stored.size == len(plain.png)
+    assert stored.critic_image[:2] == b"\xff\xd8" and image_size(stored.critic_image) == (32, 32)
+    assert small.png == plain.png and small.stored is None and small.critic_image == stored.critic_image
+    assert fitting.critic_image == fitting.png  # fits the critic: its own lossless bytes, exact pixels
+    assert unreachable.stored is None and unreachable.png == plain.png and unreachable.critic_image is None
+
+
 def test_flux_reports_the_t5_prompt_limit(tmp_path):
     """FLUX truncates prompts at T5's 512 tokens (FluxPipeline's max_sequence_length), not CLIP's 77."""
     from serving.tiny_models import make_tiny_flux

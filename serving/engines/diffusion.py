@@ -2,8 +2,9 @@
 
 1. The accelerator's stage: one pipeline call at a time (a lock), the images decoded and turned into uint8 pixels on
    the device, then copied to host memory (asynchronously on CUDA).
-2. The CPU's stage: a pool of encoder threads turns each image into PNG/WebP/JPEG bytes while stage 1 already runs the
-   next batch. Pillow releases the GIL while it compresses (two threads encode twice as fast as one on two cores,
+2. The CPU's stage: a pool of encoder threads turns each image into PNG/WebP/JPEG bytes, the critic's smaller variant
+   and (given ``RenderRequest.image_uri``) writes it to the campaign's store (serving/images.py), while stage 1 already
+   runs the next batch. Pillow releases the GIL while it compresses (two threads encode twice as fast as one on two cores,
    benchmarks/bench_encode.py), so threads are enough; processes would add a copy of every image.
 
 On an H200 the PNG encoding of each image inside the render call (~40 ms per 512² image) cost 22% of the throughput at
@@ -24,6 +25,7 @@ from dataclasses import dataclass, field
 
 from agents.messages import RendererInfo, RenderRequest, RenderResult
 from serving import metrics
+from serving.images import critic_variant, try_write_image
 from serving.config import DiffusionEngineConfig
 from serving.safety.guard import GuardedImage, OutputGuard
 from serving.safety.record import ProvenanceRecord
@@ -269,9 +271,9 @@ class DiffusionEngine:
             raise RuntimeError("the diffusion engine is shut down")
         if not requests:
             return PendingRender(futures=[])
-        ids = [r.request_id for r in requests]
+        ids = [(r.campaign, r.request_id) for r in requests]  # campaigns name their candidates independently
         if len(set(ids)) != len(ids):
-            raise ValueError("request ids in one render call must be unique")
+            raise ValueError("request ids in one render call must be unique within each campaign")
         # 2. Group by shape-affecting settings
         groups: dict[tuple, list[int]] = defaultdict(list)
         for i, r in enumerate(requests):
@@ -388,9 +390,16 @@ class DiffusionEngine:
         call = decoded.call
         pixels = decoded.pixels[j].numpy()
         guarded = self._guard(pixels, request) if self.guard is not None else None
+        data = encode_image(pixels, self.config) if guarded is None else guarded.png or b""
+        # the critic's variant and the store write happen here, beside the encoding: the campaign gets a reference
+        critic = (critic_variant(pixels, data, request.critic_max_pixels)
+                  if data and request.critic_max_pixels is not None else None)
+        stored = try_write_image(request.image_uri, data)
         return RenderResult(
             request_id=request.request_id,
-            png=encode_image(pixels, self.config) if guarded is None else guarded.png or b"",
+            png=b"" if stored is not None else data,
+            stored=stored,
+            critic_image=critic,
             withheld_reason=guarded.withheld_reason if guarded is not None else None,
             nsfw_score=guarded.verdict.score if guarded is not None and guarded.verdict is not None else None,
             seed=request.seed,
