@@ -248,7 +248,7 @@ class Critic:
                     role="user",
                     content=[
                         TextPart(text=prompts.render("critic", "critique_user", data=data)),
-                        ImagePart(png=fit_pixels(png, self.config.max_pixels)),
+                        ImagePart.of(fit_pixels(png, self.config.max_pixels)),
                     ],
                 ),
             ],

@@ -1,6 +1,7 @@
 """Every message that crosses a process boundary (planner <-> renderer / language model, runner <-> store <-> HTTP).
 
-One definition each. Images travel as PNG bytes (base64 in JSON) or a storage URI, never as PIL objects.
+One definition each. Images travel as encoded bytes (base64 in JSON) with their media type, or a storage URI, never as
+PIL objects.
 """
 
 from __future__ import annotations
@@ -17,6 +18,21 @@ a dot, so never ``.``/``..``, a hidden file, a path separator or a NUL. Lengths 
 MAX_PROMPT_CHARS = 1000
 """Longest prompt (intent text, rewrite or negative prompt) accepted anywhere. CLIP reads 77 tokens; T5-based
 pipelines read more; beyond this a rewrite is rambling, not refining."""
+
+ImageMediaType = Literal["image/png", "image/jpeg", "image/webp"]
+"""The encodings images travel in: what the renderers make (``DiffusionEngineConfig.image_format``, the critic's JPEG
+variant) and what every VLM input path reads."""
+
+
+def image_media_type(data: bytes) -> ImageMediaType | None:
+    """The media type of encoded image bytes, from their signature (None for anything else, e.g. empty bytes)."""
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return "image/png"
+    if data[:3] == b"\xff\xd8\xff":
+        return "image/jpeg"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    return None
 
 
 class Message(BaseModel):
@@ -188,8 +204,26 @@ class TextPart(Message):
 
 
 class ImagePart(Message):
+    """An image in a chat message: its encoded bytes and their media type, which must be the bytes' own (a JPEG sent
+    as ``image/png`` is refused by strict endpoints). :meth:`of` reads the type from the bytes."""
+
     type: Literal["image"] = "image"
-    png: bytes = Field(repr=False)
+    data: bytes = Field(repr=False)
+    media_type: ImageMediaType
+
+    @classmethod
+    def of(cls, data: bytes) -> ImagePart:
+        media_type = image_media_type(data)
+        if media_type is None:
+            raise ValueError(f"image bytes are not PNG, JPEG or WebP (they start {data[:12]!r})")
+        return cls(data=data, media_type=media_type)
+
+    @model_validator(mode="after")
+    def _type_matches_the_bytes(self) -> ImagePart:
+        if image_media_type(self.data) != self.media_type:
+            raise ValueError(f"`media_type` is {self.media_type!r} but the bytes are "
+                             f"{image_media_type(self.data) or 'no known image format'}")
+        return self
 
 
 ContentPart = Annotated[TextPart | ImagePart, Field(discriminator="type")]
@@ -208,7 +242,7 @@ class ChatMessage(Message):
     def images(self) -> list[bytes]:
         if isinstance(self.content, str):
             return []
-        return [p.png for p in self.content if isinstance(p, ImagePart)]
+        return [p.data for p in self.content if isinstance(p, ImagePart)]
 
 
 ChatPurpose = Literal["decompose", "rewrite", "critique", "other"]

@@ -7,7 +7,8 @@ API key from an environment variable, timeouts, retries), so the two can use dif
 
 What crosses the wire (``POST {base_url}/chat/completions``):
 
-- images as ``image_url`` parts holding ``data:image/png;base64,...`` URLs (the PNG bytes of ``ImagePart``);
+- images as ``image_url`` parts holding ``data:<media type>;base64,...`` URLs (``ImagePart``'s bytes under their own
+  media type: the critic's JPEG variant as ``image/jpeg``, a PNG as ``image/png``);
 - a JSON schema as ``response_format: {"type": "json_schema", ...}``. vLLM (0.32 here) turns that into its own
   structured-output request (``structured_outputs.json``), so no vLLM-specific body is needed; servers that want
   extra parameters get them from ``extra_body``;
@@ -147,7 +148,7 @@ def open_language_models(
 
 
 def openai_messages(messages: list[ChatMessage]) -> list[dict]:
-    """Chat messages -> OpenAI chat format; images become base64 PNG data URLs."""
+    """Chat messages -> OpenAI chat format; images become base64 data URLs of their own media type."""
     return [
         {"role": m.role, "content": m.content if isinstance(m.content, str) else [_openai_part(p) for p in m.content]}
         for m in messages
@@ -156,7 +157,7 @@ def openai_messages(messages: list[ChatMessage]) -> list[dict]:
 
 def _openai_part(part: TextPart | ImagePart) -> dict:
     if isinstance(part, ImagePart):
-        url = "data:image/png;base64," + base64.b64encode(part.png).decode("ascii")
+        url = f"data:{part.media_type};base64," + base64.b64encode(part.data).decode("ascii")
         return {"type": "image_url", "image_url": {"url": url}}
     return {"type": "text", "text": part.text}
 

@@ -24,8 +24,10 @@ def chat_request(body: dict, request_id: str) -> ChatRequest:
     def part(p: dict):
         if p["type"] == "image_url":
             head, _, data = p["image_url"]["url"].partition(",")
-            assert head == "data:image/png;base64", head
-            return ImagePart(png=base64.b64decode(data))
+            media_type, _, encoding = head.removeprefix("data:").partition(";")
+            assert head.startswith("data:") and encoding == "base64", head
+            return ImagePart(data=base64.b64decode(data), media_type=media_type)  # refused if the type is not the bytes'
+
         return TextPart(text=p["text"])
 
     messages = [ChatMessage(role=m["role"], content=m["content"] if isinstance(m["content"], str)

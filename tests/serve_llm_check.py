@@ -52,7 +52,7 @@ def main(tmp: Path) -> dict:
 
         def request(rid: str) -> ChatRequest:
             return ChatRequest(request_id=rid, purpose="critique", json_schema=schema, seed=5, max_tokens=64,
-                               messages=[ChatMessage(role="user", content=[ImagePart(png=buf.getvalue()),
+                               messages=[ChatMessage(role="user", content=[ImagePart.of(buf.getvalue()),
                                                                             TextPart(text="Which colour is it?")])])
 
         async def chats():

@@ -104,9 +104,9 @@ def test_critique_request_puts_the_shared_prefix_first_and_a_downscaled_image_la
     assert "apple?" in parts[0].text and "a red apple" in parts[0].text
     # everything before the image is identical for two images of one intent: a prefix cache can reuse it
     assert a.messages[0] == b.messages[0] and a.messages[1].content[0] == b.messages[1].content[0]
-    w, h = Image.open(io.BytesIO(parts[1].png)).size
+    w, h = Image.open(io.BytesIO(parts[1].data)).size
     assert w * h <= 64 * 64 and (w, h) == (90, 45)  # aspect kept: sqrt(4096 / 32768) * (256, 128), floored
-    assert b.messages[1].content[1].png == _png(32, 32)  # small images pass untouched
+    assert b.messages[1].content[1].data == _png(32, 32)  # small images pass untouched
 
 
 def test_a_judge_and_the_vlm_critic_score_the_same_answers_alike():

@@ -400,7 +400,7 @@ def test_guided_json_validates_against_its_schema(vlm_engine, loop_thread):
     import asyncio
 
     async def go():
-        reqs = [chat(i, [ImagePart(png=png_of((i * 60, 20, 200))), TextPart(text="judge")], json_schema=SCHEMA,
+        reqs = [chat(i, [ImagePart.of(png_of((i * 60, 20, 200))), TextPart(text="judge")], json_schema=SCHEMA,
                      max_tokens=128, temperature=1.0, seed=i) for i in range(4)]
         return await asyncio.gather(*(vlm_engine.chat(r) for r in reqs))
 
@@ -416,7 +416,7 @@ def test_image_input_reaches_the_vlm(vlm_engine, loop_thread):
         outs = []
         for i, color in enumerate([(255, 0, 0), (0, 0, 255), (0, 255, 0), (255, 255, 255)]):
             image = png_of(color) if i % 2 == 0 else png_of(color, (128, 96))
-            outs.append(await vlm_engine.chat(chat(i, [ImagePart(png=image), TextPart(text="describe")],
+            outs.append(await vlm_engine.chat(chat(i, [ImagePart.of(image), TextPart(text="describe")],
                                                    max_tokens=8, temperature=0.0)))
         return text_only, outs
 
@@ -430,7 +430,7 @@ def test_image_input_reaches_the_vlm(vlm_engine, loop_thread):
 
 
 def test_too_many_images_is_a_clear_error(vlm_engine, loop_thread):
-    two = chat(0, [ImagePart(png=png_of((0, 0, 0))), ImagePart(png=png_of((9, 9, 9))), TextPart(text="x")])
+    two = chat(0, [ImagePart.of(png_of((0, 0, 0))), ImagePart.of(png_of((9, 9, 9))), TextPart(text="x")])
     with pytest.raises(ValueError, match="has 2 images but max_images_per_prompt is 1"):
         loop_thread.run(vlm_engine.chat(two))
 

@@ -5,6 +5,7 @@ logic; the real tiny diffusers engine in tests/test_engines.py (the variant and 
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import io
 import threading
@@ -16,12 +17,13 @@ from PIL import Image
 from agents.budget import ImageBudget
 from agents.config import CriticConfig
 from agents.critic import Critic, fit_pixels, fits, image_size
-from agents.messages import ChatResult, Intent, RenderRequest, RenderResult
+from agents.messages import ChatResult, Check, ImagePart, Intent, RenderRequest, RenderResult
 from pipelines.campaign import CampaignRunner
 from pipelines.records import CampaignSpec, CampaignState
 from pipelines.report import write_report
 from pipelines.store import CampaignStore
 from serving.images import critic_variant, try_write_image, write_image
+from serving.openai_client import chat_completion_body
 from pipelines.testing.fakes import FakeRenderer, ScriptedLLM
 
 SEARCH = {"rounds": 2, "beam_width": 2, "candidates_per_beam": 3, "seeds_per_prompt": 2}
@@ -56,6 +58,33 @@ def test_critic_variant_is_a_downscaled_jpeg_or_the_image_itself():
     assert critic_variant(pixels, encoded, 64 * 96) is encoded  # fits: the stored image's own bytes
 
 
+# -- the media type travels with the bytes -------------------------------------------------------------------------
+
+
+def test_image_parts_carry_their_own_media_type():
+    assert ImagePart.of(noisy(8)).media_type == "image/png"
+    assert ImagePart.of(noisy(8, "JPEG")).media_type == "image/jpeg"
+    assert ImagePart.of(noisy(8, "WEBP")).media_type == "image/webp"
+    with pytest.raises(ValueError, match="image/png"):  # a JPEG labelled PNG is refused, not sent
+        ImagePart(data=noisy(8, "JPEG"), media_type="image/png")
+    with pytest.raises(ValueError, match="not PNG, JPEG or WebP"):
+        ImagePart.of(b"GIF89a....")
+
+
+def test_the_critics_jpeg_variant_goes_to_an_openai_endpoint_as_image_jpeg():
+    """The renderer's critic variant is a JPEG: the data URL an OpenAI-compatible endpoint receives says so (a strict
+    endpoint refuses JPEG bytes sent as image/png)."""
+    variant = noisy(32, "JPEG")
+    checks = [Check(id="q1", question="Is it red?")]
+    request = Critic(llm=None, config=CriticConfig(max_pixels=32 * 32)).build_critique_request(
+        variant, Intent(id="i", text="red"), checks, request_id="c", seed=1)
+    body = chat_completion_body(request, "vlm")
+    (url,) = [p["image_url"]["url"] for m in body["messages"] if isinstance(m["content"], list)
+              for p in m["content"] if p["type"] == "image_url"]
+    head, _, data = url.partition(",")
+    assert head == "data:image/jpeg;base64" and base64.b64decode(data) == variant
+
+
 def test_critic_downscales_an_unfitted_image_off_the_event_loop(monkeypatch):
     """A renderer without a variant: the critic's fallback runs in a worker thread, never on the loop."""
     import agents.critic as critic_module
@@ -70,7 +99,7 @@ def test_critic_downscales_an_unfitted_image_off_the_event_loop(monkeypatch):
     monkeypatch.setattr(critic_module, "fit_pixels", recording)
     seen = []
     critic = Critic(VerdictLLM(seen), CriticConfig(max_pixels=32 * 32))
-    checks = [critic_module.Check(id="q1", question="Is it red?")]
+    checks = [Check(id="q1", question="Is it red?")]
     asyncio.run(critic.critique(noisy(64), Intent(id="i", text="red"), checks, request_id="c", seed=1))
     assert threads[0] is False  # the decode+resize ran in a worker thread
     assert image_size(seen[0]) == (32, 32)

@@ -148,7 +148,7 @@ def test_request_carries_images_as_data_urls_schema_seed_and_key(scripted, monke
     request = ChatRequest(
         request_id="r1", purpose="critique", json_schema=schema, max_tokens=77, temperature=0.3, top_p=0.9, seed=5,
         messages=[ChatMessage(role="system", content="be brief"),
-                  ChatMessage(role="user", content=[ImagePart(png=png), TextPart(text="judge")])],
+                  ChatMessage(role="user", content=[ImagePart.of(png), TextPart(text="judge")])],
     )
     result = run_chat(config_for(server.url, model="vlm-x", api_key_env="PB_TEST_KEY",
                                  extra_body={"top_k": 20}), request)
@@ -440,7 +440,7 @@ def test_chat_with_an_image_returns_schema_valid_json(vllm_client, loop_thread):
 
     async def go():
         sizes = [(64, 64), (128, 96), (64, 64)]
-        with_image = [request(i, [ImagePart(png=png_of((60 * i, 90, 200), size)), TextPart(text="Judge the image.")])
+        with_image = [request(i, [ImagePart.of(png_of((60 * i, 90, 200), size)), TextPart(text="Judge the image.")])
                       for i, size in enumerate(sizes)]
         text_only = request(9, "Judge the image.")
         return await asyncio.gather(*(vllm_client.chat(r) for r in [*with_image, text_only]))

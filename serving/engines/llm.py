@@ -28,7 +28,7 @@ def _hf_messages(messages: list[ChatMessage]) -> tuple[list[dict], list]:
         parts = []
         for p in m.content:
             if isinstance(p, ImagePart):
-                images.append(Image.open(io.BytesIO(p.png)).convert("RGB"))
+                images.append(Image.open(io.BytesIO(p.data)).convert("RGB"))
                 parts.append({"type": "image"})
             else:
                 parts.append({"type": "text", "text": p.text})
