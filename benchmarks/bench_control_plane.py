@@ -41,7 +41,7 @@ y, x = np.mgrid[0:side, 0:side] / side
 pixels = np.clip(np.stack([x * 255, y * 255, (x + y) * 127], -1) + rng.normal(0, 20, (side, side, 3)), 0, 255
                  ).astype(np.uint8)
 buf = io.BytesIO(); Image.fromarray(pixels).save(buf, format="PNG"); png = buf.getvalue()
-variant = critic_variant(pixels, png, CriticConfig().max_pixels)
+variant = critic_variant(pixels, CriticConfig().max_pixels)  # None where the image fits the critic
 source = os.path.join(root, "source.png")
 open(source, "wb").write(png)
 stored_hash = hashlib.sha256(png).hexdigest()
@@ -56,8 +56,10 @@ class ZeroCostRenderer:
                 os.makedirs(os.path.dirname(r.image_uri), exist_ok=True)
                 os.link(source, r.image_uri)
                 stored = StoredImage(uri=r.image_uri, size=len(png), sha256=stored_hash)
+            # as serving.images.finish_image: the variant where one is made, else the image itself if png is empty
+            critic = None if mode == "novariant" else variant if variant is not None else png if stored else None
             out.append(RenderResult(request_id=r.request_id, png=b"" if stored else png, stored=stored,
-                                    critic_image=None if mode == "novariant" else variant, seed=r.seed, model="zero",
+                                    critic_image=critic, seed=r.seed, model="zero",
                                     width=r.width, height=r.height, steps=r.steps, batch_size=len(requests),
                                     render_seconds=0.0))
         await asyncio.sleep(0)
@@ -113,7 +115,7 @@ async def main():
                       max(status.images_rendered, 1), "images_s": status.images_rendered / wall,
                       "rss_mib": r1.ru_maxrss / 1024, "late_p50": 1000 * statistics.median(lateness),
                       "late_p95": 1000 * q[18], "late_max": 1000 * max(lateness), "png_kb": len(png) / 1024,
-                      "variant_kb": len(variant) / 1024}))
+                      "variant_kb": len(variant or png) / 1024}))
 
 asyncio.run(main())
 """

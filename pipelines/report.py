@@ -25,6 +25,7 @@ import jinja2
 
 from pipelines.records import CampaignTally, IntentPart, LineageRecord
 from pipelines.store import CampaignStore
+from serving.storage import write_atomic
 
 EMBED_UP_TO = 50
 PAGE_SIZE = 100
@@ -77,7 +78,7 @@ class _Images:
             buf = io.BytesIO()
             image.save(buf, format="JPEG", quality=85)
             self.store.fs.makedirs(posixpath.dirname(path), exist_ok=True)
-            self.store.fs.pipe_file(path, buf.getvalue())
+            write_atomic(self.store.fs, path, buf.getvalue())
         return rel
 
 
@@ -192,8 +193,7 @@ def write_report(store: CampaignStore, out_name: str = "report.html") -> str:
         def flush(number: int) -> None:
             html = page_template.render(title=f"{title} · page {number}", manifest=manifest, number=number,
                                         pages=n_pages, index_name=out_name, sections=page)
-            with store.fs.open(store.path(f"report/page-{number:04d}.html"), "wb") as f:
-                f.write(html.encode())
+            write_atomic(store.fs, store.path(f"report/page-{number:04d}.html"), html.encode())
             page.clear()
 
         for part in store.iter_parts(manifest.intent_ids):
@@ -211,6 +211,5 @@ def write_report(store: CampaignStore, out_name: str = "report.html") -> str:
                                                  sections=sections, pages=-(-count // PAGE_SIZE), lessons=lessons,
                                                  lessons_shown=LESSONS_SHOWN)
     path = store.path(out_name)
-    with store.fs.open(path, "wb") as f:
-        f.write(html.encode())
+    write_atomic(store.fs, path, html.encode())
     return path

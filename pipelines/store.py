@@ -25,7 +25,6 @@ import json
 import os
 import posixpath
 import re
-import uuid
 from collections.abc import Iterable, Iterator
 
 import fsspec
@@ -43,21 +42,10 @@ from pipelines.records import (
     LineageRecord,
     Manifest,
 )
+from serving.storage import open_atomic, write_atomic
 
 IMAGE_NAME = SAFE_NAME[:-1] + r"\.png$"
 """Image files: a safe name ending in ``.png`` (what :meth:`CampaignStore.image_name` makes of a candidate id)."""
-
-
-def write_atomic(fs, path: str, data: bytes) -> None:
-    """Write ``data`` at ``path`` whole or not at all: the one atomic write of the package. On a local disk through a
-    temporary file renamed over the target (a crash leaves the old file or none, never half a file); on object
-    stores one PUT is atomic already."""
-    if isinstance(fs, LocalFileSystem):
-        tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-        fs.pipe_file(tmp, data)
-        fs.mv(tmp, path)
-    else:
-        fs.pipe_file(path, data)
 
 
 class StoreFormatError(ValueError):
@@ -262,18 +250,16 @@ class CampaignStore:
             yield part.outcome
 
     def compile(self, intent_order: Iterable[str]) -> tuple[int, int]:
-        """(Re)write results.jsonl and lineage.jsonl from the parts, streaming one intent at a time."""
+        """(Re)write results.jsonl and lineage.jsonl from the parts, streaming one intent at a time (each file whole
+        or as it was)."""
         n_results = n_lineage = 0
-        tmp_r, tmp_l = self._p(f".results.{uuid.uuid4().hex[:8]}"), self._p(f".lineage.{uuid.uuid4().hex[:8]}")
-        with self.fs.open(tmp_r, "wb") as fr, self.fs.open(tmp_l, "wb") as fl:
+        with open_atomic(self.fs, self._p("results.jsonl")) as fr, open_atomic(self.fs, self._p("lineage.jsonl")) as fl:
             for part in self.iter_parts(intent_order):
                 fr.write(part.outcome.model_dump_json().encode() + b"\n")
                 n_results += 1
                 for record in part.lineage:
                     fl.write(record.model_dump_json().encode() + b"\n")
                     n_lineage += 1
-        self.fs.mv(tmp_r, self._p("results.jsonl"))
-        self.fs.mv(tmp_l, self._p("lineage.jsonl"))
         return n_results, n_lineage
 
     def iter_lineage(self) -> Iterator[LineageRecord]:

@@ -1,10 +1,12 @@
 """The one retry policy for calls that cross a process boundary.
 
-Three callers retry infrastructure failures, and they all do it here, through tenacity:
+Four callers retry infrastructure failures, and they all do it here, through tenacity:
 
 - the Serve-handle clients (``serving/clients.py``): a replica died or Serve shed the request;
 - the OpenAI-compatible endpoint client (``serving/openai_client.py``): connection refused, timeout, 429, 5xx;
-- the campaign API client (``pipelines/client.py``): a restarting proxy or ingress.
+- the campaign API client (``pipelines/client.py``): a restarting proxy or ingress;
+- every write to a campaign's store (``serving/storage.py``): the campaign's records and the renderer's images, while
+  the object store answers 5xx, refuses connections or times out.
 
 Each caller says *what* is worth another try (``retry_if``) and, for HTTP, what wait the server asked for
 (``retry_after``); *how* to wait (exponential backoff, capped, optionally with full jitter, a server's Retry-After
@@ -69,6 +71,7 @@ def _retrying_kwargs(
     on_retry: Callable[[BaseException, int, float], None] | None,
     what: str,
     rng: random.Random | None,
+    log_retries: bool,
 ) -> dict[str, Any]:
     def wait(state: tenacity.RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
@@ -78,8 +81,9 @@ def _retrying_kwargs(
     def before_sleep(state: tenacity.RetryCallState) -> None:
         exc = state.outcome.exception()
         delay = state.next_action.sleep if state.next_action else 0.0
-        logger.warning("%s failed (%s: %s); retry %d of %d in %.2fs", what, type(exc).__name__, str(exc)[:200],
-                       state.attempt_number, policy.attempts - 1, delay)
+        if log_retries:
+            logger.warning("%s failed (%s: %s); retry %d of %d in %.2fs", what, type(exc).__name__, str(exc)[:200],
+                           state.attempt_number, policy.attempts - 1, delay)
         if on_retry is not None:
             on_retry(exc, state.attempt_number, delay)
 
@@ -102,12 +106,14 @@ async def call_async(
     what: str = "call",
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     rng: random.Random | None = None,
+    log_retries: bool = True,
 ) -> Any:
     """``await call()``, retried per ``policy`` while ``retry_if(error)``; the last error propagates.
     ``on_retry(error, attempt, delay)`` runs before each wait (metrics, progress); ``sleep`` and ``rng`` are the
-    backoff's clock and dice (tests pass recording ones)."""
+    backoff's clock and dice (tests pass recording ones). Each retry is logged unless ``log_retries`` is False (a
+    caller that retries one call per image reports an outage its own way, not with a line per image)."""
     retrying = tenacity.AsyncRetrying(sleep=sleep, **_retrying_kwargs(policy, retry_if, retry_after, on_retry,
-                                                                      what, rng))
+                                                                      what, rng, log_retries))
 
     async def attempt() -> Any:  # ``call`` may return any awaitable (a Serve DeploymentResponse), not a coroutine
         return await call()
@@ -125,7 +131,9 @@ def call_sync(
     what: str = "call",
     sleep: Callable[[float], None] = time.sleep,
     rng: random.Random | None = None,
+    log_retries: bool = True,
 ) -> Any:
-    """:func:`call_async` for blocking code (the campaign API client)."""
-    retrying = tenacity.Retrying(sleep=sleep, **_retrying_kwargs(policy, retry_if, retry_after, on_retry, what, rng))
+    """:func:`call_async` for blocking code (the campaign API client, the renderer's image writes)."""
+    retrying = tenacity.Retrying(sleep=sleep, **_retrying_kwargs(policy, retry_if, retry_after, on_retry, what, rng,
+                                                                 log_retries))
     return retrying(call)

@@ -150,7 +150,7 @@ def test_encoder_pool_writes_the_image_and_makes_the_critic_variant(diffusion_en
     assert (tmp_path / "camp" / "images" / "r0.png").read_bytes() == plain.png and stored.stored.size == len(plain.png)
     assert stored.critic_image[:2] == b"\xff\xd8" and image_size(stored.critic_image) == (32, 32)
     assert small.png == plain.png and small.stored is None and small.critic_image == stored.critic_image
-    assert fitting.critic_image == fitting.png  # fits the critic: its own lossless bytes, exact pixels
+    assert fitting.critic_image is None and fitting.png == plain.png  # fits the critic: it reads png, sent once
     assert unreachable.stored is None and unreachable.png == plain.png and unreachable.critic_image is None
 
 

@@ -8,8 +8,12 @@ import asyncio
 import base64
 import hashlib
 import io
+import logging
+import re
 import threading
+from pathlib import Path
 
+import fsspec
 import numpy as np
 import pytest
 from PIL import Image
@@ -22,11 +26,18 @@ from pipelines.campaign import CampaignRunner
 from pipelines.records import CampaignSpec, CampaignState
 from pipelines.report import write_report
 from pipelines.store import CampaignStore
-from serving.images import critic_variant, try_write_image, write_image
+from serving.images import critic_variant, finish_image, try_write_image, write_image
 from serving.openai_client import chat_completion_body
+from serving.retry import RetryPolicy
 from pipelines.testing.fakes import FakeRenderer, ScriptedLLM
 
+ROOT = Path(__file__).resolve().parents[1]
 SEARCH = {"rounds": 2, "beam_width": 2, "candidates_per_beam": 3, "seeds_per_prompt": 2}
+
+
+def fsspec_cat(uri: str) -> bytes:
+    fs, path = fsspec.core.url_to_fs(uri)
+    return fs.cat_file(path)
 
 
 def noisy(side: int, fmt: str = "PNG") -> bytes:
@@ -49,13 +60,29 @@ def test_image_size_reads_the_header_without_pillow(fmt, monkeypatch):
     assert image_size(b"GIF89a....") is None and not fits(b"GIF89a", 10**6)
 
 
-def test_critic_variant_is_a_downscaled_jpeg_or_the_image_itself():
+def test_critic_variant_is_a_downscaled_jpeg_or_none_where_the_image_fits():
     pixels = np.random.default_rng(0).integers(0, 255, (64, 96, 3), dtype=np.uint8)
-    encoded = noisy(8)
-    small = critic_variant(pixels, encoded, 32 * 32)
+    small = critic_variant(pixels, 32 * 32)
     assert small[:2] == b"\xff\xd8" and image_size(small)[0] * image_size(small)[1] <= 32 * 32
     assert Image.open(io.BytesIO(small)).size == (39, 26)  # aspect kept, as fit_pixels would
-    assert critic_variant(pixels, encoded, 64 * 96) is encoded  # fits: the stored image's own bytes
+    assert critic_variant(pixels, 64 * 96) is None  # fits: the critic is shown the image itself
+
+
+def test_a_renderer_sends_the_fitting_image_once_and_a_stored_one_as_the_critic_image(tmp_path):
+    """What finish_image hands back: a variant where the image is larger than the critic's size; where it fits, the
+    image itself goes to the critic only once (in ``png``, or in ``critic_image`` when ``png`` is empty)."""
+    pixels = np.random.default_rng(1).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    data = noisy(64)
+    big = RenderRequest(request_id="a", prompt="p", seed=1, critic_max_pixels=32 * 32)
+    fitting = big.model_copy(update={"critic_max_pixels": 64 * 64})
+    png, stored, critic = finish_image(pixels, data, big)
+    assert (png, stored) == (data, None) and image_size(critic) == (32, 32)
+    png, stored, critic = finish_image(pixels, data, fitting)
+    assert (png, stored, critic) == (data, None, None)  # not sent twice
+    stored_req = fitting.model_copy(update={"image_uri": str(tmp_path / "images" / "a.png")})
+    png, stored, critic = finish_image(pixels, data, stored_req)
+    assert png == b"" and stored.size == len(data) and critic == data  # the critic still has something to look at
+    assert finish_image(pixels, b"", big) == (b"", None, None)  # withheld: nothing
 
 
 # -- the media type travels with the bytes -------------------------------------------------------------------------
@@ -118,6 +145,77 @@ def test_write_image_returns_reference_size_and_hash(tmp_path):
     unreachable.write_text("x")
     assert try_write_image(str(unreachable / "images" / "b.png"), data) is None  # degrades: the bytes go back
     assert try_write_image(None, data) is None
+
+
+def failing_puts(monkeypatch, error: Exception, failures: int) -> list[str]:
+    """The object store (fsspec's memory filesystem, written like s3://) refuses the first ``failures`` PUTs with
+    ``error``; returns the paths of every PUT tried."""
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    real = MemoryFileSystem.pipe_file
+    tried: list[str] = []
+
+    def pipe_file(self, path, value, *args, **kwargs):
+        tried.append(path)
+        if len(tried) <= failures:
+            raise error
+        return real(self, path, value, *args, **kwargs)
+
+    monkeypatch.setattr(MemoryFileSystem, "pipe_file", pipe_file)
+    return tried
+
+
+def test_a_renderer_write_the_store_refuses_for_a_moment_is_retried_and_lands(monkeypatch):
+    """Two 503-like failures, then the store answers: the write is retried through serving/retry.py's policy (the
+    renderer's: three tries) and lands, so the image still goes to the store once and not back through the campaign."""
+    data = noisy(16)
+    tried = failing_puts(monkeypatch, ConnectionResetError("the store reset the connection"), failures=2)
+    stored = try_write_image("memory://retry-bucket/c/images/a.png", data)
+    assert stored is not None and stored.sha256 == hashlib.sha256(data).hexdigest()
+    assert len(tried) == 3
+    assert fsspec_cat("memory://retry-bucket/c/images/a.png") == data
+
+
+def test_a_renderer_write_past_the_policy_or_refused_for_good_goes_back_to_the_campaign(monkeypatch):
+    tried = failing_puts(monkeypatch, ConnectionResetError("down"), failures=10)
+    assert try_write_image("memory://retry-bucket/c/images/b.png", noisy(16)) is None
+    assert len(tried) == 3  # the policy's three tries, no more
+    tried.clear()
+    tried = failing_puts(monkeypatch, PermissionError(13, "Access Denied"), failures=10)
+    assert try_write_image("memory://retry-bucket/c/images/c.png", noisy(16)) is None
+    assert len(tried) == 1  # another try cannot fix a refusal: not retried
+
+
+def test_a_store_outage_costs_the_renderer_one_log_line_not_one_an_image(monkeypatch, caplog):
+    """Twenty images the store refuses during an outage: one warning (with the count to come a minute later), no
+    line per image and no line per retry."""
+    import serving.images
+
+    monkeypatch.setattr(serving.images, "UNWRITTEN", serving.images.UnwrittenImages(every_s=60.0))
+    failing_puts(monkeypatch, ConnectionResetError("down"), failures=10**6)
+    monkeypatch.setattr(serving.images, "RENDERER_WRITE_RETRY", RetryPolicy(attempts=2, backoff_s=0.0))
+    with caplog.at_level(logging.INFO):
+        for k in range(20):
+            assert try_write_image(f"memory://outage/c/images/{k}.png", noisy(8)) is None
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "could not write 1 image" in warnings[0].getMessage(), [
+        r.getMessage() for r in warnings]
+    assert serving.images.UNWRITTEN.count == 19  # counted for the next line, a minute on
+
+
+def test_every_store_write_goes_through_the_one_whole_or_absent_writer():
+    """A temporary file renamed into place (or one PUT) is written once, in serving/storage.py: no other module of
+    the package writes store files by hand (pipe_file, a renamed temporary, fs.open for writing)."""
+    root = ROOT
+    patterns = [r"\.pipe_file\(", r"os\.replace\(", r"\bfs\.mv\(", r"\bfs\.open\([^)]*[\"']wb[\"']"]
+    found = []
+    for package in ("agents", "serving", "pipelines"):
+        for path in sorted((root / package).rglob("*.py")):
+            if path.relative_to(root).as_posix() == "serving/storage.py":
+                continue
+            text = path.read_text()
+            found += [f"{path.relative_to(root)}: {p}" for p in patterns if re.search(p, text)]
+    assert found == [], found
 
 
 # -- the campaign: references, no decoding, resume and report ------------------------------------------------------

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 from agents.messages import RendererInfo, RenderRequest, RenderResult
 from serving import metrics
-from serving.images import critic_variant, try_write_image
+from serving.images import finish_image
 from serving.config import DiffusionEngineConfig
 from serving.safety.guard import GuardedImage, OutputGuard
 from serving.safety.record import ProvenanceRecord
@@ -392,14 +392,12 @@ class DiffusionEngine:
         guarded = self._guard(pixels, request) if self.guard is not None else None
         data = encode_image(pixels, self.config) if guarded is None else guarded.png or b""
         # the critic's variant and the store write happen here, beside the encoding: the campaign gets a reference
-        critic = (critic_variant(pixels, data, request.critic_max_pixels)
-                  if data and request.critic_max_pixels is not None else None)
-        stored = try_write_image(request.image_uri, data)
+        png, stored, critic_image = finish_image(pixels, data, request)
         return RenderResult(
             request_id=request.request_id,
-            png=b"" if stored is not None else data,
+            png=png,
             stored=stored,
-            critic_image=critic,
+            critic_image=critic_image,
             withheld_reason=guarded.withheld_reason if guarded is not None else None,
             nsfw_score=guarded.verdict.score if guarded is not None and guarded.verdict is not None else None,
             seed=request.seed,
