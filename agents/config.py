@@ -6,6 +6,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from agents.messages import MAX_IMAGE_PIXELS, MAX_IMAGE_SIDE, MIN_CRITIC_PIXELS
+
 
 class _Config(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -93,8 +95,8 @@ class SearchConfig(_Config):
     run_baseline: bool = Field(default=True, description="Also run best-of-N of the original prompt at equal budget.")
     steps: int = Field(default=4, ge=1, le=200, description="Denoising steps per image.")
     guidance_scale: float = Field(default=0.0, ge=0.0, le=30.0, description="CFG scale; <= 1 disables CFG.")
-    width: int = Field(default=64, ge=8, le=4096, multiple_of=8, description="Image width in pixels.")
-    height: int = Field(default=64, ge=8, le=4096, multiple_of=8, description="Image height in pixels.")
+    width: int = Field(default=64, ge=8, le=MAX_IMAGE_SIDE, multiple_of=8, description="Image width in pixels.")
+    height: int = Field(default=64, ge=8, le=MAX_IMAGE_SIDE, multiple_of=8, description="Image height in pixels.")
     memory: MemoryConfig = Field(default_factory=MemoryConfig, description="Campaign memory (off by default).")
 
     @model_validator(mode="after")
@@ -185,7 +187,7 @@ class CriticConfig(_Config):
     max_tokens: int = Field(default=1024, ge=16, le=16384, description="Cap on one critique's tokens.")
     decompose_max_tokens: int = Field(default=1024, ge=16, le=16384, description="Cap on the decomposition's tokens.")
     max_pixels: int = Field(
-        default=448 * 448, ge=28 * 28, le=4096 * 4096,
+        default=448 * 448, ge=MIN_CRITIC_PIXELS, le=MAX_IMAGE_PIXELS,
         description="Images with more pixels are downscaled (aspect kept) before they are sent to the critic: a VLM's "
         "image tokens grow with pixels (Qwen2-VL: one per 28x28 patch).",
     )

@@ -196,9 +196,11 @@ class Critic:
         self.timeout_s = timeout_s
 
     @property
-    def image_max_pixels(self) -> int:
-        """Pixels this critic looks at: the planner asks the renderer for a variant of this size."""
-        return self.config.max_pixels
+    def image_max_pixels(self) -> int | None:
+        """Pixels this critic looks at: the planner asks the renderer for a variant of this size. None when extra or
+        held-out scorers need the whole image (they score the image they were written for): the critic then fits
+        the image for its VLM itself, off the event loop."""
+        return None if self.scorers else self.config.max_pixels
 
     # -- decomposition -------------------------------------------------------------------------------------------
 
@@ -278,11 +280,13 @@ class Critic:
     async def critique(
         self, png: bytes, intent: Intent, checks: list[Check], *, request_id: str, seed: int
     ) -> tuple[Critique, ChatResult]:
-        """Score one image (best the renderer's critic variant: an image that does not fit ``max_pixels`` is downscaled
-        here, off the event loop). Raises :class:`CriticError` for model-caused failures."""
+        """Score one image: the renderer's critic variant, or the whole image where scorers need it (an image that
+        does not fit ``max_pixels`` is downscaled for the VLM here, off the event loop; the scorers see it whole).
+        Raises :class:`CriticError` for model-caused failures."""
+        shown = png
         if not fits(png, self.config.max_pixels):
-            png = await asyncio.to_thread(fit_pixels, png, self.config.max_pixels)
-        request = self.build_critique_request(png, intent, checks, request_id=request_id, seed=seed)
+            shown = await asyncio.to_thread(fit_pixels, png, self.config.max_pixels)
+        request = self.build_critique_request(shown, intent, checks, request_id=request_id, seed=seed)
         try:
             result, scored = await asyncio.wait_for(
                 asyncio.gather(self.llm.chat(request), self._extra_scores(png, intent)), timeout=self.timeout_s

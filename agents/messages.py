@@ -18,6 +18,11 @@ a dot, so never ``.``/``..``, a hidden file, a path separator or a NUL. Lengths 
 MAX_PROMPT_CHARS = 1000
 """Longest prompt (intent text, rewrite or negative prompt) accepted anywhere. CLIP reads 77 tokens; T5-based
 pipelines read more; beyond this a rewrite is rambling, not refining."""
+MAX_IMAGE_SIDE = 4096
+"""Widest and tallest image anyone may ask for (pixels); :data:`MAX_IMAGE_PIXELS` is the largest image."""
+MAX_IMAGE_PIXELS = MAX_IMAGE_SIDE * MAX_IMAGE_SIDE
+MIN_CRITIC_PIXELS = 28 * 28
+"""The smallest image a critic is shown: one 28x28 patch, a VLM's unit of image tokens (Qwen2-VL)."""
 
 ImageMediaType = Literal["image/png", "image/jpeg", "image/webp"]
 """The encodings images travel in: what the renderers make (``DiffusionEngineConfig.image_format``, the critic's JPEG
@@ -107,7 +112,7 @@ class RenderRequest(Message):
     campaign: str | None = Field(default=None, max_length=100, description="Campaign, for the image's provenance.")
     intent: str | None = Field(default=None, max_length=128, description="Intent id, for the image's provenance.")
     critic_max_pixels: int | None = Field(
-        default=None, ge=28 * 28, le=4096 * 4096,
+        default=None, ge=MIN_CRITIC_PIXELS, le=MAX_IMAGE_PIXELS,
         description="When set, the renderer also returns ``critic_image``: the image at most this many pixels "
         "(aspect kept), made where the pixels are, so the campaign never decodes or re-encodes an image.",
     )
@@ -135,9 +140,9 @@ class RenderRequest(Message):
     def _size_divisible(self) -> RenderRequest:
         for name in ("width", "height"):
             v = getattr(self, name)
-            if v < 8 or v > 4096 or v % 8:
+            if v < 8 or v > MAX_IMAGE_SIDE or v % 8:
                 raise ValueError(
-                    f"`height` and `width` have to be positive multiples of 8 up to 4096 "
+                    f"`height` and `width` have to be positive multiples of 8 up to {MAX_IMAGE_SIDE} "
                     f"but are {self.height} and {self.width}."
                 )
         return self
@@ -174,7 +179,8 @@ class RenderResult(Message):
     stored: StoredImage | None = Field(default=None, description="Set when the renderer wrote the image itself.")
     critic_image: bytes | None = Field(
         default=None, repr=False,
-        description="The image at the request's ``critic_max_pixels`` (JPEG, or the image's own bytes when it fits).",
+        description="What the critic is shown: the image downscaled to the request's ``critic_max_pixels`` (JPEG), or "
+        "the image's own bytes where it fits and ``png`` is empty (stored). None where ``png`` already fits.",
     )
     seed: int
     model: str
@@ -351,6 +357,9 @@ class Candidate(Message):
         "(a round whose rewrites were all unusable); baseline: best-of-N on the original."
     )
     image: str | None = Field(default=None, description="Image reference: a store path/URI or a content hash.")
+    image_size: int | None = Field(default=None, ge=0, description="Bytes of the stored image.")
+    image_sha256: str | None = Field(default=None, min_length=64, max_length=64,
+                                     description="SHA-256 of the stored image's bytes (checked where it is read back).")
     critique: Critique | None = None
     score: float | None = None
     status: CandidateStatus = CandidateStatus.scored

@@ -45,6 +45,7 @@ from agents.messages import (
     Candidate,
     CandidateStatus,
     Check,
+    MAX_IMAGE_PIXELS,
     Intent,
     PromptScore,
     Proposal,
@@ -54,6 +55,7 @@ from agents.messages import (
     RewriteReply,
     SearchCheckpoint,
     SearchResult,
+    StoredImage,
 )
 from agents.memory import CampaignMemory
 from agents.ports import CriticError, ImageCritic, PromptRewriter, Renderer
@@ -64,10 +66,12 @@ from agents.stats import seed_adjusted_means
 ImageSink = Callable[[Candidate, bytes], Awaitable[str]]
 """Stores a candidate's PNG and returns its reference (store path or URI), recorded as ``Candidate.image``."""
 
+ImageSource = Callable[[StoredImage], Awaitable[bytes]]
+"""Reads back an image the renderer stored (checked against its size and sha256): for a renderer that stored an image
+but sent the critic nothing to look at."""
+
 RoundCallback = Callable[[SearchCheckpoint], Awaitable[None]]
 """Called after every finished round with a snapshot from which the search can be resumed."""
-
-CRITIC_SEES_WHOLE_IMAGE = 4096 * 4096  # RenderRequest's largest image: the variant is then the image itself
 
 MAX_PROMPT_CHARS = 1000  # RenderRequest's limit (agents.messages.MAX_PROMPT_CHARS)
 
@@ -126,8 +130,9 @@ class BeamSearchPlanner:
 
     The rewriter and the critic are any :class:`PromptRewriter` and :class:`ImageCritic` (the LLM-backed
     ``Rewriter`` and ``Critic``, a rule-based rewriter, a judge-backed critic). ``image_sink`` stores every rendered
-    PNG the renderer did not store itself and returns its reference; the planner keeps no image bytes beyond a render
-    call, and ``image_budget`` (shared by a campaign's intents) caps the bytes all calls hold at once.
+    PNG the renderer did not store itself and returns its reference; ``image_source`` reads back one the renderer
+    stored without a critic variant. The planner keeps no image bytes beyond a render call, and ``image_budget``
+    (shared by a campaign's intents) caps the bytes all calls hold at once.
     """
 
     def __init__(
@@ -139,6 +144,7 @@ class BeamSearchPlanner:
         moderator: Moderator | None = None,
         *,
         image_sink: ImageSink,
+        image_source: ImageSource | None = None,
         output_filter: OutputFilter | None = None,
         memory: CampaignMemory | None = None,
         image_budget: ImageBudget | None = None,
@@ -149,11 +155,12 @@ class BeamSearchPlanner:
         self.config = config or SearchConfig()
         self.moderator = moderator or KeywordModerator()
         self.image_sink = image_sink
+        self.image_source = image_source
         self.output_filter = output_filter or OutputFilter(self.moderator)
         self.memory = memory  # the campaign's lessons, shared by its intents (agents.memory); None: no memory
         self.image_budget = image_budget
-        # the critic's image size, made by the renderer; a critic that names none (a judge) sees the whole image
-        self.critic_max_pixels = getattr(critic, "image_max_pixels", None) or CRITIC_SEES_WHOLE_IMAGE
+        # the critic's image size, made by the renderer; a critic that names none (a judge, scorers) sees the whole image
+        self.critic_max_pixels = getattr(critic, "image_max_pixels", None) or MAX_IMAGE_PIXELS
 
     # ------------------------------------------------------------------------------------------------------------
     # Entry points
@@ -444,10 +451,10 @@ class BeamSearchPlanner:
             for c in candidates
         ]
         budget = self.image_budget or ImageBudget(max_bytes=2**62)
-        async with budget.hold(sum(budget.estimate(r) for r in requests)) as hold:
+        async with budget.hold(requests) as hold:
             # Infrastructure errors (renderer down, bad request) raise: they are not the model's fault.
             results = await self.renderer.render(requests)
-            hold.resize(sum(held_bytes(r) for r in results))
+            await hold.resize(sum(held_bytes(r) for r in results))
             arm.counts.images += len(results)
             arm.counts.render_calls += 1
             for c, res in zip(candidates, results):
@@ -467,9 +474,19 @@ class BeamSearchPlanner:
 
     async def _store_and_critique(self, state: SearchCheckpoint, arm: ArmState, candidate: Candidate, res: RenderResult):
         # the renderer stored the image (a reference came back) or the sink stores the bytes: one path that degrades
-        candidate.image = res.stored.uri if res.stored is not None else await self.image_sink(candidate, res.png)
+        if res.stored is not None:
+            candidate.image, candidate.image_size, candidate.image_sha256 = (res.stored.uri, res.stored.size,
+                                                                             res.stored.sha256)
+        else:
+            candidate.image = await self.image_sink(candidate, res.png)
+            candidate.image_size, candidate.image_sha256 = len(res.png), res.sha256
         # the renderer's critic variant where it made one; else the image itself (the critic fits it, off the loop)
-        image = res.critic_image if res.critic_image is not None else res.png
+        image = res.critic_image or res.png
+        if not image and res.stored is not None:  # stored, and nothing sent to look at: read it back from the store
+            if self.image_source is None:
+                raise RuntimeError(f"the renderer stored {res.stored.uri} and sent no critic image, and this planner "
+                                   "has no image_source to read it back")
+            image = await self.image_source(res.stored)
         t0 = time.perf_counter()
         try:
             critique, chat = await self.critic.critique(

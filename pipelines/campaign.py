@@ -23,7 +23,15 @@ from agents.budget import ImageBudget
 from agents.config import SearchConfig
 from agents.critic import Critic
 from agents.memory import CampaignMemory
-from agents.messages import CandidateStatus, Intent, RendererInfo, RenderRequest, RenderResult, SearchCheckpoint
+from agents.messages import (
+    CandidateStatus,
+    Intent,
+    RendererInfo,
+    RenderRequest,
+    RenderResult,
+    SearchCheckpoint,
+    StoredImage,
+)
 from agents.planner import BeamSearchPlanner, IntentRejected
 from agents.ports import LanguageModel, Renderer
 from agents.rewriter import Rewriter
@@ -150,7 +158,7 @@ class CampaignRunner:
         if renderer_stores is None:
             renderer_stores = not isinstance(store.fs, (LocalFileSystem, MemoryFileSystem))
         self.renderer = CampaignRenderer(renderer, spec.campaign_id(), store if renderer_stores else None)
-        self.image_budget = ImageBudget(spec.max_image_bytes_in_flight, renderer_stores=renderer_stores)
+        self.image_budget = ImageBudget(spec.max_image_bytes_in_flight)
         self.store = store
         self.models = models
         self.concurrency = concurrency or spec.concurrency or 8
@@ -259,8 +267,11 @@ class CampaignRunner:
         async def on_round(checkpoint: SearchCheckpoint) -> None:
             await asyncio.to_thread(self.store.write_checkpoint, checkpoint)
 
+        async def source(stored: StoredImage) -> bytes:
+            return await asyncio.to_thread(self.store.read_stored_image, stored)
+
         planner = BeamSearchPlanner(self.renderer, self.rewriter, self.critic, self.search, image_sink=sink,
-                                    memory=self.memory, image_budget=self.image_budget)
+                                    image_source=source, memory=self.memory, image_budget=self.image_budget)
         try:
             # an intent interrupted earlier (crash, failed render after its retries) continues after its last round
             checkpoint = await asyncio.to_thread(self.store.read_checkpoint, intent.id)

@@ -108,8 +108,9 @@ class CampaignSpec(Record):
     max_image_bytes_in_flight: int = Field(
         default=256 * 2**20, ge=2**20, le=2**36,
         description="Image bytes the campaign process holds at once, over all intents (agents.budget.ImageBudget): "
-        "render calls wait while the cap is reached. With the renderer writing images to the store only the critic's "
-        "small variants count; else whole images (256 MiB is ~430 512x512 or ~85 1024x1024 PNGs of a noisy image).",
+        "a render call reserves what its images may bring back (3 bytes a pixel, the critic's variant included) and "
+        "waits while the cap is reached; where the renderer stored the images only their critic variants stay once "
+        "the call returns. The default admits ~24 calls of eight 512x512 images at once, or ~9 of 1024x1024.",
     )
 
     @model_validator(mode="after")

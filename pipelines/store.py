@@ -21,6 +21,7 @@ Constructing a store touches nothing; reads never create anything; :meth:`create
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import posixpath
@@ -32,7 +33,7 @@ from fsspec.implementations.local import LocalFileSystem
 from pydantic import ValidationError
 
 from agents.memory import LESSONS, Lesson
-from agents.messages import SAFE_NAME, SearchCheckpoint
+from agents.messages import SAFE_NAME, SearchCheckpoint, StoredImage
 from pipelines.records import (
     MAX_NAME_CHARS,
     STORE_FORMAT,
@@ -50,6 +51,10 @@ IMAGE_NAME = SAFE_NAME[:-1] + r"\.png$"
 
 class StoreFormatError(ValueError):
     """The folder holds records this version cannot read (another layout, or not a campaign)."""
+
+
+class ImageMismatch(ValueError):
+    """An image read back is not the one its reference recorded (another size or sha256): overwritten or damaged."""
 
 
 class UnsafeName(ValueError):
@@ -179,6 +184,16 @@ class CampaignStore:
         if len(name) > 400 or re.fullmatch(IMAGE_NAME, name) is None:
             raise FileNotFoundError(name[:120])
         return self.fs.cat_file(self._p("images", name))
+
+    def read_stored_image(self, stored: StoredImage) -> bytes:
+        """The image a lineage reference (``images/<name>``, size, sha256) names, checked against its size and hash
+        (cheap beside the read); :class:`ImageMismatch` when it is not that image."""
+        data = self.read_image(stored.uri.removeprefix("images/"))
+        digest = hashlib.sha256(data).hexdigest()
+        if (len(data), digest) != (stored.size, stored.sha256):
+            raise ImageMismatch(f"{self.uri}/{stored.uri} holds {len(data)} bytes with sha256 {digest[:12]}…, not "
+                                f"the {stored.size} bytes with sha256 {stored.sha256[:12]}… its lineage records")
+        return data
 
     # -- per-round checkpoints -------------------------------------------------------------------------------------
 

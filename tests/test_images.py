@@ -1,6 +1,8 @@
-"""Images made once where they are made and moved by reference (issue 19 items 1-2): the critic variant, the renderer's
-writer, the in-flight byte cap and the campaign process that never decodes an image. Scripted fakes for the campaign
-logic; the real tiny diffusers engine in tests/test_engines.py (the variant and the writer inside its encoder pool)."""
+"""Images made once where they are made and moved by reference (issue 19 items 1-2, review of issue 27): the critic
+variant and its media type, scorers that see the whole image, the renderer's writer (one writer, one retry policy, an
+outage logged once), the lineage's size and hash, the in-flight byte cap and the campaign process that never decodes an
+image. Scripted fakes for the campaign logic, serving's own ``finish_image`` for what a renderer sends back; the real
+tiny diffusers engine in tests/test_engines.py (the variant and the writer inside its encoder pool)."""
 
 from __future__ import annotations
 
@@ -9,8 +11,9 @@ import base64
 import hashlib
 import io
 import logging
-import re
 import threading
+
+import re
 from pathlib import Path
 
 import fsspec
@@ -19,17 +22,19 @@ import pytest
 from PIL import Image
 
 from agents.budget import ImageBudget
-from agents.config import CriticConfig
-from agents.critic import Critic, fit_pixels, fits, image_size
+from agents.config import CriticConfig, SearchConfig
+from agents.critic import Critic, WeightedScorer, fit_pixels, fits, image_size
 from agents.messages import ChatResult, Check, ImagePart, Intent, RenderRequest, RenderResult
+from agents.planner import BeamSearchPlanner
+from agents.rewriter import Rewriter
 from pipelines.campaign import CampaignRunner
 from pipelines.records import CampaignSpec, CampaignState
 from pipelines.report import write_report
-from pipelines.store import CampaignStore
+from pipelines.store import CampaignStore, ImageMismatch
 from serving.images import critic_variant, finish_image, try_write_image, write_image
 from serving.openai_client import chat_completion_body
 from serving.retry import RetryPolicy
-from pipelines.testing.fakes import FakeRenderer, ScriptedLLM
+from pipelines.testing.fakes import DictSink, FakeRenderer, ScriptedLLM
 
 ROOT = Path(__file__).resolve().parents[1]
 SEARCH = {"rounds": 2, "beam_width": 2, "candidates_per_beam": 3, "seeds_per_prompt": 2}
@@ -130,6 +135,64 @@ def test_critic_downscales_an_unfitted_image_off_the_event_loop(monkeypatch):
     asyncio.run(critic.critique(noisy(64), Intent(id="i", text="red"), checks, request_id="c", seed=1))
     assert threads[0] is False  # the decode+resize ran in a worker thread
     assert image_size(seen[0]) == (32, 32)
+
+
+# -- scorers see the image they were written for --------------------------------------------------------------------
+
+
+class SizeScorer:
+    """A held-out scorer that records the size of every image it is given."""
+
+    name = "size"
+
+    def __init__(self):
+        self.sizes: list[tuple[int, int] | None] = []
+
+    async def score(self, png: bytes, intent: Intent) -> dict[str, float]:
+        self.sizes.append(image_size(png))
+        return {"size": 1.0}
+
+
+def test_a_critics_scorers_see_the_whole_image_and_its_vlm_the_fitted_one():
+    seen: list[bytes] = []
+    scorer = SizeScorer()
+    critic = Critic(VerdictLLM(seen), CriticConfig(max_pixels=32 * 32), scorers=[WeightedScorer(scorer, held_out=True)])
+    checks = [Check(id="q1", question="Is it red?")]
+    critique, _ = asyncio.run(critic.critique(noisy(64), Intent(id="i", text="red"), checks, request_id="c", seed=1))
+    assert scorer.sizes == [(64, 64)] and image_size(seen[0]) == (32, 32)
+    assert critique.held_out == {"size": 1.0}
+
+
+class VariantRenderer(FakeRenderer):
+    """FakeRenderer's images, sent back as a renderer does (serving.images.finish_image: the critic's variant at the
+    request's ``critic_max_pixels``, the image written where ``image_uri`` says)."""
+
+    def __init__(self, size: int = 64):
+        super().__init__(size=size)
+
+    async def render(self, requests):
+        out = []
+        for request, result in zip(requests, await super().render(requests)):
+            pixels = np.asarray(Image.open(io.BytesIO(result.png)).convert("RGB"))
+            png, stored, critic = finish_image(pixels, result.png, request)
+            out.append(result.model_copy(update={"png": png, "stored": stored, "critic_image": critic}))
+        return out
+
+
+def test_with_scorers_the_planner_asks_the_renderer_for_the_whole_image():
+    """A critic with a held-out scorer (the world's judge beside a VLM): the renderer is asked for no smaller variant,
+    so the scorer scores the rendered image, not the critic's downscaled copy; the VLM still sees the fitted one."""
+    seen: list[bytes] = []
+    scorer = SizeScorer()
+    llm = VerdictLLM(seen, ScriptedLLM(FakeRenderer()))
+    critic = Critic(llm, CriticConfig(max_pixels=32 * 32), scorers=[WeightedScorer(scorer, held_out=True)])
+    renderer = VariantRenderer(size=64)
+    planner = BeamSearchPlanner(renderer, Rewriter(llm), critic, SearchConfig(rounds=1, width=64, height=64),
+                                image_sink=DictSink())
+    result = asyncio.run(planner.run(Intent(id="i", text="a red apple")))
+    assert scorer.sizes and set(scorer.sizes) == {(64, 64)}
+    assert seen and {image_size(img) for img in seen} == {(32, 32)}
+    assert all(c.critique.held_out == {"size": 1.0} for c in result.candidates)
 
 
 # -- the writer ---------------------------------------------------------------------------------------------------
@@ -239,17 +302,22 @@ class VerdictLLM:
 
 class StoringRenderer:
     """Does what the diffusion engine's encoder pool does, at no cost: writes each image to ``image_uri`` and
-    returns its reference and a critic variant (made once, before the run)."""
+    returns its reference and a critic variant (made once, before the run). ``variant=None`` sends the critic nothing
+    (a renderer that does not make variants); ``stored`` replaces what is reported as written (a renderer that lies);
+    ``delay_s`` keeps each call in flight that long."""
 
-    def __init__(self, image: bytes, variant: bytes, write: bool = True):
-        self.image, self.variant, self.write = image, variant, write
+    def __init__(self, image: bytes, variant: bytes | None, write: bool = True, stored=None, delay_s: float = 0.0):
+        self.image, self.variant, self.write, self.stored, self.delay_s = image, variant, write, stored, delay_s
         self.requests: list[RenderRequest] = []
 
     async def render(self, requests):
         self.requests.extend(requests)
+        await asyncio.sleep(self.delay_s)
         out = []
         for r in requests:
             stored = try_write_image(r.image_uri, self.image) if self.write else None
+            if stored is not None and self.stored is not None:
+                stored = stored.model_copy(update=self.stored)
             out.append(RenderResult(request_id=r.request_id, png=b"" if stored else self.image, stored=stored,
                                     critic_image=self.variant, seed=r.seed, model="storing", width=r.width,
                                     height=r.height, steps=r.steps, batch_size=len(requests), render_seconds=0.0))
@@ -288,8 +356,9 @@ def test_campaign_keeps_references_and_never_decodes_an_image(tmp_path, monkeypa
     assert all(r.request_id.startswith("i") for r in renderer.requests)  # the planner's own ids, no prefix
     records = list(store.iter_lineage())
     assert len(records) == len(renderer.requests)
-    for rec in records:  # each image lies in the store once, under the lineage's reference
+    for rec in records:  # each image lies in the store once, under the lineage's reference, size and hash
         assert rec.image.startswith("images/") and store.read_image(rec.image.removeprefix("images/")) == image
+        assert (rec.image_size, rec.image_sha256) == (len(image), hashlib.sha256(image).hexdigest())
     assert sorted(p.name for p in (tmp_path / "c" / "images").iterdir()) == sorted(
         r.image.removeprefix("images/") for r in records)
     monkeypatch.undo()
@@ -298,6 +367,43 @@ def test_campaign_keeps_references_and_never_decodes_an_image(tmp_path, monkeypa
     assert again.intents_skipped == 3 and len(renderer.requests) == len(records)  # resumed: nothing re-rendered
     html = open(write_report(store)).read()
     assert html.count("data:image/png;base64,") >= 3  # the report embeds the images it read from the store
+
+
+def test_a_stored_image_sent_without_a_critic_image_is_read_back_checked(tmp_path):
+    """A renderer that stores the image but sends no variant: the critic is shown the image read back from the store
+    (its size and sha256 checked on the way), never empty bytes."""
+    image = noisy(64)
+    seen: list[bytes] = []
+    store = CampaignStore(str(tmp_path / "c"))
+    s = spec(2)
+    renderer = StoringRenderer(image, variant=None)
+    status = asyncio.run(CampaignRunner(s, s.search_config(), renderer, VerdictLLM(seen, ScriptedLLM(FakeRenderer())),
+                                        store, renderer_stores=True).run())
+    assert (status.state, status.intents_done) == (CampaignState.done, 2), status.errors
+    assert renderer.requests and all(r.image_uri for r in renderer.requests)
+    assert len(seen) == len(renderer.requests) and all(img == image for img in seen)
+
+
+def test_a_stored_image_that_is_not_what_the_renderer_reported_fails_its_intent(tmp_path):
+    """The read-back is checked: an image whose bytes do not match the reported sha256 is an infrastructure error
+    (the intent is not committed, a resume retries it), never scored."""
+    s = spec(1)
+    store = CampaignStore(str(tmp_path / "c"))
+    renderer = StoringRenderer(noisy(64), variant=None, stored={"sha256": "0" * 64})
+    status = asyncio.run(CampaignRunner(s, s.search_config(), renderer, VerdictLLM([], ScriptedLLM(FakeRenderer())),
+                                        store, renderer_stores=True).run())
+    assert status.intents_failed == 1 and any("ImageMismatch" in e and "sha256" in e for e in status.errors)
+    assert store.done_intents() == set()
+    with pytest.raises(ImageMismatch):
+        store.read_stored_image(renderer_result_ref(store, renderer))
+
+
+def renderer_result_ref(store: CampaignStore, renderer: StoringRenderer):
+    """The reference (images/<name>, size, a wrong sha256) of the first image the lying renderer stored."""
+    from agents.messages import StoredImage
+
+    name = store.image_name(renderer.requests[0].request_id)
+    return StoredImage(uri=f"images/{name}", size=len(renderer.image), sha256="0" * 64)
 
 
 # -- the byte cap -------------------------------------------------------------------------------------------------
@@ -337,13 +443,32 @@ def test_in_flight_image_bytes_stay_under_the_cap(tmp_path, cap_mib):
         assert renderer.most > 2**20
 
 
+def test_a_renderer_that_cannot_write_its_images_keeps_the_cap(tmp_path):
+    """The campaign asked the renderer to store its images (only small variants would come back), but the store is
+    out of its reach and the whole images come back: the reservation covered them, so the bytes held still stay
+    under the cap (a reservation sized for the variants alone let every call in flight pass it by an image batch)."""
+    cap = 2**20
+    image = noisy(128)  # ~49 KB: 8 to a call
+    s = spec(8, concurrency=8, search={"width": 128, "height": 128}, max_image_bytes_in_flight=cap)
+    renderer = StoringRenderer(image, variant=None, write=False, delay_s=0.02)
+    runner = CampaignRunner(s, s.search_config(), renderer, VerdictLLM([], ScriptedLLM(FakeRenderer())),
+                            CampaignStore(str(tmp_path)), renderer_stores=True)
+    status = asyncio.run(runner.run())
+    assert status.state == CampaignState.done
+    assert all(r.image_uri for r in renderer.requests)  # it was asked to store them
+    assert runner.image_budget.peak <= cap, runner.image_budget.peak
+    assert runner.image_budget.peak > cap // 2  # more than one call was in flight: the cap was what held it
+
+
 def test_a_call_bigger_than_the_cap_runs_alone():
+    request = RenderRequest(request_id="a", prompt="p", seed=1, width=64, height=64, critic_max_pixels=32 * 32)
+
     async def run():
         budget = ImageBudget(max_bytes=10)
-        async with budget.hold(25) as hold:
-            assert budget.held == 25
-            hold.resize(3)
+        async with budget.hold([request]) as hold:
+            assert budget.held == 3 * (64 * 64 + 32 * 32)  # the image and its critic variant, 3 bytes a pixel
+            await hold.resize(3)
             assert budget.held == 3
-        assert budget.held == 0 and budget.peak == 25
+        assert budget.held == 0 and budget.peak == 3 * (64 * 64 + 32 * 32)
 
     asyncio.run(run())

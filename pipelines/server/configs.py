@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from agents.messages import MAX_IMAGE_SIDE
 from pipelines.records import MAX_INTENTS
 from serving.openai_client import LanguageModelEndpoints
 from serving.presets import DiffusionOverrides, LLMOverrides, ModelPreset, RenderDefaultsOverrides, resolve_preset
@@ -74,7 +75,8 @@ class IngressConfig(BaseModel):
     max_body_bytes: int = Field(default=16 * 2**20, ge=1024, le=2**30,
                                 description="Largest submission body; larger ones get 413 before being parsed.")
     max_intents: int = Field(default=10_000, ge=1, le=MAX_INTENTS, description="Most intents in one campaign.")
-    max_image_side: int = Field(default=1024, ge=8, le=4096, description="Largest width or height a campaign sets.")
+    max_image_side: int = Field(default=1024, ge=8, le=MAX_IMAGE_SIDE,
+                                description="Largest width or height a campaign sets.")
     max_steps: int = Field(default=50, ge=1, le=200, description="Most denoising steps a campaign sets.")
     max_images_per_campaign: int = Field(
         default=1_000_000, ge=1, le=10**9,
