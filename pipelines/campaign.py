@@ -49,7 +49,7 @@ from pipelines.records import (
     ModelsRecord,
     lineage_of,
 )
-from pipelines.store import CampaignStore, campaign_store
+from pipelines.store import CampaignStore, StoreWriteError, campaign_store
 from serving import metrics
 from serving.clients import RendererCapacity
 from serving.presets import import_object
@@ -170,6 +170,8 @@ class CampaignRunner:
         # What the rewriter reads, in one line (every rewriter says it; an oracle says it is one)
         self.rewriter_knows = str(getattr(self.rewriter, "knows", type(self.rewriter).__name__))[:500]
         self.tally = CampaignTally(len(spec.intents))
+        if store.on_retry is None:  # a store that retries a write says so in the status ("store_retrying: ...")
+            store.on_retry = self.tally.note
         self.state = CampaignState.running
         self.started_at = time.time()
         self.finished_at: float | None = None
@@ -216,6 +218,7 @@ class CampaignRunner:
             if not self._prepared:
                 await asyncio.to_thread(self.prepare_store)
             done = await asyncio.to_thread(self.store.done_intents)
+            await asyncio.to_thread(self.store.sweep_checkpoints, done)
             await asyncio.to_thread(self._fold_finished)
             if self.search.memory.enabled:  # this campaign's lessons so far (a resumed run continues with them)
                 lessons = await asyncio.to_thread(self._initial_lessons)
@@ -233,17 +236,30 @@ class CampaignRunner:
         pending = iter(todo)
         heartbeat = asyncio.create_task(self._heartbeat())
         try:
-            await asyncio.gather(*(self._worker(pending) for _ in range(self.concurrency)))
+            workers = [asyncio.ensure_future(self._worker(pending)) for _ in range(self.concurrency)]
+            await asyncio.gather(*workers)
             self.state = CampaignState.failed if self.tally.summary().intents_failed else CampaignState.done
         except asyncio.CancelledError:
             self.state = CampaignState.cancelled
+            raise
+        except Exception as exc:  # the store failed for good (StoreWriteError names the path): a resume continues
+            for w in workers:
+                w.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+            self.tally.note(f"campaign failed: {type(exc).__name__}: {exc}")
+            self.state = CampaignState.failed
             raise
         finally:
             heartbeat.cancel()
             self._publish_gauges()
             self.finished_at = time.time()
-            self.store.compile(i.id for i in self.spec.intents)
-            self.store.write_status(self.status)
+            try:
+                self.store.compile(i.id for i in self.spec.intents)
+                self.store.write_status(self.status)
+            except Exception as exc:  # parts stay the truth; the next run compiles them
+                if self.state is not CampaignState.failed:
+                    raise
+                logger.warning("campaign %s: could not compile its records: %s", self.id, exc)
         return self.status
 
     def _fold_finished(self) -> None:
@@ -288,6 +304,8 @@ class CampaignRunner:
             if exc.by_moderation:
                 metrics.inc(metrics.MODERATION_BLOCKED, campaign=self.id)
         except asyncio.CancelledError:
+            raise
+        except StoreWriteError:  # the store itself failed for good: every other intent would too; stop the campaign
             raise
         except Exception as exc:  # infrastructure: not committed, so a resume retries this intent
             logger.exception("intent %s failed", intent.id)

@@ -17,20 +17,30 @@ Why parts: object stores have no append, and a crash mid-append leaves half a li
 so resuming skips exactly the finished intents and never duplicates a line.
 
 Constructing a store touches nothing; reads never create anything; :meth:`create` makes the folders before a run.
+
+Writes survive a flaky object store: every write is retried with exponential backoff (:class:`StoreRetryPolicy`) while
+the error looks transient (a 5xx, a refused or reset connection, a timeout), and each retry is reported through
+``on_retry`` so a campaign's status says ``store_retrying``. An error that another try cannot fix (permission denied, a
+full or read-only disk) or a store that stays down past the policy raises :class:`StoreWriteError` naming the path.
+A write is whole or absent: a temp file renamed into place locally, one PUT on an object store.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import logging
 import os
 import posixpath
 import re
-from collections.abc import Iterable, Iterator
+import uuid
+from collections.abc import Callable, Iterable, Iterator
 
 import fsspec
+import tenacity
 from fsspec.implementations.local import LocalFileSystem
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agents.memory import LESSONS, Lesson
 from agents.messages import SAFE_NAME, SearchCheckpoint, StoredImage
@@ -45,6 +55,8 @@ from pipelines.records import (
 )
 from serving.storage import open_atomic, write_atomic
 
+logger = logging.getLogger(__name__)
+
 IMAGE_NAME = SAFE_NAME[:-1] + r"\.png$"
 """Image files: a safe name ending in ``.png`` (what :meth:`CampaignStore.image_name` makes of a candidate id)."""
 
@@ -55,6 +67,37 @@ class StoreFormatError(ValueError):
 
 class ImageMismatch(ValueError):
     """An image read back is not the one its reference recorded (another size or sha256): overwritten or damaged."""
+
+
+class StoreWriteError(OSError):
+    """A write to the store failed for good: the message names the path and why (permission, full disk, the object
+    store down past the retry policy). Nothing half-written is left at that path; a later resume retries it."""
+
+
+class StoreRetryPolicy(BaseModel):
+    """How a store write is retried: ``backoff_s * 2**retry`` capped at ``max_backoff_s``, at most ``attempts`` tries.
+    The defaults wait ~75 s in all: an object store that restarts or throttles for a minute costs no intent.
+    (A small tenacity policy of its own; the Serve clients' policy lives in serving/.)"""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    attempts: int = Field(default=8, ge=1, le=50, description="Tries per write, the first included.")
+    backoff_s: float = Field(default=0.5, ge=0.0, le=60.0, description="Wait before the first retry; doubles.")
+    max_backoff_s: float = Field(default=20.0, ge=0.0, le=600.0, description="Longest wait between two tries.")
+
+
+PERMANENT_ERRNOS = {errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.ENAMETOOLONG}
+
+
+def is_transient_store_error(exc: BaseException) -> bool:
+    """Worth another try: the object store or the network failed, not the request. Permission, a full or read-only
+    disk, a missing bucket and bad input are not (another try fails the same way)."""
+    if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, ValueError,
+                        TypeError)):
+        return False
+    if isinstance(exc, OSError) and exc.errno in PERMANENT_ERRNOS:
+        return False
+    return isinstance(exc, Exception)
 
 
 class UnsafeName(ValueError):
@@ -86,9 +129,16 @@ def campaign_store(root: str, campaign_id: str) -> CampaignStore:
 
 
 class CampaignStore:
-    def __init__(self, uri: str):
+    """One campaign's folder on fsspec. ``on_retry(message)`` hears about every retried write (the runner puts it in
+    the campaign's status); ``retry`` sets how writes are retried."""
+
+    def __init__(self, uri: str, retry: StoreRetryPolicy | None = None,
+                 on_retry: Callable[[str], None] | None = None):
         self.uri = uri.rstrip("/")
         self.fs, self.root = fsspec.core.url_to_fs(self.uri)
+        self.retry = retry or StoreRetryPolicy()
+        self.on_retry = on_retry
+        self.retries = 0
 
     def _p(self, *parts: str) -> str:
         return posixpath.join(self.root, *parts)
@@ -99,17 +149,68 @@ class CampaignStore:
     def create(self) -> None:
         """Make the campaign's folders (a run calls this once, before writing)."""
         for sub in ("images", "parts", "checkpoints"):
-            self.fs.makedirs(self._p(sub), exist_ok=True)
+            self._retrying(self._where(self._p(sub)), lambda sub=sub: self.fs.makedirs(self._p(sub), exist_ok=True))
+
+    def _retrying(self, what: str, call: Callable[[], object], verb: str = "write"):
+        """``call()`` retried per :attr:`retry` while the error is transient; a failure for good becomes
+        :class:`StoreWriteError` naming ``what`` (the path). FileNotFoundError passes through unchanged (reads and
+        deletes of what is not there are answers, not failures)."""
+
+        def before_sleep(state: tenacity.RetryCallState) -> None:
+            exc = state.outcome.exception()
+            self.retries += 1
+            message = (f"store_retrying: {what}: {type(exc).__name__}: {str(exc)[:160]}; retry "
+                       f"{state.attempt_number} of {self.retry.attempts - 1} in {state.next_action.sleep:.1f}s")
+            logger.warning(message)
+            if self.on_retry is not None:
+                self.on_retry(message)
+
+        retrying = tenacity.Retrying(
+            stop=tenacity.stop_after_attempt(self.retry.attempts),
+            wait=tenacity.wait_exponential(multiplier=self.retry.backoff_s, max=self.retry.max_backoff_s),
+            retry=tenacity.retry_if_exception(is_transient_store_error),
+            before_sleep=before_sleep, reraise=True,
+        )
+        try:
+            return retrying(call)
+        except (StoreWriteError, FileNotFoundError):
+            raise
+        except Exception as exc:
+            raise StoreWriteError(f"cannot {verb} {what}: {type(exc).__name__}: {exc}") from exc
+
+    def _where(self, path: str) -> str:
+        """``path`` as a user would name it (with its ``s3://`` scheme on an object store)."""
+        return path if isinstance(self.fs, LocalFileSystem) else f"{self.fs.protocol[0]}://{path}"
 
     def _write_atomic(self, path: str, data: bytes) -> None:
-        write_atomic(self.fs, path, data)
+        """Write ``data`` at ``path`` whole or not at all, retrying transient errors."""
+        where = self._where(path)
+        if isinstance(self.fs, LocalFileSystem):
+            def put() -> None:
+                tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+                try:
+                    self.fs.pipe_file(tmp, data)
+                    self.fs.mv(tmp, path)
+                finally:  # a failed write leaves no temp file behind
+                    if os.path.exists(tmp):
+                        os.unlink(tmp)
+        else:  # object stores: one PUT is atomic
+            def put() -> None:
+                self.fs.pipe_file(path, data)
+        self._retrying(where, put)
 
     def _read_json(self, name: str) -> bytes | None:
         path = self._p(name)
         try:
-            return self.fs.cat_file(path)
+            return self._retrying(self._where(path), lambda: self.fs.cat_file(path), verb="read")
         except FileNotFoundError:
             return None
+
+    def _remove(self, path: str) -> None:
+        try:
+            self._retrying(self._where(path), lambda: self.fs.rm_file(path), verb="delete")
+        except FileNotFoundError:
+            pass
 
     # -- manifest and status -------------------------------------------------------------------------------------
 
@@ -138,10 +239,7 @@ class CampaignStore:
 
     def clear_status(self) -> None:
         """A run starts: the previous run's compiled status no longer describes the store."""
-        try:
-            self.fs.rm_file(self._p("status.json"))
-        except FileNotFoundError:
-            pass
+        self._remove(self._p("status.json"))
 
     # -- campaign memory ------------------------------------------------------------------------------------------
 
@@ -207,10 +305,21 @@ class CampaignStore:
         return None if data is None else SearchCheckpoint.model_validate_json(data)
 
     def clear_checkpoint(self, intent_id: str) -> None:
+        self._remove(self._p("checkpoints", f"{intent_id}.json"))
+
+    def sweep_checkpoints(self, done: set[str]) -> None:
+        """Delete the checkpoints of intents that are done: a run that failed between committing an intent's part and
+        deleting its checkpoint leaves one (harmless, the part wins, but it should not linger)."""
+        folder = self._p("checkpoints")
         try:
-            self.fs.rm_file(self._p("checkpoints", f"{intent_id}.json"))
+            names = self._retrying(self._where(folder), lambda: self.fs.ls(folder, detail=False, refresh=True),
+                                   verb="list")
         except FileNotFoundError:
-            pass
+            return
+        for name in names:
+            intent_id = posixpath.basename(name)[: -len(".json")]
+            if name.endswith(".json") and intent_id in done:
+                self.clear_checkpoint(intent_id)
 
     # -- per-intent parts -----------------------------------------------------------------------------------------
 
@@ -219,8 +328,10 @@ class CampaignStore:
         self._write_atomic(self._p("parts", f"{part.outcome.intent_id}.json"), part.model_dump_json().encode())
 
     def done_intents(self) -> set[str]:
+        parts = self._p("parts")
         try:
-            names = self.fs.ls(self._p("parts"), detail=False)
+            names = self._retrying(self._where(parts), lambda: self.fs.ls(parts, detail=False, refresh=True),
+                                   verb="list")
         except FileNotFoundError:
             return set()
         return {posixpath.basename(n)[: -len(".json")] for n in names if n.endswith(".json")}
@@ -265,8 +376,12 @@ class CampaignStore:
             yield part.outcome
 
     def compile(self, intent_order: Iterable[str]) -> tuple[int, int]:
-        """(Re)write results.jsonl and lineage.jsonl from the parts, streaming one intent at a time (each file whole
-        or as it was)."""
+        """(Re)write results.jsonl and lineage.jsonl from the parts, streaming one intent at a time (retried whole
+        while the store fails)."""
+        order = list(intent_order)
+        return self._retrying(self._where(self._p("results.jsonl")), lambda: self._compile(order))
+
+    def _compile(self, intent_order: list[str]) -> tuple[int, int]:
         n_results = n_lineage = 0
         with open_atomic(self.fs, self._p("results.jsonl")) as fr, open_atomic(self.fs, self._p("lineage.jsonl")) as fl:
             for part in self.iter_parts(intent_order):

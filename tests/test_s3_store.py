@@ -1,0 +1,228 @@
+"""Object storage failing: a campaign whose store is ``s3://`` on a real S3 API served on loopback (moto's server mode,
+reached through s3fs/fsspec as users would) survives the server answering 500 and then going away for seconds; a local
+store that cannot be written (permission denied, a full disk) fails the campaign with an error naming the path, and a
+later resume finishes it. Every part and image is whole or absent; every intent is in results once."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import io
+import os
+import threading
+import time
+from collections import Counter
+
+import pytest
+from PIL import Image
+
+from pipelines.records import CampaignState, IntentPart
+from pipelines.store import CampaignStore, StoreRetryPolicy, StoreWriteError
+from pipelines.server.local import free_port
+from pipelines.testing.fakes import FakeRenderer
+from tests.test_campaign import runner, spec
+
+pytestmark = [pytest.mark.faults]
+
+BUCKET = "campaigns"
+FAST_RETRY = StoreRetryPolicy(attempts=12, backoff_s=0.2, max_backoff_s=2.0)  # ~16 s in all: outlives a 4 s outage
+
+
+class FaultyMotoServer:
+    """moto's S3 on 127.0.0.1 with two faults a test switches: ``failing`` answers every write with 500 InternalError (S3's
+    "retry this" answer; s3fs retries 503 SlowDown by itself, which would hide the store's policy), :meth:`outage` stops the server for some seconds (connection refused) and starts it again
+    on the same port. moto keeps its buckets in process memory, so they survive the restart."""
+
+    def __init__(self):
+        self.port = free_port()
+        self.failing = threading.Event()
+        self.refused_writes = 0
+        self._server = None
+
+    def start(self) -> None:
+        from moto.moto_server.threaded_moto_server import ThreadedMotoServer
+
+        outer = self
+
+        class Server(ThreadedMotoServer):
+            def _server_entry(self) -> None:
+                from werkzeug.serving import make_server
+
+                from moto.moto_server.werkzeug_app import (
+                    DomainDispatcherApplication,
+                    MotoRequestHandler,
+                    create_backend_app,
+                )
+
+                app = DomainDispatcherApplication(create_backend_app)
+
+                def faulty(environ, start_response):
+                    if outer.failing.is_set() and environ["REQUEST_METHOD"] in ("PUT", "POST", "DELETE"):
+                        outer.refused_writes += 1
+                        environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))  # a body half-received
+                        start_response("500 Internal Server Error", [("Content-Type", "application/xml")])
+                        return [b"<Error><Code>InternalError</Code><Message>injected</Message></Error>"]
+                    return app(environ, start_response)
+
+                self._server = make_server(self._ip_address, self._port, faulty, True,
+                                           request_handler=MotoRequestHandler)
+                self._server_ready_event.set()
+                self._server.serve_forever()
+
+        self._server = Server(ip_address="127.0.0.1", port=self.port, verbose=False)
+        self._server.start()
+
+    def stop(self) -> None:
+        self._server.stop()
+
+    def outage(self, seconds: float) -> None:
+        self.stop()
+        time.sleep(seconds)
+        self.start()
+
+
+@pytest.fixture
+def s3(monkeypatch):
+    """The S3 API on loopback, credentials and endpoint from the environment as on a cluster (boto's own variables);
+    botocore's own retries are kept low so the store's policy is what rides out the faults."""
+    import fsspec
+
+    server = FaultyMotoServer()
+    server.start()
+    for k, v in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1",
+                 "AWS_ENDPOINT_URL": f"http://127.0.0.1:{server.port}", "AWS_MAX_ATTEMPTS": "1",
+                 "AWS_RETRY_MODE": "standard"}.items():
+        monkeypatch.setenv(k, v)
+    fsspec.filesystem("s3").clear_instance_cache()
+    fs = fsspec.filesystem("s3", skip_instance_cache=True)
+    if not fs.exists(BUCKET):  # moto keeps buckets in process memory across tests
+        fs.mkdir(BUCKET)
+    yield server
+    fsspec.filesystem("s3").clear_instance_cache()
+    server.stop()
+
+
+def check_whole(store: CampaignStore, expected: set[str]) -> None:
+    """Every intent committed once; every part parses; every image its lineage names is a PNG that decodes."""
+    order = sorted(expected)
+    results = Counter(o.intent_id for o in store.iter_outcomes(order))
+    assert set(results) == expected and max(results.values()) == 1, results
+    lineage = Counter(r.id for r in store.iter_lineage())
+    assert lineage and max(lineage.values()) == 1
+    for intent_id in order:
+        raw = store.fs.cat_file(store.path(f"parts/{intent_id}.json"))
+        part = IntentPart.model_validate_json(raw)
+        for record in part.lineage:
+            Image.open(io.BytesIO(store.fs.cat_file(store.path(record.image)))).load()
+    assert not store.fs.find(store.path("checkpoints"))  # every intent finished: no checkpoint left
+
+
+def test_s3_store_rides_out_500s_and_an_outage(s3):
+    """Mid-campaign the S3 server answers every write with 500 for 2 s, then is down for 4 s: the writes are
+    retried with backoff, the status says so while it happens, and the campaign ends `done` with 12/12 once."""
+    s = spec(12)
+    store = CampaignStore(f"s3://{BUCKET}/runs/{s.campaign_id()}", retry=FAST_RETRY)
+    r = runner(s, store, renderer=FakeRenderer(size=64))
+    r.concurrency = 3
+    notes: list[str] = []
+    finished: list[str] = []
+    r.on_intent_done = lambda outcome: finished.append(outcome.intent_id)
+
+    async def campaign():
+        task = asyncio.create_task(r.run())
+        while len(finished) < 2:
+            await asyncio.sleep(0.01)
+        t0 = time.perf_counter()
+        s3.failing.set()
+        await asyncio.sleep(2)
+        notes.extend(e for e in r.status.errors if e.startswith("store_retrying"))
+        s3.failing.clear()
+        await asyncio.to_thread(s3.outage, 4)
+        status = await task
+        return status, time.perf_counter() - t0
+
+    status, recovery = asyncio.run(campaign())
+    print(f"\nS3 500s 2 s + outage 4 s: {s3.refused_writes} writes refused, {store.retries} retries, campaign "
+          f"{status.state.value} {status.intents_done}/12, {recovery:.1f} s from the first fault to done")
+    assert s3.refused_writes > 0 and store.retries > 0
+    assert notes, "the status never said the store was retrying"
+    assert "s3://" in notes[0] and "retry" in notes[0]
+    assert status.state == CampaignState.done and status.intents_done == 12 and status.intents_failed == 0, status
+    check_whole(store, {f"i{k}" for k in range(12)})
+
+
+def test_s3_store_down_past_the_policy_fails_clearly_and_resumes(s3):
+    """The server refuses writes longer than the retry policy waits: the campaign fails naming the s3:// path; once
+    it answers again, a resume finishes with nothing lost or duplicated."""
+    s = spec(6)
+    uri = f"s3://{BUCKET}/runs/{s.campaign_id()}"
+    short = StoreRetryPolicy(attempts=3, backoff_s=0.1, max_backoff_s=0.2)
+    first = runner(s, CampaignStore(uri, retry=short))
+    done: list[str] = []
+    first.on_intent_done = lambda outcome: (done.append(outcome.intent_id),
+                                            s3.failing.set() if len(done) == 2 else None)
+    with pytest.raises(StoreWriteError, match=rf"s3://{BUCKET}/runs/{s.campaign_id()}/"):
+        asyncio.run(first.run())
+    assert first.state == CampaignState.failed
+    assert any("StoreWriteError" in e for e in first.status.errors)
+    s3.failing.clear()
+    store = CampaignStore(uri, retry=short)
+    status = asyncio.run(runner(s, store).run())
+    assert status.state == CampaignState.done and status.intents_done == 6, status
+    check_whole(store, {f"i{k}" for k in range(6)})
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores file permissions (the injected EACCES below still runs)")
+def test_a_store_without_write_permission_fails_naming_the_path_and_resumes(tmp_path):
+    s = spec(6)
+    store = CampaignStore(str(tmp_path / "c"))
+    first = runner(s, store)
+    done: list[str] = []
+
+    def lock_images(outcome):
+        done.append(outcome.intent_id)
+        if len(done) == 2:
+            os.chmod(tmp_path / "c" / "images", 0o500)
+
+    first.on_intent_done = lock_images
+    try:
+        with pytest.raises(StoreWriteError, match=rf"cannot write {tmp_path}/c/images/.*Permission denied"):
+            asyncio.run(first.run())
+    finally:
+        os.chmod(tmp_path / "c" / "images", 0o700)
+    assert first.state == CampaignState.failed and store.retries == 0  # permission: no pointless retry
+    assert not list((tmp_path / "c").rglob("*.tmp-*"))
+    status = asyncio.run(runner(s, CampaignStore(str(tmp_path / "c"))).run())
+    assert status.state == CampaignState.done and status.intents_done == 6
+    check_whole(CampaignStore(str(tmp_path / "c")), {f"i{k}" for k in range(6)})
+
+
+@pytest.mark.parametrize("code,message", [(errno.ENOSPC, "No space left on device"), (errno.EACCES, "Permission denied")])
+def test_a_full_disk_or_denied_write_fails_naming_the_path_and_resumes(tmp_path, monkeypatch, code, message):
+    """ENOSPC or EACCES from the file system (injected into the local write: filling a real disk is not bounded, and
+    root ignores permissions) fails the campaign naming the path, leaves no temp file, and a resume finishes it."""
+    from fsspec.implementations.local import LocalFileSystem
+
+    real = LocalFileSystem.pipe_file
+    full = threading.Event()
+
+    def pipe_file(self, path, value, *args, **kwargs):
+        if full.is_set():
+            real(self, path, value[: len(value) // 2], *args, **kwargs)  # half the bytes land, then the disk is full
+            raise OSError(code, os.strerror(code))
+        return real(self, path, value, *args, **kwargs)
+
+    monkeypatch.setattr(LocalFileSystem, "pipe_file", pipe_file)
+    s = spec(6)
+    store = CampaignStore(str(tmp_path / "c"))
+    first = runner(s, store)
+    done: list[str] = []
+    first.on_intent_done = lambda outcome: (done.append(outcome.intent_id), full.set() if len(done) == 2 else None)
+    with pytest.raises(StoreWriteError, match=rf"cannot write {tmp_path}/c/.*{message}"):
+        asyncio.run(first.run())
+    assert first.state == CampaignState.failed and store.retries == 0
+    assert not list((tmp_path / "c").rglob("*.tmp-*"))  # the half-written temp file was removed
+    full.clear()
+    status = asyncio.run(runner(s, CampaignStore(str(tmp_path / "c"))).run())
+    assert status.state == CampaignState.done and status.intents_done == 6
+    check_whole(CampaignStore(str(tmp_path / "c")), {f"i{k}" for k in range(6)})
