@@ -49,10 +49,11 @@ from pipelines.records import (
     ModelsRecord,
     lineage_of,
 )
-from pipelines.store import CampaignStore, StoreWriteError, campaign_store
+from pipelines.store import CampaignStore, campaign_store
 from serving import metrics
 from serving.clients import RendererCapacity
 from serving.presets import import_object
+from serving.storage import StoreWriteError
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +61,9 @@ HEADROOM = 2.0
 """In-flight images per renderer slot. An intent renders only part of the time (the rest it waits for the rewriter and
 the critic), so twice the renderer's batch capacity keeps its batches full."""
 MAX_CONCURRENCY = 1024
+RECORDS_TIMEOUT_S = 300.0
+"""The longest a run's end waits to compile its records: the store's retry policy waits ~75 s in all, so only a store
+call that hangs reaches it."""
 UNSPECIFIED_MODELS = ModelsRecord(preset="unspecified", diffusion="unspecified", diffusion_dtype="unspecified",
                                   llm=None, llm_dtype=None, rewriter="llm", critic="llm")
 """What a runner records when its caller names no models (tests with scripted fakes)."""
@@ -216,12 +220,12 @@ class CampaignRunner:
     async def run(self) -> CampaignStatus:
         try:
             if not self._prepared:
-                await asyncio.to_thread(self.prepare_store)
-            done = await asyncio.to_thread(self.store.done_intents)
-            await asyncio.to_thread(self.store.sweep_checkpoints, done)
-            await asyncio.to_thread(self._fold_finished)
+                await self.store.call(self.prepare_store)
+            done = await self.store.call(self.store.done_intents)
+            await self.store.call(self.store.sweep_checkpoints, done)
+            await self.store.call(self._fold_finished)
             if self.search.memory.enabled:  # this campaign's lessons so far (a resumed run continues with them)
-                lessons = await asyncio.to_thread(self._initial_lessons)
+                lessons = await self.store.call(self._initial_lessons)
                 self.memory = CampaignMemory(self.search.memory, OutputFilter(KeywordModerator()), lessons)
         except Exception as exc:  # before the first intent: the status says failed and why, never 'running'
             logger.exception("campaign %s could not start", self.id)
@@ -253,14 +257,27 @@ class CampaignRunner:
             heartbeat.cancel()
             self._publish_gauges()
             self.finished_at = time.time()
-            try:
-                self.store.compile(i.id for i in self.spec.intents)
-                self.store.write_status(self.status)
-            except Exception as exc:  # parts stay the truth; the next run compiles them
-                if self.state is not CampaignState.failed:
-                    raise
-                logger.warning("campaign %s: could not compile its records: %s", self.id, exc)
+            await self._write_records()
         return self.status
+
+    async def _write_records(self) -> None:
+        """results.jsonl, lineage.jsonl and status.json from the parts, as a run ends: off the event loop (the ingress
+        keeps answering through a store outage), retried through the store's policy, and given up after
+        ``RECORDS_TIMEOUT_S`` (a store call that hangs). The parts stay the truth: a run that cannot compile them says
+        so in its status and is not ``done``; the next run compiles them."""
+        try:
+            await asyncio.wait_for(self._compile_and_write_status(), RECORDS_TIMEOUT_S)
+        except Exception as exc:  # noqa: BLE001 - a store that failed for good, or the time bound
+            reason = f"{type(exc).__name__}: {exc}" if str(exc) else f"{type(exc).__name__} after {RECORDS_TIMEOUT_S} s"
+            self.tally.note(f"could not compile the campaign's records: {reason}")
+            logger.warning("campaign %s: could not compile its records: %s", self.id, reason)
+            if self.state is CampaignState.done:  # the records are incomplete: say so, and let the caller see why
+                self.state = CampaignState.failed
+                raise
+
+    async def _compile_and_write_status(self) -> None:
+        await self.store.call(self.store.compile, [i.id for i in self.spec.intents])
+        await self.store.call(self.store.write_status, self.status)
 
     def _fold_finished(self) -> None:
         """Fold the intents finished by earlier runs, one part at a time (memory stays flat in the campaign size)."""
@@ -278,19 +295,19 @@ class CampaignRunner:
 
     async def _run_intent(self, intent: Intent) -> None:
         async def sink(candidate, png: bytes) -> str:
-            return await asyncio.to_thread(self.store.write_image, candidate.id, png)
+            return await self.store.call(self.store.write_image, candidate.id, png)
 
         async def on_round(checkpoint: SearchCheckpoint) -> None:
-            await asyncio.to_thread(self.store.write_checkpoint, checkpoint)
+            await self.store.call(self.store.write_checkpoint, checkpoint)
 
         async def source(stored: StoredImage) -> bytes:
-            return await asyncio.to_thread(self.store.read_stored_image, stored)
+            return await self.store.call(self.store.read_stored_image, stored)
 
         planner = BeamSearchPlanner(self.renderer, self.rewriter, self.critic, self.search, image_sink=sink,
                                     image_source=source, memory=self.memory, image_budget=self.image_budget)
         try:
             # an intent interrupted earlier (crash, failed render after its retries) continues after its last round
-            checkpoint = await asyncio.to_thread(self.store.read_checkpoint, intent.id)
+            checkpoint = await self.store.call(self.store.read_checkpoint, intent.id)
             search, baseline = await planner.run_with_baseline(
                 intent, baseline=self.spec.runs_baseline(intent.id, self.search), checkpoint=checkpoint,
                 on_round=on_round,
@@ -312,8 +329,8 @@ class CampaignRunner:
             self.tally.fail(intent.id, f"{type(exc).__name__}: {exc}")
             metrics.inc(metrics.INTENTS_FINISHED, campaign=self.id, status="failed")
             return
-        await asyncio.to_thread(self.store.write_part, part)
-        await asyncio.to_thread(self.store.clear_checkpoint, intent.id)
+        await self.store.call(self.store.write_part, part)
+        await self.store.call(self.store.clear_checkpoint, intent.id)
         await self._save_memory()
         self.tally.fold(part.outcome)
         self._record_metrics(part.outcome, part.lineage)
@@ -343,7 +360,7 @@ class CampaignRunner:
         memory.learned = memory.applied = 0
         memory.changed = False
         lessons = memory.lessons()
-        await asyncio.to_thread(self.store.write_lessons, lessons)
+        await self.store.call(self.store.write_lessons, lessons)
         metrics.inc(metrics.LESSONS_LEARNED, learned, campaign=self.id)
         metrics.inc(metrics.LESSONS_APPLIED, applied, campaign=self.id)
         metrics.set_gauge(metrics.LESSONS_SUPPORTED, len(memory.supported()), campaign=self.id)

@@ -18,29 +18,29 @@ so resuming skips exactly the finished intents and never duplicates a line.
 
 Constructing a store touches nothing; reads never create anything; :meth:`create` makes the folders before a run.
 
-Writes survive a flaky object store: every write is retried with exponential backoff (:class:`StoreRetryPolicy`) while
-the error looks transient (a 5xx, a refused or reset connection, a timeout), and each retry is reported through
-``on_retry`` so a campaign's status says ``store_retrying``. An error that another try cannot fix (permission denied, a
-full or read-only disk) or a store that stays down past the policy raises :class:`StoreWriteError` naming the path.
-A write is whole or absent: a temp file renamed into place locally, one PUT on an object store.
+Every write is whole or absent (serving/storage.py's one writer: a temp file renamed into place locally, one PUT on
+an object store). Each method is one try: a store failure raises :class:`serving.storage.StoreUnavailable` (another
+try may succeed: a 5xx, a refused or reset connection, a timeout) or :class:`serving.storage.StoreWriteError` (it
+cannot: permission denied, a full or read-only disk), both naming the path. The campaign runs them through
+:meth:`CampaignStore.call`: in a worker thread, retried with the project's one policy (serving/retry.py) and the
+backoff awaited on the event loop, each retry reported through ``on_retry`` so the status says ``store_retrying``;
+a store that stays down past the policy raises :class:`StoreWriteError`, and the campaign stops (a resume continues).
 """
 
 from __future__ import annotations
 
-import errno
+import asyncio
 import hashlib
 import json
-import logging
 import os
 import posixpath
 import re
-import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from typing import TypeVar
 
 import fsspec
-import tenacity
 from fsspec.implementations.local import LocalFileSystem
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 
 from agents.memory import LESSONS, Lesson
 from agents.messages import SAFE_NAME, SearchCheckpoint, StoredImage
@@ -53,9 +53,10 @@ from pipelines.records import (
     LineageRecord,
     Manifest,
 )
-from serving.storage import open_atomic, write_atomic
+from serving.retry import RetryPolicy
+from serving.storage import STORE_RETRY, call_store_async, guarded, open_atomic, user_path, write_atomic
 
-logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 IMAGE_NAME = SAFE_NAME[:-1] + r"\.png$"
 """Image files: a safe name ending in ``.png`` (what :meth:`CampaignStore.image_name` makes of a candidate id)."""
@@ -67,37 +68,6 @@ class StoreFormatError(ValueError):
 
 class ImageMismatch(ValueError):
     """An image read back is not the one its reference recorded (another size or sha256): overwritten or damaged."""
-
-
-class StoreWriteError(OSError):
-    """A write to the store failed for good: the message names the path and why (permission, full disk, the object
-    store down past the retry policy). Nothing half-written is left at that path; a later resume retries it."""
-
-
-class StoreRetryPolicy(BaseModel):
-    """How a store write is retried: ``backoff_s * 2**retry`` capped at ``max_backoff_s``, at most ``attempts`` tries.
-    The defaults wait ~75 s in all: an object store that restarts or throttles for a minute costs no intent.
-    (A small tenacity policy of its own; the Serve clients' policy lives in serving/.)"""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    attempts: int = Field(default=8, ge=1, le=50, description="Tries per write, the first included.")
-    backoff_s: float = Field(default=0.5, ge=0.0, le=60.0, description="Wait before the first retry; doubles.")
-    max_backoff_s: float = Field(default=20.0, ge=0.0, le=600.0, description="Longest wait between two tries.")
-
-
-PERMANENT_ERRNOS = {errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.ENAMETOOLONG}
-
-
-def is_transient_store_error(exc: BaseException) -> bool:
-    """Worth another try: the object store or the network failed, not the request. Permission, a full or read-only
-    disk, a missing bucket and bad input are not (another try fails the same way)."""
-    if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, ValueError,
-                        TypeError)):
-        return False
-    if isinstance(exc, OSError) and exc.errno in PERMANENT_ERRNOS:
-        return False
-    return isinstance(exc, Exception)
 
 
 class UnsafeName(ValueError):
@@ -129,16 +99,31 @@ def campaign_store(root: str, campaign_id: str) -> CampaignStore:
 
 
 class CampaignStore:
-    """One campaign's folder on fsspec. ``on_retry(message)`` hears about every retried write (the runner puts it in
-    the campaign's status); ``retry`` sets how writes are retried."""
+    """One campaign's folder on fsspec. Each method is one try (see the module docstring); :meth:`call` runs one with
+    the retry policy ``retry`` (default :data:`serving.storage.STORE_RETRY`), counting retries in ``retries`` and
+    reporting each to ``on_retry(message)`` (the runner puts it in the campaign's status); ``sleep`` is the backoff's
+    clock."""
 
-    def __init__(self, uri: str, retry: StoreRetryPolicy | None = None,
-                 on_retry: Callable[[str], None] | None = None):
+    def __init__(self, uri: str, retry: RetryPolicy | None = None, on_retry: Callable[[str], None] | None = None):
         self.uri = uri.rstrip("/")
         self.fs, self.root = fsspec.core.url_to_fs(self.uri)
-        self.retry = retry or StoreRetryPolicy()
+        self.retry = retry or STORE_RETRY
         self.on_retry = on_retry
         self.retries = 0
+        self.sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+
+    async def call(self, operation: Callable[..., T], *args) -> T:
+        """``operation(*args)`` (a method of this store, or a function of several, each one try) in a worker thread,
+        retried per :attr:`retry` while the store is unavailable; the waits are awaited here, never slept in the
+        thread. Raises :class:`StoreWriteError` once the policy is spent; any other error at once."""
+        return await call_store_async(lambda: asyncio.to_thread(operation, *args), self.retry, on_retry=self._retried,
+                                      sleep=self.sleep, what=getattr(operation, "__name__", "store operation"))
+
+    def _retried(self, exc: BaseException, attempt: int, delay: float) -> None:
+        self.retries += 1
+        if self.on_retry is not None:
+            self.on_retry(f"store_retrying: {str(exc)[:300]}; retry {attempt} of {self.retry.attempts - 1} in "
+                          f"{delay:.1f}s")
 
     def _p(self, *parts: str) -> str:
         return posixpath.join(self.root, *parts)
@@ -146,71 +131,38 @@ class CampaignStore:
     def path(self, name: str) -> str:
         return self._p(name)
 
+    def _io(self, verb: str, path: str, operation: Callable[[], T]) -> T:
+        """One try of ``operation`` on ``path``, its failure judged by serving.storage.guarded."""
+        return guarded(verb, user_path(self.fs, path), operation)
+
     def create(self) -> None:
         """Make the campaign's folders (a run calls this once, before writing)."""
         for sub in ("images", "parts", "checkpoints"):
-            self._retrying(self._where(self._p(sub)), lambda sub=sub: self.fs.makedirs(self._p(sub), exist_ok=True))
-
-    def _retrying(self, what: str, call: Callable[[], object], verb: str = "write"):
-        """``call()`` retried per :attr:`retry` while the error is transient; a failure for good becomes
-        :class:`StoreWriteError` naming ``what`` (the path). FileNotFoundError passes through unchanged (reads and
-        deletes of what is not there are answers, not failures)."""
-
-        def before_sleep(state: tenacity.RetryCallState) -> None:
-            exc = state.outcome.exception()
-            self.retries += 1
-            message = (f"store_retrying: {what}: {type(exc).__name__}: {str(exc)[:160]}; retry "
-                       f"{state.attempt_number} of {self.retry.attempts - 1} in {state.next_action.sleep:.1f}s")
-            logger.warning(message)
-            if self.on_retry is not None:
-                self.on_retry(message)
-
-        retrying = tenacity.Retrying(
-            stop=tenacity.stop_after_attempt(self.retry.attempts),
-            wait=tenacity.wait_exponential(multiplier=self.retry.backoff_s, max=self.retry.max_backoff_s),
-            retry=tenacity.retry_if_exception(is_transient_store_error),
-            before_sleep=before_sleep, reraise=True,
-        )
-        try:
-            return retrying(call)
-        except (StoreWriteError, FileNotFoundError):
-            raise
-        except Exception as exc:
-            raise StoreWriteError(f"cannot {verb} {what}: {type(exc).__name__}: {exc}") from exc
-
-    def _where(self, path: str) -> str:
-        """``path`` as a user would name it (with its ``s3://`` scheme on an object store)."""
-        return path if isinstance(self.fs, LocalFileSystem) else f"{self.fs.protocol[0]}://{path}"
+            path = self._p(sub)
+            self._io("create", path, lambda path=path: self.fs.makedirs(path, exist_ok=True))
 
     def _write_atomic(self, path: str, data: bytes) -> None:
-        """Write ``data`` at ``path`` whole or not at all, retrying transient errors."""
-        where = self._where(path)
-        if isinstance(self.fs, LocalFileSystem):
-            def put() -> None:
-                tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-                try:
-                    self.fs.pipe_file(tmp, data)
-                    self.fs.mv(tmp, path)
-                finally:  # a failed write leaves no temp file behind
-                    if os.path.exists(tmp):
-                        os.unlink(tmp)
-        else:  # object stores: one PUT is atomic
-            def put() -> None:
-                self.fs.pipe_file(path, data)
-        self._retrying(where, put)
+        self._io("write", path, lambda: write_atomic(self.fs, path, data))
 
     def _read_json(self, name: str) -> bytes | None:
         path = self._p(name)
         try:
-            return self._retrying(self._where(path), lambda: self.fs.cat_file(path), verb="read")
+            return self._io("read", path, lambda: self.fs.cat_file(path))
         except FileNotFoundError:
             return None
 
     def _remove(self, path: str) -> None:
         try:
-            self._retrying(self._where(path), lambda: self.fs.rm_file(path), verb="delete")
+            self._io("delete", path, lambda: self.fs.rm_file(path))
         except FileNotFoundError:
             pass
+
+    def _list(self, folder: str) -> list[str]:
+        """The names in ``folder`` as the store has them now (no cached listing); [] when it does not exist."""
+        try:
+            return self._io("list", folder, lambda: self.fs.ls(folder, detail=False, refresh=True))
+        except FileNotFoundError:
+            return []
 
     # -- manifest and status -------------------------------------------------------------------------------------
 
@@ -281,7 +233,8 @@ class CampaignStore:
         """The PNG called ``name`` in images/; FileNotFoundError for a missing or unsafe name (never a path)."""
         if len(name) > 400 or re.fullmatch(IMAGE_NAME, name) is None:
             raise FileNotFoundError(name[:120])
-        return self.fs.cat_file(self._p("images", name))
+        path = self._p("images", name)
+        return self._io("read", path, lambda: self.fs.cat_file(path))
 
     def read_stored_image(self, stored: StoredImage) -> bytes:
         """The image a lineage reference (``images/<name>``, size, sha256) names, checked against its size and hash
@@ -310,13 +263,7 @@ class CampaignStore:
     def sweep_checkpoints(self, done: set[str]) -> None:
         """Delete the checkpoints of intents that are done: a run that failed between committing an intent's part and
         deleting its checkpoint leaves one (harmless, the part wins, but it should not linger)."""
-        folder = self._p("checkpoints")
-        try:
-            names = self._retrying(self._where(folder), lambda: self.fs.ls(folder, detail=False, refresh=True),
-                                   verb="list")
-        except FileNotFoundError:
-            return
-        for name in names:
+        for name in self._list(self._p("checkpoints")):
             intent_id = posixpath.basename(name)[: -len(".json")]
             if name.endswith(".json") and intent_id in done:
                 self.clear_checkpoint(intent_id)
@@ -328,12 +275,7 @@ class CampaignStore:
         self._write_atomic(self._p("parts", f"{part.outcome.intent_id}.json"), part.model_dump_json().encode())
 
     def done_intents(self) -> set[str]:
-        parts = self._p("parts")
-        try:
-            names = self._retrying(self._where(parts), lambda: self.fs.ls(parts, detail=False, refresh=True),
-                                   verb="list")
-        except FileNotFoundError:
-            return set()
+        names = self._list(self._p("parts"))
         return {posixpath.basename(n)[: -len(".json")] for n in names if n.endswith(".json")}
 
     def read_part(self, intent_id: str) -> IntentPart | None:
@@ -376,21 +318,23 @@ class CampaignStore:
             yield part.outcome
 
     def compile(self, intent_order: Iterable[str]) -> tuple[int, int]:
-        """(Re)write results.jsonl and lineage.jsonl from the parts, streaming one intent at a time (retried whole
-        while the store fails)."""
-        order = list(intent_order)
-        return self._retrying(self._where(self._p("results.jsonl")), lambda: self._compile(order))
+        """(Re)write results.jsonl and lineage.jsonl from the parts, streaming one intent at a time (each file whole
+        or as it was). One try made of many: :meth:`call` retries it as a whole; its reads do not retry themselves."""
+        results, lineage = self._p("results.jsonl"), self._p("lineage.jsonl")
+        intent_order = list(intent_order)  # a retry reads it again
 
-    def _compile(self, intent_order: list[str]) -> tuple[int, int]:
-        n_results = n_lineage = 0
-        with open_atomic(self.fs, self._p("results.jsonl")) as fr, open_atomic(self.fs, self._p("lineage.jsonl")) as fl:
-            for part in self.iter_parts(intent_order):
-                fr.write(part.outcome.model_dump_json().encode() + b"\n")
-                n_results += 1
-                for record in part.lineage:
-                    fl.write(record.model_dump_json().encode() + b"\n")
-                    n_lineage += 1
-        return n_results, n_lineage
+        def write() -> tuple[int, int]:
+            n_results = n_lineage = 0
+            with open_atomic(self.fs, results) as fr, open_atomic(self.fs, lineage) as fl:
+                for part in self.iter_parts(intent_order):
+                    fr.write(part.outcome.model_dump_json().encode() + b"\n")
+                    n_results += 1
+                    for record in part.lineage:
+                        fl.write(record.model_dump_json().encode() + b"\n")
+                        n_lineage += 1
+            return n_results, n_lineage
+
+        return self._io("write", results, write)
 
     def iter_lineage(self) -> Iterator[LineageRecord]:
         """Every line of the compiled lineage.jsonl."""

@@ -9,9 +9,11 @@ layers that write there: the campaign's records (``pipelines/store.py``) and the
   :class:`StoreUnavailable` when another try may succeed (a 5xx, a refused or reset connection, a timeout) or
   :class:`StoreWriteError` when it cannot (permission denied, a full or read-only disk, bad input); both name the path.
   ``FileNotFoundError`` passes unchanged: reading what is not there is an answer, not a failure.
-- **One retry policy**, the project's (``serving/retry.py``): :func:`call_store` retries only
-  :class:`StoreUnavailable` and turns the last one into :class:`StoreWriteError`. A :class:`StoreWriteError` is
-  final: nothing retries it again.
+- **One retry policy**, the project's (``serving/retry.py``): :func:`call_store_async` retries only
+  :class:`StoreUnavailable`, awaiting each backoff on the event loop (the try itself runs in a worker thread, which
+  never sleeps), and turns the last one into :class:`StoreWriteError`; :func:`call_store` is the same for blocking
+  code (the renderer's encoder threads). A :class:`StoreWriteError` is final: nothing retries it again, and an
+  operation made of several tries is retried as a whole, never around tries that retry themselves.
 """
 
 from __future__ import annotations
@@ -19,14 +21,18 @@ from __future__ import annotations
 import contextlib
 import errno
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import IO, Any, TypeVar
 
 from fsspec.implementations.local import LocalFileSystem
 
-from serving.retry import RetryPolicy, call_sync
+from serving.retry import RetryPolicy, call_async, call_sync
 
 T = TypeVar("T")
+
+STORE_RETRY = RetryPolicy(attempts=8, backoff_s=0.5, max_backoff_s=20.0)
+"""The campaign's store operations: 0.5 s doubling to 20 s, 8 tries, ~75 s of waiting in all, so an object store that
+restarts or throttles for a minute costs no intent."""
 
 PERMANENT_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.ENAMETOOLONG})
 """OS errors another try cannot fix."""
@@ -108,6 +114,19 @@ def _placed(fs, path: str) -> Iterator[str]:
 
 def _is_unavailable(exc: BaseException) -> bool:
     return isinstance(exc, StoreUnavailable)
+
+
+async def call_store_async(operation: Callable[[], Awaitable[T]], policy: RetryPolicy, *,
+                           on_retry: Callable[[BaseException, int, float], None] | None = None,
+                           sleep: Callable[[float], Awaitable[None]] | None = None, what: str = "store") -> T:
+    """``await operation()`` (one guarded try, e.g. ``asyncio.to_thread(...)``), retried per ``policy`` while it raises
+    :class:`StoreUnavailable`, each wait awaited (``sleep``, default ``asyncio.sleep``); the last
+    :class:`StoreUnavailable` becomes :class:`StoreWriteError`. Any other error propagates at once."""
+    kwargs: dict[str, Any] = {} if sleep is None else {"sleep": sleep}
+    try:
+        return await call_async(operation, policy, retry_if=_is_unavailable, on_retry=on_retry, what=what, **kwargs)
+    except StoreUnavailable as exc:
+        raise StoreWriteError(f"{exc} (gave up after {policy.attempts} tries)") from exc
 
 
 def call_store(operation: Callable[[], T], policy: RetryPolicy, *,

@@ -11,9 +11,8 @@ import base64
 import hashlib
 import io
 import logging
-import threading
-
 import re
+import threading
 from pathlib import Path
 
 import fsspec

@@ -7,73 +7,64 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import io
 import os
 import threading
 import time
-from collections import Counter
 
 import pytest
-from PIL import Image
 
-from pipelines.records import CampaignState, IntentPart
-from pipelines.store import CampaignStore, StoreRetryPolicy, StoreWriteError
+from pipelines.records import CampaignState
+from pipelines.store import CampaignStore
+from serving.retry import RetryPolicy
+from serving.storage import StoreWriteError
 from pipelines.server.local import free_port
 from pipelines.testing.fakes import FakeRenderer
+from tests.store_checks import assert_each_intent_once
 from tests.test_campaign import runner, spec
 
 pytestmark = [pytest.mark.faults]
 
 BUCKET = "campaigns"
-FAST_RETRY = StoreRetryPolicy(attempts=12, backoff_s=0.2, max_backoff_s=2.0)  # ~16 s in all: outlives a 4 s outage
+FAST_RETRY = RetryPolicy(attempts=12, backoff_s=0.2, max_backoff_s=2.0)  # ~16 s in all: outlives a 4 s outage
 
 
-class FaultyMotoServer:
-    """moto's S3 on 127.0.0.1 with two faults a test switches: ``failing`` answers every write with 500 InternalError (S3's
-    "retry this" answer; s3fs retries 503 SlowDown by itself, which would hide the store's policy), :meth:`outage` stops the server for some seconds (connection refused) and starts it again
-    on the same port. moto keeps its buckets in process memory, so they survive the restart."""
+class FaultyS3Server:
+    """moto's S3 API on 127.0.0.1 (its WSGI application served by werkzeug, as moto's own ThreadedMotoServer does, but
+    wrapped here rather than subclassed) with two faults a test switches: ``failing`` answers every write with 500
+    InternalError (S3's "retry this" answer; s3fs retries 503 SlowDown by itself, which would hide the store's
+    policy), :meth:`outage` stops the server for some seconds (connection refused) and starts it again on the same
+    port. moto keeps its buckets in process memory, so they survive the restart."""
 
     def __init__(self):
+        from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+
         self.port = free_port()
         self.failing = threading.Event()
         self.refused_writes = 0
+        self._moto = DomainDispatcherApplication(create_backend_app)
         self._server = None
+        self._thread: threading.Thread | None = None
+
+    def _app(self, environ, start_response):
+        if self.failing.is_set() and environ["REQUEST_METHOD"] in ("PUT", "POST", "DELETE"):
+            self.refused_writes += 1
+            environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))  # a body half-received
+            start_response("500 Internal Server Error", [("Content-Type", "application/xml")])
+            return [b"<Error><Code>InternalError</Code><Message>injected</Message></Error>"]
+        return self._moto(environ, start_response)
 
     def start(self) -> None:
-        from moto.moto_server.threaded_moto_server import ThreadedMotoServer
+        from moto.moto_server.werkzeug_app import MotoRequestHandler
+        from werkzeug.serving import make_server
 
-        outer = self
-
-        class Server(ThreadedMotoServer):
-            def _server_entry(self) -> None:
-                from werkzeug.serving import make_server
-
-                from moto.moto_server.werkzeug_app import (
-                    DomainDispatcherApplication,
-                    MotoRequestHandler,
-                    create_backend_app,
-                )
-
-                app = DomainDispatcherApplication(create_backend_app)
-
-                def faulty(environ, start_response):
-                    if outer.failing.is_set() and environ["REQUEST_METHOD"] in ("PUT", "POST", "DELETE"):
-                        outer.refused_writes += 1
-                        environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))  # a body half-received
-                        start_response("500 Internal Server Error", [("Content-Type", "application/xml")])
-                        return [b"<Error><Code>InternalError</Code><Message>injected</Message></Error>"]
-                    return app(environ, start_response)
-
-                self._server = make_server(self._ip_address, self._port, faulty, True,
-                                           request_handler=MotoRequestHandler)
-                self._server_ready_event.set()
-                self._server.serve_forever()
-
-        self._server = Server(ip_address="127.0.0.1", port=self.port, verbose=False)
-        self._server.start()
+        self._server = make_server("127.0.0.1", self.port, self._app, threaded=True, request_handler=MotoRequestHandler)
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
 
     def stop(self) -> None:
-        self._server.stop()
+        self._server.shutdown()
+        self._server.server_close()  # the port is free for the restart
+        self._thread.join()
 
     def outage(self, seconds: float) -> None:
         self.stop()
@@ -87,7 +78,7 @@ def s3(monkeypatch):
     botocore's own retries are kept low so the store's policy is what rides out the faults."""
     import fsspec
 
-    server = FaultyMotoServer()
+    server = FaultyS3Server()
     server.start()
     for k, v in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1",
                  "AWS_ENDPOINT_URL": f"http://127.0.0.1:{server.port}", "AWS_MAX_ATTEMPTS": "1",
@@ -100,21 +91,6 @@ def s3(monkeypatch):
     yield server
     fsspec.filesystem("s3").clear_instance_cache()
     server.stop()
-
-
-def check_whole(store: CampaignStore, expected: set[str]) -> None:
-    """Every intent committed once; every part parses; every image its lineage names is a PNG that decodes."""
-    order = sorted(expected)
-    results = Counter(o.intent_id for o in store.iter_outcomes(order))
-    assert set(results) == expected and max(results.values()) == 1, results
-    lineage = Counter(r.id for r in store.iter_lineage())
-    assert lineage and max(lineage.values()) == 1
-    for intent_id in order:
-        raw = store.fs.cat_file(store.path(f"parts/{intent_id}.json"))
-        part = IntentPart.model_validate_json(raw)
-        for record in part.lineage:
-            Image.open(io.BytesIO(store.fs.cat_file(store.path(record.image)))).load()
-    assert not store.fs.find(store.path("checkpoints"))  # every intent finished: no checkpoint left
 
 
 def test_s3_store_rides_out_500s_and_an_outage(s3):
@@ -148,7 +124,7 @@ def test_s3_store_rides_out_500s_and_an_outage(s3):
     assert notes, "the status never said the store was retrying"
     assert "s3://" in notes[0] and "retry" in notes[0]
     assert status.state == CampaignState.done and status.intents_done == 12 and status.intents_failed == 0, status
-    check_whole(store, {f"i{k}" for k in range(12)})
+    assert_each_intent_once(store, [f"i{k}" for k in range(12)], whole=True)
 
 
 def test_s3_store_down_past_the_policy_fails_clearly_and_resumes(s3):
@@ -156,7 +132,7 @@ def test_s3_store_down_past_the_policy_fails_clearly_and_resumes(s3):
     it answers again, a resume finishes with nothing lost or duplicated."""
     s = spec(6)
     uri = f"s3://{BUCKET}/runs/{s.campaign_id()}"
-    short = StoreRetryPolicy(attempts=3, backoff_s=0.1, max_backoff_s=0.2)
+    short = RetryPolicy(attempts=3, backoff_s=0.1, max_backoff_s=0.2)
     first = runner(s, CampaignStore(uri, retry=short))
     done: list[str] = []
     first.on_intent_done = lambda outcome: (done.append(outcome.intent_id),
@@ -169,7 +145,7 @@ def test_s3_store_down_past_the_policy_fails_clearly_and_resumes(s3):
     store = CampaignStore(uri, retry=short)
     status = asyncio.run(runner(s, store).run())
     assert status.state == CampaignState.done and status.intents_done == 6, status
-    check_whole(store, {f"i{k}" for k in range(6)})
+    assert_each_intent_once(store, [f"i{k}" for k in range(6)], whole=True)
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root ignores file permissions (the injected EACCES below still runs)")
@@ -194,7 +170,7 @@ def test_a_store_without_write_permission_fails_naming_the_path_and_resumes(tmp_
     assert not list((tmp_path / "c").rglob("*.tmp-*"))
     status = asyncio.run(runner(s, CampaignStore(str(tmp_path / "c"))).run())
     assert status.state == CampaignState.done and status.intents_done == 6
-    check_whole(CampaignStore(str(tmp_path / "c")), {f"i{k}" for k in range(6)})
+    assert_each_intent_once(CampaignStore(str(tmp_path / "c")), [f"i{k}" for k in range(6)], whole=True)
 
 
 @pytest.mark.parametrize("code,message", [(errno.ENOSPC, "No space left on device"), (errno.EACCES, "Permission denied")])
@@ -225,4 +201,4 @@ def test_a_full_disk_or_denied_write_fails_naming_the_path_and_resumes(tmp_path,
     full.clear()
     status = asyncio.run(runner(s, CampaignStore(str(tmp_path / "c"))).run())
     assert status.state == CampaignState.done and status.intents_done == 6
-    check_whole(CampaignStore(str(tmp_path / "c")), {f"i{k}" for k in range(6)})
+    assert_each_intent_once(CampaignStore(str(tmp_path / "c")), [f"i{k}" for k in range(6)], whole=True)
