@@ -2,6 +2,10 @@
 --address ...``) with its own CPUs and a custom ``worker_node`` resource, each a separate ``ray start --block`` in its
 own process group with every port chosen free and its own temp dir, so it never meets another Ray on the machine.
 
+Every ``ray start`` (and the driver, for the context's duration) runs with ``RAY_AUTH_MODE=disabled``: a Ray that
+finds the variable unset turns token authentication on for a new cluster, and a second node or a driver without the
+token cannot join it (the last wave's fixture failed on that). Nothing here leaves loopback.
+
 Teardown stops only these nodes: every process each ``ray start`` started (found as its descendants, plus any process
 whose command line names this cluster's temp dir) is killed by pid; never ``ray stop``, which would stop every Ray on
 the machine. :meth:`TwoNodeCluster.kill_worker_raylet` loses the worker node as a crashed machine would.
@@ -105,7 +109,11 @@ def _node_ports() -> list[str]:
             f"--dashboard-agent-grpc-port={free_port()}", f"--runtime-env-agent-port={free_port()}"]
 
 
-def _wait_nodes(address: str, n: int, nodes: list[Node], timeout: float = 120) -> None:
+AUTH_ENV = {"RAY_AUTH_MODE": "disabled"}
+"""What every process of the cluster, its driver included, needs in its environment."""
+
+
+def _wait_nodes(address: str, n: int, nodes: list[Node], env: dict[str, str], timeout: float = 120) -> None:
     """Until the cluster at ``address`` has ``n`` alive nodes (asked from a throwaway process: the test's own
     driver connects only once the cluster is up)."""
     code = ("import ray, json; ray.init(address=%r, log_to_driver=False); "
@@ -115,11 +123,26 @@ def _wait_nodes(address: str, n: int, nodes: list[Node], timeout: float = 120) -
         for node in nodes:
             if node.proc.poll() is not None:
                 raise RuntimeError(f"ray start exited {node.proc.returncode}: {node.log.read_text()[-2000:]}")
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
         if out.returncode == 0 and out.stdout.strip() and int(out.stdout.strip().splitlines()[-1]) >= n:
             return
         time.sleep(1)
     raise TimeoutError(f"the cluster at {address} did not reach {n} nodes in {timeout:.0f} s")
+
+
+@contextlib.contextmanager
+def _driver_env(values: dict[str, str]) -> Iterator[None]:
+    """``values`` in this process's environment (the driver's ``ray.init`` reads them), as they were afterwards."""
+    before = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 @contextlib.contextmanager
@@ -129,7 +152,7 @@ def two_node_cluster(head_cpus: int = 1, worker_cpus: int = 2,
     temp_dir = Path(tempfile.mkdtemp(prefix="pbray-", dir="/tmp"))  # short: Ray's socket paths have a length limit
     port = free_port()
     address = f"127.0.0.1:{port}"
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", **AUTH_ENV}
     common = ["--node-ip-address=127.0.0.1", f"--temp-dir={temp_dir}", f"--object-store-memory={object_store_bytes}"]
     head = _start(["--head", f"--port={port}", f"--num-cpus={head_cpus}", "--include-dashboard=false",
                    f"--ray-client-server-port={free_port()}", *common, *_node_ports()], temp_dir.with_suffix(".head.log"),
@@ -137,14 +160,15 @@ def two_node_cluster(head_cpus: int = 1, worker_cpus: int = 2,
     worker = None
     cluster = None
     try:
-        _wait_nodes(address, 1, [head])
+        _wait_nodes(address, 1, [head], env)
         worker = _start([f"--address={address}", f"--num-cpus={worker_cpus}",
                          f"--resources={json.dumps({WORKER_RESOURCE: 1})}", *common, *_node_ports()],
                         temp_dir.with_suffix(".worker.log"), env)
         cluster = TwoNodeCluster(address=address, temp_dir=temp_dir, head=head, worker=worker)
-        _wait_nodes(address, 2, [head, worker])
+        _wait_nodes(address, 2, [head, worker], env)
         head.refresh(), worker.refresh()
-        yield cluster
+        with _driver_env(AUTH_ENV):
+            yield cluster
     finally:
         if cluster is not None:
             cluster.stop()

@@ -13,7 +13,8 @@ from pipelines.store import CampaignStore
 from tests.cluster import TwoNodeCluster, two_node_cluster
 from pipelines.server.local import free_port
 from tests.http_helpers import intents
-from tests.test_faults_real import assert_each_once, campaign_through_a_fault
+from tests.store_checks import assert_each_intent_once
+from tests.test_faults_real import campaign_through_a_fault
 from tests.test_serve_fake import FAKE_ENGINES, SEARCH, write_fake_preset
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.serve]
@@ -89,4 +90,4 @@ def test_a_lost_worker_node_costs_no_intent(cluster_app):
           f"{st.state.value} {total:.1f} s after; replicas after: {after}")
     assert st.state == "done" and st.intents_failed == 0 and st.intents_done == N, st
     assert after["diffusion"] == ["head", "head"] and after["llm"] == ["head", "head"], after
-    assert_each_once(CampaignStore(str(store_root / "lost-node")), N)
+    assert_each_intent_once(CampaignStore(str(store_root / "lost-node")), [f"i{k}" for k in range(N)])

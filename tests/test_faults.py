@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections import Counter
 
 import httpx
 import pytest
@@ -16,6 +15,7 @@ import pytest
 from pipelines.records import CampaignStatus
 from pipelines.store import CampaignStore
 from tests.http_helpers import intents
+from tests.store_checks import assert_each_intent_once
 from tests.test_serve_fake import FAKE_ENGINES, FAST_HEALTH, SEARCH, write_fake_preset
 
 pytestmark = [pytest.mark.serve, pytest.mark.slow]
@@ -81,9 +81,4 @@ def test_a_killed_replica_costs_no_intent_and_needs_no_resubmit(fault_app, targe
             assert time.time() < deadline, f"campaign still running: {st}"
             time.sleep(1)
     assert st.state == "done" and st.intents_failed == 0 and st.intents_done == 8, st
-    store = CampaignStore(str(store_root / cid))
-    results = [o.intent_id for o in store.iter_outcomes([f"i{k}" for k in range(8)])]
-    assert sorted(results) == sorted(f"i{k}" for k in range(8))
-    lineage = Counter(r.id for r in store.iter_lineage())
-    assert lineage and max(lineage.values()) == 1  # no candidate twice
-    assert {r.split("/")[0] for r in lineage} == {f"i{k}" for k in range(8)}
+    assert_each_intent_once(CampaignStore(str(store_root / cid)), [f"i{k}" for k in range(8)])

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections import Counter
 
 import httpx
 import psutil
@@ -18,6 +17,7 @@ import pytest
 from pipelines.records import CampaignStatus
 from pipelines.store import CampaignStore
 from tests.http_helpers import intents
+from tests.store_checks import assert_each_intent_once
 from tests.test_faults import poll_status
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow, pytest.mark.serve, pytest.mark.engines]
@@ -71,16 +71,6 @@ def campaign_through_a_fault(client: httpx.Client, cid: str, body: dict, inject,
     return st, done_at_fault, (recovered if recovered is not None else total), total
 
 
-def assert_each_once(store: CampaignStore, n: int) -> None:
-    """Every intent once in results.jsonl, every candidate once in lineage.jsonl, every intent in the lineage."""
-    order = [f"i{k}" for k in range(n)]
-    results = Counter(o.intent_id for o in store.iter_outcomes(order))
-    assert set(results) == set(order) and max(results.values()) == 1, results
-    lineage = Counter(r.id for r in store.iter_lineage())
-    assert lineage and max(lineage.values()) == 1
-    assert {r.split("/")[0] for r in lineage} == set(order)
-
-
 @pytest.mark.parametrize("target", ["diffusion", "llm"])
 def test_a_real_engine_killed_mid_campaign_costs_no_intent(serve_app, target):
     cid = f"real-kill-{target}"
@@ -94,4 +84,4 @@ def test_a_real_engine_killed_mid_campaign_costs_no_intent(serve_app, target):
     print(f"\nkill -9 {target} replica ({len(killed)} processes) with {done_at_kill}/{N} done: next intent committed "
           f"{recovered:.1f} s after the kill, campaign {st.state.value} {total:.1f} s after it")
     assert st.state == "done" and st.intents_failed == 0 and st.intents_done == N, st
-    assert_each_once(CampaignStore(str(serve_app["store"] / cid)), N)
+    assert_each_intent_once(CampaignStore(str(serve_app["store"] / cid)), [f"i{k}" for k in range(N)])

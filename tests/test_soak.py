@@ -18,6 +18,7 @@ import pytest
 from pipelines.records import CampaignStatus
 from pipelines.store import CampaignStore
 from tests.http_helpers import intents
+from tests.store_checks import assert_each_intent_once
 from tests.test_serve_fake import FAKE_ENGINES, FAST_HEALTH, write_fake_preset
 
 pytestmark = [pytest.mark.soak, pytest.mark.slow, pytest.mark.serve]
@@ -129,9 +130,4 @@ def test_a_thousand_intents_keep_memory_flat_and_status_fast(soak_app):
     assert len(warm) >= 20, "too few samples after warm-up to judge memory"
     for name, (low, high) in spread.items():
         assert -0.10 <= low and high <= 0.10, f"{name} RSS moved {low:+.1%} / {high:+.1%} after warm-up"
-    store = CampaignStore(str(store_root / cid))
-    order = [f"i{k}" for k in range(N)]
-    results = Counter(o.intent_id for o in store.iter_outcomes(order))
-    assert set(results) == set(order) and max(results.values()) == 1
-    lineage = Counter(r.id for r in store.iter_lineage())
-    assert max(lineage.values()) == 1 and {r.split("/")[0] for r in lineage} == set(order)
+    assert_each_intent_once(CampaignStore(str(store_root / cid)), [f"i{k}" for k in range(N)])
