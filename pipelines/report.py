@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import functools
 import io
+import logging
 import posixpath
 from collections import defaultdict
 from dataclasses import dataclass
@@ -23,9 +24,12 @@ from typing import Any
 
 import jinja2
 
+from agents.messages import StoredImage
 from pipelines.records import CampaignTally, IntentPart, LineageRecord
-from pipelines.store import CampaignStore
+from pipelines.store import CampaignStore, ImageMismatch
 from serving.storage import write_atomic
+
+logger = logging.getLogger(__name__)
 
 EMBED_UP_TO = 50
 PAGE_SIZE = 100
@@ -49,6 +53,19 @@ class _Images:
 
     def __init__(self, store: CampaignStore, embed: bool, prefix: str, thumbnails: bool):
         self.store, self.embed, self.prefix, self.thumbnails = store, embed, prefix, thumbnails
+        self.recorded: dict[str, StoredImage] = {}  # the lineage's size and sha256 of the images about to be shown
+
+    def know(self, lineage: list[LineageRecord]) -> None:
+        """Remember the size and sha256 the lineage records for each image (checked when the image is read)."""
+        for c in lineage:
+            if c.image and c.image_size is not None and c.image_sha256 is not None:
+                self.recorded[c.image] = StoredImage(uri=c.image, size=c.image_size, sha256=c.image_sha256)
+
+    def _read(self, name: str) -> bytes:
+        """images/<name>, checked against its recorded size and sha256 where the lineage has them (the bytes are read
+        anyway: the hash is cheap beside them); FileNotFoundError or ImageMismatch otherwise."""
+        recorded = self.recorded.get(f"images/{name}")
+        return self.store.read_image(name) if recorded is None else self.store.read_stored_image(recorded)
 
     def src(self, ref: str | None, thumb: bool = False) -> str:
         if not ref or not ref.startswith("images/"):
@@ -56,8 +73,11 @@ class _Images:
         name = ref.split("/", 1)[1]
         if self.embed:
             try:
-                return "data:image/png;base64," + base64.b64encode(self.store.read_image(name)).decode()
+                return "data:image/png;base64," + base64.b64encode(self._read(name)).decode()
             except FileNotFoundError:
+                return ""
+            except ImageMismatch as exc:  # shown as missing, never as another image
+                logger.warning("report: %s", exc)
                 return ""
         if thumb and self.thumbnails:
             return self.prefix + self._thumbnail(name)
@@ -71,8 +91,11 @@ class _Images:
             from PIL import Image
 
             try:
-                image = Image.open(io.BytesIO(self.store.read_image(name))).convert("RGB")
+                image = Image.open(io.BytesIO(self._read(name))).convert("RGB")
             except FileNotFoundError:
+                return f"images/{name}"
+            except ImageMismatch as exc:  # no thumbnail of another image; the link still names the file
+                logger.warning("report: %s", exc)
                 return f"images/{name}"
             image.thumbnail((THUMB_PX, THUMB_PX))
             buf = io.BytesIO()
@@ -139,6 +162,7 @@ class _Section:
 
 
 def _section(part: IntentPart, images: _Images) -> _Section:
+    images.know(part.lineage)
     o = part.outcome
     if o.status != "done" or o.search is None:
         return _Section(o, images, failed=True)
@@ -195,6 +219,7 @@ def write_report(store: CampaignStore, out_name: str = "report.html") -> str:
                                         pages=n_pages, index_name=out_name, sections=page)
             write_atomic(store.fs, store.path(f"report/page-{number:04d}.html"), html.encode())
             page.clear()
+            images.recorded.clear()  # this page's images are shown: memory stays bounded by a page
 
         for part in store.iter_parts(manifest.intent_ids):
             number = count // PAGE_SIZE + 1

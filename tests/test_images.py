@@ -397,6 +397,26 @@ def test_a_stored_image_that_is_not_what_the_renderer_reported_fails_its_intent(
         store.read_stored_image(renderer_result_ref(store, renderer))
 
 
+def test_the_report_shows_no_image_that_is_not_the_one_its_lineage_records(tmp_path, caplog):
+    """The report reads each image anyway, so it checks it against the lineage's size and sha256: an image
+    overwritten after the campaign is left out (and logged), never shown as the candidate's."""
+    image = noisy(64)
+    store = CampaignStore(str(tmp_path / "c"))
+    s = spec(2)
+    asyncio.run(CampaignRunner(s, s.search_config(), StoringRenderer(image, variant=None),
+                               VerdictLLM([], ScriptedLLM(FakeRenderer())), store, renderer_stores=True).run())
+    embedded = base64.b64encode(image).decode()
+    before = open(write_report(store)).read().count(embedded)
+    best = next(store.iter_outcomes(["i0"])).search.best_image
+    other = noisy(65)
+    (tmp_path / "c" / best).write_bytes(other)  # replaced behind the campaign's back
+    with caplog.at_level(logging.WARNING):
+        html = open(write_report(store)).read()
+    assert base64.b64encode(other).decode() not in html
+    assert 0 < html.count(embedded) < before
+    assert any(best in r.getMessage() and "sha256" in r.getMessage() for r in caplog.records)
+
+
 def renderer_result_ref(store: CampaignStore, renderer: StoringRenderer):
     """The reference (images/<name>, size, a wrong sha256) of the first image the lying renderer stored."""
     from agents.messages import StoredImage
