@@ -9,9 +9,9 @@ from __future__ import annotations
 import httpx
 import pytest
 
+from pipelines.server.local import free_port
 from pipelines.store import CampaignStore
 from tests.cluster import TwoNodeCluster, two_node_cluster
-from pipelines.server.local import free_port
 from tests.http_helpers import intents
 from tests.store_checks import assert_each_intent_once
 from tests.test_faults_real import campaign_through_a_fault

@@ -14,11 +14,11 @@ import time
 import pytest
 
 from pipelines.records import CampaignState
+from pipelines.server.local import free_port
 from pipelines.store import CampaignStore
+from pipelines.testing.fakes import FakeRenderer
 from serving.retry import RetryPolicy
 from serving.storage import StoreWriteError
-from pipelines.server.local import free_port
-from pipelines.testing.fakes import FakeRenderer
 from tests.store_checks import assert_each_intent_once
 from tests.test_campaign import runner, spec
 

@@ -16,9 +16,9 @@ from fsspec.implementations.memory import MemoryFileSystem
 import pipelines.campaign as campaign_module
 from pipelines.records import CampaignState, IntentPart
 from pipelines.store import CampaignStore
+from pipelines.testing.fakes import FakeRenderer
 from serving.retry import RetryPolicy
 from serving.storage import StoreUnavailable, StoreWriteError, is_transient_store_error
-from pipelines.testing.fakes import FakeRenderer
 from tests.test_campaign import runner, spec
 
 FAST = RetryPolicy(attempts=4, backoff_s=0.01, max_backoff_s=0.02)
