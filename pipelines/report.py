@@ -27,7 +27,7 @@ import jinja2
 from agents.messages import StoredImage
 from pipelines.records import CampaignTally, IntentPart, LineageRecord
 from pipelines.store import CampaignStore, ImageMismatch
-from serving.storage import write_atomic
+from serving.files import write_atomic
 
 logger = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ so resuming skips exactly the finished intents and never duplicates a line.
 
 Constructing a store touches nothing; reads never create anything; :meth:`create` makes the folders before a run.
 
-Every write is whole or absent (serving/storage.py's one writer: a temp file renamed into place locally, one PUT on
+Every write is whole or absent (serving/files.py's one writer: a temp file renamed into place locally, one PUT on
 an object store). Each method is one try: a store failure raises :class:`serving.storage.StoreUnavailable` (another
 try may succeed: a 5xx, a refused or reset connection, a timeout) or :class:`serving.storage.StoreWriteError` (it
 cannot: permission denied, a full or read-only disk), both naming the path. The campaign runs them through
@@ -54,7 +54,8 @@ from pipelines.records import (
     Manifest,
 )
 from serving.retry import RetryPolicy
-from serving.storage import STORE_RETRY, call_store_async, guarded, open_atomic, user_path, write_atomic
+from serving.files import open_atomic, write_atomic
+from serving.storage import STORE_RETRY, call_store_async, guarded, user_path
 
 T = TypeVar("T")
 

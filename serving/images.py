@@ -11,9 +11,10 @@ lossless WebP, at a sixth of their size; lossy WebP at method 0 was slower still
 (PIL, and data URLs, which carry its media type). An image that already fits the critic is shown as it is, so the
 critic sees exact pixels where no downscale happens.
 
-The write goes through the project's one writer and retry policy (serving/storage.py), briefly: an encoder thread
-that waits holds back the next batch, so after a short backoff the bytes go back and the campaign writes them under
-its own, longer policy. An outage is logged once a minute, not once an image.
+The write goes through the project's one writer (serving/files.py) and its store retries (serving/storage.py, with
+serving/retry.py's policy), briefly: an encoder thread that waits holds back the next batch, so after a short backoff
+the bytes go back and the campaign writes them under its own, longer policy. An outage is logged once a minute, not
+once an image.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ from fsspec.implementations.local import LocalFileSystem
 from agents.critic import fitted_size
 from agents.messages import RenderRequest, StoredImage
 from serving.retry import RetryPolicy
-from serving.storage import call_store, guarded, write_atomic
+from serving.files import write_atomic
+from serving.storage import call_store, guarded
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +58,7 @@ def critic_variant(pixels, max_pixels: int) -> bytes | None:
 
 
 def write_image(uri: str, data: bytes, policy: RetryPolicy = RENDERER_WRITE_RETRY) -> StoredImage:
-    """Write ``data`` to the fsspec ``uri`` whole or not at all (serving.storage.write_atomic), retried per ``policy``
+    """Write ``data`` to the fsspec ``uri`` whole or not at all (serving.files.write_atomic), retried per ``policy``
     while the store is unavailable, and return its reference, size and sha256. Raises
     :class:`serving.storage.StoreWriteError` naming the uri when it cannot."""
     fs, path = fsspec.core.url_to_fs(uri)

@@ -1,10 +1,11 @@
 """Writing to a campaign's store (fsspec: a local directory by default, ``s3://`` and the like on a cluster), for both
 layers that write there: the campaign's records (``pipelines/store.py``) and the renderer that stores its own images
-(``serving/images.py``). It lives here because imports point agents <- serving <- pipelines.
+(``serving/images.py``). It lives in serving/ because imports point agents <- serving <- pipelines.
 
-- **One whole-or-absent writer**, :func:`write_atomic` (and :func:`open_atomic` for a stream): on a local disk a
-  temporary file renamed over the target (a crash leaves the old file or none, and a failed write leaves no temporary
-  behind); on an object store one PUT, which is whole by itself.
+- **One whole-or-absent writer**, :func:`serving.files.write_atomic` (and ``open_atomic`` for a stream), which lives
+  with the project's other "write beside, then rename" rule: on a local disk a temporary file renamed over the target
+  (a crash leaves the old file or none, and a failed write leaves no temporary behind); on an object store one PUT,
+  which is whole by itself.
 - **One judgement of a failure**, :func:`guarded`: one try of a store operation, its failure turned into
   :class:`StoreUnavailable` when another try may succeed (a 5xx, a refused or reset connection, a timeout) or
   :class:`StoreWriteError` when it cannot (permission denied, a full or read-only disk, bad input); both name the path.
@@ -18,11 +19,9 @@ layers that write there: the campaign's records (``pipelines/store.py``) and the
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import uuid
-from collections.abc import Awaitable, Callable, Iterator
-from typing import IO, Any, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from fsspec.implementations.local import LocalFileSystem
 
@@ -79,37 +78,6 @@ def guarded(verb: str, where: str, operation: Callable[[], T]) -> T:
     except Exception as exc:
         kind = StoreUnavailable if is_transient_store_error(exc) else StoreWriteError
         raise kind(f"cannot {verb} {where}: {type(exc).__name__}: {exc}") from exc
-
-
-def write_atomic(fs, path: str, data: bytes) -> None:
-    """Write ``data`` at ``path`` whole or not at all (one try): the one whole-or-absent write of the project."""
-    if not isinstance(fs, LocalFileSystem):  # object stores: one PUT is whole or absent
-        fs.pipe_file(path, data)
-        return
-    with _placed(fs, path) as tmp:
-        fs.pipe_file(tmp, data)
-
-
-@contextlib.contextmanager
-def open_atomic(fs, path: str) -> Iterator[IO[bytes]]:
-    """A file to stream ``path``'s new content into, for content too big to hold (the compiled results): written
-    beside it and moved over it when the block ends (a server-side copy on an object store), removed if it raises."""
-    with _placed(fs, path) as tmp, fs.open(tmp, "wb") as f:
-        yield f
-
-
-@contextlib.contextmanager
-def _placed(fs, path: str) -> Iterator[str]:
-    """A temporary path beside ``path``: moved over it when the block ends (a rename on a local disk: a crash leaves
-    the old file or none), removed when the block raises (a full disk after half the bytes leaves nothing behind)."""
-    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
-        yield tmp
-        fs.mv(tmp, path)
-    except BaseException:
-        with contextlib.suppress(Exception):  # the original error is the one to report
-            fs.rm_file(tmp)
-        raise
 
 
 def _is_unavailable(exc: BaseException) -> bool:

@@ -41,3 +41,35 @@ def test_a_write_that_wrote_nothing_is_an_error_not_an_empty_model(tmp_path):
     with pytest.raises(FileNotFoundError, match="nothing was written"), atomic_directory(target):
         pass
     assert not target.exists() and _entries(tmp_path / "deep") == []
+
+
+def test_a_store_file_is_replaced_whole_or_left_as_it_was(tmp_path, monkeypatch):
+    """write_atomic and open_atomic, the same rule for a campaign's store files on any fsspec file system: a failed
+    write (the disk full after half the bytes, a stream that breaks off) leaves the old file and no temporary."""
+    import fsspec
+    from fsspec.implementations.local import LocalFileSystem
+
+    from serving.files import open_atomic, write_atomic
+
+    fs = fsspec.filesystem("file")
+    target = str(tmp_path / "part.json")
+    write_atomic(fs, target, b"old")
+    real = LocalFileSystem.pipe_file
+
+    def half_then_full(self, path, value, *args, **kwargs):
+        real(self, path, value[: len(value) // 2], *args, **kwargs)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(LocalFileSystem, "pipe_file", half_then_full)
+    with pytest.raises(OSError, match="No space left"):
+        write_atomic(fs, target, b"new contents")
+    monkeypatch.undo()
+    with pytest.raises(RuntimeError, match="broke off"), open_atomic(fs, target) as f:
+        f.write(b"half of the new")
+        raise RuntimeError("the stream broke off")
+    assert (tmp_path / "part.json").read_bytes() == b"old" and _entries(tmp_path) == ["part.json"]
+    with open_atomic(fs, target) as f:
+        f.write(b"new, streamed")
+    write_atomic(fsspec.filesystem("memory"), "/files-test/part.json", b"put once")  # an object store: one PUT
+    assert (tmp_path / "part.json").read_bytes() == b"new, streamed" and _entries(tmp_path) == ["part.json"]
+    assert fsspec.filesystem("memory").cat_file("/files-test/part.json") == b"put once"

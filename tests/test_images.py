@@ -30,10 +30,10 @@ from pipelines.campaign import CampaignRunner
 from pipelines.records import CampaignSpec, CampaignState
 from pipelines.report import write_report
 from pipelines.store import CampaignStore, ImageMismatch
+from pipelines.testing.fakes import DictSink, FakeRenderer, ScriptedLLM
 from serving.images import critic_variant, finish_image, try_write_image, write_image
 from serving.openai_client import chat_completion_body
 from serving.retry import RetryPolicy
-from pipelines.testing.fakes import DictSink, FakeRenderer, ScriptedLLM
 
 ROOT = Path(__file__).resolve().parents[1]
 SEARCH = {"rounds": 2, "beam_width": 2, "candidates_per_beam": 3, "seeds_per_prompt": 2}
@@ -266,14 +266,14 @@ def test_a_store_outage_costs_the_renderer_one_log_line_not_one_an_image(monkeyp
 
 
 def test_every_store_write_goes_through_the_one_whole_or_absent_writer():
-    """A temporary file renamed into place (or one PUT) is written once, in serving/storage.py: no other module of
-    the package writes store files by hand (pipe_file, a renamed temporary, fs.open for writing)."""
+    """A temporary file renamed into place (or one PUT) is written once, in serving/files.py: no other module of the
+    package writes store files by hand (pipe_file, a renamed temporary, fs.open for writing)."""
     root = ROOT
     patterns = [r"\.pipe_file\(", r"os\.replace\(", r"\bfs\.mv\(", r"\bfs\.open\([^)]*[\"']wb[\"']"]
     found = []
     for package in ("agents", "serving", "pipelines"):
         for path in sorted((root / package).rglob("*.py")):
-            if path.relative_to(root).as_posix() == "serving/storage.py":
+            if path.relative_to(root).as_posix() == "serving/files.py":
                 continue
             text = path.read_text()
             found += [f"{path.relative_to(root)}: {p}" for p in patterns if re.search(p, text)]
