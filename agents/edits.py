@@ -27,6 +27,7 @@ import difflib
 import re
 from dataclasses import dataclass, field
 
+from agents.memory import WORD
 from agents.messages import RewriteContext
 from agents.safety import normalize
 
@@ -50,7 +51,7 @@ NUMBER_WORDS = {w: i for i, w in enumerate(
     "eighteen nineteen twenty".split())}
 MAX_OPTION_WORDS = 6
 OPTION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9' -]*$")
-TOKEN = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
+TOKEN = WORD  # a word as campaign memory reads one: lowercase letters and digits
 
 
 def _key(word: str) -> str:

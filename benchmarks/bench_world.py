@@ -508,7 +508,8 @@ def tabulate(args, arms: dict[str, Arm], best_of: dict[str, list[bool]], ids: li
             arm.label, arm.knows, n, mean_ci([arm.passed[i] for i in ids]),
             "–" if name == "best_of_n" else points(diff),
             f"{sum(arm.images.values()) / n:.2f}", f"{sum(arm.llm_calls.values()) / n:.2f}",
-            f"{sum(arm.tokens.values()) / n:.0f}", f"{sum(arm.llm_seconds.values()) / n:.1f}",
+            f"{sum(arm.tokens.values()) / n:.0f}",
+            f"{sum(arm.llm_seconds.values()) / n:.1f}" if cpu is not None else "–",  # not in the per-intent logs
         ])
     llm = summary[main_llm or "best_of_n"]
     met = 100 * llm.mean >= GOAL_POINTS and llm.ci_low > 0
@@ -523,6 +524,14 @@ def tabulate(args, arms: dict[str, Arm], best_of: dict[str, list[bool]], ids: li
     goal = (f"Goal (beam + real LLM >= best-of-{args.budget} + {GOAL_POINTS:.0f} points at equal images, interval "
             f"above 0): {'met' if met else 'MISSED'} ({points(llm)} points; wins/ties/losses "
             f"{llm.wins}/{llm.ties}/{llm.losses}).")
+
+    # The ablations, paired on the same intents: what feedback, memory and the new design each add
+    pairs = [("llm", "llm_nofb", "feedback over scores alone"), ("llm_memory", "llm", "memory over no memory"),
+             ("llm", "llm_rewrite", "phrase edits + spread seeds over whole rewrites + paired seeds")]
+    ablations = "; ".join(
+        f"{what}: {points(paired_summary([arms[a].passed[i] - arms[b].passed[i] for i in ids]))} points"
+        for a, b, what in pairs if a in arms and b in arms)
+    ablations = f"Paired ablations (95% CI): {ablations}. " if ablations else ""
 
     def tag_accuracy(name: str, tag: str) -> str:
         values = [arms[name].passed[i] for i in ids if tag_of[i] == tag]
@@ -540,7 +549,7 @@ def tabulate(args, arms: dict[str, Arm], best_of: dict[str, list[bool]], ids: li
                 f"rate; " if cpu else "this CPU: not measured in this table (assembled from per-intent logs); ")
              + f"GPU cluster: "
              f"{GPU_COST.image_s} GPU-s an image, {GPU_COST.token_s * 1000:.3f} GPU-s per 1,000 LLM tokens "
-             f"({GPU_COST.source}). {efficiency}Per-tag accuracy ({' / '.join(shown)}): {per_tag}. {goal} "
+             f"({GPU_COST.source}). {efficiency}{ablations}Per-tag accuracy ({' / '.join(shown)}): {per_tag}. {goal} "
              + (f"Render rate {cpu['rate']:.1f} images/s. " if cpu else "")
              + (f"Wall time {wall:.0f} s." if wall is not None else ""))
     return report(f"World (honest): beam + real LLM vs best-of-N on held-out intents "
