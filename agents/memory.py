@@ -28,6 +28,12 @@ are kept for the report and never shown to a rewriter.
 
 The memory is plain data (:meth:`lessons` / the ``lessons`` argument) so the campaign store keeps it beside the
 lineage and a resumed campaign continues with it. One asyncio loop uses it (no locks).
+
+**Planner workers** (``pipelines/server/planner.py``): the campaign's memory stays one record, owned by the campaign's
+runner in the ingress. A worker gets a copy of the lessons as they are when its intent is handed out, records what it
+observes and applies (:meth:`CampaignMemory.record`), and hands that back with the intent's result; the runner
+replays it (:meth:`CampaignMemory.replay`) before it saves the lessons. So a worker sees what other intents learned
+up to its intent's start, never during it (in-process, an intent sees lessons as soon as another round learns them).
 """
 
 from __future__ import annotations
@@ -97,6 +103,27 @@ LESSONS = TypeAdapter(list[Lesson])
 """A list of lessons as JSON (``lessons.json``, the HTTP API's answer)."""
 
 
+class Observation(Message):
+    """One :meth:`CampaignMemory.observe` call, as a planner worker hands it back to the campaign's own memory."""
+
+    intent_id: str
+    parent: str
+    child: str
+    parent_score: float
+    child_score: float
+    checks_fixed: list[str] | None = None
+
+
+class MemoryDelta(Message):
+    """What a copy of the campaign's memory did while it ran one intent elsewhere (a planner worker): the
+    observations it made and the lessons it applied. :meth:`CampaignMemory.replay` folds it into the campaign's
+    memory, which stays the one record (the ingress owns it)."""
+
+    observations: list[Observation] = Field(default_factory=list)
+    applied: list[tuple[str, str]] = Field(default_factory=list, description="Lesson keys, one per use.")
+    prompts_applied: int = Field(default=0, ge=0, description="Prompts made by applying lessons.")
+
+
 class CampaignMemory:
     """Lessons of one campaign (see the module docstring)."""
 
@@ -110,6 +137,7 @@ class CampaignMemory:
         self.learned = 0  # lessons that became supported since the runner last saved (a metric)
         self.applied = 0  # prompts made by applying a lesson since the runner last saved (a metric)
         self.changed = False  # since the last snapshot
+        self._delta: MemoryDelta | None = None  # recording for replay elsewhere (:meth:`record`)
 
     # -- learning ---------------------------------------------------------------------------------------------------
 
@@ -153,6 +181,10 @@ class CampaignMemory:
         needs a gain above ``min_gain`` and a fixed check: a higher score from seed noise alone teaches nothing.
         Returns the lessons it updated."""
         gain = child_score - parent_score
+        if self._delta is not None:
+            self._delta.observations.append(Observation(
+                intent_id=intent_id, parent=parent, child=child, parent_score=parent_score, child_score=child_score,
+                checks_fixed=None if checks_fixed is None else list(checks_fixed)))
         eps = max(self.config.min_gain, TIE_EPS)
         won = gain > eps and (checks_fixed is None or bool(checks_fixed))
         updated = []
@@ -252,7 +284,33 @@ class CampaignMemory:
             lesson.applied += 1
         self.applied += len(out)
         self.changed = bool(out) or self.changed
+        if self._delta is not None:
+            self._delta.applied.extend(lesson.key for lesson in lessons)
+            self._delta.prompts_applied += len(out)
         return out
+
+    # -- copies elsewhere (planner workers) --------------------------------------------------------------------------
+
+    def record(self) -> None:
+        """From now on, keep what this copy observes and applies, for :meth:`take_delta`."""
+        self._delta = MemoryDelta()
+
+    def take_delta(self) -> MemoryDelta:
+        """What this copy did since :meth:`record` (or the last take)."""
+        delta, self._delta = self._delta or MemoryDelta(), MemoryDelta()
+        return delta
+
+    def replay(self, delta: MemoryDelta) -> None:
+        """Fold what a copy did into this memory: its observations observed again here (against this memory's
+        current evidence, so two workers' tries add up), its applied lessons counted."""
+        for obs in delta.observations:
+            self.observe(obs.intent_id, obs.parent, obs.child, obs.parent_score, obs.child_score, obs.checks_fixed)
+        for key in delta.applied:
+            lesson = self._lessons.get(tuple(key))
+            if lesson is not None:
+                lesson.applied += 1
+        self.applied += delta.prompts_applied
+        self.changed = self.changed or bool(delta.observations or delta.applied)
 
     # -- data -------------------------------------------------------------------------------------------------------
 

@@ -13,16 +13,17 @@ import logging
 import math
 import posixpath
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
 
 from fsspec.implementations.local import LocalFileSystem
 from fsspec.implementations.memory import MemoryFileSystem
+from pydantic import Field
 
 from agents.budget import ImageBudget
-from agents.config import SearchConfig
+from agents.config import CriticConfig, RewriterConfig, SearchConfig
 from agents.critic import Critic
-from agents.memory import CampaignMemory
+from agents.memory import CampaignMemory, Lesson, MemoryDelta
 from agents.messages import (
     CandidateStatus,
     Intent,
@@ -47,6 +48,7 @@ from pipelines.records import (
     LineageRecord,
     Manifest,
     ModelsRecord,
+    Record,
     lineage_of,
 )
 from pipelines.store import CampaignStore, campaign_store
@@ -67,6 +69,32 @@ call that hangs reaches it."""
 UNSPECIFIED_MODELS = ModelsRecord(preset="unspecified", diffusion="unspecified", diffusion_dtype="unspecified",
                                   llm=None, llm_dtype=None, rewriter="llm", critic="llm")
 """What a runner records when its caller names no models (tests with scripted fakes)."""
+
+
+class ConcurrencyGate:
+    """At most ``limit`` intents searched at once, where ``limit`` may change while the campaign runs (it follows the
+    renderer's live replicas): raising it lets waiting workers in at once; lowering it lets running intents finish
+    and holds new ones back until fewer than the new limit run."""
+
+    def __init__(self, limit: int):
+        self.limit = max(1, limit)
+        self.active = 0
+        self._changed = asyncio.Condition()
+
+    async def set_limit(self, limit: int) -> None:
+        async with self._changed:
+            self.limit = max(1, limit)
+            self._changed.notify_all()
+
+    async def __aenter__(self) -> None:
+        async with self._changed:
+            await self._changed.wait_for(lambda: self.active < self.limit)
+            self.active += 1
+
+    async def __aexit__(self, *exc) -> None:
+        async with self._changed:
+            self.active -= 1
+            self._changed.notify_all()
 
 
 class CampaignConflict(ValueError):
@@ -135,6 +163,77 @@ class CampaignRenderer:
         return await self.renderer.count_tokens(prompts)
 
 
+async def plan_intent(intent: Intent, *, renderer: CampaignRenderer, rewriter, critic, search: SearchConfig,
+                      store: CampaignStore, memory: CampaignMemory | None, image_budget: ImageBudget,
+                      runs_baseline: bool) -> IntentPart:
+    """Search one intent and commit it: its part written to the store (whole or absent), its checkpoint cleared.
+    The one place an intent is searched, in the ingress or on a planner worker. An intent whose part is already in
+    the store is not searched again (a worker that committed and then died before answering: its retry returns
+    what was committed), so each intent commits exactly once. An interrupted intent continues after its last
+    checkpointed round. Raises on infrastructure failures (nothing committed; a resume retries the intent)."""
+    committed = await store.call(store.read_part, intent.id)
+    if committed is not None:
+        return committed
+
+    async def sink(candidate, png: bytes) -> str:
+        return await store.call(store.write_image, candidate.id, png)
+
+    async def on_round(checkpoint: SearchCheckpoint) -> None:
+        await store.call(store.write_checkpoint, checkpoint)
+
+    async def source(stored: StoredImage) -> bytes:
+        return await store.call(store.read_stored_image, stored)
+
+    planner = BeamSearchPlanner(renderer, rewriter, critic, search, image_sink=sink, image_source=source,
+                                memory=memory, image_budget=image_budget)
+    try:
+        checkpoint = await store.call(store.read_checkpoint, intent.id)
+        result, baseline = await planner.run_with_baseline(intent, baseline=runs_baseline, checkpoint=checkpoint,
+                                                           on_round=on_round)
+        outcome = IntentOutcome.done(result, baseline)
+        if checkpoint is not None:
+            outcome = outcome.model_copy(update={"resumed_from_round": checkpoint.rounds_done})
+        part = IntentPart(outcome=outcome, lineage=lineage_of(result, baseline))
+    except IntentRejected as exc:
+        part = IntentPart(outcome=IntentOutcome.rejected(intent, str(exc)))
+        if exc.by_moderation:
+            metrics.inc(metrics.MODERATION_BLOCKED, campaign=renderer.campaign_id)
+    await store.call(store.write_part, part)
+    await store.call(store.clear_checkpoint, intent.id)
+    return part
+
+
+class IntentJob(Record):
+    """One intent handed to a planner worker: everything its search needs besides the models (the worker has the
+    same deployments) and the store (the worker opens ``<store_root>/<campaign_id>``)."""
+
+    campaign_id: str
+    intent: Intent
+    search: SearchConfig
+    rewriter: RewriterConfig
+    critic: CriticConfig
+    runs_baseline: bool
+    lessons: list[Lesson] | None = Field(default=None, description="The campaign's lessons now; None: memory off.")
+    renderer_stores: bool = Field(description="The renderer writes images to the store itself.")
+    max_image_bytes_in_flight: int = Field(ge=1)
+
+
+class IntentDone(Record):
+    """A planner worker's answer: the committed part, what its copy of the memory did, notes for the status."""
+
+    part: IntentPart
+    memory: MemoryDelta | None = None
+    worker: str = Field(default="", description="The worker (Serve replica id) that searched it.")
+    notes: list[str] = Field(default_factory=list, description="The store's retry notes (store_retrying: ...).")
+
+
+class Planners(Protocol):
+    """Where a campaign's intents are searched when not in the runner's own process
+    (:class:`pipelines.server.planner.ServePlanners`: the planner deployment)."""
+
+    async def run(self, job: IntentJob) -> IntentDone: ...
+
+
 class CampaignRunner:
     """Runs a campaign's unfinished intents with bounded concurrency and commits each to the store as it finishes.
 
@@ -154,6 +253,9 @@ class CampaignRunner:
         on_intent_done: Callable[[IntentOutcome], None] | None = None,
         critic_llm: LanguageModel | None = None,
         renderer_stores: bool | None = None,
+        planners: Planners | None = None,
+        concurrency_now: Callable[[], Awaitable[int]] | None = None,
+        max_concurrency: int | None = None,
     ):
         self.spec = spec
         self.search = search
@@ -166,6 +268,12 @@ class CampaignRunner:
         self.store = store
         self.models = models
         self.concurrency = concurrency or spec.concurrency or 8
+        # With ``concurrency_now`` (the ingress: from the renderer's live replicas), the limit follows it while the
+        # campaign runs, up to ``max_concurrency`` (sized from the renderer's largest replica count).
+        self.concurrency_now = concurrency_now
+        self.max_concurrency = max(self.concurrency, max_concurrency or self.concurrency)
+        self.gate = ConcurrencyGate(self.concurrency)
+        self.planners = planners  # None: intents are searched in this process
         self.on_intent_done = on_intent_done
         self.id = spec.campaign_id()
         self.rewriter = make_agent(models.rewriter, Rewriter, llm, spec.rewriter)
@@ -185,7 +293,7 @@ class CampaignRunner:
 
     @property
     def status(self) -> CampaignStatus:
-        return self.tally.status(self.id, self.state, self.started_at, self.finished_at, self.concurrency,
+        return self.tally.status(self.id, self.state, self.started_at, self.finished_at, self.gate.limit,
                                  self.rewriter_knows)
 
     def manifest(self, created_at: float | None = None) -> Manifest:
@@ -240,7 +348,7 @@ class CampaignRunner:
         pending = iter(todo)
         heartbeat = asyncio.create_task(self._heartbeat())
         try:
-            workers = [asyncio.ensure_future(self._worker(pending)) for _ in range(self.concurrency)]
+            workers = [asyncio.ensure_future(self._worker(pending)) for _ in range(self.max_concurrency)]
             await asyncio.gather(*workers)
             self.state = CampaignState.failed if self.tally.summary().intents_failed else CampaignState.done
         except asyncio.CancelledError:
@@ -284,42 +392,39 @@ class CampaignRunner:
         for part in self.store.iter_parts(i.id for i in self.spec.intents):
             self.tally.fold(part.outcome, skipped=True)
 
-    async def _heartbeat(self, every_s: float = 5.0) -> None:
+    async def _heartbeat(self, every_s: float = 2.0) -> None:
         while True:
+            await self._follow_capacity()
             self._publish_gauges()
             await asyncio.sleep(every_s)
 
+    async def _follow_capacity(self) -> None:
+        """Set the concurrency limit from ``concurrency_now`` (the renderer's live replicas), within
+        [1, max_concurrency]; a failed probe keeps the current limit."""
+        if self.concurrency_now is None:
+            return
+        try:
+            limit = await self.concurrency_now()
+        except Exception as exc:  # noqa: BLE001 - a probe that fails must not stop the campaign
+            logger.warning("campaign %s: could not read the renderer's replicas: %s", self.id, exc)
+            return
+        limit = max(1, min(self.max_concurrency, limit))
+        if limit != self.gate.limit:
+            logger.info("campaign %s: concurrency %d -> %d (renderer replicas changed)", self.id, self.gate.limit, limit)
+            self.concurrency = limit
+            await self.gate.set_limit(limit)
+
     async def _worker(self, pending) -> None:
-        for intent in pending:  # the shared iterator hands each intent to exactly one worker
-            await self._run_intent(intent)
+        while True:
+            async with self.gate:  # an intent is taken only once the gate lets this worker in
+                intent = next(pending, None)  # the shared iterator hands each intent to exactly one worker
+                if intent is None:
+                    return
+                await self._run_intent(intent)
 
     async def _run_intent(self, intent: Intent) -> None:
-        async def sink(candidate, png: bytes) -> str:
-            return await self.store.call(self.store.write_image, candidate.id, png)
-
-        async def on_round(checkpoint: SearchCheckpoint) -> None:
-            await self.store.call(self.store.write_checkpoint, checkpoint)
-
-        async def source(stored: StoredImage) -> bytes:
-            return await self.store.call(self.store.read_stored_image, stored)
-
-        planner = BeamSearchPlanner(self.renderer, self.rewriter, self.critic, self.search, image_sink=sink,
-                                    image_source=source, memory=self.memory, image_budget=self.image_budget)
         try:
-            # an intent interrupted earlier (crash, failed render after its retries) continues after its last round
-            checkpoint = await self.store.call(self.store.read_checkpoint, intent.id)
-            search, baseline = await planner.run_with_baseline(
-                intent, baseline=self.spec.runs_baseline(intent.id, self.search), checkpoint=checkpoint,
-                on_round=on_round,
-            )
-            outcome = IntentOutcome.done(search, baseline)
-            if checkpoint is not None:
-                outcome = outcome.model_copy(update={"resumed_from_round": checkpoint.rounds_done})
-            part = IntentPart(outcome=outcome, lineage=lineage_of(search, baseline))
-        except IntentRejected as exc:
-            part = IntentPart(outcome=IntentOutcome.rejected(intent, str(exc)))
-            if exc.by_moderation:
-                metrics.inc(metrics.MODERATION_BLOCKED, campaign=self.id)
+            part = await (self._plan_remote(intent) if self.planners is not None else self._plan_here(intent))
         except asyncio.CancelledError:
             raise
         except StoreWriteError:  # the store itself failed for good: every other intent would too; stop the campaign
@@ -329,13 +434,34 @@ class CampaignRunner:
             self.tally.fail(intent.id, f"{type(exc).__name__}: {exc}")
             metrics.inc(metrics.INTENTS_FINISHED, campaign=self.id, status="failed")
             return
-        await self.store.call(self.store.write_part, part)
-        await self.store.call(self.store.clear_checkpoint, intent.id)
         await self._save_memory()
         self.tally.fold(part.outcome)
         self._record_metrics(part.outcome, part.lineage)
         if self.on_intent_done:
             self.on_intent_done(part.outcome)
+
+    async def _plan_here(self, intent: Intent) -> IntentPart:
+        return await plan_intent(
+            intent, renderer=self.renderer, rewriter=self.rewriter, critic=self.critic, search=self.search,
+            store=self.store, memory=self.memory, image_budget=self.image_budget,
+            runs_baseline=self.spec.runs_baseline(intent.id, self.search))
+
+    async def _plan_remote(self, intent: Intent) -> IntentPart:
+        """One intent on a planner worker: the job carries the intent, the search and a copy of the campaign's
+        lessons; what the worker's copy of the memory did comes back and is replayed into the campaign's."""
+        job = IntentJob(
+            campaign_id=self.id, intent=intent, search=self.search, rewriter=self.spec.rewriter,
+            critic=self.spec.critic, runs_baseline=self.spec.runs_baseline(intent.id, self.search),
+            lessons=None if self.memory is None else self.memory.lessons(),
+            renderer_stores=self.renderer.store is not None,
+            max_image_bytes_in_flight=self.spec.max_image_bytes_in_flight,
+        )
+        done = await self.planners.run(job)
+        for note in done.notes:
+            self.tally.note(note)
+        if self.memory is not None and done.memory is not None:
+            self.memory.replay(done.memory)
+        return done.part
 
     def _initial_lessons(self) -> list:
         """This campaign's stored lessons; before it has any, those of ``memory.start_from`` (a campaign beside it in

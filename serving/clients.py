@@ -185,6 +185,23 @@ class ServeRenderer:
     async def capacity(self) -> RendererCapacity:
         return await self.handle.capacity.remote()
 
+    async def live_replicas(self) -> int:
+        """Replicas of the diffusion deployment running now (Serve's controller, ``serve.status()``): what the
+        autoscaler has started, between its min and max; at least 1."""
+        return await asyncio.to_thread(running_replicas, self.handle.app_name, self.handle.deployment_name)
+
+
+def running_replicas(app_name: str, deployment_name: str) -> int:
+    """RUNNING replicas of one deployment, from ``serve.status()`` (a blocking controller call); at least 1."""
+    from ray import serve
+
+    app = serve.status().applications.get(app_name)
+    deployment = app.deployments.get(deployment_name) if app is not None else None
+    if deployment is None:
+        return 1
+    return max(1, sum(n for state, n in deployment.replica_states.items() if str(getattr(state, "value", state))
+                      == "RUNNING"))
+
 
 class ServeLanguageModel:
     """LanguageModel port over the LLM deployment's handle; infrastructure errors are retried (:class:`RetryPolicy`)."""

@@ -19,6 +19,7 @@ from ray import serve
 
 from pipelines.server.configs import AppConfig, IngressConfig
 from pipelines.server.ingress import CampaignIngress
+from pipelines.server.planner import PlannerWorker
 from serving.clients import ServeLanguageModel
 from serving.deployments import build_diffusion_deployment, build_llm_deployment, llm_options, merge_options
 from serving.presets import ModelPreset, default_tiny_dir, ensure_models, import_object
@@ -30,7 +31,14 @@ INGRESS_OPTIONS: dict[str, Any] = {
     "user_config": IngressConfig().model_dump(),
     "graceful_shutdown_timeout_s": 30,
 }
-DEPLOYMENTS = ("diffusion", "llm", "ingress")
+PLANNER_OPTIONS: dict[str, Any] = {
+    "ray_actor_options": {"num_cpus": 0},  # it waits on the models; Ray still spreads its replicas over the nodes
+    "max_ongoing_requests": 64,  # intents searched at once per worker (each mostly waits)
+    "autoscaling_config": {"min_replicas": 1, "initial_replicas": 1, "max_replicas": 4,
+                           "target_ongoing_requests": 32},
+    "graceful_shutdown_timeout_s": 30,
+}
+DEPLOYMENTS = ("diffusion", "llm", "planner", "ingress")
 
 
 def build_app(args: dict[str, Any] | AppConfig | None = None):
@@ -46,7 +54,9 @@ def compose_app(config: AppConfig, deployments: dict[str, dict[str, Any]] | None
     deployments = deployments or {}
     unknown = set(deployments) - set(DEPLOYMENTS)
     if unknown:
-        raise ValueError(f"unknown deployments {sorted(unknown)}; the app has 'diffusion', 'llm' and 'ingress'")
+        raise ValueError(f"unknown deployments {sorted(unknown)}; the app has {', '.join(map(repr, DEPLOYMENTS))}")
+    if "planner" in deployments and not config.planner_workers:
+        raise ValueError("options for the 'planner' deployment, but planner_workers is off: set it in the args")
     # Replicas may run in another working directory: hand them absolute local paths.
     updates: dict[str, Any] = {"tiny_dir": str(Path(config.tiny_dir or default_tiny_dir()).resolve())}
     if "://" not in config.store_root:
@@ -59,9 +69,14 @@ def compose_app(config: AppConfig, deployments: dict[str, dict[str, Any]] | None
         batch_seconds=preset.batch_seconds, options=deployments.get("diffusion"),
     )
     llm, llm_client = llm_backend(config, preset, deployments.get("llm"))
+    planner = None
+    if config.planner_workers:
+        planner = serve.deployment(PlannerWorker, name="planner",
+                                   **merge_options(PLANNER_OPTIONS, deployments.get("planner"))
+                                   ).bind(diffusion, llm, config, llm_client)
     ingress = serve.deployment(CampaignIngress, name="ingress",
                                **merge_options(INGRESS_OPTIONS, deployments.get("ingress")))
-    return ingress.bind(diffusion, llm, config, llm_client)
+    return ingress.bind(diffusion, llm, config, llm_client, planner=planner)
 
 
 def llm_backend(config: AppConfig, preset: ModelPreset, options: dict[str, Any] | None

@@ -58,6 +58,11 @@ class AppConfig(BaseModel):
     store_root: str = Field(default="runs/serve", min_length=1, max_length=4096,
                             description="fsspec URL; each campaign gets <root>/<id>/.")
     engines: EngineClasses = Field(default_factory=EngineClasses, description="Engine classes (import paths).")
+    planner_workers: bool = Field(
+        default=False,
+        description="Search intents on the `planner` deployment (workers Ray places on any node, autoscaled on "
+        "their own; pipelines/server/planner.py) instead of inside the ingress. Needs a store every node reaches.",
+    )
 
     def resolve(self) -> ModelPreset:
         return resolve_preset(self.preset, self.tiny_dir, diffusion=self.diffusion, llm=self.llm,

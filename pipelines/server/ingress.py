@@ -40,6 +40,7 @@ from pipelines.records import (
 from pipelines.server.auth import BEARER_SCHEME, AuthSettings, BearerAuth, check_bind
 from pipelines.server.configs import AppConfig, IngressConfig
 from pipelines.server.http import install_error_handlers, parse_spec, read_body, validation_error
+from pipelines.server.planner import ServePlanners
 from pipelines.store import (
     CampaignStore,
     RunningRegistry,
@@ -137,7 +138,8 @@ class CampaignIngress:
     builder chose for the LLM backend; ``auth`` is read from this replica's environment when not given."""
 
     def __init__(self, diffusion, llm, config: AppConfig,
-                 llm_client: Callable[[Any], Any] = ServeLanguageModel, auth: AuthSettings | None = None):
+                 llm_client: Callable[[Any], Any] = ServeLanguageModel, auth: AuthSettings | None = None,
+                 planner=None):
         auth = auth or AuthSettings()
         token = auth.token()
         check_bind(_serve_http_host() or "0.0.0.0", token, auth)
@@ -149,6 +151,8 @@ class CampaignIngress:
         self.llm = None if llm is None else llm_client(llm)
         # Roles with an OpenAI-compatible endpoint talk to it directly (one pooled client per endpoint).
         self.rewriter_llm, self.critic_llm = open_role_models(self.preset.endpoints, self.llm)
+        # With the planner deployment, intents are searched on its workers; else here (pipelines/server/planner.py)
+        self.planners = None if planner is None else ServePlanners(planner)
         self.limits = IngressConfig()
         self.runs: dict[str, tuple[CampaignRunner, asyncio.Task | None]] = {}
         self.registry = RunningRegistry(config.store_root)
@@ -194,10 +198,26 @@ class CampaignIngress:
         return await self._admit(spec, search)
 
     async def _admit(self, spec: CampaignSpec, search: SearchConfig) -> CampaignAccepted:
-        concurrency = spec.concurrency or intent_concurrency(search, await self.renderer.capacity())
+        capacity = await self.renderer.capacity()  # batch size x the renderer's largest replica count
+        follow = None
+        if spec.concurrency:  # the user's fixed figure
+            concurrency = ceiling = spec.concurrency
+        else:  # sized from the replicas running now, following them while the campaign runs
+            ceiling = intent_concurrency(search, capacity)
+
+            async def follow() -> int:
+                live = await self.renderer.live_replicas()
+                return intent_concurrency(search, capacity.model_copy(update={"replicas": live}))
+
+            try:
+                concurrency = await follow()
+            except Exception as exc:  # noqa: BLE001 - Serve's status unreadable: size for the largest count
+                logger.warning("could not read the renderer's live replicas (%s); concurrency from its maximum", exc)
+                concurrency = ceiling
         cid = spec.campaign_id()
         runner = CampaignRunner(spec, search, self.renderer, self.rewriter_llm, self._store(cid), models=self.models,
-                                concurrency=concurrency, critic_llm=self.critic_llm)
+                                concurrency=concurrency, critic_llm=self.critic_llm, planners=self.planners,
+                                concurrency_now=follow, max_concurrency=ceiling)
         # Admission: the checks and the registration happen with no await in between.
         running = self._running()
         if cid in running:

@@ -1,0 +1,114 @@
+"""Planner workers: where a campaign's intents are searched when the Serve app runs the ``planner`` deployment
+(``AppConfig.planner_workers``). The ingress admits a campaign, hands its intents out one at a time, follows them and
+folds what comes back; each intent's search (rewriter and critic calls, renders, checkpoints, the image writes and the
+commit of its part) runs in a :class:`PlannerWorker` replica, which Ray places on any node and Serve autoscales on its
+own. Without the deployment, the ingress searches intents in its own process (the same
+:func:`pipelines.campaign.plan_intent`).
+
+What each side owns:
+
+- **the ingress's runner** (:class:`pipelines.campaign.CampaignRunner`): which intents are left, how many run at once
+  (following the renderer's live replicas), the campaign's tally and status, and the campaign's memory (lessons): one
+  record, written by the runner only;
+- **a worker**: one intent at a time per call, with a copy of the lessons as they were when the intent was handed
+  out; it commits the intent's part to the store itself (whole or absent) and answers with it and what its copy of
+  the memory did, which the runner replays (:meth:`agents.memory.CampaignMemory.replay`).
+
+A worker that dies mid-intent fails the call with an actor error; the runner's client retries it
+(:func:`serving.clients.with_retries`, the one retry policy) and Serve routes the retry to a live replica, which
+continues from the intent's last checkpointed round. A worker that committed and died before answering: the retry
+finds the part and returns it without searching again, so every intent commits exactly once. The store must be one
+every node reaches (an object store, or a filesystem the nodes share).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from ray import serve
+
+from agents.budget import ImageBudget
+from agents.critic import Critic
+from agents.memory import CampaignMemory
+from agents.ports import LanguageModel, Renderer
+from agents.rewriter import Rewriter
+from agents.safety import KeywordModerator, OutputFilter
+from pipelines.campaign import CampaignRenderer, IntentDone, IntentJob, make_agent, plan_intent
+from pipelines.records import ModelsRecord
+from pipelines.server.configs import AppConfig
+from pipelines.store import campaign_store
+from serving.clients import ServeLanguageModel, ServeRenderer, open_role_models, with_retries
+from serving.retry import RetryPolicy
+
+logger = logging.getLogger(__name__)
+
+MAX_BUDGETS = 64
+"""In-flight image budgets a worker keeps (one per campaign it has served lately)."""
+
+
+class PlannerWorker:
+    """The ``planner`` deployment: searches one intent per :meth:`run` call, with the same model deployments (and
+    endpoints) as the ingress. Many calls run at once on one replica (one asyncio loop; the models do the work)."""
+
+    def __init__(self, diffusion, llm, config: AppConfig, llm_client: Callable[[Any], Any] = ServeLanguageModel):
+        self.config = config
+        preset = config.resolve()
+        self.models = ModelsRecord.of(preset)
+        self.renderer = ServeRenderer(diffusion)
+        self.llm = None if llm is None else llm_client(llm)
+        self.rewriter_llm, self.critic_llm = open_role_models(preset.endpoints, self.llm)
+        # The in-flight image cap holds per worker and campaign (a campaign's cap times its busy workers in all).
+        self.budgets: dict[str, ImageBudget] = {}
+        try:
+            self.name = serve.get_replica_context().replica_id.unique_id
+        except Exception:  # noqa: BLE001 - constructed outside Serve (tests)
+            self.name = "local"
+
+    def _budget(self, job: IntentJob) -> ImageBudget:
+        budget = self.budgets.pop(job.campaign_id, None) or ImageBudget(job.max_image_bytes_in_flight)
+        self.budgets[job.campaign_id] = budget  # most recent last; the oldest idle ones go first
+        for cid in [c for c, b in self.budgets.items() if b.held == 0][: max(0, len(self.budgets) - MAX_BUDGETS)]:
+            del self.budgets[cid]
+        return budget
+
+    async def run(self, job: IntentJob) -> IntentDone:
+        return await run_job(job, renderer=self.renderer, rewriter_llm=self.rewriter_llm, critic_llm=self.critic_llm,
+                             models=self.models, store_root=self.config.store_root, image_budget=self._budget(job),
+                             worker=self.name)
+
+
+async def run_job(job: IntentJob, *, renderer: Renderer, rewriter_llm: LanguageModel | None,
+                  critic_llm: LanguageModel | None, models: ModelsRecord, store_root: str, image_budget: ImageBudget,
+                  worker: str) -> IntentDone:
+    """One job, as a worker runs it: the campaign's store opened from its root, the agents the preset names, a
+    recording copy of the campaign's lessons; the intent searched and committed (:func:`plan_intent`)."""
+    notes: list[str] = []
+    store = campaign_store(store_root, job.campaign_id)
+    store.on_retry = notes.append
+    memory = None
+    if job.lessons is not None:
+        memory = CampaignMemory(job.search.memory, OutputFilter(KeywordModerator()), job.lessons)
+        memory.record()
+    part = await plan_intent(
+        job.intent,
+        renderer=CampaignRenderer(renderer, job.campaign_id, store if job.renderer_stores else None),
+        rewriter=make_agent(models.rewriter, Rewriter, rewriter_llm, job.rewriter),
+        critic=make_agent(models.critic, Critic, critic_llm or rewriter_llm, job.critic),
+        search=job.search, store=store, memory=memory, image_budget=image_budget, runs_baseline=job.runs_baseline,
+    )
+    return IntentDone(part=part, memory=None if memory is None else memory.take_delta(), worker=worker,
+                      notes=notes[-5:])
+
+
+class ServePlanners:
+    """The runner's client of the planner deployment: one call per intent, retried on infrastructure errors (a
+    worker died or Serve shed the call) by the one retry policy; an error from the search itself fails at once."""
+
+    def __init__(self, handle, retry: RetryPolicy | None = None):
+        self.handle = handle
+        self.retry = retry or RetryPolicy()
+
+    async def run(self, job: IntentJob) -> IntentDone:
+        return await with_retries(lambda: self.handle.run.remote(job), self.retry, "plan")
