@@ -61,6 +61,7 @@ class TwoNodeCluster:
     temp_dir: Path
     head: Node
     worker: Node
+    dashboard: str = ""  # Ray's dashboard on the head: the state API's address
     worker_node_id: str | None = None
 
     def processes(self, node: Node) -> list[psutil.Process]:
@@ -154,7 +155,9 @@ def two_node_cluster(head_cpus: int = 1, worker_cpus: int = 2,
     address = f"127.0.0.1:{port}"
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", **AUTH_ENV}
     common = ["--node-ip-address=127.0.0.1", f"--temp-dir={temp_dir}", f"--object-store-memory={object_store_bytes}"]
-    head = _start(["--head", f"--port={port}", f"--num-cpus={head_cpus}", "--include-dashboard=false",
+    dashboard_port = free_port()  # Ray's state API (list_actors: which node holds which replica) is served there
+    head = _start(["--head", f"--port={port}", f"--num-cpus={head_cpus}", "--include-dashboard=true",
+                   "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}",
                    f"--ray-client-server-port={free_port()}", *common, *_node_ports()], temp_dir.with_suffix(".head.log"),
                   env)
     worker = None
@@ -164,7 +167,8 @@ def two_node_cluster(head_cpus: int = 1, worker_cpus: int = 2,
         worker = _start([f"--address={address}", f"--num-cpus={worker_cpus}",
                          f"--resources={json.dumps({WORKER_RESOURCE: 1})}", *common, *_node_ports()],
                         temp_dir.with_suffix(".worker.log"), env)
-        cluster = TwoNodeCluster(address=address, temp_dir=temp_dir, head=head, worker=worker)
+        cluster = TwoNodeCluster(address=address, temp_dir=temp_dir, head=head, worker=worker,
+                                 dashboard=f"http://127.0.0.1:{dashboard_port}")
         _wait_nodes(address, 2, [head, worker], env)
         head.refresh(), worker.refresh()
         with _driver_env(AUTH_ENV):

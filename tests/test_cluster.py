@@ -68,7 +68,7 @@ def placement(cluster: TwoNodeCluster) -> dict[str, list[str]]:
 
     worker_ids = {n["NodeID"] for n in ray.nodes() if n["Alive"] and n["Resources"].get("worker_node")}
     out: dict[str, list[str]] = {}
-    for a in list_actors(filters=[("state", "=", "ALIVE")], detail=True, limit=1000):
+    for a in list_actors(address=cluster.dashboard, filters=[("state", "=", "ALIVE")], detail=True, limit=1000):
         if a.class_name.startswith(f"ServeReplica:{APP}:"):
             name = a.class_name.rsplit(":", 1)[1]
             out.setdefault(name, []).append("worker" if a.node_id in worker_ids else "head")

@@ -25,7 +25,7 @@ pytestmark = [pytest.mark.soak, pytest.mark.slow, pytest.mark.serve]
 
 APP = "soak"
 N = 1000
-SEARCH = {"beam_width": 1, "candidates_per_beam": 2, "rounds": 1, "max_images": 4}
+SEARCH = {"beam_width": 1, "candidates_per_beam": 2, "rounds": 1, "seeds_per_prompt": 1, "max_images": 4}
 WARM_UP = 0.2  # memory is compared from the point 20% of the intents are done
 CANCEL_AT = 0.5
 
