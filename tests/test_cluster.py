@@ -1,8 +1,9 @@
-"""A worker node lost: the Serve app (fake zero-cost engines) deployed across a two-node Ray cluster on this machine
-(tests/cluster.py), two replicas each of the diffusion and LLM deployments spread over both nodes. Mid-campaign the
-worker node's raylet is killed; the replicas it held are replaced on the head, and the campaign ends `done` with every
-intent once in results and every candidate once in lineage, without a resubmit. The placement before and after comes
-from Ray's state API. Run alone (`scripts/test -m cluster`): the test's driver joins this cluster, not a local Ray."""
+"""A worker node lost: the Serve app (fake engines) deployed across a two-node Ray cluster on this machine
+(tests/cluster.py), two replicas each of the diffusion, LLM and planner deployments spread over both nodes, so one
+campaign's intents are searched by planner workers on both nodes. Mid-campaign the worker node's raylet is killed; the
+replicas it held are replaced on the head (the planner's, one per node, waits for a node), the intents its planner
+worker held are retried on the head's, and the campaign ends `done` with every intent once in results and every
+candidate once in lineage, without a resubmit. The placement before and after comes from Ray's state API. Run alone (`scripts/test -m cluster`): the test's driver joins this cluster, not a local Ray."""
 
 from __future__ import annotations
 
@@ -46,12 +47,16 @@ def cluster_app(tmp_path_factory):
             # the proxy only on the head: both nodes share 127.0.0.1, so a second proxy could not bind the port
             port = free_port()
             serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
-            config = AppConfig(preset=str(write_fake_preset(d, state)), store_root=str(store), engines=FAKE_ENGINES)
+            config = AppConfig(preset=str(write_fake_preset(d, state)), store_root=str(store), engines=FAKE_ENGINES,
+                           planner_workers=True)
             deployments = {
                 # half a CPU each: both fit on the head (1 CPU) once the worker node is gone
                 "diffusion": {**HEALTH, "autoscaling_config": TWO, "ray_actor_options": {"num_cpus": 0.5},
                               "user_config": {"max_batch_size": 8, "batch_wait_timeout_s": 0.05}},
                 "llm": {**HEALTH, "autoscaling_config": TWO, "ray_actor_options": {"num_cpus": 0}},
+                # one per node: Serve packs zero-CPU replicas onto one node unless told to spread them
+                "planner": {**HEALTH, "autoscaling_config": TWO, "ray_actor_options": {"num_cpus": 0},
+                            "max_replicas_per_node": 1},
                 "ingress": {"graceful_shutdown_timeout_s": 5, "ray_actor_options": {"num_cpus": 0}},
             }
             serve.run(compose_app(config, deployments), name=APP, route_prefix=f"/{APP}")
@@ -79,6 +84,7 @@ def test_a_lost_worker_node_costs_no_intent(cluster_app):
     cluster, url, store_root = cluster_app
     before = placement(cluster)
     print(f"\nreplicas before: {before}")
+    assert before["planner"] == ["head", "worker"], f"planner workers not on both nodes: {before}"
     assert any("worker" in nodes for nodes in before.values()), f"nothing placed on the worker node: {before}"
     assert any("head" in nodes for nodes in before.values()), before
     with httpx.Client(base_url=url, timeout=30) as client:
@@ -90,4 +96,5 @@ def test_a_lost_worker_node_costs_no_intent(cluster_app):
           f"{st.state.value} {total:.1f} s after; replicas after: {after}")
     assert st.state == "done" and st.intents_failed == 0 and st.intents_done == N, st
     assert after["diffusion"] == ["head", "head"] and after["llm"] == ["head", "head"], after
+    assert after["planner"] == ["head"], after  # the second waits for a node: one per node
     assert_each_intent_once(CampaignStore(str(store_root / "lost-node")), [f"i{k}" for k in range(N)])

@@ -1,5 +1,6 @@
-"""Soak: 1,000 intents through the Serve app with zero-cost fake engines (64² images). While it runs, a sampler reads
-the campaign's status every 0.25 s (latency and HTTP code) and the RSS of the ingress and replica processes; midway the
+"""Soak: 1,000 intents through the Serve app with zero-cost fake engines (64² images), searched on a planner worker
+(the cluster shape: the ingress admits, hands out and folds). While it runs, a sampler reads the campaign's status every
+0.25 s (latency and HTTP code) and the RSS of the ingress, planner and model replica processes; midway the
 campaign is cancelled and resubmitted (which resumes it). Checked: every process's memory stays within ±10% of its
 level after warm-up, status p95 < 200 ms, no 5xx, and every intent once in results (every candidate once in lineage).
 The figures are printed."""
@@ -38,9 +39,11 @@ def soak_app(ray_cluster, tmp_path_factory):
 
     d = tmp_path_factory.mktemp("soak")
     state, store = d / "state", d / "store"
-    config = AppConfig(preset=str(write_fake_preset(d, state)), store_root=str(store), engines=FAKE_ENGINES)
+    config = AppConfig(preset=str(write_fake_preset(d, state)), store_root=str(store), engines=FAKE_ENGINES,
+                       planner_workers=True)
+    one = {"min_replicas": 1, "initial_replicas": 1, "max_replicas": 1}
     deployments = {"diffusion": {**FAST_HEALTH, "user_config": {"max_batch_size": 16, "batch_wait_timeout_s": 0.02}},
-                   "llm": FAST_HEALTH}
+                   "llm": FAST_HEALTH, "planner": {**FAST_HEALTH, "autoscaling_config": one}}
     serve.run(compose_app(config, deployments), name=APP, route_prefix=f"/{APP}")
     yield ray_cluster["url"] + f"/{APP}", store
     serve.delete(APP)
@@ -85,7 +88,7 @@ def test_a_thousand_intents_keep_memory_flat_and_status_fast(soak_app):
     cid = "soak"
     body = {"name": cid, "intents": intents(N), "search": SEARCH, "concurrency": 32}
     processes = replica_processes()
-    assert set(processes) == {"ingress", "diffusion", "llm"}, processes
+    assert set(processes) == {"ingress", "planner", "diffusion", "llm"}, processes
     sampler = Sampler(url, cid, processes)
     t0 = time.perf_counter()
     with httpx.Client(base_url=url, timeout=60) as client:
