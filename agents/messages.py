@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import unicodedata
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -87,10 +88,36 @@ class Intent(Message):
 
     @field_validator("text")
     @classmethod
-    def _not_blank(cls, v: str) -> str:
+    def _something_to_draw(cls, v: str) -> str:
         if not v.strip():
             raise ValueError("`text` must contain non-whitespace characters")
+        check_text(v, "text")
+        if not any(unicodedata.category(c)[0] in DRAWABLE for c in unicodedata.normalize("NFKC", v)):
+            raise ValueError("`text` has no letter, digit or symbol: only spaces, invisible characters (zero-width, "
+                             "format), combining marks or punctuation, which name nothing to draw")
         return v
+
+    @field_validator("negative_prompt")
+    @classmethod
+    def _no_controls(cls, v: str | None) -> str | None:
+        return v if v is None else check_text(v, "negative_prompt")
+
+
+DRAWABLE = ("L", "N", "S")
+"""Unicode categories an intent needs one character of: letters, numbers, symbols (emoji among them). Decided on
+purpose: text of only whitespace, format characters (zero-width space/joiner, BOM, word joiner, soft hyphen),
+combining marks or punctuation is refused (422 naming the field); one visible letter, digit or emoji is accepted ("a",
+"7", "🐱": a model can draw each); format characters inside otherwise drawable text are kept (emoji sequences need the
+zero-width joiner)."""
+
+
+def check_text(v: str, field: str) -> str:
+    """Refuse control characters (Unicode Cc other than tab, newline and carriage return: escape sequences, NUL) in
+    user text that reaches prompts, logs and terminals."""
+    bad = next((c for c in v if unicodedata.category(c) == "Cc" and c not in "\t\n\r"), None)
+    if bad is not None:
+        raise ValueError(f"`{field}` contains the control character U+{ord(bad):04X}")
+    return v
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -133,6 +133,35 @@ def test_the_edge_answers_bad_bodies_with_a_json_reason_and_never_echoes_them(co
         assert body.errors and body.errors[0].field in body.detail
 
 
+@pytest.mark.parametrize("text,reason", [
+    ("\u200b\u200d\u2060", "no letter, digit or symbol"),  # zero-width space, joiner, word joiner
+    ("\ufeff", "no letter, digit or symbol"),  # a byte-order mark
+    ("\u00ad\u200e", "no letter, digit or symbol"),  # soft hyphen, left-to-right mark
+    ("\u3000\u00a0", "non-whitespace"),  # ideographic and no-break spaces
+    ("\u0301\u0308", "no letter, digit or symbol"),  # combining marks with nothing to combine with
+    (" ...!?;: ", "no letter, digit or symbol"),  # punctuation only
+    ("\uff0e\uff0e", "no letter, digit or symbol"),  # fullwidth full stops: NFKC makes them '..'
+    ("a cat\x1b[2J", "control character U+001B"),  # an escape sequence for whoever prints it
+    ("a\x00cat", "control character U+0000"),
+])
+def test_an_intent_with_nothing_to_draw_is_422_naming_its_text(text, reason):
+    body = json.dumps({"intents": [{"id": "a", "text": "a cat"}, {"id": "b", "text": text}]}).encode()
+    with TestClient(edge_app()) as client:
+        resp = client.post("/v1/spec", content=body, headers={"content-type": "application/json"})
+    assert resp.status_code == 422, resp.text
+    assert error(resp).errors[0].field == "intents.1.text" and reason in resp.text
+
+
+@pytest.mark.parametrize("text", ["a", "7", "\U0001f431", "\u732b", "a cat\u200d", "\u200ba dog", "a\tcat\n"])
+def test_one_drawable_character_is_enough(text):
+    """Decided on purpose: one letter, digit or emoji is something a model can draw; format characters inside
+    drawable text stay (emoji sequences need the zero-width joiner); tab and newline are whitespace, not controls."""
+    body = json.dumps({"intents": [{"id": "a", "text": text}]}).encode()
+    with TestClient(edge_app()) as client:
+        resp = client.post("/v1/spec", content=body, headers={"content-type": "application/json"})
+    assert resp.status_code == 200, resp.text
+
+
 def test_the_edge_accepts_a_valid_spec_and_an_escaped_surrogate_pair():
     with TestClient(edge_app()) as client:
         resp = client.post("/v1/spec", content=b'{"intents": [{"id": "a", "text": "a cat \\ud83d\\ude00"}]}',
