@@ -206,7 +206,7 @@ def test_planner_workers_benchmark_runs_every_arm_through_the_served_app():
     images = {cells[2] for cells in rows.values()}
     assert len(images) == 1 and int(images.pop()) > 0
     for arm, (_, intents, n, wall, rate, gets, ingress, planners, diffusion, llm, *_rest, total, busy) in rows.items():
-        assert int(intents) == 20 and float(rate) == pytest.approx(int(n) / float(wall), rel=0.1)
+        assert int(intents) == 20 and abs(float(rate) * float(wall) - int(n)) <= 0.05 * float(rate) + 1  # wall: .1f
         p50, p95 = (float(x) for x in gets.split(" / "))
         assert 0 < p50 <= p95, gets
         assert float(ingress) > 0 and float(diffusion) > 0 and float(llm) > 0 and float(total) > 0 and float(busy) > 0
