@@ -194,6 +194,27 @@ def test_busy_benchmark_runs_campaigns_through_the_served_app():
         assert float(rate) == pytest.approx(int(images) / float(wall), rel=0.01)
 
 
+@pytest.mark.slow
+@pytest.mark.serve
+def test_planner_workers_benchmark_runs_every_arm_through_the_served_app():
+    """bench_planner_workers --smoke (~1 minute, zero-cost engines): the app deployed in the ingress, with 1 and with 2
+    planner workers, one campaign each over HTTP; every arm rendered the same images, its CPU split found the app's
+    processes (the planners' only where there are workers, one share per worker), and status GETs were sampled."""
+    out = _run("benchmarks.bench_planner_workers", "--smoke", timeout=600)
+    rows = parse_table(out, "arm")
+    assert list(rows) == ["in the ingress", "1 planner worker", "2 planner workers"], out[-3000:]
+    images = {cells[2] for cells in rows.values()}
+    assert len(images) == 1 and int(images.pop()) > 0
+    for arm, (_, intents, n, wall, rate, gets, ingress, planners, diffusion, llm, *_rest, total, busy) in rows.items():
+        assert int(intents) == 20 and abs(float(rate) * float(wall) - int(n)) <= 0.05 * float(rate) + 1  # wall: .1f
+        p50, p95 = (float(x) for x in gets.split(" / "))
+        assert 0 < p50 <= p95, gets
+        assert float(ingress) > 0 and float(diffusion) > 0 and float(llm) > 0 and float(total) > 0 and float(busy) > 0
+        assert (float(planners.split()[0]) > 0) == (arm != "in the ingress"), planners
+    assert len(rows["2 planner workers"][7].split("+")) == 2  # one share per worker
+    assert "2 planner workers / 1 worker" in out
+
+
 def parse_table(out: str, first_header: str) -> dict[str, list[str]]:
     """The markdown table whose header starts with ``first_header``, as {first cell: cells}."""
     lines = out.splitlines()
