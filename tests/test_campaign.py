@@ -14,16 +14,9 @@ from pydantic import ValidationError
 from agents.config import SearchConfig
 from agents.messages import CallCounts, Intent
 from pipelines.campaign import CampaignConflict, CampaignRunner, intent_concurrency
-from pipelines.records import (
-    ArmResult,
-    CampaignSpec,
-    CampaignState,
-    CampaignTally,
-    IntentOutcome,
-    LineageRecord,
-    ModelsRecord,
-)
+from pipelines.records import ArmResult, CampaignSpec, CampaignState, IntentOutcome, LineageRecord, ModelsRecord
 from pipelines.store import CampaignStore, StoreFormatError
+from pipelines.tally import CampaignTally
 from pipelines.testing.fakes import FakeRenderer, ScriptedLLM
 from serving.clients import RendererCapacity
 from serving.presets import RenderDefaults, load_preset
@@ -286,7 +279,7 @@ def test_no_campaign_record_is_read_by_key_outside_the_records_module():
              ROOT / "benchmarks" / "bench_serving.py", *(ROOT / "tests").glob("test_serve*.py"),
              ROOT / "tests" / "test_report.py", ROOT / "tests" / "http_helpers.py", Path(__file__)]
     for path in paths:
-        if path.name == "records.py":
+        if path.name in ("records.py", "tally.py"):  # where the records are defined and folded
             continue
         for n, line in enumerate(path.read_text().splitlines(), 1):
             if pattern.search(line):

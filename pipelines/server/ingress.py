@@ -33,7 +33,6 @@ from pipelines.records import (
     CampaignSpec,
     CampaignState,
     CampaignStatus,
-    CampaignTally,
     Health,
     ModelsRecord,
 )
@@ -48,6 +47,7 @@ from pipelines.store import (
     campaign_store,
     is_safe_name,
 )
+from pipelines.tally import CampaignTally
 from pipelines.version import __version__
 from serving.clients import ServeLanguageModel, ServeRenderer, open_role_models
 
