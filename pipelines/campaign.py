@@ -37,19 +37,10 @@ from agents.ports import LanguageModel, Renderer
 from agents.rewriter import Rewriter
 from agents.safety import KeywordModerator, OutputFilter
 from agents.stats import TIE_EPS
-from pipelines.records import (
-    CampaignSpec,
-    CampaignState,
-    CampaignStatus,
-    IntentOutcome,
-    IntentPart,
-    LineageRecord,
-    Manifest,
-    ModelsRecord,
-    lineage_of,
-)
+from pipelines.records import CampaignSpec, IntentOutcome, IntentPart, LineageRecord, Manifest, ModelsRecord, lineage_of
 from pipelines.store import CampaignStore, campaign_store
 from pipelines.tally import CampaignTally
+from pipelines.wire import CampaignState, CampaignStatus
 from serving import metrics
 from serving.clients import RendererCapacity
 from serving.presets import import_object

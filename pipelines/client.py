@@ -11,7 +11,8 @@ and the way to script campaigns from Python.
         for outcome in client.results(accepted.id):      # typed IntentOutcome, in campaign order
             print(outcome.intent_id, outcome.improvement)
 
-Every answer is a record from :mod:`pipelines.records`. Every error is a :class:`CampaignClientError`:
+Every answer is a typed record: the API's own answers from :mod:`pipelines.wire` (status, pages, health), a
+campaign's results from :mod:`pipelines.records`. Every error is a :class:`CampaignClientError`:
 :class:`Unauthorized` (401), :class:`CampaignNotFound` (404), :class:`CampaignRejected` (another 4xx, with the
 status, the reason and the fields at fault) or :class:`ServerUnavailable` (no answer, or 5xx, through every retry);
 ``on_retry`` sees the errors that are tried again, an answer as a :class:`RetryableAnswer`.
@@ -34,18 +35,9 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from agents.memory import LESSONS, Lesson
-from pipelines.records import (
-    CampaignAccepted,
-    CampaignPage,
-    CampaignSpec,
-    CampaignState,
-    CampaignStatus,
-    ErrorBody,
-    FieldError,
-    Health,
-    IntentOutcome,
-)
+from pipelines.records import CampaignSpec, IntentOutcome
 from pipelines.server.auth import AuthSettings
+from pipelines.wire import CampaignAccepted, CampaignPage, CampaignState, CampaignStatus, ErrorBody, FieldError, Health
 from serving.retry import RetryPolicy, call_sync, parse_retry_after
 
 DEFAULT_ENDPOINT = "http://127.0.0.1:8000"

@@ -2,7 +2,7 @@
 the CampaignSummary and CampaignStatus the API answers with (the runner, the ingress, the store, the report and the
 CLI all count this way), and :func:`add_counts` sums two CallCounts.
 
-It reads the outcomes and yields the summary and status, all records of :mod:`pipelines.records`.
+It reads :mod:`pipelines.records` (the outcomes) and yields :mod:`pipelines.wire` (the summary and status).
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ from collections.abc import Iterable
 
 from agents.messages import CallCounts
 from agents.stats import paired_summary, reward_hacking_suspected
-from pipelines.records import MAX_ERRORS, CampaignState, CampaignStatus, CampaignSummary, IntentOutcome
+from pipelines.records import IntentOutcome
+from pipelines.wire import MAX_ERRORS, CampaignState, CampaignStatus, CampaignSummary
 
 
 def add_counts(a: CallCounts, b: CallCounts) -> CallCounts:

@@ -23,9 +23,10 @@ from pipelines.client import (
     ServerUnavailable,
     Unauthorized,
 )
-from pipelines.records import CampaignAccepted, CampaignListing, CampaignPage, CampaignSpec, CampaignState, CampaignStatus
+from pipelines.records import CampaignSpec
 from pipelines.server.auth import BearerAuth
 from pipelines.server.http import install_error_handlers, validation_error
+from pipelines.wire import CampaignAccepted, CampaignListing, CampaignPage, CampaignState, CampaignStatus
 from serving.retry import RetryPolicy
 
 TOKEN = "client-token-0123456789"
