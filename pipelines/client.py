@@ -38,16 +38,15 @@ from agents.memory import LESSONS, Lesson
 from pipelines.records import CampaignSpec, IntentOutcome
 from pipelines.server.auth import AuthSettings
 from pipelines.wire import CampaignAccepted, CampaignPage, CampaignState, CampaignStatus, ErrorBody, FieldError, Health
-from serving.retry import RetryPolicy, call_sync, parse_retry_after
+from serving.retry import RETRY_STATUS, RetryPolicy, call_sync, parse_retry_after
 
 DEFAULT_ENDPOINT = "http://127.0.0.1:8000"
 DEFAULT_RETRY = RetryPolicy(attempts=6, backoff_s=0.5, max_backoff_s=10.0)
 """Six tries over ~15 s of backoff (0.5, 1, 2, 4, 8 s): a restarting proxy or ingress should not end a long campaign's
 watch."""
-RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
-"""Answers worth another try for an idempotent call: rate limited, or the server (or a proxy before it) failed."""
-SUBMIT_RETRY_STATUS = frozenset({429, 503})
-"""Answers to a submission that mean it was not started: over the running-campaign limit, no replica to take it."""
+SUBMIT_RETRY_STATUS = RETRY_STATUS & {429, 503}
+"""Answers to a submission that mean it was not started: over the running-campaign limit, no replica to take it. The
+part of :data:`serving.retry.RETRY_STATUS` (what an idempotent call retries on) that is safe for a submission."""
 
 
 class ClientSettings(BaseSettings):
