@@ -104,7 +104,7 @@ def reward_hacking_suspected(optimized: PairedSummary, held_out: PairedSummary) 
     """True when the search improves the optimised score (its 95% interval lies above 0) while the held-out scorer
     does not confirm it (its interval reaches 0 or below): the search may be exploiting the critic.
 
-    The one home of this rule (``pipelines.records.CampaignTally`` applies it to a campaign's status, report and
+    The one home of this rule (``pipelines.tally.CampaignTally`` applies it to a campaign's status, report and
     metrics). Without an interval on either side the answer is False, "not suspected", on purpose: the flag is a claim
     that the evidence disagrees, and a held-out scorer with no pairs (it scored none of the images both arms chose,
     e.g. it failed on them) gives no evidence either way. Raising the flag then would cry wolf on every campaign whose

@@ -216,7 +216,7 @@ class StatusSampler(threading.Thread):
     def run(self) -> None:
         import httpx
 
-        from pipelines.records import CampaignStatus
+        from pipelines.wire import CampaignStatus
 
         try:
             with httpx.Client(base_url=self.url, timeout=120) as http:

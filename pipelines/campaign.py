@@ -2,7 +2,7 @@
 and ``promptbeam search`` (one intent, in-process engines) all run campaigns through :class:`CampaignRunner`.
 
 Per intent it makes one call, ``planner.run_with_baseline``, and commits the typed result to the store; the campaign's
-counts and statistics come from folding each committed outcome (:class:`pipelines.records.CampaignTally`).
+counts and statistics come from folding each committed outcome (:class:`pipelines.tally.CampaignTally`).
 """
 
 from __future__ import annotations
@@ -40,9 +40,6 @@ from agents.safety import KeywordModerator, OutputFilter
 from agents.stats import TIE_EPS
 from pipelines.records import (
     CampaignSpec,
-    CampaignState,
-    CampaignStatus,
-    CampaignTally,
     IntentOutcome,
     IntentPart,
     LineageRecord,
@@ -52,6 +49,8 @@ from pipelines.records import (
     lineage_of,
 )
 from pipelines.store import CampaignStore, campaign_store
+from pipelines.tally import CampaignTally
+from pipelines.wire import CampaignState, CampaignStatus
 from serving import metrics
 from serving.clients import RendererCapacity
 from serving.presets import import_object

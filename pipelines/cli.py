@@ -20,8 +20,8 @@ from rich.table import Table
 from agents.config import RewriterConfig, SearchConfig
 from pipelines.client import DEFAULT_ENDPOINT, CampaignClient, CampaignClientError, RetryableAnswer
 from pipelines.models_cli import fetch_command, fetchable_command
-from pipelines.records import CampaignState, CampaignStatus
 from pipelines.version import __version__
+from pipelines.wire import CampaignState, CampaignStatus
 from pipelines.world.cli import world_app
 from serving.safety.cli import app as verify_app
 

@@ -11,7 +11,8 @@ and the way to script campaigns from Python.
         for outcome in client.results(accepted.id):      # typed IntentOutcome, in campaign order
             print(outcome.intent_id, outcome.improvement)
 
-Every answer is a record from :mod:`pipelines.records`. Every error is a :class:`CampaignClientError`:
+Every answer is a typed record: the API's own answers from :mod:`pipelines.wire` (status, pages, health), a
+campaign's results from :mod:`pipelines.records`. Every error is a :class:`CampaignClientError`:
 :class:`Unauthorized` (401), :class:`CampaignNotFound` (404), :class:`CampaignRejected` (another 4xx, with the
 status, the reason and the fields at fault) or :class:`ServerUnavailable` (no answer, or 5xx, through every retry);
 ``on_retry`` sees the errors that are tried again, an answer as a :class:`RetryableAnswer`.
@@ -34,28 +35,18 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from agents.memory import LESSONS, Lesson
-from pipelines.records import (
-    CampaignAccepted,
-    CampaignPage,
-    CampaignSpec,
-    CampaignState,
-    CampaignStatus,
-    ErrorBody,
-    FieldError,
-    Health,
-    IntentOutcome,
-)
+from pipelines.records import CampaignSpec, IntentOutcome
 from pipelines.server.auth import AuthSettings
-from serving.retry import RetryPolicy, call_sync, parse_retry_after
+from pipelines.wire import CampaignAccepted, CampaignPage, CampaignState, CampaignStatus, ErrorBody, FieldError, Health
+from serving.retry import RETRY_STATUS, RetryPolicy, call_sync, parse_retry_after
 
 DEFAULT_ENDPOINT = "http://127.0.0.1:8000"
 DEFAULT_RETRY = RetryPolicy(attempts=6, backoff_s=0.5, max_backoff_s=10.0)
 """Six tries over ~15 s of backoff (0.5, 1, 2, 4, 8 s): a restarting proxy or ingress should not end a long campaign's
 watch."""
-RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
-"""Answers worth another try for an idempotent call: rate limited, or the server (or a proxy before it) failed."""
-SUBMIT_RETRY_STATUS = frozenset({429, 503})
-"""Answers to a submission that mean it was not started: over the running-campaign limit, no replica to take it."""
+SUBMIT_RETRY_STATUS = RETRY_STATUS & {429, 503}
+"""Answers to a submission that mean it was not started: over the running-campaign limit, no replica to take it. The
+part of :data:`serving.retry.RETRY_STATUS` (what an idempotent call retries on) that is safe for a submission."""
 
 
 class ClientSettings(BaseSettings):

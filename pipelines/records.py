@@ -1,29 +1,24 @@
-"""The campaign's records: everything a campaign submits, stores, streams and reports, one definition each.
+"""The campaign's records: what a campaign submits and what its store holds, one definition each.
 
     CampaignSpec      what a user submits: intents, typed search overrides, agent configs, baseline policy
-    Manifest          what a store knows about its campaign: resolved configs, models, the resume fingerprint
-    IntentOutcome     one finished intent, a line of results.jsonl: each arm's best and costs, the paired improvement
+    Manifest          what a store knows about its campaign: resolved configs, models (ModelsRecord), the resume
+                      fingerprint, the layout version (STORE_FORMAT)
+    IntentOutcome     one finished intent, a line of results.jsonl: each arm's best (ArmResult) and costs, the paired
+                      improvement
     LineageRecord     one candidate, a line of lineage.jsonl: the planner's Candidate and the arm it belongs to
     IntentPart        one committed intent in the store: its outcome and its lineage
-    CampaignSummary   counts, per-arm costs and paired statistics over the finished intents (constant size)
-    CampaignStatus    the summary with state and times: what GET /v1/campaigns/{id} returns
-    CampaignAccepted  the answer to a submission
-    CampaignPage      GET /v1/campaigns: a page of CampaignListing (id, state, progress, created time)
-    ErrorBody         every error answer: a one-line detail and the fields at fault (FieldError)
-    Health            the ingress's liveness answer
-    CampaignTally     the one fold: outcome by outcome into a CampaignSummary (runner, ingress, store, report, CLI)
 
-Stored files are these records as JSON; code outside this module reads them through the models, never by key.
+Stored files are these records as JSON; code outside this module reads them through the models, never by key. The
+HTTP API's own answers (CampaignStatus, CampaignPage, ErrorBody, ...) are :mod:`pipelines.wire`; the fold of
+outcomes into a campaign's summary is :mod:`pipelines.tally`.
 """
 
 from __future__ import annotations
 
-import enum
 import hashlib
 import json
 import re
 from collections import Counter
-from collections.abc import Iterable
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -31,7 +26,6 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from agents.config import CriticConfig, RewriterConfig, SearchConfig
 from agents.messages import SAFE_NAME, CallCounts, Candidate, Intent, SearchResult
 from agents.planner import baseline_fraction, baseline_sampled, check_intent
-from agents.stats import PairedSummary, paired_summary, reward_hacking_suspected
 from serving.presets import ModelPreset, RenderDefaults, partial_model
 
 MAX_INTENTS = 100_000
@@ -48,11 +42,10 @@ def name_from(text: str) -> str:
 
 STORE_FORMAT = 2
 """Version of the stored records' layout; a store written in another layout is refused with a clear message."""
-MAX_ERRORS = 20
 
 
 class Record(BaseModel):
-    """Base of the campaign records: unknown fields are errors."""
+    """Base of the campaign records (and of the API's wire types, :mod:`pipelines.wire`): unknown fields are errors."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -383,195 +376,3 @@ class IntentPart(Record):
 
     outcome: IntentOutcome
     lineage: list[LineageRecord] = Field(default_factory=list)
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Campaign-level: the fold and what it yields
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-class CampaignState(str, enum.Enum):
-    running = "running"
-    done = "done"
-    cancelled = "cancelled"
-    failed = "failed"
-
-
-class CampaignSummary(Record):
-    """Counts, costs and statistics over the finished intents. Its size does not grow with the campaign: per-intent
-    scores are in the results stream (GET .../results, paginated)."""
-
-    intents_total: int
-    intents_done: int = 0
-    intents_rejected: int = 0
-    intents_failed: int = Field(default=0, description="Infrastructure failures in this run (retried on resume).")
-    intents_skipped: int = Field(default=0, description="Finished in an earlier run (resume).")
-    images_rendered: int = Field(default=0, description="Both arms.")
-    images_withheld: int = Field(default=0, description="Of those, images the output check withheld (both arms).")
-    search_costs: CallCounts = Field(default_factory=CallCounts, description="Summed over intents: the search arm.")
-    baseline_costs: CallCounts = Field(default_factory=CallCounts, description="Summed over intents: the baseline.")
-    mean_best_score: float | None = None
-    improvement: PairedSummary = Field(
-        default_factory=lambda: PairedSummary(n=0),
-        description="Search best minus baseline best per intent: mean, 95% bootstrap interval, wins/ties/losses.",
-    )
-    held_out: dict[str, PairedSummary] = Field(
-        default_factory=dict, description="The same paired summary on each held-out scorer."
-    )
-    reward_hacking_suspected: list[str] = Field(
-        default_factory=list,
-        description="Held-out scorers on which the search does not improve (interval not above 0) while the "
-        "optimised score does (interval above 0); see agents.stats.reward_hacking_suspected.",
-    )
-
-    @property
-    def intents_finished(self) -> int:
-        return self.intents_done + self.intents_rejected
-
-
-class CampaignStatus(CampaignSummary):
-    """GET /v1/campaigns/{id}: the summary plus state, times and the last infrastructure errors."""
-
-    id: str
-    state: CampaignState
-    errors: list[str] = Field(default_factory=list, description=f"Last {MAX_ERRORS} infrastructure errors.")
-    started_at: float
-    finished_at: float | None = None
-    concurrency: int | None = Field(default=None, description="Intents searched at once in this run.")
-    rewriter_knows: str | None = Field(
-        default=None, description="The rewriter in one line: what it reads (an ORACLE says it is one)."
-    )
-
-
-class CampaignAccepted(Record):
-    id: str
-    state: CampaignState
-    intents: int
-    resumed_intents: int = Field(description="Intents already finished in an earlier run of this campaign.")
-    concurrency: int = Field(description="Intents searched at once.")
-    status_url: str
-    results_url: str
-
-
-class CampaignListing(Record):
-    """One campaign in GET /v1/campaigns: enough to pick one to watch (its full status: GET /v1/campaigns/{id})."""
-
-    id: str
-    state: CampaignState
-    intents_total: int = Field(ge=0)
-    intents_finished: int = Field(ge=0, description="Done or rejected so far (the progress).")
-    created_at: float = Field(description="When the campaign was first submitted (Unix seconds).")
-
-
-class CampaignPage(Record):
-    """GET /v1/campaigns: campaigns in id order, at most ``limit``; ``next_cursor`` is the ``cursor`` for the next
-    page, None on the last one."""
-
-    campaigns: list[CampaignListing]
-    next_cursor: str | None = None
-
-
-class FieldError(Record):
-    """One reason a submission was refused: where (``search.rounds``, ``intents.3.id``) and why, never the input."""
-
-    field: str
-    reason: str
-
-
-class ErrorBody(Record):
-    """Every error the API returns: a one-line ``detail`` and, for validation failures, the fields."""
-
-    detail: str
-    errors: list[FieldError] | None = None
-
-
-class Health(Record):
-    """GET /healthz: liveness, the models served and the app's code version (in-place updates keep it)."""
-
-    status: Literal["ok"] = "ok"
-    preset: str
-    models: ModelsRecord
-    code_version: str | None
-
-
-def add_counts(a: CallCounts, b: CallCounts) -> CallCounts:
-    """Field-wise sum (every numeric field, including ones added to CallCounts later)."""
-    return type(a).model_validate({k: v + getattr(b, k) for k, v in a.model_dump().items()})
-
-
-class CampaignTally:
-    """The one fold over a campaign's outcomes. The runner folds each intent as it commits (and, on resume, those
-    committed earlier); the store, the ingress, the report and the CLI fold stored parts the same way.
-
-    Holds one float per compared intent (for the bootstrap interval), not the outcomes."""
-
-    def __init__(self, intents_total: int, *, n_boot: int = 2000):
-        self.intents_total = intents_total
-        self.n_boot = n_boot
-        self._counts: dict[str, int] = {"intents_done": 0, "intents_rejected": 0, "intents_failed": 0,
-                                        "intents_skipped": 0, "images_rendered": 0, "images_withheld": 0}
-        self._costs = {"beam": CallCounts(), "best_of_n": CallCounts()}
-        self._best_scores_sum = 0.0
-        self._best_scores_n = 0
-        self._improvements: list[float] = []
-        self._held_out: dict[str, list[float]] = {}
-        self._cached: tuple[int, CampaignSummary] | None = None
-        self.errors: list[str] = []
-
-    def fold(self, outcome: IntentOutcome, *, skipped: bool = False) -> None:
-        self._cached = None
-        self._counts["intents_rejected" if outcome.status == "rejected" else "intents_done"] += 1
-        if skipped:
-            self._counts["intents_skipped"] += 1
-        for arm in outcome.arms:
-            self._counts["images_rendered"] += arm.counts.images
-            self._counts["images_withheld"] += arm.counts.images_withheld
-            self._costs[arm.mode] = add_counts(self._costs[arm.mode], arm.counts)
-        if outcome.search is not None and outcome.search.best_score is not None:
-            self._best_scores_sum += outcome.search.best_score
-            self._best_scores_n += 1
-        if outcome.improvement is not None:
-            self._improvements.append(outcome.improvement)
-        for name, delta in outcome.held_out_improvement.items():
-            self._held_out.setdefault(name, []).append(delta)
-
-    def fail(self, intent_id: str, error: str) -> None:
-        """An infrastructure failure: counted, its reason kept (the last few), nothing committed."""
-        self._cached = None
-        self._counts["intents_failed"] += 1
-        self.note(f"{intent_id}: {error}")
-
-    def note(self, error: str) -> None:
-        """An error that is no intent's (e.g. the store could not be read): kept with the last few, not counted."""
-        self._cached = None
-        self.errors = (self.errors + [error[:300]])[-MAX_ERRORS:]
-
-    def summary(self) -> CampaignSummary:
-        """The summary so far (bootstrap intervals recomputed only after new outcomes)."""
-        version = sum(self._counts.values())
-        if self._cached is not None and self._cached[0] == version:
-            return self._cached[1]
-        improvement = paired_summary(self._improvements, n_boot=self.n_boot)
-        held_out = {k: paired_summary(v, n_boot=self.n_boot) for k, v in sorted(self._held_out.items())}
-        suspected = [k for k, s in held_out.items() if reward_hacking_suspected(improvement, s)]
-        summary = CampaignSummary(
-            intents_total=self.intents_total, **self._counts,
-            search_costs=self._costs["beam"], baseline_costs=self._costs["best_of_n"],
-            mean_best_score=self._best_scores_sum / self._best_scores_n if self._best_scores_n else None,
-            improvement=improvement, held_out=held_out, reward_hacking_suspected=suspected,
-        )
-        self._cached = (version, summary)
-        return summary
-
-    def status(self, campaign_id: str, state: CampaignState, started_at: float, finished_at: float | None = None,
-               concurrency: int | None = None, rewriter_knows: str | None = None) -> CampaignStatus:
-        return CampaignStatus(**self.summary().model_dump(), id=campaign_id, state=state, errors=list(self.errors),
-                              started_at=started_at, finished_at=finished_at, concurrency=concurrency,
-                              rewriter_knows=rewriter_knows)
-
-    @classmethod
-    def of(cls, outcomes: Iterable[IntentOutcome], intents_total: int) -> CampaignTally:
-        tally = cls(intents_total)
-        for outcome in outcomes:
-            tally.fold(outcome)
-        return tally

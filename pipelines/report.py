@@ -25,8 +25,9 @@ from typing import Any
 import jinja2
 
 from agents.messages import StoredImage
-from pipelines.records import CampaignTally, IntentPart, LineageRecord
+from pipelines.records import IntentPart, LineageRecord
 from pipelines.store import CampaignStore, ImageMismatch
+from pipelines.tally import CampaignTally
 from serving.files import write_atomic
 
 logger = logging.getLogger(__name__)

@@ -44,15 +44,8 @@ from pydantic import ValidationError
 
 from agents.memory import LESSONS, Lesson
 from agents.messages import SAFE_NAME, SearchCheckpoint, StoredImage
-from pipelines.records import (
-    MAX_NAME_CHARS,
-    STORE_FORMAT,
-    CampaignStatus,
-    IntentOutcome,
-    IntentPart,
-    LineageRecord,
-    Manifest,
-)
+from pipelines.records import MAX_NAME_CHARS, STORE_FORMAT, IntentOutcome, IntentPart, LineageRecord, Manifest
+from pipelines.wire import CampaignStatus
 from serving.retry import RetryPolicy
 from serving.files import open_atomic, write_atomic
 from serving.storage import STORE_RETRY, call_store_async, guarded, user_path

@@ -18,8 +18,9 @@ Errors come in the two kinds the planner knows (see ``agents/critic.py``):
 
 - the server refused the request for its content (400/413/422, e.g. a prompt longer than the context):
   ``ChatResult.error``, which callers record on the candidate before moving on — never retried;
-- infrastructure (connection refused or reset, timeouts, 429, 5xx): retried by the one retry policy
-  (:mod:`serving.retry`: capped exponential backoff with full jitter, honouring ``Retry-After``); when the attempts run out, :class:`LanguageModelUnavailable` is raised.
+- infrastructure (connection refused or reset, timeouts, 429, 5xx: :data:`serving.retry.RETRY_STATUS`): retried by the
+  one retry policy (:mod:`serving.retry`: capped exponential backoff with full jitter, honouring ``Retry-After``); when
+  the attempts run out, :class:`LanguageModelUnavailable` is raised.
   Any other 4xx (401 bad key, 404 unknown model) is a configuration error: :class:`LanguageModelError` at once.
 """
 
@@ -39,12 +40,10 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from agents.messages import ChatMessage, ChatRequest, ChatResult, ImagePart, TextPart
-from serving.retry import RetryPolicy, call_async, parse_retry_after
+from serving.retry import RETRY_STATUS, RetryPolicy, call_async, parse_retry_after
 
 logger = logging.getLogger(__name__)
 
-RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
-"""Status codes worth another attempt: rate limited, or the server (or a proxy before it) failed."""
 CONTENT_REFUSED_STATUS = frozenset({400, 413, 422})
 """The server refused this request's content (too long, too many images, ...): a model-side failure."""
 _BODY_KEYS = frozenset({"model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "seed",
@@ -271,7 +270,7 @@ class OpenAILanguageModel:
             if status in CONTENT_REFUSED_STATUS:
                 return ChatResult(request_id=request.request_id, text="", error=f"HTTP {status}: {message}"[:500],
                                   seconds=time.perf_counter() - t0)
-            if status in RETRYABLE_STATUS:
+            if status in RETRY_STATUS:
                 raise self._unavailable(request, f"HTTP {status}: {message}") from exc
             raise LanguageModelError(
                 f"{self.config.base_url} answered HTTP {status} for model {self.config.model!r}: {message}"[:1000]
@@ -323,7 +322,7 @@ def _retryable(exc: BaseException) -> bool:
     import openai
 
     if isinstance(exc, openai.APIStatusError):
-        return exc.status_code in RETRYABLE_STATUS
+        return exc.status_code in RETRY_STATUS
     return isinstance(exc, openai.APIConnectionError)
 
 

@@ -9,9 +9,10 @@ Four callers retry infrastructure failures, and they all do it here, through ten
   the object store answers 5xx, refuses connections or times out.
 
 Each caller says *what* is worth another try (``retry_if``) and, for HTTP, what wait the server asked for
-(``retry_after``); *how* to wait (exponential backoff, capped, optionally with full jitter, a server's Retry-After
-honoured up to the cap) and *how many times* is this module's :class:`RetryPolicy`. The last error propagates
-unchanged, so each caller keeps its own exception types.
+(``retry_after``); the HTTP answers worth another try are written once, here (:data:`RETRY_STATUS`), for both HTTP
+clients. *How* to wait (exponential backoff, capped, optionally with full jitter, a server's Retry-After honoured up
+to the cap) and *how many times* is this module's :class:`RetryPolicy`. The last error propagates unchanged, so each
+caller keeps its own exception types.
 """
 
 from __future__ import annotations
@@ -27,6 +28,11 @@ import tenacity
 from pydantic import BaseModel, ConfigDict, Field
 
 logger = logging.getLogger(__name__)
+
+RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
+"""HTTP answers worth another try: rate limited (429), or the server (or a proxy before it) failed (500, 502, 503,
+504). The OpenAI-compatible endpoint client retries a chat on these; the campaign API client its idempotent calls (a
+submission only on the part of it that means "not started", ``pipelines.client.SUBMIT_RETRY_STATUS``)."""
 
 
 class RetryPolicy(BaseModel):

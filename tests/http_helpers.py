@@ -6,7 +6,8 @@ import time
 
 import httpx
 
-from pipelines.records import CampaignStatus, IntentOutcome
+from pipelines.records import IntentOutcome
+from pipelines.wire import CampaignStatus
 
 
 def status(client: httpx.Client, cid: str) -> CampaignStatus:

@@ -22,7 +22,7 @@ def main(tmp: Path) -> dict:
 
     from agents.messages import ChatMessage, ChatRequest, ImagePart, TextPart
     from pipelines.app import AppConfig, compose_app
-    from pipelines.records import CampaignStatus
+    from pipelines.wire import CampaignStatus
     from serving.serve_llm import ServeLLMLanguageModel
     from serving.tiny_models import make_tiny_models
     from pipelines.server.local import free_port

@@ -14,17 +14,11 @@ from pydantic import ValidationError
 from agents.config import SearchConfig
 from agents.messages import CallCounts, Intent
 from pipelines.campaign import CampaignConflict, CampaignRunner, intent_concurrency
-from pipelines.records import (
-    ArmResult,
-    CampaignSpec,
-    CampaignState,
-    CampaignTally,
-    IntentOutcome,
-    LineageRecord,
-    ModelsRecord,
-)
+from pipelines.records import ArmResult, CampaignSpec, IntentOutcome, LineageRecord, ModelsRecord
 from pipelines.store import CampaignStore, StoreFormatError
+from pipelines.tally import CampaignTally
 from pipelines.testing.fakes import FakeRenderer, ScriptedLLM
+from pipelines.wire import CampaignState
 from serving.clients import RendererCapacity
 from serving.presets import RenderDefaults, load_preset
 
@@ -272,13 +266,13 @@ def test_a_store_in_another_layout_is_refused_with_a_clear_message(tmp_path):
         runner(spec(1), CampaignStore(str(tmp_path))).prepare_store()
 
 
-def test_no_campaign_record_is_read_by_key_outside_the_records_module():
+def test_no_campaign_record_is_read_by_key_outside_the_record_modules():
     """Records are read through their models, never by string key, in the campaign layer and its tests."""
-    from pipelines import records
+    from pipelines import records, wire
 
     keys = set()
     for model in (records.IntentOutcome, records.ArmResult, records.LineageRecord, records.Manifest,
-                  records.CampaignStatus, records.IntentPart, records.CampaignAccepted):
+                  wire.CampaignStatus, records.IntentPart, wire.CampaignAccepted):
         keys |= set(model.model_fields)
     pattern = re.compile(r"""\[\s*["'](%s)["']\s*\]""" % "|".join(sorted(keys)))
     offenders = []
@@ -286,7 +280,7 @@ def test_no_campaign_record_is_read_by_key_outside_the_records_module():
              ROOT / "benchmarks" / "bench_serving.py", *(ROOT / "tests").glob("test_serve*.py"),
              ROOT / "tests" / "test_report.py", ROOT / "tests" / "http_helpers.py", Path(__file__)]
     for path in paths:
-        if path.name == "records.py":
+        if path.name in ("records.py", "wire.py", "tally.py"):  # where the records are defined and folded
             continue
         for n, line in enumerate(path.read_text().splitlines(), 1):
             if pattern.search(line):

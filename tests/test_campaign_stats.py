@@ -1,5 +1,6 @@
 """Campaign statistics: per-intent paired improvement (pipelines.records), the campaign interval, held-out figures and
-the reward-hacking flag (agents.stats, applied by the production fold); the seed-adjusted branch statistic."""
+the reward-hacking flag (agents.stats, applied by the production fold: pipelines.tally); the seed-adjusted branch
+statistic."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import pytest
 
 from agents.messages import CallCounts, Candidate, Critique, Intent, SearchResult
 from agents.stats import PairedSummary, paired_summary, reward_hacking_suspected, seed_adjusted_means
-from pipelines.records import CampaignTally, IntentOutcome
+from pipelines.records import IntentOutcome
+from pipelines.tally import CampaignTally
 
 
 def _result(mode: str, scores: list[float], held_out: list[float], intent_id: str = "i") -> SearchResult:

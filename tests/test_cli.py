@@ -15,9 +15,10 @@ from typer.testing import CliRunner
 from agents.messages import Intent
 from pipelines.campaign import CampaignRunner
 from pipelines.cli import app
-from pipelines.records import CampaignSpec, CampaignState, CampaignStatus
+from pipelines.records import CampaignSpec
 from pipelines.store import CampaignStore
 from pipelines.testing.fakes import FakeRenderer, ScriptedLLM
+from pipelines.wire import CampaignState, CampaignStatus
 from serving.retry import RetryPolicy
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 import pipelines.cli as cli_module
 from pipelines.client import (
+    SUBMIT_RETRY_STATUS,
     CampaignClient,
     CampaignNotFound,
     CampaignRejected,
@@ -23,10 +24,11 @@ from pipelines.client import (
     ServerUnavailable,
     Unauthorized,
 )
-from pipelines.records import CampaignAccepted, CampaignListing, CampaignPage, CampaignSpec, CampaignState, CampaignStatus
+from pipelines.records import CampaignSpec
 from pipelines.server.auth import BearerAuth
 from pipelines.server.http import install_error_handlers, validation_error
-from serving.retry import RetryPolicy
+from pipelines.wire import CampaignAccepted, CampaignListing, CampaignPage, CampaignState, CampaignStatus
+from serving.retry import RETRY_STATUS, RetryPolicy
 
 TOKEN = "client-token-0123456789"
 FAST = RetryPolicy(attempts=4, backoff_s=0.01, max_backoff_s=1.0)
@@ -165,6 +167,15 @@ def test_a_submission_is_retried_only_when_it_cannot_have_started():
         client.submit(spec())  # a 500 may come after the campaign started: not sent again
     posts = [r for r in server.requests if r[0] == "POST"]
     assert len(posts) == 4  # 3 for the first submission, 1 for the second
+
+
+def test_both_http_clients_retry_on_the_one_status_set():
+    """The answers worth another try are written once (serving.retry); a submission retries on a part of them."""
+    import pipelines.client
+    import serving.openai_client
+
+    assert pipelines.client.RETRY_STATUS is RETRY_STATUS and serving.openai_client.RETRY_STATUS is RETRY_STATUS
+    assert SUBMIT_RETRY_STATUS == {429, 503} and SUBMIT_RETRY_STATUS < RETRY_STATUS
 
 
 def test_a_submission_whose_connection_was_made_is_not_sent_twice():

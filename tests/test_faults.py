@@ -12,8 +12,8 @@ import time
 import httpx
 import pytest
 
-from pipelines.records import CampaignStatus
 from pipelines.store import CampaignStore
+from pipelines.wire import CampaignStatus
 from tests.http_helpers import intents
 from tests.store_checks import assert_each_intent_once
 from tests.test_serve_fake import FAKE_ENGINES, FAST_HEALTH, SEARCH, write_fake_preset

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from pipelines.records import CampaignAccepted, ErrorBody
+from pipelines.wire import CampaignAccepted, ErrorBody
 from tests.http_helpers import intents, wait_done
 from tests.test_serve_fake import FAKE_ENGINES, FAST_HEALTH, SEARCH, write_fake_preset
 

@@ -27,10 +27,11 @@ from agents.messages import ChatResult, Check, ImagePart, Intent, RenderRequest,
 from agents.planner import BeamSearchPlanner
 from agents.rewriter import Rewriter
 from pipelines.campaign import CampaignRunner
-from pipelines.records import CampaignSpec, CampaignState
+from pipelines.records import CampaignSpec
 from pipelines.report import write_report
 from pipelines.store import CampaignStore, ImageMismatch
 from pipelines.testing.fakes import DictSink, FakeRenderer, ScriptedLLM
+from pipelines.wire import CampaignState
 from serving.images import critic_variant, finish_image, try_write_image, write_image
 from serving.openai_client import chat_completion_body
 from serving.retry import RetryPolicy

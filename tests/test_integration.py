@@ -12,7 +12,7 @@ from agents.critic import Critic
 from agents.messages import CandidateStatus, Intent
 from agents.planner import BeamSearchPlanner
 from agents.rewriter import Rewriter
-from pipelines.records import add_counts
+from pipelines.tally import add_counts
 from pipelines.testing.fakes import DictSink
 from serving.clients import LocalLanguageModel, LocalRenderer
 

@@ -15,8 +15,8 @@ import httpx
 import pytest
 import yaml
 
-from pipelines.records import CampaignStatus
 from pipelines.server.local import free_port
+from pipelines.wire import CampaignStatus
 from serving import metrics as m
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -10,9 +10,10 @@ import pytest
 
 from agents.messages import CandidateStatus, Intent, RenderRequest
 from pipelines.campaign import CampaignRunner
-from pipelines.records import CampaignSpec, CampaignState
+from pipelines.records import CampaignSpec
 from pipelines.store import CampaignStore
 from pipelines.testing.fakes import ScriptedLLM
+from pipelines.wire import CampaignState
 from serving.clients import LocalRenderer
 from serving.engines import DiffusionEngine
 from serving.safety import ImageSafetyConfig, OutputSafetyConfig, verify

@@ -17,7 +17,8 @@ from agents.messages import CallCounts, CandidateStatus, Intent, Proposal, Searc
 from agents.planner import BeamSearchPlanner, IntentRejected, baseline_fraction, baseline_sampled, check_intent
 from agents.ports import ImageCritic, PromptRewriter
 from agents.rewriter import Rewriter
-from pipelines.records import IntentOutcome, add_counts
+from pipelines.records import IntentOutcome
+from pipelines.tally import add_counts
 from pipelines.testing.fakes import CountingRewriter, DictSink, FakeRenderer, ScriptedCritic, ScriptedLLM, origin
 
 

@@ -20,7 +20,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from pipelines.records import CampaignStatus
+from pipelines.wire import CampaignStatus
 from pipelines.store import CampaignStore
 from tests.http_helpers import intents
 from tests.store_checks import assert_each_intent_once

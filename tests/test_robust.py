@@ -21,11 +21,12 @@ from agents.config import SearchConfig
 from agents.messages import ChatMessage, ChatRequest, ChatResult, Intent, RenderRequest
 from pipelines.app import IngressConfig, check_limits
 from pipelines.campaign import CampaignRunner
-from pipelines.records import CampaignSpec, CampaignState, ErrorBody
+from pipelines.records import CampaignSpec
 from pipelines.server.auth import AuthSettings, BearerAuth, check_bind
 from pipelines.server.http import ApiError, install_error_handlers, parse_spec, read_body
 from pipelines.store import CampaignStore, RunningRegistry, UnsafeName, campaign_store
 from pipelines.testing.fakes import FakeRenderer, ScriptedLLM
+from pipelines.wire import CampaignState, ErrorBody
 from serving.clients import RetryPolicy, ServeLanguageModel, ServeRenderer
 from serving.config import DiffusionEngineConfig
 from serving.deployments import DiffusionDeployment

@@ -14,10 +14,10 @@ import time
 
 import pytest
 
-from pipelines.records import CampaignState
 from pipelines.server.local import free_port
 from pipelines.store import CampaignStore
 from pipelines.testing.fakes import FakeRenderer
+from pipelines.wire import CampaignState
 from serving.retry import RetryPolicy
 from serving.storage import StoreWriteError
 from tests.store_checks import assert_each_intent_once

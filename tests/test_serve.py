@@ -14,7 +14,8 @@ import pytest
 
 from agents.config import SearchConfig
 from agents.messages import ChatMessage, ChatRequest, RenderRequest
-from pipelines.records import CampaignAccepted, CampaignStatus, IntentOutcome, LineageRecord
+from pipelines.records import IntentOutcome, LineageRecord
+from pipelines.wire import CampaignAccepted, CampaignStatus
 from tests.http_helpers import intents, outcomes, status, wait_done
 
 pytestmark = [pytest.mark.serve, pytest.mark.engines, pytest.mark.slow]

@@ -19,9 +19,10 @@ from PIL import Image
 
 from agents.messages import Intent
 from pipelines.campaign import CampaignRunner
-from pipelines.records import CampaignAccepted, CampaignSpec, CampaignStatus, Health, ModelsRecord
+from pipelines.records import CampaignSpec, ModelsRecord
 from pipelines.store import CampaignStore
 from pipelines.testing.fakes import FakeRenderer, ScriptedLLM
+from pipelines.wire import CampaignAccepted, CampaignStatus, Health
 from serving.presets import load_preset
 from tests.fake_engines import instances, mark_dead
 from tests.http_helpers import intents, outcomes, wait_done

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from agents.messages import ChatResult
-from pipelines.records import CampaignStatus
+from pipelines.wire import CampaignStatus
 from serving.deployments import llm_options
 from serving.presets import load_preset
 from serving.serve_llm import build_llm_config, engine_kwargs, serve_llm_deployment_config

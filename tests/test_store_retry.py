@@ -14,9 +14,10 @@ import pytest
 from fsspec.implementations.memory import MemoryFileSystem
 
 import pipelines.campaign as campaign_module
-from pipelines.records import CampaignState, IntentPart
+from pipelines.records import IntentPart
 from pipelines.store import CampaignStore
 from pipelines.testing.fakes import FakeRenderer
+from pipelines.wire import CampaignState
 from serving.retry import RetryPolicy
 from serving.storage import StoreUnavailable, StoreWriteError, is_transient_store_error
 from tests.test_campaign import runner, spec

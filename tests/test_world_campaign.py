@@ -15,9 +15,10 @@ from scipy import ndimage
 
 from agents.config import SearchConfig
 from agents.messages import Intent
-from pipelines.records import CampaignAccepted, LineageRecord
+from pipelines.records import LineageRecord
 from pipelines.report import write_report
 from pipelines.store import CampaignStore
+from pipelines.wire import CampaignAccepted
 from pipelines.world.critic import PASS_SCORE, JudgeCritic
 from pipelines.world.decompose import parse_intent, questions
 from pipelines.world.scenes import BACKGROUND, PALETTE, TAGS

@@ -18,7 +18,8 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from pipelines.records import CampaignSpec, ErrorBody, FieldError
+from pipelines.records import CampaignSpec
+from pipelines.wire import ErrorBody, FieldError
 
 logger = logging.getLogger(__name__)
 

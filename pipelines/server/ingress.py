@@ -25,18 +25,7 @@ from ray import serve
 from agents.config import SearchConfig
 from agents.memory import Lesson
 from pipelines.campaign import CampaignConflict, CampaignRunner, intent_concurrency
-from pipelines.records import (
-    MAX_NAME_CHARS,
-    CampaignAccepted,
-    CampaignListing,
-    CampaignPage,
-    CampaignSpec,
-    CampaignState,
-    CampaignStatus,
-    CampaignTally,
-    Health,
-    ModelsRecord,
-)
+from pipelines.records import MAX_NAME_CHARS, CampaignSpec, ModelsRecord
 from pipelines.server.auth import BEARER_SCHEME, AuthSettings, BearerAuth, check_bind
 from pipelines.server.configs import AppConfig, IngressConfig
 from pipelines.server.http import install_error_handlers, parse_spec, read_body, validation_error
@@ -49,7 +38,9 @@ from pipelines.store import (
     campaign_store,
     is_safe_name,
 )
+from pipelines.tally import CampaignTally
 from pipelines.version import __version__
+from pipelines.wire import CampaignAccepted, CampaignListing, CampaignPage, CampaignState, CampaignStatus, Health
 from serving.clients import ServeLanguageModel, ServeRenderer, open_role_models
 
 logger = logging.getLogger(__name__)

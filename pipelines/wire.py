@@ -1,0 +1,131 @@
+"""The campaign API's wire types: what the HTTP routes answer and the client reads back, one definition each.
+
+    CampaignState     running, done, cancelled, failed
+    CampaignSummary   counts, per-arm costs and paired statistics over the finished intents (constant size)
+    CampaignStatus    the summary with state and times: what GET /v1/campaigns/{id} returns
+    CampaignAccepted  the answer to a submission
+    CampaignPage      GET /v1/campaigns: a page of CampaignListing (id, state, progress, created time)
+    ErrorBody         every error answer: a one-line detail and the fields at fault (FieldError)
+    Health            the ingress's liveness answer
+
+What a campaign submits and stores (CampaignSpec, IntentOutcome, ...) is :mod:`pipelines.records`; the fold that
+makes a CampaignSummary out of stored outcomes is :mod:`pipelines.tally`.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Literal
+
+from pydantic import Field
+
+from agents.messages import CallCounts
+from agents.stats import PairedSummary
+from pipelines.records import ModelsRecord, Record
+
+MAX_ERRORS = 20
+"""Infrastructure errors a status keeps (the last ones)."""
+
+
+class CampaignState(str, enum.Enum):
+    running = "running"
+    done = "done"
+    cancelled = "cancelled"
+    failed = "failed"
+
+
+class CampaignSummary(Record):
+    """Counts, costs and statistics over the finished intents. Its size does not grow with the campaign: per-intent
+    scores are in the results stream (GET .../results, paginated)."""
+
+    intents_total: int
+    intents_done: int = 0
+    intents_rejected: int = 0
+    intents_failed: int = Field(default=0, description="Infrastructure failures in this run (retried on resume).")
+    intents_skipped: int = Field(default=0, description="Finished in an earlier run (resume).")
+    images_rendered: int = Field(default=0, description="Both arms.")
+    images_withheld: int = Field(default=0, description="Of those, images the output check withheld (both arms).")
+    search_costs: CallCounts = Field(default_factory=CallCounts, description="Summed over intents: the search arm.")
+    baseline_costs: CallCounts = Field(default_factory=CallCounts, description="Summed over intents: the baseline.")
+    mean_best_score: float | None = None
+    improvement: PairedSummary = Field(
+        default_factory=lambda: PairedSummary(n=0),
+        description="Search best minus baseline best per intent: mean, 95% bootstrap interval, wins/ties/losses.",
+    )
+    held_out: dict[str, PairedSummary] = Field(
+        default_factory=dict, description="The same paired summary on each held-out scorer."
+    )
+    reward_hacking_suspected: list[str] = Field(
+        default_factory=list,
+        description="Held-out scorers on which the search does not improve (interval not above 0) while the "
+        "optimised score does (interval above 0); see agents.stats.reward_hacking_suspected.",
+    )
+
+    @property
+    def intents_finished(self) -> int:
+        return self.intents_done + self.intents_rejected
+
+
+class CampaignStatus(CampaignSummary):
+    """GET /v1/campaigns/{id}: the summary plus state, times and the last infrastructure errors."""
+
+    id: str
+    state: CampaignState
+    errors: list[str] = Field(default_factory=list, description=f"Last {MAX_ERRORS} infrastructure errors.")
+    started_at: float
+    finished_at: float | None = None
+    concurrency: int | None = Field(default=None, description="Intents searched at once in this run.")
+    rewriter_knows: str | None = Field(
+        default=None, description="The rewriter in one line: what it reads (an ORACLE says it is one)."
+    )
+
+
+class CampaignAccepted(Record):
+    id: str
+    state: CampaignState
+    intents: int
+    resumed_intents: int = Field(description="Intents already finished in an earlier run of this campaign.")
+    concurrency: int = Field(description="Intents searched at once.")
+    status_url: str
+    results_url: str
+
+
+class CampaignListing(Record):
+    """One campaign in GET /v1/campaigns: enough to pick one to watch (its full status: GET /v1/campaigns/{id})."""
+
+    id: str
+    state: CampaignState
+    intents_total: int = Field(ge=0)
+    intents_finished: int = Field(ge=0, description="Done or rejected so far (the progress).")
+    created_at: float = Field(description="When the campaign was first submitted (Unix seconds).")
+
+
+class CampaignPage(Record):
+    """GET /v1/campaigns: campaigns in id order, at most ``limit``; ``next_cursor`` is the ``cursor`` for the next
+    page, None on the last one."""
+
+    campaigns: list[CampaignListing]
+    next_cursor: str | None = None
+
+
+class FieldError(Record):
+    """One reason a submission was refused: where (``search.rounds``, ``intents.3.id``) and why, never the input."""
+
+    field: str
+    reason: str
+
+
+class ErrorBody(Record):
+    """Every error the API returns: a one-line ``detail`` and, for validation failures, the fields."""
+
+    detail: str
+    errors: list[FieldError] | None = None
+
+
+class Health(Record):
+    """GET /healthz: liveness, the models served and the app's code version (in-place updates keep it)."""
+
+    status: Literal["ok"] = "ok"
+    preset: str
+    models: ModelsRecord
+    code_version: str | None
