@@ -28,6 +28,10 @@ class PairedSummary(BaseModel):
     wins: int = 0
     ties: int = 0
     losses: int = 0
+    ci_n: int | None = Field(
+        default=None, description="Pairs the interval was computed over: n, except in a running campaign's status, "
+        "whose interval is refreshed at most every few seconds (its cost grows with the intents); a finished "
+        "campaign's interval is over every pair.")
 
 
 def bootstrap_ci(values: Sequence[float], *, level: float = 0.95, n_boot: int = 2000, seed: int = 0
@@ -49,14 +53,20 @@ def bootstrap_ci(values: Sequence[float], *, level: float = 0.95, n_boot: int = 
     return float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha))
 
 
-def paired_summary(differences: Sequence[float], *, n_boot: int = 2000, seed: int = 0) -> PairedSummary:
-    """Summarise per-intent differences (search best minus baseline best)."""
+def paired_summary(differences: Sequence[float], *, n_boot: int = 2000, seed: int = 0,
+                   interval_from: PairedSummary | None = None) -> PairedSummary:
+    """Summarise per-intent differences (search best minus baseline best). With ``interval_from`` (an earlier summary
+    of a prefix of the same differences) its interval is kept instead of bootstrapping again; ``ci_n`` says over how
+    many pairs it was computed."""
     d = [float(v) for v in differences]
     if not d:
         return PairedSummary(n=0)
-    low, high = bootstrap_ci(d, n_boot=n_boot, seed=seed)
+    if interval_from is not None and interval_from.ci_low is not None:
+        low, high, ci_n = interval_from.ci_low, interval_from.ci_high, interval_from.ci_n
+    else:
+        (low, high), ci_n = bootstrap_ci(d, n_boot=n_boot, seed=seed), len(d)
     return PairedSummary(
-        n=len(d), mean=sum(d) / len(d), ci_low=low, ci_high=high,
+        n=len(d), mean=sum(d) / len(d), ci_low=low, ci_high=high, ci_n=ci_n,
         wins=sum(v > TIE_EPS for v in d), ties=sum(abs(v) <= TIE_EPS for v in d), losses=sum(v < -TIE_EPS for v in d),
     )
 

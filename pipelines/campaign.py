@@ -349,7 +349,7 @@ class CampaignRunner:
         try:
             workers = [asyncio.ensure_future(self._worker(pending)) for _ in range(self.max_concurrency)]
             await asyncio.gather(*workers)
-            self.state = CampaignState.failed if self.tally.summary().intents_failed else CampaignState.done
+            self.state = CampaignState.failed if self.tally.summary(exact=False).intents_failed else CampaignState.done
         except asyncio.CancelledError:
             self.state = CampaignState.cancelled
             raise
@@ -491,7 +491,7 @@ class CampaignRunner:
         metrics.set_gauge(metrics.LESSONS_SUPPORTED, len(memory.supported()), campaign=self.id)
 
     def _publish_gauges(self) -> None:
-        summary = self.tally.summary()
+        summary = self.tally.summary(exact=self.state is not CampaignState.running)  # gauges: intervals may lag
         cid = self.id
         metrics.set_gauge(metrics.INTENTS_TOTAL, summary.intents_total, campaign=cid)
         metrics.set_gauge(metrics.BACKLOG, summary.intents_total - summary.intents_finished, campaign=cid)

@@ -95,3 +95,31 @@ def test_seed_adjusted_means_remove_a_shared_seed_effect():
     assert raw_c > raw_p  # by raw mean the worse prompt wins
     m = seed_adjusted_means(obs, ridge=0.0, iterations=500)
     assert m["p"] > m["c"] > m["a"]
+
+
+def test_a_running_campaigns_intervals_are_refreshed_at_most_once_a_second_and_a_finished_ones_are_exact(monkeypatch):
+    """The bootstrap costs n_boot x the compared intents on the event loop that answers status requests: while a
+    campaign runs, the interval is kept between refreshes (ci_n says over how many intents it was computed), counts
+    and means stay current; a finished campaign's status has the exact interval over every intent."""
+    from pipelines import tally as tally_module
+    from pipelines.wire import CampaignState
+
+    clock = [100.0]
+    monkeypatch.setattr(tally_module.time, "monotonic", lambda: clock[0])
+    outcomes = _outcomes(0.0, n=60)
+    t = CampaignTally(60, n_boot=300)
+    for o in outcomes[:30]:
+        t.fold(o)
+    first = t.status("c", CampaignState.running, 0.0).improvement
+    assert first.n == first.ci_n == 30
+    for o in outcomes[30:]:
+        t.fold(o)
+    running = t.status("c", CampaignState.running, 0.0).improvement
+    assert running.n == 60 and running.ci_n == 30  # counts current, interval from the last refresh
+    assert (running.ci_low, running.ci_high) == (first.ci_low, first.ci_high)
+    assert running.mean == pytest.approx(np.mean([o.improvement for o in outcomes]))
+    exact = paired_summary([o.improvement for o in outcomes], n_boot=300)
+    assert t.status("c", CampaignState.done, 0.0).improvement == exact  # finished: exact, over all 60
+    clock[0] += 1.5  # a refresh is due: the running status computes it again
+    t.fold(outcomes[0])
+    assert t.status("c", CampaignState.running, 0.0).improvement.ci_n == 61
