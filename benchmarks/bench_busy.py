@@ -11,7 +11,7 @@ so that start-up and the last intents' tail weigh the same in every row.
 Busy fraction = the replica's ``busy_seconds`` added during the campaign / the campaign's wall time (its status's
 ``finished_at - started_at``). Goal: >= 0.9 once concurrency suffices.
 
-    .venv/bin/python -m benchmarks.bench_busy [--waves 3] [--batch-seconds 6] [--smoke] [--record]
+    .venv/bin/python -m benchmarks.bench_busy [--waves 3] [--batch-seconds 6] [--side 512] [--smoke] [--record]
 """
 
 from __future__ import annotations
@@ -122,19 +122,23 @@ def main() -> None:
     ap.add_argument("--batch-seconds", type=float, default=6.0, help="fixed cost of one pipeline call")
     ap.add_argument("--concurrency", default="1,2,4,8", help="rows besides the capacity-derived one")
     ap.add_argument("--smoke", action="store_true", help="CI: 1 wave, 0.2 s per call, rows 1 and derived")
+    ap.add_argument("--side", type=int, default=64, help="image width and height (the renderer's cost stays fixed; "
+                    "encoding, critic copies and store writes grow with it)")
     ap.add_argument("--tiny-dir", type=Path, default=None)
     add_record_options(ap)
     args = ap.parse_args()
     if args.smoke:
         args.waves, args.batch_seconds, args.concurrency = 1, 0.2, "1"
     os.environ[SECONDS_ENV] = str(args.batch_seconds)
+    SEARCH.update(width=args.side, height=args.side)
     concurrencies: list[int | None] = [int(c) for c in args.concurrency.split(",") if c] + [None]
     tiny_dir = args.tiny_dir or Path(tempfile.mkdtemp()) / "tiny"
     make_tiny_models(tiny_dir)
     with tempfile.TemporaryDirectory() as store:
         rows = run_rows(tiny_dir, Path(store), args.waves, concurrencies)
     report(
-        "Renderer busy fraction in a campaign (CPU, fixed-cost renderer, tiny vLLM)",
+        "Renderer busy fraction in a campaign (CPU, fixed-cost renderer, tiny vLLM)"
+        + ("" if args.side == 64 else f", {args.side}² images"),
         ["intent concurrency", "intents", "images", "wall s", "busy s", "busy fraction", "images per call",
          "images/s"],
         rows,
