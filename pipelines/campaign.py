@@ -346,45 +346,47 @@ class CampaignRunner:
             metrics.inc(metrics.CAMPAIGN_RESUMES, campaign=self.id)
         pending = iter(todo)
         heartbeat = asyncio.create_task(self._heartbeat())
+        final = CampaignState.failed  # what the run ends as; the API says so only once the records are written
         try:
             workers = [asyncio.ensure_future(self._worker(pending)) for _ in range(self.max_concurrency)]
             await asyncio.gather(*workers)
-            self.state = CampaignState.failed if self.tally.summary(exact=False).intents_failed else CampaignState.done
+            final = CampaignState.failed if self.tally.summary(exact=False).intents_failed else CampaignState.done
         except asyncio.CancelledError:
-            self.state = CampaignState.cancelled
+            final = CampaignState.cancelled
             raise
         except Exception as exc:  # the store failed for good (StoreWriteError names the path): a resume continues
             for w in workers:
                 w.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
             self.tally.note(f"campaign failed: {type(exc).__name__}: {exc}")
-            self.state = CampaignState.failed
             raise
         finally:
             heartbeat.cancel()
             self._publish_gauges()
-            self.finished_at = time.time()
-            await self._write_records()
+            await self._write_records(final, time.time())
         return self.status
 
-    async def _write_records(self) -> None:
+    async def _write_records(self, final: CampaignState, finished_at: float) -> None:
         """results.jsonl, lineage.jsonl and status.json from the parts, as a run ends: off the event loop (the ingress
         keeps answering through a store outage), retried through the store's policy, and given up after
-        ``RECORDS_TIMEOUT_S`` (a store call that hangs). The parts stay the truth: a run that cannot compile them says
-        so in its status and is not ``done``; the next run compiles them."""
+        ``RECORDS_TIMEOUT_S`` (a store call that hangs). Only then does the state the API reports change to ``final``:
+        a status that says ``done`` means results.jsonl and lineage.jsonl hold every intent. The parts stay the truth:
+        a run that cannot compile them says so in its status and is not ``done``; the next run compiles them."""
         try:
-            await asyncio.wait_for(self._compile_and_write_status(), RECORDS_TIMEOUT_S)
+            await asyncio.wait_for(self._compile_and_write_status(final, finished_at), RECORDS_TIMEOUT_S)
         except Exception as exc:  # noqa: BLE001 - a store that failed for good, or the time bound
             reason = f"{type(exc).__name__}: {exc}" if str(exc) else f"{type(exc).__name__} after {RECORDS_TIMEOUT_S} s"
             self.tally.note(f"could not compile the campaign's records: {reason}")
             logger.warning("campaign %s: could not compile its records: %s", self.id, reason)
-            if self.state is CampaignState.done:  # the records are incomplete: say so, and let the caller see why
-                self.state = CampaignState.failed
+            if final is CampaignState.done:  # the records are incomplete: say so, and let the caller see why
+                self.state, self.finished_at = CampaignState.failed, finished_at
                 raise
+        self.state, self.finished_at = final, finished_at
 
-    async def _compile_and_write_status(self) -> None:
+    async def _compile_and_write_status(self, final: CampaignState, finished_at: float) -> None:
         await self.store.call(self.store.compile, [i.id for i in self.spec.intents])
-        await self.store.call(self.store.write_status, self.status)
+        status = self.tally.status(self.id, final, self.started_at, finished_at, self.gate.limit, self.rewriter_knows)
+        await self.store.call(self.store.write_status, status)
 
     def _fold_finished(self) -> None:
         """Fold the intents finished by earlier runs, one part at a time (memory stays flat in the campaign size)."""

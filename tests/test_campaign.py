@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from pathlib import Path
 
 import numpy as np
@@ -354,3 +355,38 @@ def test_status_manifest_and_report_name_the_rewriter_and_what_it_knows(tmp_path
     oracle = CampaignRunner(s, s.search_config(), FakeRenderer(), ScriptedLLM(), CampaignStore(str(tmp_path / "o")),
                             models=oracle_models)
     assert oracle.rewriter_knows.startswith("ORACLE")
+
+
+def test_the_status_says_done_only_once_results_and_lineage_hold_every_intent(tmp_path):
+    """The run's end compiles results.jsonl and lineage.jsonl off the event loop; while it does, the status the API
+    reports still says running (a client that sees done and reads the results must find every intent, never the
+    previous run's files)."""
+    s = spec(4)
+    store = CampaignStore(str(tmp_path / "c"))
+    compile_slowly = store.compile
+
+    def slow_compile(order):
+        time.sleep(0.5)
+        return compile_slowly(order)
+
+    store.compile = slow_compile
+    r = runner(s, store)
+    seen: list[tuple[str, int]] = []
+
+    async def watch(task):
+        while not task.done():
+            st = r.status
+            lines = (tmp_path / "c" / "results.jsonl").read_text().splitlines() \
+                if (tmp_path / "c" / "results.jsonl").exists() else []
+            seen.append((st.state.value, len(lines)))
+            await asyncio.sleep(0.02)
+
+    async def scenario():
+        task = asyncio.create_task(r.run())
+        await asyncio.gather(task, watch(task))
+        return task.result()
+
+    final = asyncio.run(scenario())
+    assert final.state == "done" and store.read_status().state == "done"
+    assert any(state == "running" and n == 0 for state, n in seen)  # compiling: still running
+    assert all(n == 4 for state, n in seen if state == "done")
