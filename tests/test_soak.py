@@ -1,4 +1,5 @@
-"""Soak: 1,000 intents through the Serve app with zero-cost fake engines (64² images), searched on a planner worker
+"""Soak: 1,000 intents through the Serve app with zero-cost fake engines at 512² (each image a ~790 KB PNG and a small
+critic copy, as heavy as a real render's bytes; ~6,000 images, ~4.7 GB written), searched on a planner worker
 (the cluster shape: the ingress admits, hands out and folds). While it runs, a sampler reads the campaign's status every
 0.25 s (latency and HTTP code) and the RSS of the ingress, planner and model replica processes; midway the
 campaign is cancelled and resubmitted (which resumes it). Checked: every process's memory stays within ±10% of its
@@ -7,6 +8,7 @@ The figures are printed."""
 
 from __future__ import annotations
 
+import shutil
 import statistics
 import threading
 import time
@@ -26,7 +28,8 @@ pytestmark = [pytest.mark.soak, pytest.mark.slow, pytest.mark.serve]
 
 APP = "soak"
 N = 1000
-SEARCH = {"beam_width": 1, "candidates_per_beam": 2, "rounds": 1, "seeds_per_prompt": 1, "max_images": 4}
+SEARCH = {"beam_width": 1, "candidates_per_beam": 2, "rounds": 1, "seeds_per_prompt": 1, "max_images": 4,
+          "width": 512, "height": 512}
 WARM_UP = 0.2  # memory is compared from the point 20% of the intents are done
 CANCEL_AT = 0.5
 
@@ -39,6 +42,8 @@ def soak_app(ray_cluster, tmp_path_factory):
 
     d = tmp_path_factory.mktemp("soak")
     state, store = d / "state", d / "store"
+    state.mkdir()
+    (state / "realistic_images").touch()  # the fake renderer's images as heavy as real ones (tests/fake_engines.py)
     config = AppConfig(preset=str(write_fake_preset(d, state)), store_root=str(store), engines=FAKE_ENGINES,
                        planner_workers=True)
     one = {"min_replicas": 1, "initial_replicas": 1, "max_replicas": 1}
@@ -47,6 +52,7 @@ def soak_app(ray_cluster, tmp_path_factory):
     serve.run(compose_app(config, deployments), name=APP, route_prefix=f"/{APP}")
     yield ray_cluster["url"] + f"/{APP}", store
     serve.delete(APP)
+    shutil.rmtree(store, ignore_errors=True)  # ~4.7 GB of images
 
 
 def replica_processes() -> dict[str, psutil.Process]:
