@@ -2,8 +2,9 @@
 critic copy, as heavy as a real render's bytes; ~6,000 images, ~4.7 GB written), searched on a planner worker
 (the cluster shape: the ingress admits, hands out and folds). While it runs, a sampler reads the campaign's status every
 0.25 s (latency and HTTP code) and the RSS of the ingress, planner and model replica processes; midway the
-campaign is cancelled and resubmitted (which resumes it). Checked: every process's memory stays within ±10% of its
-level after warm-up, status p95 < 200 ms, no 5xx, and every intent once in results (every candidate once in lineage).
+campaign is cancelled and resubmitted (which resumes it). Checked: no process's memory grows (the peak of the last
+third of the samples after warm-up within +10% of the first third's; the swing within a third is the images in
+flight, printed), status p95 < 200 ms, no 5xx, and every intent once in results (every candidate once in lineage).
 The figures are printed."""
 
 from __future__ import annotations
@@ -124,19 +125,21 @@ def test_a_thousand_intents_keep_memory_flat_and_status_fast(soak_app):
           f"and resumed; status polled {len(sampler.latencies)} times: p50 "
           f"{statistics.median(sampler.latencies) * 1e3:.0f} ms, p95 {p95 * 1e3:.0f} ms, max "
           f"{max(sampler.latencies) * 1e3:.0f} ms; codes {dict(sampler.codes)}")
-    spread = {}
+    growth = {}
     for name in processes:
         series = [r[name] for r in warm]
-        base = series[0]
-        spread[name] = (min(series) / base - 1, max(series) / base - 1)
+        base, third = series[0], max(1, len(series) // 3)
+        # flat = no growth: the peak of the last third against the peak of the first (after warm-up). The range
+        # within a third is the images in flight (32 intents x ~6 x 790 KB, capped by max_image_bytes_in_flight)
+        growth[name] = max(series[-third:]) / max(series[:third]) - 1
         print(f"  RSS {name}: after warm-up {base / 2**20:.0f} MiB, then {min(series) / 2**20:.0f}–"
-              f"{max(series) / 2**20:.0f} MiB ({spread[name][0]:+.1%} / {spread[name][1]:+.1%}) over {len(series)} "
-              f"samples")
+              f"{max(series) / 2**20:.0f} MiB ({min(series) / base - 1:+.1%} / {max(series) / base - 1:+.1%}); peak "
+              f"of the last third vs the first {growth[name]:+.1%}; {len(series)} samples")
 
     assert st.state == "done" and st.intents_done == N and st.intents_failed == 0, st
     assert not [c for c in sampler.codes if c >= 500], sampler.codes
     assert p95 < 0.2, f"status p95 {p95 * 1e3:.0f} ms"
     assert len(warm) >= 20, "too few samples after warm-up to judge memory"
-    for name, (low, high) in spread.items():
-        assert -0.10 <= low and high <= 0.10, f"{name} RSS moved {low:+.1%} / {high:+.1%} after warm-up"
+    for name, g in growth.items():
+        assert g <= 0.10, f"{name} RSS grew {g:+.1%} from the first third of the campaign to the last"
     assert_each_intent_once(CampaignStore(str(store_root / cid)), [f"i{k}" for k in range(N)])
