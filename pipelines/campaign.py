@@ -240,6 +240,20 @@ class Planners(Protocol):
     async def run(self, job: IntentJob) -> IntentDone: ...
 
 
+def budget_problem(spec: CampaignSpec, search: SearchConfig, planner_workers: bool) -> str | None:
+    """Why the campaign's ``budget_images`` cannot be run as given (None if it can, or none is set)."""
+    if spec.budget_images is None:
+        return None
+    if planner_workers:
+        return ("budget_images needs the campaign's intents searched in the runner's process (its allocator grants "
+                "every round); it cannot be used with planner workers")
+    least = len(spec.intents) * search.seeds_per_prompt
+    if spec.budget_images < least:
+        return (f"budget_images ({spec.budget_images}) must be at least one prompt per intent: {len(spec.intents)} "
+                f"intents x seeds_per_prompt ({search.seeds_per_prompt}) = {least}")
+    return None
+
+
 class CampaignRunner:
     """Runs a campaign's unfinished intents with bounded concurrency and commits each to the store as it finishes.
 
@@ -280,14 +294,8 @@ class CampaignRunner:
         self.max_concurrency = max(self.concurrency, max_concurrency or self.concurrency)
         self.gate = ConcurrencyGate(self.concurrency)
         self.planners = planners  # None: intents are searched in this process
-        if spec.budget_images is not None:
-            if planners is not None:
-                raise ValueError("budget_images needs the campaign's intents searched in the runner's process (its "
-                                 "allocator grants every round); it cannot be used with planner workers")
-            least = len(spec.intents) * search.seeds_per_prompt
-            if spec.budget_images < least:
-                raise ValueError(f"budget_images ({spec.budget_images}) must be at least one prompt per intent: "
-                                 f"{len(spec.intents)} intents x seeds_per_prompt ({search.seeds_per_prompt}) = {least}")
+        if problem := budget_problem(spec, search, planners is not None):
+            raise ValueError(problem)
         self.allocator: ImageAllocator | None = None  # built from the store's budget.json when the run starts
         self._budget_saved = asyncio.Lock()
         self.on_intent_done = on_intent_done

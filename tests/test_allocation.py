@@ -212,3 +212,13 @@ def test_budget_refusals(tmp_path):
         CampaignRunner(s, s.search_config(), FakeRenderer(), None, CampaignStore(str(tmp_path / "b")), models=MODELS,
                        planners=object())
     assert spec(intents).campaign_id() != s.campaign_id()  # the budget is part of the campaign's identity
+
+
+def test_budget_problem_is_what_the_ingress_refuses_with_422():
+    from pipelines.campaign import budget_problem
+
+    intents = [Intent(id=f"i{k}", text=f"hard {k}") for k in range(4)]
+    s = spec(intents, budget=40)
+    assert budget_problem(s, s.search_config(), planner_workers=False) is None
+    assert "planner workers" in budget_problem(s, s.search_config(), planner_workers=True)
+    assert budget_problem(spec(intents), s.search_config(), planner_workers=True) is None  # no budget: no problem
