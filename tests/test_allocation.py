@@ -222,3 +222,18 @@ def test_budget_problem_is_what_the_ingress_refuses_with_422():
     assert budget_problem(s, s.search_config(), planner_workers=False) is None
     assert "planner workers" in budget_problem(s, s.search_config(), planner_workers=True)
     assert budget_problem(spec(intents), s.search_config(), planner_workers=True) is None  # no budget: no problem
+
+
+def test_a_running_campaign_reports_its_spend_and_a_projected_finish(tmp_path):
+    intents = [Intent(id=f"{kind}{k}", text=f"{kind} thing {k}") for k in range(3) for kind in ("easy", "hard")]
+    s = spec(intents, budget=40)
+    seen = []
+    runner = CampaignRunner(s, s.search_config(), FakeRenderer(), None, CampaignStore(str(tmp_path)), models=MODELS,
+                            on_intent_done=lambda outcome: seen.append(runner.status))
+    asyncio.run(runner.run())
+    assert len(seen) == 6
+    for status in seen[:-1]:
+        assert status.state is CampaignState.running and status.budget_images == 40
+        assert status.images_spent + status.images_remaining == 40 and status.projected_finish_s is not None
+        assert status.projected_finish_s >= 0
+    assert [st.images_spent for st in seen] == sorted(st.images_spent for st in seen)
