@@ -12,7 +12,9 @@ A run, as :meth:`BeamSearchPlanner.run_with_baseline` does it (the campaign runn
       With campaign memory (``agents.memory``), each branch also gets prompts made by the campaign's supported
       lessons (no model call), placed first, and the rewriter sees the lessons that apply;
    b. plan candidates: each prompt on S seeds (paired mode: the round's shared seeds plus the parent's best seeds),
-      whole prompts within the budget; the baseline arm gets as many images of the original prompt;
+      whole prompts within the budget; with a campaign image budget (``allowance``, ``agents.allocation``) the
+      round's images are granted by the campaign's allocator first, and a round that gets none stops the intent
+      (``budget``); the baseline arm gets as many images of the original prompt;
    c. render and critique both arms concurrently (one render call each, batched together by the serving side);
    d. with memory, hand every new prompt and its parent's scores to the campaign's memory (it learns the edit);
       select the B best branches among the old beam and this round's prompts by the branch score;
