@@ -237,3 +237,13 @@ def test_a_running_campaign_reports_its_spend_and_a_projected_finish(tmp_path):
         assert status.images_spent + status.images_remaining == 40 and status.projected_finish_s is not None
         assert status.projected_finish_s >= 0
     assert [st.images_spent for st in seen] == sorted(st.images_spent for st in seen)
+
+
+def test_the_cli_sets_the_budget(tmp_path):
+    from pipelines.cli import _load_spec
+
+    campaign = tmp_path / "cats.jsonl"
+    campaign.write_text('{"id": "a", "text": "a red cube"}\n{"id": "b", "text": "two dogs"}\n')
+    s = _load_spec(campaign, None, {}, None, "all", "rewrite", 40, "even")
+    assert (s.budget_images, s.budget_rule) == (40, "even")
+    assert _load_spec(campaign, None, {}, None, "all").budget_images is None
