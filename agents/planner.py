@@ -12,7 +12,9 @@ A run, as :meth:`BeamSearchPlanner.run_with_baseline` does it (the campaign runn
       With campaign memory (``agents.memory``), each branch also gets prompts made by the campaign's supported
       lessons (no model call), placed first, and the rewriter sees the lessons that apply;
    b. plan candidates: each prompt on S seeds (paired mode: the round's shared seeds plus the parent's best seeds),
-      whole prompts within the budget; the baseline arm gets as many images of the original prompt;
+      whole prompts within the budget; with a campaign image budget (``allowance``, ``agents.allocation``) the
+      round's images are granted by the campaign's allocator first, and a round that gets none stops the intent
+      (``budget``); the baseline arm gets as many images of the original prompt;
    c. render and critique both arms concurrently (one render call each, batched together by the serving side);
    d. with memory, hand every new prompt and its parent's scores to the campaign's memory (it learns the edit);
       select the B best branches among the old beam and this round's prompts by the branch score;
@@ -37,6 +39,7 @@ import hashlib
 import time
 from collections.abc import Awaitable, Callable
 
+from agents.allocation import IntentAllowance
 from agents.budget import ImageBudget, held_bytes
 from agents.config import SearchConfig
 from agents.messages import (
@@ -148,6 +151,7 @@ class BeamSearchPlanner:
         output_filter: OutputFilter | None = None,
         memory: CampaignMemory | None = None,
         image_budget: ImageBudget | None = None,
+        allowance: IntentAllowance | None = None,
     ):
         self.renderer = renderer
         self.rewriter = rewriter
@@ -159,6 +163,8 @@ class BeamSearchPlanner:
         self.output_filter = output_filter or OutputFilter(self.moderator)
         self.memory = memory  # the campaign's lessons, shared by its intents (agents.memory); None: no memory
         self.image_budget = image_budget
+        # the campaign's image budget as this intent sees it (agents.allocation); None: only max_images bounds it
+        self.allowance = allowance
         # the critic's image size, made by the renderer; a critic that names none (a judge, scorers) sees the whole image
         self.critic_max_pixels = getattr(critic, "image_max_pixels", None) or MAX_IMAGE_PIXELS
 
@@ -230,11 +236,23 @@ class BeamSearchPlanner:
     async def _round(self, state: SearchCheckpoint, max_tokens: int | None) -> None:
         cfg = self.config
         r = state.rounds_done
+        # with a campaign budget, a round that could not get one prompt's images is not run
+        improving = r > 0 and state.stale_rounds == 0  # the best branch score rose in the last round
+        if self.allowance is not None and self.allowance.available(improving) < cfg.seeds_per_prompt:
+            state.stop_reason = "budget"
+            return
         # a. Propose: the original and K rewrites in round 0, K children per beam branch later
         plan = await self._propose_round(state, r, max_tokens)
         # b. Candidates: whole prompts x S seeds within the budget; the baseline gets as many images
         slots = self._budget_left(state) // cfg.seeds_per_prompt
-        candidates = self._candidates(state, plan[:slots], r)
+        plan = plan[:slots]
+        if self.allowance is not None:  # the campaign's allocator grants the round's images (whole prompts)
+            plan = plan[: await self.allowance.grant(len(plan) * cfg.seeds_per_prompt, improving)
+                        // cfg.seeds_per_prompt]
+            if not plan:
+                state.stop_reason = "budget"
+                return
+        candidates = self._candidates(state, plan, r)
         baseline = self._baseline_candidates(state, len(candidates), r) if state.baseline is not None else []
         # c. Render and critique both arms concurrently
         await asyncio.gather(

@@ -20,6 +20,7 @@ from fsspec.implementations.local import LocalFileSystem
 from fsspec.implementations.memory import MemoryFileSystem
 from pydantic import Field
 
+from agents.allocation import ImageAllocator, IntentAllowance, projected_finish_s
 from agents.budget import ImageBudget
 from agents.config import CriticConfig, RewriterConfig, SearchConfig
 from agents.critic import Critic
@@ -164,14 +165,18 @@ class CampaignRenderer:
 
 async def plan_intent(intent: Intent, *, renderer: CampaignRenderer, rewriter, critic, search: SearchConfig,
                       store: CampaignStore, memory: CampaignMemory | None, image_budget: ImageBudget,
-                      runs_baseline: bool) -> IntentPart:
+                      runs_baseline: bool, allowance: IntentAllowance | None = None) -> IntentPart:
     """Search one intent and commit it: its part written to the store (whole or absent), its checkpoint cleared.
     The one place an intent is searched, in the ingress or on a planner worker. An intent whose part is already in
     the store is not searched again (a worker that committed and then died before answering: its retry returns
     what was committed), so each intent commits exactly once. An interrupted intent continues after its last
-    checkpointed round. Raises on infrastructure failures (nothing committed; a resume retries the intent)."""
+    checkpointed round. Raises on infrastructure failures (nothing committed; a resume retries the intent). With
+    ``allowance`` (a campaign image budget) each round's images are granted by the campaign's allocator, and an intent
+    that stops or is refused gives back what it did not spend."""
     committed = await store.call(store.read_part, intent.id)
     if committed is not None:
+        if allowance is not None:
+            allowance.release()
         return committed
 
     async def sink(candidate, png: bytes) -> str:
@@ -184,7 +189,7 @@ async def plan_intent(intent: Intent, *, renderer: CampaignRenderer, rewriter, c
         return await store.call(store.read_stored_image, stored)
 
     planner = BeamSearchPlanner(renderer, rewriter, critic, search, image_sink=sink, image_source=source,
-                                memory=memory, image_budget=image_budget)
+                                memory=memory, image_budget=image_budget, allowance=allowance)
     try:
         checkpoint = await store.call(store.read_checkpoint, intent.id)
         result, baseline = await planner.run_with_baseline(intent, baseline=runs_baseline, checkpoint=checkpoint,
@@ -197,6 +202,8 @@ async def plan_intent(intent: Intent, *, renderer: CampaignRenderer, rewriter, c
         part = IntentPart(outcome=IntentOutcome.rejected(intent, str(exc)))
         if exc.by_moderation:
             metrics.inc(metrics.MODERATION_BLOCKED, campaign=renderer.campaign_id)
+    if allowance is not None:  # stopped (or refused): its unspent share goes to intents still improving
+        allowance.release()
     await store.call(store.write_part, part)
     await store.call(store.clear_checkpoint, intent.id)
     return part
@@ -231,6 +238,20 @@ class Planners(Protocol):
     (:class:`pipelines.server.planner.ServePlanners`: the planner deployment)."""
 
     async def run(self, job: IntentJob) -> IntentDone: ...
+
+
+def budget_problem(spec: CampaignSpec, search: SearchConfig, planner_workers: bool) -> str | None:
+    """Why the campaign's ``budget_images`` cannot be run as given (None if it can, or none is set)."""
+    if spec.budget_images is None:
+        return None
+    if planner_workers:
+        return ("budget_images needs the campaign's intents searched in the runner's process (its allocator grants "
+                "every round); it cannot be used with planner workers")
+    least = len(spec.intents) * search.seeds_per_prompt
+    if spec.budget_images < least:
+        return (f"budget_images ({spec.budget_images}) must be at least one prompt per intent: {len(spec.intents)} "
+                f"intents x seeds_per_prompt ({search.seeds_per_prompt}) = {least}")
+    return None
 
 
 class CampaignRunner:
@@ -273,6 +294,10 @@ class CampaignRunner:
         self.max_concurrency = max(self.concurrency, max_concurrency or self.concurrency)
         self.gate = ConcurrencyGate(self.concurrency)
         self.planners = planners  # None: intents are searched in this process
+        if problem := budget_problem(spec, search, planners is not None):
+            raise ValueError(problem)
+        self.allocator: ImageAllocator | None = None  # built from the store's budget.json when the run starts
+        self._budget_saved = asyncio.Lock()
         self.on_intent_done = on_intent_done
         self.id = spec.campaign_id()
         self.rewriter = make_agent(models.rewriter, Rewriter, llm, spec.rewriter)
@@ -292,8 +317,21 @@ class CampaignRunner:
 
     @property
     def status(self) -> CampaignStatus:
-        return self.tally.status(self.id, self.state, self.started_at, self.finished_at, self.gate.limit,
-                                 self.rewriter_knows)
+        status = self.tally.status(self.id, self.state, self.started_at, self.finished_at, self.gate.limit,
+                                   self.rewriter_knows)
+        return status if self.spec.budget_images is None else status.model_copy(update=self._budget_status(status))
+
+    def _budget_status(self, status: CampaignStatus) -> dict[str, Any]:
+        budget = self.spec.budget_images
+        a = self.allocator
+        spent = a.spent if a is not None else None
+        projected = None
+        if a is not None and self.state is CampaignState.running:
+            finished = status.intents_finished - status.intents_skipped
+            projected = projected_finish_s(time.time() - self.started_at, a.spent - a.spent_at_start, a.remaining,
+                                           finished, status.intents_total - status.intents_finished)
+        return {"budget_images": budget, "images_spent": spent,
+                "images_remaining": budget - spent if spent is not None else None, "projected_finish_s": projected}
 
     def manifest(self, created_at: float | None = None) -> Manifest:
         return Manifest(
@@ -303,7 +341,8 @@ class CampaignRunner:
             critic=self.spec.critic, baseline=self.spec.baseline, models=self.models, concurrency=self.concurrency,
             versions=package_versions(),
             seeds={"base_seed": self.search.base_seed, "derivation": "sha256(base_seed, candidate id)"},
-            rewriter_knows=self.rewriter_knows,
+            rewriter_knows=self.rewriter_knows, budget_images=self.spec.budget_images,
+            budget_rule=self.spec.budget_rule if self.spec.budget_images is not None else None,
         )
 
     def prepare_store(self) -> int:
@@ -334,6 +373,11 @@ class CampaignRunner:
             if self.search.memory.enabled:  # this campaign's lessons so far (a resumed run continues with them)
                 lessons = await self.store.call(self._initial_lessons)
                 self.memory = CampaignMemory(self.search.memory, OutputFilter(KeywordModerator()), lessons)
+            if self.spec.budget_images is not None:  # the grants of earlier runs count (what they rendered)
+                granted = await self.store.call(self.store.read_budget)
+                self.allocator = ImageAllocator(
+                    self.spec.budget_images, [i.id for i in self.spec.intents], max_per_intent=self.search.max_images,
+                    unit=self.search.seeds_per_prompt, rule=self.spec.budget_rule, granted=granted, finished=done)
         except Exception as exc:  # before the first intent: the status says failed and why, never 'running'
             logger.exception("campaign %s could not start", self.id)
             self.tally.note(f"campaign could not start: {type(exc).__name__}: {exc}")
@@ -445,7 +489,14 @@ class CampaignRunner:
         return await plan_intent(
             intent, renderer=self.renderer, rewriter=self.rewriter, critic=self.critic, search=self.search,
             store=self.store, memory=self.memory, image_budget=self.image_budget,
-            runs_baseline=self.spec.runs_baseline(intent.id, self.search))
+            runs_baseline=self.spec.runs_baseline(intent.id, self.search),
+            allowance=self.allocator.for_intent(intent.id, self._save_budget) if self.allocator is not None else None)
+
+    async def _save_budget(self) -> None:
+        """Write the grants to the store before the granted round renders, so a resumed run counts them. Writes are
+        serialised and each writes the ledger as it is then, so the last write holds every grant made before it."""
+        async with self._budget_saved:
+            await self.store.call(self.store.write_budget, self.allocator.snapshot())
 
     async def _plan_remote(self, intent: Intent) -> IntentPart:
         """One intent on a planner worker: the job carries the intent, the search and a copy of the campaign's

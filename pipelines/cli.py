@@ -94,6 +94,11 @@ REWRITER_MODE = _config_option(RewriterConfig, "mode", "--rewriter-mode", choice
 BASELINE = typer.Option("all", help="Which intents also run the best-of-N baseline: all | none | sample:<fraction>.")
 CONCURRENCY = typer.Option(None, min=1, help="Intents searched at once (default: from the renderer's capacity).")
 INTERVAL = typer.Option(1.0, min=0.1, help="Seconds between status polls while following.")
+BUDGET_IMAGES = typer.Option(None, "--budget-images", min=1,
+                             help="Images the whole campaign's search arm may render, shared among its intents "
+                             "(docs/search.md: a campaign image budget). Default: none (max-images per intent).")
+BUDGET_RULE = typer.Option("adaptive", "--budget-rule",
+                           help="adaptive (unspent shares go to intents still improving) | even.")
 
 # OpenAI-compatible endpoints for the rewriter and the critic (shared by search, run and serve).
 REWRITER_ENDPOINT = typer.Option(None, "--rewriter-endpoint", help="OpenAI-compatible API root for the rewriter "
@@ -283,7 +288,7 @@ def _print_lineage(campaign_dir: Path) -> None:
 
 
 def _load_spec(campaign: Path, name: str | None, search: dict, concurrency: int | None, baseline: str,
-               rewriter_mode: str = "rewrite"):
+               rewriter_mode: str = "rewrite", budget_images: int | None = None, budget_rule: str = "adaptive"):
     """Read a JSONL campaign file into a CampaignSpec; exit 2 with the reason on bad input."""
     from pydantic import ValidationError
 
@@ -294,7 +299,7 @@ def _load_spec(campaign: Path, name: str | None, search: dict, concurrency: int 
     try:
         return CampaignSpec(name=name or name_from(campaign.stem), intents_jsonl=campaign.read_text(),
                             search=search, concurrency=concurrency, baseline=baseline,
-                            rewriter={"mode": rewriter_mode})
+                            rewriter={"mode": rewriter_mode}, budget_images=budget_images, budget_rule=budget_rule)
     except (ValidationError, ValueError) as exc:
         raise _fail(f"{campaign}: {exc}") from exc
 
@@ -375,6 +380,7 @@ def run(
     seeds_per_prompt: int = SEEDS, max_images: int = MAX_IMAGES, seed: int = SEED,
     baseline: str = BASELINE, concurrency: int = CONCURRENCY, interval: float = INTERVAL, memory: bool = MEMORY,
     seed_mode: str = SEED_MODE, rewriter_mode: str = REWRITER_MODE,
+    budget_images: int = BUDGET_IMAGES, budget_rule: str = BUDGET_RULE,
     port: int = typer.Option(0, help="HTTP port of the local Serve app (0: any free port)."),
     rewriter_endpoint: str = REWRITER_ENDPOINT, rewriter_model: str = REWRITER_MODEL,
     critic_endpoint: str = CRITIC_ENDPOINT, critic_model: str = CRITIC_MODEL, endpoint_key_env: str = ENDPOINT_KEY_ENV,
@@ -386,7 +392,7 @@ def run(
                                           endpoints=endpoints)
     search = _search_overrides(rounds, beam_width, candidates_per_beam, seeds_per_prompt, max_images, seed, memory,
                                seed_mode)
-    spec = _load_spec(campaign, name, search, concurrency, baseline, rewriter_mode)
+    spec = _load_spec(campaign, name, search, concurrency, baseline, rewriter_mode, budget_images, budget_rule)
     from pipelines.server.local import free_port, start_local_serve, stop_local_serve
 
     port = port or free_port()
@@ -487,12 +493,13 @@ def submit(
     seeds_per_prompt: int = SEEDS, max_images: int = MAX_IMAGES, seed: int = SEED,
     baseline: str = BASELINE, concurrency: int = CONCURRENCY, interval: float = INTERVAL, memory: bool = MEMORY,
     seed_mode: str = SEED_MODE, rewriter_mode: str = REWRITER_MODE,
+    budget_images: int = BUDGET_IMAGES, budget_rule: str = BUDGET_RULE,
 ) -> None:
     """Submit a campaign to a running endpoint; print the acceptance (JSON), or with --wait follow it and print its
     final status. Ctrl-C while following detaches: the campaign keeps running."""
     search = _search_overrides(rounds, beam_width, candidates_per_beam, seeds_per_prompt, max_images, seed, memory,
                                seed_mode)
-    spec = _load_spec(campaign, name, search, concurrency, baseline, rewriter_mode)
+    spec = _load_spec(campaign, name, search, concurrency, baseline, rewriter_mode, budget_images, budget_rule)
     with _client(endpoint) as client:
         accepted = client.submit(spec)
         _print_accepted(accepted)

@@ -105,6 +105,19 @@ class CampaignSpec(Record):
         "waits while the cap is reached; where the renderer stored the images only their critic variants stay once "
         "the call returns. The default admits ~24 calls of eight 512x512 images at once, or ~9 of 1024x1024.",
     )
+    budget_images: int | None = Field(
+        default=None, ge=1, le=10**9,
+        description="Images the whole campaign's search arm may render (agents.allocation.ImageAllocator): each "
+        "intent starts with an even share (budget / intents, at most search.max_images); an intent that stops early "
+        "gives back what it did not spend, and intents still improving draw on it. Never exceeded. The baseline arm "
+        "renders as many images as the search, on top. None: each intent is bounded by search.max_images alone. "
+        "Not with planner workers (the allocator lives in the runner's process).",
+    )
+    budget_rule: Literal["adaptive", "even"] = Field(
+        default="adaptive",
+        description="adaptive: unspent shares go to intents still improving; even: each intent spends at most its "
+        "even share (the comparison arm).",
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> CampaignSpec:
@@ -155,8 +168,16 @@ class CampaignSpec(Record):
             "rewriter": self.rewriter.model_dump(mode="json"),
             "critic": self.critic.model_dump(mode="json"),
             "baseline": self.baseline,
+            **self.budget_identity(),
         }
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+    def budget_identity(self) -> dict[str, Any]:
+        """The campaign budget as it enters the id and the fingerprint: nothing when unset (campaigns stored before
+        budgets existed keep theirs)."""
+        if self.budget_images is None:
+            return {}
+        return {"budget_images": self.budget_images, "budget_rule": self.budget_rule}
 
     def campaign_id(self) -> str:
         return self.name or "c-" + self.spec_hash()[:12]
@@ -236,6 +257,8 @@ class Manifest(Record):
         description="The rewriter in one line: what it reads (an ORACLE says it is one). Shown by the report, the CLI "
         "and the status; not part of the fingerprint (the models and the rewriter config are).",
     )
+    budget_images: int | None = Field(default=None, description="The campaign's image budget (search arm); None: none.")
+    budget_rule: str | None = Field(default=None, description="How the budget is shared (adaptive, even).")
 
     @staticmethod
     def compute_fingerprint(spec: CampaignSpec, search: SearchConfig, models: ModelsRecord) -> str:
@@ -249,6 +272,7 @@ class Manifest(Record):
             "critic": spec.critic.model_dump(mode="json"),
             "baseline": spec.baseline,
             "models": models.identity(),
+            **spec.budget_identity(),
         }
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
@@ -267,6 +291,9 @@ class Manifest(Record):
                 parts.append(f"{section}: " + ", ".join(f"{k} stored {x!r} requested {y!r}" for k, (x, y) in changed.items()))
         if self.baseline != other.baseline:
             parts.append(f"baseline: stored {self.baseline!r}, requested {other.baseline!r}")
+        if (self.budget_images, self.budget_rule) != (other.budget_images, other.budget_rule):
+            parts.append(f"budget: stored {self.budget_images!r} ({self.budget_rule}), requested "
+                         f"{other.budget_images!r} ({other.budget_rule})")
         return "; ".join(parts) or "intent texts or checks differ"
 
 

@@ -9,6 +9,8 @@ Layout of one campaign::
     results.jsonl           one IntentOutcome per line   } compiled from parts/ in campaign order when a run ends,
     lineage.jsonl           one LineageRecord per line   } so they never hold duplicates or half-written lines
     status.json             CampaignStatus of the last run that ended (counts and statistics, constant size)
+    budget.json             images granted to each intent's search arm, written before each granted round renders
+                            (CampaignSpec.budget_images; agents.allocation)
     lessons.json            campaign memory (agents.memory.Lesson list), rewritten after every committed intent
                             when memory is on; a resumed run continues with it
 
@@ -196,6 +198,16 @@ class CampaignStore:
 
     def write_lessons(self, lessons: list[Lesson]) -> None:
         self._write_atomic(self._p("lessons.json"), LESSONS.dump_json(lessons, indent=1))
+
+    # -- the campaign's image budget ------------------------------------------------------------------------------
+
+    def read_budget(self) -> dict[str, int]:
+        """Images granted to each intent's search arm so far (agents.allocation; {} when none)."""
+        data = self._read_json("budget.json")
+        return {} if data is None else {str(k): int(v) for k, v in json.loads(data)["granted"].items()}
+
+    def write_budget(self, granted: dict[str, int]) -> None:
+        self._write_atomic(self._p("budget.json"), json.dumps({"granted": granted}, sort_keys=True).encode())
 
     # -- images ---------------------------------------------------------------------------------------------------
 

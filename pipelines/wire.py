@@ -78,6 +78,19 @@ class CampaignStatus(CampaignSummary):
     rewriter_knows: str | None = Field(
         default=None, description="The rewriter in one line: what it reads (an ORACLE says it is one)."
     )
+    budget_images: int | None = Field(
+        default=None, description="The campaign's image budget for the search arm (CampaignSpec.budget_images)."
+    )
+    images_spent: int | None = Field(
+        default=None, description="Search-arm images granted so far, in flight included (earlier runs too)."
+    )
+    images_remaining: int | None = Field(default=None, description="budget_images - images_spent.")
+    projected_finish_s: float | None = Field(
+        default=None,
+        description="Seconds until the campaign ends, projected from this run's rate so far: the sooner of the "
+        "remaining budget at its spend rate and the unfinished intents at their finish rate; None before anything "
+        "was spent or finished, and once the campaign has ended.",
+    )
 
 
 class CampaignAccepted(Record):

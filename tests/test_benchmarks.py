@@ -299,3 +299,19 @@ def test_campaign_memory_benchmark_small_table():
             else:
                 assert r[5] == "–", r
     assert "Goal (last quarter with memory >= +10 points" in out and "supported of" in out
+
+
+@pytest.mark.slow  # an end-to-end benchmark run (about a minute): outside the quick tier
+def test_campaign_budget_benchmark_small_table():
+    """benchmarks/bench_budget.py --small: 12 held-out intents, the same budget shared evenly and adaptively. Neither
+    arm spends more than the budget, even spends at most its share on any intent, and the paired row is there."""
+    out = _run("benchmarks.bench_budget", "--small", timeout=900)
+    rows = {cells[0]: cells for line in out.splitlines() if line.startswith("|")
+            for cells in [[c.strip() for c in line.strip().strip("|").split("|")]]}
+    assert {"even", "adaptive", "adaptive - even (paired)"} <= set(rows), out[-3000:]
+    for arm in ("even", "adaptive"):
+        spent, budget = (int(x) for x in rows[arm][3].split(" / "))
+        assert spent <= budget == 96
+        assert 0.0 <= float(rows[arm][2].split()[0]) <= 1.0
+    assert int(rows["even"][6]) <= 8
+    assert rows["adaptive - even (paired)"][6].endswith("w/t/l")

@@ -24,7 +24,7 @@ from ray import serve
 
 from agents.config import SearchConfig
 from agents.memory import Lesson
-from pipelines.campaign import CampaignConflict, CampaignRunner, intent_concurrency
+from pipelines.campaign import CampaignConflict, CampaignRunner, budget_problem, intent_concurrency
 from pipelines.records import MAX_NAME_CHARS, CampaignSpec, ModelsRecord
 from pipelines.server.auth import BEARER_SCHEME, AuthSettings, BearerAuth, check_bind
 from pipelines.server.configs import AppConfig, IngressConfig
@@ -205,6 +205,8 @@ class CampaignIngress:
             except Exception as exc:  # noqa: BLE001 - Serve's status unreadable: size for the largest count
                 logger.warning("could not read the renderer's live replicas (%s); concurrency from its maximum", exc)
                 concurrency = ceiling
+        if problem := budget_problem(spec, search, self.planners is not None):
+            raise validation_error([{"loc": ("budget_images",), "msg": problem}])
         cid = spec.campaign_id()
         runner = CampaignRunner(spec, search, self.renderer, self.rewriter_llm, self._store(cid), models=self.models,
                                 concurrency=concurrency, critic_llm=self.critic_llm, planners=self.planners,
