@@ -317,8 +317,10 @@ class CampaignRunner:
 
     @property
     def status(self) -> CampaignStatus:
-        status = self.tally.status(self.id, self.state, self.started_at, self.finished_at, self.gate.limit,
-                                   self.rewriter_knows)
+        return self._status_as(self.state, self.finished_at)
+
+    def _status_as(self, state: CampaignState, finished_at: float | None) -> CampaignStatus:
+        status = self.tally.status(self.id, state, self.started_at, finished_at, self.gate.limit, self.rewriter_knows)
         return status if self.spec.budget_images is None else status.model_copy(update=self._budget_status(status))
 
     def _budget_status(self, status: CampaignStatus) -> dict[str, Any]:
@@ -326,7 +328,7 @@ class CampaignRunner:
         a = self.allocator
         spent = a.spent if a is not None else None
         projected = None
-        if a is not None and self.state is CampaignState.running:
+        if a is not None and status.state is CampaignState.running:
             finished = status.intents_finished - status.intents_skipped
             projected = projected_finish_s(time.time() - self.started_at, a.spent - a.spent_at_start, a.remaining,
                                            finished, status.intents_total - status.intents_finished)
@@ -429,8 +431,7 @@ class CampaignRunner:
 
     async def _compile_and_write_status(self, final: CampaignState, finished_at: float) -> None:
         await self.store.call(self.store.compile, [i.id for i in self.spec.intents])
-        status = self.tally.status(self.id, final, self.started_at, finished_at, self.gate.limit, self.rewriter_knows)
-        await self.store.call(self.store.write_status, status)
+        await self.store.call(self.store.write_status, self._status_as(final, finished_at))
 
     def _fold_finished(self) -> None:
         """Fold the intents finished by earlier runs, one part at a time (memory stays flat in the campaign size)."""

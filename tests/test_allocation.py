@@ -14,7 +14,7 @@ from agents.messages import Intent, RewriteContext, RewriteReply
 from pipelines.campaign import CampaignRunner
 from pipelines.records import CampaignSpec, ModelsRecord
 from pipelines.store import CampaignStore
-from pipelines.testing.fakes import FakeRenderer, ScriptedCritic
+from pipelines.testing.fakes import FakeRenderer, ScriptedCritic, ScriptedLLM
 from pipelines.wire import CampaignState
 
 # -- a world with an easy and a hard kind of intent -------------------------------------------------------------------
@@ -247,3 +247,17 @@ def test_the_cli_sets_the_budget(tmp_path):
     s = _load_spec(campaign, None, {}, None, "all", "rewrite", 40, "even")
     assert (s.budget_images, s.budget_rule) == (40, "even")
     assert _load_spec(campaign, None, {}, None, "all").budget_images is None
+
+
+def test_the_stored_status_of_a_finished_budgeted_campaign_keeps_its_budget_fields(tmp_path):
+    """status.json (what GET answers once the ingress no longer runs the campaign) says what the budget was and what
+    was spent, like the live status, with no projection."""
+    s = CampaignSpec(intents=[Intent(id=f"i{k}", text=f"a red apple number {k}") for k in range(3)],
+                     search={"beam_width": 2, "candidates_per_beam": 2, "rounds": 2, "seeds_per_prompt": 1,
+                             "max_images": 8, "run_baseline": False}, concurrency=2, budget_images=12)
+    store = CampaignStore(str(tmp_path / "c"))
+    renderer = FakeRenderer()
+    live = asyncio.run(CampaignRunner(s, s.search_config(), renderer, ScriptedLLM(renderer), store).run())
+    stored = store.read_status()
+    assert stored.state == "done" and stored.budget_images == 12 and stored.projected_finish_s is None
+    assert stored.images_spent == live.images_spent <= 12 and stored.images_remaining == 12 - stored.images_spent
