@@ -156,3 +156,14 @@ def test_a_campaign_on_planner_workers_follows_the_renderers_autoscaling_and_sur
     assert max(concurrencies) > first, f"the campaign's concurrency stayed {first} while the renderer scaled"
     assert planner_pids(planner_app.dashboard) and killed not in planner_pids(planner_app.dashboard)
     assert running("planner") == 2  # Serve replaced the killed worker
+
+
+def test_a_budget_with_planner_workers_is_422_naming_the_field(planner_app):
+    """The campaign budget's allocator grants every round in the runner's process: with planner workers the ingress
+    refuses it before anything starts, naming the field."""
+    with httpx.Client(base_url=planner_app.url, timeout=30) as client:
+        resp = client.post("/v1/campaigns", json={"name": "budgeted", "intents": intents(3), "search": SEARCH,
+                                                  "budget_images": 30})
+        assert resp.status_code == 422, resp.text
+        assert resp.json()["errors"][0]["field"] == "budget_images" and "planner workers" in resp.text
+        assert client.get("/v1/campaigns/budgeted").status_code == 404  # nothing was started or stored
