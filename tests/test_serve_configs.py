@@ -154,8 +154,10 @@ def test_config_is_accepted_as_serve_deploy_would(name):
     (app,) = config["applications"]
     preset = AppConfig.model_validate(app["args"]).resolve()
     named = {d["name"] for d in app["deployments"]}
-    # the app's deployments, each configured: an llm exactly when the preset serves one
-    assert set(infos) == named == {"diffusion", "ingress"} | ({"llm"} if preset.needs_llm else set())
+    # the app's deployments, each configured: an llm exactly when the preset serves one, a planner exactly when the
+    # args turn planner workers on
+    planner = {"planner"} if AppConfig.model_validate(app["args"]).planner_workers else set()
+    assert set(infos) == named == {"diffusion", "ingress"} | ({"llm"} if preset.needs_llm else set()) | planner
     batching = DiffusionBatchConfig.model_validate(entry(config, "diffusion")["user_config"])
     assert batching.max_batch_size <= preset.diffusion.max_batch_size  # the replica's reconfigure would refuse it
     IngressConfig.model_validate(entry(config, "ingress")["user_config"])
