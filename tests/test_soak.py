@@ -1,15 +1,12 @@
-"""Soak: 1,000 intents through the Serve app with zero-cost fake engines at 512² (each image a ~790 KB PNG and a small
-critic copy, as heavy as a real render's bytes; ~6,000 images, ~4.7 GB written), searched on a planner worker
+"""Soak: 1,000 intents through the Serve app with zero-cost fake engines (64² images), searched on a planner worker
 (the cluster shape: the ingress admits, hands out and folds). While it runs, a sampler reads the campaign's status every
 0.25 s (latency and HTTP code) and the RSS of the ingress, planner and model replica processes; midway the
-campaign is cancelled and resubmitted (which resumes it). Checked: no process's memory grows (the peak of the last
-third of the samples after warm-up within +10% of the first third's; the swing within a third is the images in
-flight, printed), status p95 < 200 ms, no 5xx, and every intent once in results (every candidate once in lineage).
+campaign is cancelled and resubmitted (which resumes it). Checked: every process's memory stays within ±10% of its
+level after warm-up, status p95 < 200 ms, no 5xx, and every intent once in results (every candidate once in lineage).
 The figures are printed."""
 
 from __future__ import annotations
 
-import shutil
 import statistics
 import threading
 import time
@@ -29,8 +26,7 @@ pytestmark = [pytest.mark.soak, pytest.mark.slow, pytest.mark.serve]
 
 APP = "soak"
 N = 1000
-SEARCH = {"beam_width": 1, "candidates_per_beam": 2, "rounds": 1, "seeds_per_prompt": 1, "max_images": 4,
-          "width": 512, "height": 512}
+SEARCH = {"beam_width": 1, "candidates_per_beam": 2, "rounds": 1, "seeds_per_prompt": 1, "max_images": 4}
 WARM_UP = 0.2  # memory is compared from the point 20% of the intents are done
 CANCEL_AT = 0.5
 
@@ -43,8 +39,6 @@ def soak_app(ray_cluster, tmp_path_factory):
 
     d = tmp_path_factory.mktemp("soak")
     state, store = d / "state", d / "store"
-    state.mkdir()
-    (state / "realistic_images").touch()  # the fake renderer's images as heavy as real ones (tests/fake_engines.py)
     config = AppConfig(preset=str(write_fake_preset(d, state)), store_root=str(store), engines=FAKE_ENGINES,
                        planner_workers=True)
     one = {"min_replicas": 1, "initial_replicas": 1, "max_replicas": 1}
@@ -53,7 +47,6 @@ def soak_app(ray_cluster, tmp_path_factory):
     serve.run(compose_app(config, deployments), name=APP, route_prefix=f"/{APP}")
     yield ray_cluster["url"] + f"/{APP}", store
     serve.delete(APP)
-    shutil.rmtree(store, ignore_errors=True)  # ~4.7 GB of images
 
 
 def replica_processes() -> dict[str, psutil.Process]:
@@ -125,21 +118,19 @@ def test_a_thousand_intents_keep_memory_flat_and_status_fast(soak_app):
           f"and resumed; status polled {len(sampler.latencies)} times: p50 "
           f"{statistics.median(sampler.latencies) * 1e3:.0f} ms, p95 {p95 * 1e3:.0f} ms, max "
           f"{max(sampler.latencies) * 1e3:.0f} ms; codes {dict(sampler.codes)}")
-    growth = {}
+    spread = {}
     for name in processes:
         series = [r[name] for r in warm]
-        base, third = series[0], max(1, len(series) // 3)
-        # flat = no growth: the peak of the last third against the peak of the first (after warm-up). The range
-        # within a third is the images in flight (32 intents x ~6 x 790 KB, capped by max_image_bytes_in_flight)
-        growth[name] = max(series[-third:]) / max(series[:third]) - 1
+        base = series[0]
+        spread[name] = (min(series) / base - 1, max(series) / base - 1)
         print(f"  RSS {name}: after warm-up {base / 2**20:.0f} MiB, then {min(series) / 2**20:.0f}–"
-              f"{max(series) / 2**20:.0f} MiB ({min(series) / base - 1:+.1%} / {max(series) / base - 1:+.1%}); peak "
-              f"of the last third vs the first {growth[name]:+.1%}; {len(series)} samples")
+              f"{max(series) / 2**20:.0f} MiB ({spread[name][0]:+.1%} / {spread[name][1]:+.1%}) over {len(series)} "
+              f"samples")
 
     assert st.state == "done" and st.intents_done == N and st.intents_failed == 0, st
     assert not [c for c in sampler.codes if c >= 500], sampler.codes
     assert p95 < 0.2, f"status p95 {p95 * 1e3:.0f} ms"
     assert len(warm) >= 20, "too few samples after warm-up to judge memory"
-    for name, g in growth.items():
-        assert g <= 0.10, f"{name} RSS grew {g:+.1%} from the first third of the campaign to the last"
+    for name, (low, high) in spread.items():
+        assert -0.10 <= low and high <= 0.10, f"{name} RSS moved {low:+.1%} / {high:+.1%} after warm-up"
     assert_each_intent_once(CampaignStore(str(store_root / cid)), [f"i{k}" for k in range(N)])
