@@ -24,8 +24,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from agents.config import CriticConfig, RewriterConfig, SearchConfig
-from agents.messages import SAFE_NAME, CallCounts, Candidate, Intent, SearchResult
+from agents.messages import SAFE_NAME, AppliedAction, CallCounts, Candidate, Intent, ReviewState, SearchResult
 from agents.planner import baseline_fraction, baseline_sampled, check_intent
+from agents.steering import ReviewConfig
 from serving.presets import ModelPreset, RenderDefaults, partial_model
 
 MAX_INTENTS = 100_000
@@ -117,6 +118,12 @@ class CampaignSpec(Record):
         default="adaptive",
         description="adaptive: unspent shares go to intents still improving; even: each intent spends at most its "
         "even share (the comparison arm).",
+    )
+    review: ReviewConfig | None = Field(
+        default=None,
+        description="A human in the loop (agents.steering): an intent whose best score stays under review.threshold "
+        "waits for a person (GET .../review) until one acts or review.timeout_s passes. None: intents never wait. Not "
+        "part of the campaign's identity: a resume may change it.",
     )
 
     @model_validator(mode="after")
@@ -355,6 +362,10 @@ class IntentOutcome(Record):
     resumed_from_round: int | None = Field(
         default=None, description="Set when this intent continued from a checkpoint: the rounds finished before.",
     )
+    human_actions: list[AppliedAction] = Field(
+        default_factory=list, description="People's actions on this intent (who, when, the round they took effect at).",
+    )
+    review: ReviewState | None = Field(default=None, description="Set when the intent waited for review: how it ended.")
 
     @classmethod
     def done(cls, search: SearchResult, baseline: SearchResult | None) -> IntentOutcome:
@@ -368,6 +379,7 @@ class IntentOutcome(Record):
             intent_id=search.intent.id, intent=search.intent.text, status="done", search=arm, baseline=base,
             improvement=improvement, held_out_improvement=held_out, checks=[c.question for c in search.checks],
             rewrites_blocked=sum(len(p.blocked) for p in search.proposals),
+            human_actions=search.human_actions, review=search.review,
         )
 
     @classmethod

@@ -5,6 +5,7 @@ steer, time out)."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -12,7 +13,18 @@ from agents.config import SearchConfig
 from agents.messages import CandidateStatus, HumanAction, Intent, SearchCheckpoint
 from agents.planner import BeamSearchPlanner
 from agents.steering import AwaitingReview, ReviewConfig
-from pipelines.testing.fakes import CountingRewriter, DictSink, FakeRenderer, ScriptedCritic, ScriptedSteering
+from pipelines.campaign import CampaignRunner
+from pipelines.records import CampaignSpec
+from pipelines.store import CampaignStore
+from pipelines.testing.fakes import (
+    CountingRewriter,
+    DictSink,
+    FakeRenderer,
+    ScriptedCritic,
+    ScriptedLLM,
+    ScriptedSteering,
+)
+from pipelines.wire import CampaignState
 
 INTENT = Intent(id="cat", text="a cat")
 NO_TIMINGS = {"candidates": {"__all__": {"timings"}}, "counts": {"critique_seconds", "render_seconds"}}
@@ -182,3 +194,75 @@ def test_an_intent_over_the_threshold_does_not_wait():
     steering = ScriptedSteering(review=ReviewConfig(threshold=0.1), clock=5.0)
     result = run(planner(SHORT, steering)[0].run(INTENT))
     assert result.review is None and result.stop_reason == "rounds"
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The campaign runner: waiting intents free their slot, wake on an action, survive a cancel and a resume
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+async def until(condition, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting for the condition"
+        await asyncio.sleep(0.05)
+
+
+def post(store: CampaignStore, runner: CampaignRunner, intent_id: str, id: str, kind: str, by: str, **kw) -> None:
+    """What the API does with an action: store it whole, then wake the intent."""
+    store.write_action(HumanAction(id=id, intent_id=intent_id, kind=kind, by=by, at=time.time(), **kw))
+    runner.wake(intent_id)
+
+
+def test_waiting_intents_free_their_slot_and_finish_when_a_person_acts_across_a_cancel_and_a_resume(tmp_path):
+    spec = CampaignSpec(intents=[Intent(id=f"i{k}", text=f"a red apple number {k}") for k in range(3)],
+                        concurrency=1, baseline="none", review={"threshold": 0.999, "timeout_s": 600},
+                        search={"beam_width": 2, "candidates_per_beam": 2, "rounds": 2, "seeds_per_prompt": 1,
+                                "max_images": 16})
+    store = CampaignStore(str(tmp_path))
+
+    def runner() -> CampaignRunner:
+        renderer = FakeRenderer()
+        return CampaignRunner(spec, spec.search_config(), renderer, ScriptedLLM(renderer), store)
+
+    def waiting() -> dict[str, int]:
+        return {cp.intent.id: cp.rounds_done for cp in store.waiting_checkpoints()}
+
+    async def scenario():
+        first = runner()
+        task = asyncio.create_task(first.run())
+        await until(lambda: len(waiting()) == 3)  # one slot, yet all three wait: a waiting intent holds none
+        assert first.status.intents_waiting == 3 and first.status.intents_finished == 0
+        post(store, first, "i0", "ok", "accept", "alice")
+        post(store, first, "i1", "more", "add_prompt", "bob", prompt="a shiny red apple, studio photo")
+        await until(lambda: "i0" in store.done_intents() and waiting().get("i1") == 3)  # i1: one more round, waits
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        second = runner()  # a resumed campaign: i1 and i2 wait again, from their checkpoints
+        task = asyncio.create_task(second.run())
+        await until(lambda: second.status.intents_waiting == 2)
+        post(store, second, "i1", "ok", "accept", "carol")
+        post(store, second, "i2", "ok", "accept", "carol")
+        return await task
+
+    status = asyncio.run(scenario())
+    assert status.state == CampaignState.done and status.intents_done == 3 and status.intents_waiting == 0
+    outcomes = {o.intent_id: o for o in store.iter_outcomes(["i0", "i1", "i2"])}
+    assert (outcomes["i0"].review.ended, outcomes["i0"].review.by, outcomes["i0"].search.rounds) == ("accepted", "alice", 2)
+    assert [(a.action.id, a.action.by) for a in outcomes["i1"].human_actions] == [("more", "bob"), ("ok", "carol")]
+    assert outcomes["i1"].search.rounds == 3 and outcomes["i1"].review.by == "carol"
+    human = [c for c in store.read_part("i1").lineage if c.source == "human"]
+    assert [(c.prompt, c.human[0].by) for c in human] == [("a shiny red apple, studio photo", "bob")]
+    assert store.waiting_checkpoints() == []
+
+
+def test_a_waiting_intent_finishes_as_it_is_when_nobody_acts_in_time(tmp_path):
+    spec = CampaignSpec(intents=[Intent(id="i0", text="a red apple")], baseline="none",
+                        review={"threshold": 0.999, "timeout_s": 0.3},
+                        search={"beam_width": 1, "candidates_per_beam": 1, "rounds": 1, "seeds_per_prompt": 1})
+    store = CampaignStore(str(tmp_path))
+    renderer = FakeRenderer()
+    status = asyncio.run(CampaignRunner(spec, spec.search_config(), renderer, ScriptedLLM(renderer), store).run())
+    assert status.intents_done == 1
+    [outcome] = store.iter_outcomes(["i0"])
+    assert outcome.review.ended == "timed_out" and outcome.review.ended_at >= outcome.review.since + 0.3
