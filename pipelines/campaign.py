@@ -359,6 +359,7 @@ class CampaignRunner:
             seeds={"base_seed": self.search.base_seed, "derivation": "sha256(base_seed, candidate id)"},
             rewriter_knows=self.rewriter_knows, budget_images=self.spec.budget_images,
             budget_rule=self.spec.budget_rule if self.spec.budget_images is not None else None,
+            review=self.spec.review,
         )
 
     def prepare_store(self) -> int:

@@ -266,6 +266,8 @@ class Manifest(Record):
     )
     budget_images: int | None = Field(default=None, description="The campaign's image budget (search arm); None: none.")
     budget_rule: str | None = Field(default=None, description="How the budget is shared (adaptive, even).")
+    review: ReviewConfig | None = Field(default=None, description="When intents wait for a person (CampaignSpec.review); "
+                                        "not part of the fingerprint.")
 
     @staticmethod
     def compute_fingerprint(spec: CampaignSpec, search: SearchConfig, models: ModelsRecord) -> str:
