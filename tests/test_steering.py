@@ -266,3 +266,44 @@ def test_a_waiting_intent_finishes_as_it_is_when_nobody_acts_in_time(tmp_path):
     assert status.intents_done == 1
     [outcome] = store.iter_outcomes(["i0"])
     assert outcome.review.ended == "timed_out" and outcome.review.ended_at >= outcome.review.since + 0.3
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Named tokens: who acted
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_named_tokens_say_who_acted_and_the_single_token_is_named_api(monkeypatch, tmp_path):
+    from fastapi import HTTPException
+    from fastapi.security import HTTPAuthorizationCredentials
+
+    from pipelines.server.auth import AuthSettings, BearerAuth
+
+    for var in ("PROMPTBEAM_API_TOKEN", "PROMPTBEAM_API_TOKEN_FILE", "PROMPTBEAM_API_TOKENS",
+                "PROMPTBEAM_API_TOKENS_FILE"):
+        monkeypatch.delenv(var, raising=False)
+    bearer = lambda token: HTTPAuthorizationCredentials(scheme="Bearer", credentials=token)  # noqa: E731
+    assert BearerAuth().check(None) == "anonymous"  # no token configured (loopback)
+    monkeypatch.setenv("PROMPTBEAM_API_TOKEN", "single-token-0123456789")
+    monkeypatch.setenv("PROMPTBEAM_API_TOKENS", "alice:alice-token-0123456789, bob:bob-token-0123456789")
+    settings = AuthSettings()
+    auth = BearerAuth(settings.token(), settings.named_tokens())
+    assert [auth.check(bearer(t)) for t in ("alice-token-0123456789", "bob-token-0123456789",
+                                           "single-token-0123456789")] == ["alice", "bob", "api"]
+    for wrong in (None, bearer("carol-token-0123456789")):
+        with pytest.raises(HTTPException) as refused:
+            auth.check(wrong)
+        assert refused.value.status_code == 401
+    tokens_file = tmp_path / "tokens"
+    tokens_file.write_text("# people\ncarol:carol-token-0123456789\n\n")
+    monkeypatch.delenv("PROMPTBEAM_API_TOKENS")
+    monkeypatch.setenv("PROMPTBEAM_API_TOKENS_FILE", str(tokens_file))
+    assert set(AuthSettings().named_tokens()) == {"api", "carol"}
+    monkeypatch.delenv("PROMPTBEAM_API_TOKENS_FILE")
+    for bad, why in (("alice:short", "at least 16"), ("no-colon-token-0123456789", "name:token"),
+                     ("../x:alice-token-0123456789", "name:token"), ("api:other-token-0123456789", "given twice"),
+                     ("a:same-token-0123456789,b:same-token-0123456789", "same as another")):
+        monkeypatch.setenv("PROMPTBEAM_API_TOKENS", bad)
+        with pytest.raises(ValueError, match=why) as refused:
+            AuthSettings().named_tokens()
+        assert "0123456789" not in str(refused.value)  # a token is never echoed

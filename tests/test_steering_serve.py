@@ -65,6 +65,14 @@ def wait_for(c: httpx.Client, waiting: dict[str, int], timeout: float = 120) -> 
         time.sleep(0.3)
 
 
+def cli(url: str, token: str, *args: str):
+    from typer.testing import CliRunner
+
+    from pipelines.cli import app
+
+    return CliRunner().invoke(app, [*args, "--endpoint", url], env={"PROMPTBEAM_API_TOKEN": token, "COLUMNS": "200"})
+
+
 def act(c: httpx.Client, **body) -> httpx.Response:
     return c.post(f"/v1/campaigns/{NAME}/actions", json=body)
 
@@ -113,8 +121,11 @@ def test_people_act_on_a_running_campaign_through_the_api_recorded_by_token_name
     # resumed: both wait again from their checkpoints; nothing is applied twice
     assert alice.post("/v1/campaigns", json=SPEC).json()["resumed_intents"] == 0
     wait_for(alice, {"a": 3, "b": 2})
+    shown = cli(url, BOB, "review", NAME)  # the terminal's view of the same listing
+    assert shown.exit_code == 0 and "a glossy red apple" in shown.output and "vetoed" in shown.output, shown.output
     assert act(alice, id="ok-a", intent_id="a", kind="accept").status_code == 201
-    assert act(bob, id="ok-b", intent_id="b", kind="accept").status_code == 201
+    accepted = [cli(url, BOB, "review", NAME, "--intent", "b", "--accept") for _ in range(2)]  # the second: a no-op
+    assert all(r.exit_code == 0 and "by bob" in r.output for r in accepted), accepted[-1].output
     final = wait_done(alice, NAME, timeout=120)
     assert final.state == CampaignState.done and final.intents_done == 2 and final.intents_waiting == 0
     assert act(bob, id="late", intent_id="a", kind="accept").status_code == 409  # finished
@@ -133,6 +144,6 @@ def test_people_act_on_a_running_campaign_through_the_api_recorded_by_token_name
     assert gone and all(r.status == CandidateStatus.vetoed and r.human[0].by == "alice" for r in gone)
     listed = [HumanAction.model_validate(x) for x in alice.get(f"/v1/campaigns/{NAME}/actions").json()]
     assert [(h.intent_id, h.id, h.by) for h in listed] == [("a", "v1", "alice"), ("a", "p1", "bob"),
-                                                          ("a", "ok-a", "alice"), ("b", "ok-b", "bob")]
+                                                          ("a", "ok-a", "alice"), ("b", listed[-1].id, "bob")]
     only_b = alice.get(f"/v1/campaigns/{NAME}/actions", params={"intent": "b"}).json()
-    assert [x["id"] for x in only_b] == ["ok-b"]
+    assert [x["id"] for x in only_b] == [listed[-1].id] and listed[-1].id.startswith("cli-accept-")

@@ -75,7 +75,9 @@ class AuthSettings(BaseSettings):
         for n, pair in enumerate(pairs, start=1):
             name, sep, token = pair.partition(":")
             name, token = name.strip(), token.strip()
-            if not sep or re.fullmatch(TOKEN_NAME, name) is None:
+            if not sep:  # no name: the whole pair may be a token, never echoed
+                raise ValueError(f"named token {n} must be 'name:token'; it has no ':'")
+            if re.fullmatch(TOKEN_NAME, name) is None:
                 raise ValueError(f"named token {n} must be 'name:token' with a name of letters, digits and '_.-' (at "
                                  f"most 100 characters); its name is {name[:40]!r}")
             if len(token) < MIN_TOKEN_CHARS:
