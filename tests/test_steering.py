@@ -15,6 +15,7 @@ from agents.planner import BeamSearchPlanner
 from agents.steering import AwaitingReview, ReviewConfig
 from pipelines.campaign import CampaignRunner
 from pipelines.records import CampaignSpec
+from pipelines.report import write_report
 from pipelines.store import CampaignStore
 from pipelines.testing.fakes import (
     CountingRewriter,
@@ -254,6 +255,8 @@ def test_waiting_intents_free_their_slot_and_finish_when_a_person_acts_across_a_
     human = [c for c in store.read_part("i1").lineage if c.source == "human"]
     assert [(c.prompt, c.human[0].by) for c in human] == [("a shiny red apple, studio photo", "bob")]
     assert store.waiting_checkpoints() == []
+    html = open(write_report(store)).read()  # the report marks the human-made steps and how each wait ended
+    assert "add_prompt · human: bob" in html and "accepted by alice" in html and "accepted by carol" in html
 
 
 def test_a_waiting_intent_finishes_as_it_is_when_nobody_acts_in_time(tmp_path):

@@ -12,6 +12,8 @@ import pytest
 
 from agents.messages import CandidateStatus, HumanAction
 from pipelines.records import LineageRecord
+from pipelines.report import write_report
+from pipelines.store import CampaignStore
 from pipelines.wire import CampaignState, ErrorBody, ReviewListing
 from tests.http_helpers import outcomes, status, wait_done
 from tests.test_serve_fake import FAKE_ENGINES, FAST_HEALTH, write_fake_preset
@@ -142,6 +144,8 @@ def test_people_act_on_a_running_campaign_through_the_api_recorded_by_token_name
         ("a glossy red apple, studio light", [("add_prompt", "bob")])]  # rendered once, not again on the resume
     gone = [r for r in lineage if r.prompt == best.prompt]
     assert gone and all(r.status == CandidateStatus.vetoed and r.human[0].by == "alice" for r in gone)
+    html = Path(write_report(CampaignStore(str(store)))).read_text()
+    assert "veto · human: alice" in html and "vetoed: image withheld" in html and "add_prompt · human: bob" in html
     listed = [HumanAction.model_validate(x) for x in alice.get(f"/v1/campaigns/{NAME}/actions").json()]
     assert [(h.intent_id, h.id, h.by) for h in listed] == [("a", "v1", "alice"), ("a", "p1", "bob"),
                                                           ("a", "ok-a", "alice"), ("b", listed[-1].id, "bob")]
