@@ -751,8 +751,8 @@ class BeamSearchPlanner:
         return proposal, None
 
     def _best_score(self, state: SearchCheckpoint) -> float | None:
-        scored = [c.score for c in state.search.candidates if c.score is not None and c.status is CandidateStatus.scored]
-        return max(scored, default=None)
+        return max((c.score for c in state.search.candidates
+                    if c.score is not None and c.status is CandidateStatus.scored), default=None)
 
     async def _review(self, state: SearchCheckpoint, on_round: RoundCallback | None) -> bool:
         """The search stopped: with a review policy and its best score under the threshold, the intent waits for a
@@ -770,7 +770,8 @@ class BeamSearchPlanner:
         accepted = [a for a in new if a.kind == "accept"]
         if accepted or any(a.action.kind == "accept" for a in state.human_actions):
             for action in new:  # pins and vetoes still change what the result shows; prompts are not rendered
-                note = self._apply(state, action) if action.kind != "add_prompt" else "not rendered: the intent was accepted"
+                note = ("not rendered: the intent was accepted" if action.kind == "add_prompt"
+                        else self._apply(state, action))
                 state.human_actions.append(AppliedAction(action=action, round=state.rounds_done, note=note))
             who = accepted[0].by if accepted else next(a.action.by for a in state.human_actions
                                                         if a.action.kind == "accept")

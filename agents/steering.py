@@ -10,8 +10,8 @@ so a resumed run applies each exactly once and ends as an uninterrupted one woul
 
 **Review.** With a :class:`ReviewConfig` (``CampaignSpec.review``), an intent whose search stopped with its best score
 under ``threshold`` does not finish: it waits. The planner writes its checkpoint with a :class:`ReviewState` and raises
-:class:`AwaitingReview`; the campaign runner frees the intent's concurrency slot and runs it again (from that checkpoint)
-when a person acts on it or its ``timeout_s`` has passed. Then:
+:class:`AwaitingReview`; the campaign runner frees the intent's concurrency slot and runs it again (from that
+checkpoint) when a person acts on it or its ``timeout_s`` has passed. Then:
 
 - ``accept``: it finishes as it is (``review.ended == "accepted"``);
 - pin, veto or add_prompt: it runs one more round with them (``"steered"``), and waits again if its best is still

@@ -245,11 +245,16 @@ class Planners(Protocol):
     async def run(self, job: IntentJob) -> IntentDone: ...
 
 
-def budget_problem(spec: CampaignSpec, search: SearchConfig, planner_workers: bool) -> str | None:
-    """Why the campaign's ``budget_images`` (or ``review``) cannot be run as given (None if it can, or none is set)."""
+def review_problem(spec: CampaignSpec, planner_workers: bool) -> str | None:
+    """Why the campaign's ``review`` cannot be run as given (None if it can, or none is set)."""
     if spec.review is not None and planner_workers:
         return ("review needs the campaign's intents searched in the runner's process (a waiting intent is run again "
                 "there when a person acts); it cannot be used with planner workers")
+    return None
+
+
+def budget_problem(spec: CampaignSpec, search: SearchConfig, planner_workers: bool) -> str | None:
+    """Why the campaign's ``budget_images`` cannot be run as given (None if it can, or none is set)."""
     if spec.budget_images is None:
         return None
     if planner_workers:
@@ -302,7 +307,8 @@ class CampaignRunner:
         self.max_concurrency = max(self.concurrency, max_concurrency or self.concurrency)
         self.gate = ConcurrencyGate(self.concurrency)
         self.planners = planners  # None: intents are searched in this process
-        if problem := budget_problem(spec, search, planners is not None):
+        workers = planners is not None
+        if problem := budget_problem(spec, search, workers) or review_problem(spec, workers):
             raise ValueError(problem)
         self.allocator: ImageAllocator | None = None  # built from the store's budget.json when the run starts
         self._budget_saved = asyncio.Lock()

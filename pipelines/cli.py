@@ -637,7 +637,8 @@ def _action_id(intent: str, kind: str, text: str | None) -> str:
 def review_cmd(
     campaign_id: str = CAMPAIGN_ID, endpoint: str = ENDPOINT,
     intent: str = typer.Option(None, help="The intent to act on (with one of the actions below)."),
-    pin: str = typer.Option(None, help="Keep this branch (its prompt or a candidate id) in the beam whatever its rank."),
+    pin: str = typer.Option(None, help="Keep this branch (its prompt or a candidate id) in the beam, whatever its "
+                            "rank."),
     veto: str = typer.Option(None, help="Drop this branch (prompt or candidate id): never expanded, never the result."),
     add_prompt: str = typer.Option(None, "--add-prompt", help="Render this prompt in the intent's next round."),
     parent: str = typer.Option(None, help="With --add-prompt: the branch it continues (default: a new root)."),

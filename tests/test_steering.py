@@ -249,7 +249,8 @@ def test_waiting_intents_free_their_slot_and_finish_when_a_person_acts_across_a_
     status = asyncio.run(scenario())
     assert status.state == CampaignState.done and status.intents_done == 3 and status.intents_waiting == 0
     outcomes = {o.intent_id: o for o in store.iter_outcomes(["i0", "i1", "i2"])}
-    assert (outcomes["i0"].review.ended, outcomes["i0"].review.by, outcomes["i0"].search.rounds) == ("accepted", "alice", 2)
+    i0 = outcomes["i0"]
+    assert (i0.review.ended, i0.review.by, i0.search.rounds) == ("accepted", "alice", 2)
     assert [(a.action.id, a.action.by) for a in outcomes["i1"].human_actions] == [("more", "bob"), ("ok", "carol")]
     assert outcomes["i1"].search.rounds == 3 and outcomes["i1"].review.by == "carol"
     human = [c for c in store.read_part("i1").lineage if c.source == "human"]

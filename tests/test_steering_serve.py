@@ -113,7 +113,8 @@ def test_people_act_on_a_running_campaign_through_the_api_recorded_by_token_name
         assert answer.status_code == 422, answer.text
         assert field in ErrorBody.model_validate_json(answer.content).detail
     assert act(bob, id="p0", intent_id="zz", kind="accept").status_code == 404
-    assert bob.post("/v1/campaigns/nope/actions", json={"id": "p0", "intent_id": "a", "kind": "accept"}).status_code == 404
+    nope = bob.post("/v1/campaigns/nope/actions", json={"id": "p0", "intent_id": "a", "kind": "accept"})
+    assert nope.status_code == 404
     added = act(bob, id="p1", intent_id="a", kind="add_prompt", prompt="a glossy red apple, studio light")
     assert added.status_code == 201 and HumanAction.model_validate_json(added.content).by == "bob"
 

@@ -62,7 +62,8 @@ class AuthSettings(BaseSettings):
             try:
                 text = self.api_tokens_file.read_text()
             except OSError as exc:
-                raise ValueError(f"cannot read PROMPTBEAM_API_TOKENS_FILE {str(self.api_tokens_file)!r}: {exc}") from exc
+                raise ValueError(f"cannot read PROMPTBEAM_API_TOKENS_FILE {str(self.api_tokens_file)!r}: "
+                                 f"{exc}") from exc
             pairs = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
         elif self.api_tokens is not None:
             pairs = [p.strip() for p in self.api_tokens.get_secret_value().split(",") if p.strip()]
@@ -81,7 +82,8 @@ class AuthSettings(BaseSettings):
                 raise ValueError(f"named token {n} must be 'name:token' with a name of letters, digits and '_.-' (at "
                                  f"most 100 characters); its name is {name[:40]!r}")
             if len(token) < MIN_TOKEN_CHARS:
-                raise ValueError(f"the token named {name!r} has {len(token)} characters; use at least {MIN_TOKEN_CHARS}")
+                raise ValueError(f"the token named {name!r} has {len(token)} characters; use at least "
+                                 f"{MIN_TOKEN_CHARS}")
             if name in out:
                 raise ValueError(f"the token name {name!r} is given twice" + (
                     f" ({SINGLE_TOKEN_NAME!r} is PROMPTBEAM_API_TOKEN's)" if name == SINGLE_TOKEN_NAME else ""))

@@ -26,7 +26,13 @@ from ray import serve
 from agents.config import SearchConfig
 from agents.memory import Lesson
 from agents.messages import SAFE_NAME, ActionRequest, HumanAction
-from pipelines.campaign import CampaignConflict, CampaignRunner, budget_problem, intent_concurrency
+from pipelines.campaign import (
+    CampaignConflict,
+    CampaignRunner,
+    budget_problem,
+    intent_concurrency,
+    review_problem,
+)
 from pipelines.records import MAX_NAME_CHARS, CampaignSpec, ModelsRecord
 from pipelines.server.auth import BEARER_SCHEME, AuthSettings, BearerAuth, check_bind
 from pipelines.server.configs import AppConfig, IngressConfig
@@ -213,6 +219,8 @@ class CampaignIngress:
                 concurrency = ceiling
         if problem := budget_problem(spec, search, self.planners is not None):
             raise validation_error([{"loc": ("budget_images",), "msg": problem}])
+        if problem := review_problem(spec, self.planners is not None):
+            raise validation_error([{"loc": ("review",), "msg": problem}])
         cid = spec.campaign_id()
         runner = CampaignRunner(spec, search, self.renderer, self.rewriter_llm, self._store(cid), models=self.models,
                                 concurrency=concurrency, critic_llm=self.critic_llm, planners=self.planners,
@@ -441,7 +449,8 @@ class CampaignIngress:
             def checked() -> None:
                 known = body.intent_id in manifest.intent_ids
                 finished = known and store.read_part(body.intent_id) is not None
-                check_action(body, manifest.intent_ids, finished, store.read_checkpoint(body.intent_id) if known else None)
+                checkpoint = store.read_checkpoint(body.intent_id) if known else None
+                check_action(body, manifest.intent_ids, finished, checkpoint)
 
             try:
                 await asyncio.to_thread(checked)
