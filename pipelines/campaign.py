@@ -332,6 +332,7 @@ class CampaignRunner:
         self.steering = StoreSteering(store, spec.review)
         self._reviews: set[asyncio.Task] = set()  # one per intent waiting for review (it holds no concurrency slot)
         self._wakes: dict[str, asyncio.Event] = {}
+        self._woken: set[str] = set()  # actions posted while the intent ran: it must not sleep past them
 
     @property
     def status(self) -> CampaignStatus:
@@ -495,6 +496,8 @@ class CampaignRunner:
                 waiting = await self._run_intent(intent)
             if waiting is not None:
                 self._wakes[intent.id] = asyncio.Event()
+                if intent.id in self._woken:  # an action came after the planner last read them: look again at once
+                    self._wakes[intent.id].set()
                 self._reviews.add(asyncio.ensure_future(self._await_review(intent, waiting)))
 
     async def _await_review(self, intent: Intent, waiting: AwaitingReview) -> None:
@@ -518,8 +521,11 @@ class CampaignRunner:
         """An action was posted for ``intent_id``: if it waits for review, it runs again now."""
         if (event := self._wakes.get(intent_id)) is not None:
             event.set()
+        else:
+            self._woken.add(intent_id)
 
     async def _run_intent(self, intent: Intent) -> AwaitingReview | None:
+        self._woken.discard(intent.id)  # this run reads every action posted so far
         try:
             part = await (self._plan_remote(intent) if self.planners is not None else self._plan_here(intent))
         except AwaitingReview as waiting:  # its checkpoint says so; nothing committed
