@@ -311,3 +311,12 @@ def test_named_tokens_say_who_acted_and_the_single_token_is_named_api(monkeypatc
         with pytest.raises(ValueError, match=why) as refused:
             AuthSettings().named_tokens()
         assert "0123456789" not in str(refused.value)  # a token is never echoed
+
+
+def test_review_needs_the_intents_searched_in_the_runners_process(tmp_path):
+    spec = CampaignSpec(intents=[Intent(id="i0", text="a red apple")], review={"threshold": 0.5})
+    renderer = FakeRenderer()
+    with pytest.raises(ValueError, match="review needs the campaign's intents searched in the runner's process"):
+        CampaignRunner(spec, spec.search_config(), renderer, ScriptedLLM(renderer), CampaignStore(str(tmp_path)),
+                       planners=object())
+    CampaignRunner(spec, spec.search_config(), renderer, ScriptedLLM(renderer), CampaignStore(str(tmp_path)))

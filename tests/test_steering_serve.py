@@ -117,6 +117,8 @@ def test_people_act_on_a_running_campaign_through_the_api_recorded_by_token_name
     assert nope.status_code == 404
     added = act(bob, id="p1", intent_id="a", kind="add_prompt", prompt="a glossy red apple, studio light")
     assert added.status_code == 201 and HumanAction.model_validate_json(added.content).by == "bob"
+    stored = HumanAction.model_validate_json((store / "actions" / "a" / "p1.json").read_text())
+    assert stored == HumanAction.model_validate_json(added.content)  # persisted whole before the answer
 
     # intent a ran one more round with the people's input and waits again; then the campaign is cancelled
     wait_for(alice, {"a": 3, "b": 2})
