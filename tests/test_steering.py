@@ -320,3 +320,15 @@ def test_review_needs_the_intents_searched_in_the_runners_process(tmp_path):
         CampaignRunner(spec, spec.search_config(), renderer, ScriptedLLM(renderer), CampaignStore(str(tmp_path)),
                        planners=object())
     CampaignRunner(spec, spec.search_config(), renderer, ScriptedLLM(renderer), CampaignStore(str(tmp_path)))
+
+
+def test_promptbeam_review_takes_one_action_with_an_intent_or_none_to_list():
+    from typer.testing import CliRunner
+
+    from pipelines.cli import EXIT_USAGE, app
+
+    endpoint = ["--endpoint", "http://127.0.0.1:9"]  # nothing listens: a usage error must stop before any call
+    for args in (["--intent", "a"], ["--pin", "x"], ["--intent", "a", "--pin", "x", "--accept"],
+                 ["--intent", "a", "--accept", "--parent", "x"]):
+        result = CliRunner().invoke(app, ["review", "camp", *args, *endpoint])
+        assert result.exit_code == EXIT_USAGE, (args, result.output)
