@@ -40,6 +40,7 @@ from agents.rewriter import Rewriter
 from agents.safety import KeywordModerator, OutputFilter
 from agents.stats import TIE_EPS
 from pipelines.records import (
+    DEFAULT_RENDERER,
     CampaignSpec,
     IntentOutcome,
     IntentPart,
@@ -221,6 +222,7 @@ class IntentJob(Record):
     runs_baseline: bool
     lessons: list[Lesson] | None = Field(default=None, description="The campaign's lessons now; None: memory off.")
     renderer_stores: bool = Field(description="The renderer writes images to the store itself.")
+    renderer: str = Field(default=DEFAULT_RENDERER, description="The renderer deployment (CampaignSpec.renderer).")
     max_image_bytes_in_flight: int = Field(ge=1)
 
 
@@ -506,7 +508,7 @@ class CampaignRunner:
             campaign_id=self.id, intent=intent, search=self.search, rewriter=self.spec.rewriter,
             critic=self.spec.critic, runs_baseline=self.spec.runs_baseline(intent.id, self.search),
             lessons=None if self.memory is None else self.memory.lessons(),
-            renderer_stores=self.renderer.store is not None,
+            renderer_stores=self.renderer.store is not None, renderer=self.spec.renderer,
             max_image_bytes_in_flight=self.spec.max_image_bytes_in_flight,
         )
         done = await self.planners.run(job)

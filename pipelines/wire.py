@@ -101,6 +101,7 @@ class CampaignAccepted(Record):
     concurrency: int = Field(description="Intents searched at once.")
     status_url: str
     results_url: str
+    variants: dict[str, str] | None = Field(default=None, description="A model A/B: variant -> its campaign id.")
 
 
 class CampaignListing(Record):
