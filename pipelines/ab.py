@@ -21,57 +21,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
-from pydantic import Field
-
-from agents.stats import PairedSummary, bootstrap_ci, paired_summary
-from pipelines.records import ABManifest, IntentOutcome, Record
+from agents.stats import bootstrap_ci, paired_summary
+from pipelines.records import ABManifest, IntentOutcome
 from pipelines.store import campaign_store
-from pipelines.wire import CampaignState
-
-
-class ABSide(Record):
-    """One variant's outcomes: progress, accuracy and cost."""
-
-    variant: str
-    campaign: str
-    renderer: str
-    steps: int | None
-    state: CampaignState | None = Field(default=None, description="Its campaign's state; None if never started.")
-    intents_total: int
-    intents_finished: int = 0
-    solved: int = 0
-    accuracy: float | None = Field(default=None, description="Solved share of the finished intents with a score.")
-    accuracy_ci: tuple[float, float] | None = None
-    mean_best_score: float | None = None
-    images: int = Field(default=0, description="Search-arm images rendered.")
-    render_seconds: float = Field(default=0.0, description="Search-arm device seconds (each image's share of its "
-                                                           "pipeline call).")
-    images_per_solved: float | None = None
-    render_seconds_per_solved: float | None = None
-    improvement: PairedSummary = Field(default_factory=lambda: PairedSummary(n=0),
-                                       description="This variant's search over its own best-of-N baseline.")
-
-
-class ABComparison(Record):
-    """GET /v1/campaigns/{id}/ab: both sides and the paired difference (second variant minus first)."""
-
-    id: str
-    state: CampaignState = Field(description="running while either variant runs; else done if both are done.")
-    variants: list[ABSide]
-    difference: str = Field(description="Which side is subtracted from which, e.g. 'b - a'.")
-    solved_difference: PairedSummary = Field(
-        description="Per intent both finished: solved (0/1) of the second minus the first; the mean is the accuracy "
-        "difference, with its 95% interval and wins/ties/losses.")
-    score_difference: PairedSummary = Field(description="Per intent both finished: best score, second minus first.")
-    solved_at: float
-
-
-class ABIntent(Record):
-    """One line of GET /v1/campaigns/{id}/ab/results: an intent as each variant finished it."""
-
-    intent_id: str
-    intent: str
-    variants: dict[str, IntentOutcome | None] = Field(description="Variant -> its outcome; None: not finished yet.")
+from pipelines.wire import ABComparison, ABIntent, ABSide, CampaignState
 
 
 def solved(outcome: IntentOutcome, solved_at: float) -> bool | None:

@@ -25,7 +25,7 @@ from ray import serve
 
 from agents.config import SearchConfig
 from agents.memory import Lesson
-from pipelines.ab import ABComparison, joined, read_comparison, stored_state
+from pipelines.ab import joined, read_comparison, stored_state
 from pipelines.campaign import CampaignConflict, CampaignRunner, budget_problem, intent_concurrency
 from pipelines.records import DEFAULT_RENDERER, MAX_NAME_CHARS, ABManifest, CampaignSpec, ModelsRecord
 from pipelines.server.auth import BEARER_SCHEME, AuthSettings, BearerAuth, check_bind
@@ -42,7 +42,15 @@ from pipelines.store import (
 )
 from pipelines.tally import CampaignTally
 from pipelines.version import __version__
-from pipelines.wire import CampaignAccepted, CampaignListing, CampaignPage, CampaignState, CampaignStatus, Health
+from pipelines.wire import (
+    ABComparison,
+    CampaignAccepted,
+    CampaignListing,
+    CampaignPage,
+    CampaignState,
+    CampaignStatus,
+    Health,
+)
 from serving.clients import ServeLanguageModel, ServeRenderer, open_role_models
 
 logger = logging.getLogger(__name__)
