@@ -551,6 +551,13 @@ class CampaignRunner:
         cid = self.id
         metrics.set_gauge(metrics.INTENTS_TOTAL, summary.intents_total, campaign=cid)
         metrics.set_gauge(metrics.BACKLOG, summary.intents_total - summary.intents_finished, campaign=cid)
+        if self.allocator is not None:  # the budget, spent and projected finish (the status's fields)
+            status = self.status
+            metrics.set_gauge(metrics.BUDGET_IMAGES, status.budget_images, campaign=cid)
+            metrics.set_gauge(metrics.BUDGET_SPENT, status.images_spent, campaign=cid)
+            left = summary.intents_total - summary.intents_finished
+            if status.projected_finish_s is not None or not left:
+                metrics.set_gauge(metrics.PROJECTED_FINISH, status.projected_finish_s if left else 0.0, campaign=cid)
         imp = summary.improvement
         if imp.mean is not None:
             metrics.set_gauge(metrics.IMPROVEMENT, imp.mean, campaign=cid)

@@ -227,3 +227,20 @@ LESSONS_SUPPORTED = MetricSpec(
     "promptbeam_lessons_supported", "gauge", "Supported lessons in the campaign's memory now", ("campaign",),
 )
 ALL += [LESSONS_LEARNED, LESSONS_APPLIED, LESSONS_SUPPORTED]
+
+# -- appended: campaign image budget (issue 30) ----------------------------------------------------------------------
+BUDGET_IMAGES = MetricSpec(
+    "promptbeam_campaign_budget_images", "gauge",
+    "The campaign's image budget for its search arm (CampaignSpec.budget_images); absent without one", ("campaign",),
+)
+BUDGET_SPENT = MetricSpec(
+    "promptbeam_campaign_budget_spent_images", "gauge",
+    "Search-arm images the campaign's allocator granted so far, earlier runs included (never above the budget)",
+    ("campaign",),
+)
+PROJECTED_FINISH = MetricSpec(
+    "promptbeam_campaign_projected_finish_seconds", "gauge",
+    "Seconds until a budgeted campaign ends at this run's rates (the status's projected_finish_s); 0 once every "
+    "intent has finished", ("campaign",),
+)
+ALL += [BUDGET_IMAGES, BUDGET_SPENT, PROJECTED_FINISH]

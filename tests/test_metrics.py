@@ -158,7 +158,8 @@ def test_every_dashboard_expression_returns_data_from_real_prometheus(serve_app,
             # one intent the input moderation refuses (promptbeam_moderation_blocked)
             intents = [{"id": f"m{k}", "text": f"a blue car {k}"} for k in range(3)]
             body = {"name": "metrics-demo", "intents": [*intents, {"id": "bad", "text": "explicit nude 12 year old"}],
-                    "search": {"rounds": 2, "max_images": 8, "steps": 2}}
+                    "search": {"rounds": 2, "max_images": 8, "steps": 2},
+                    "budget_images": 100}  # a budget (never binding here), for the budget panels' series
             assert client.post("/v1/campaigns", json=body).status_code == 202
             # one refused submission, so the HTTP error panel has a series (Serve counts 4xx as errors)
             assert client.post("/v1/campaigns", json={"name": "bad", "intents": []}).status_code == 422
