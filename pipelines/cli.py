@@ -97,6 +97,10 @@ INTERVAL = typer.Option(1.0, min=0.1, help="Seconds between status polls while f
 BUDGET_IMAGES = typer.Option(None, "--budget-images", min=1,
                              help="Images the whole campaign's search arm may render, shared among its intents "
                              "(docs/search.md: a campaign image budget). Default: none (max-images per intent).")
+BUDGET_DEVICE_SECONDS = typer.Option(
+    None, "--budget-device-seconds", min=0.001,
+    help="Device seconds (renderer time) the whole campaign's search arm may use, shared among its intents like "
+    "--budget-images (docs/search.md). Exclusive with --budget-images.")
 BUDGET_RULE = typer.Option("adaptive", "--budget-rule",
                            help="adaptive (unspent shares go to intents still improving) | even.")
 AB = typer.Option(None, "--ab", help="Model A/B: give it twice, NAME:key=value[,key=value] with keys renderer, steps, "
@@ -292,7 +296,8 @@ def _print_lineage(campaign_dir: Path) -> None:
 
 
 def _load_spec(campaign: Path, name: str | None, search: dict, concurrency: int | None, baseline: str,
-               rewriter_mode: str = "rewrite", budget_images: int | None = None, budget_rule: str = "adaptive"):
+               rewriter_mode: str = "rewrite", budget_images: int | None = None, budget_rule: str = "adaptive",
+               budget_device_seconds: float | None = None):
     """Read a JSONL campaign file into a CampaignSpec; exit 2 with the reason on bad input."""
     from pydantic import ValidationError
 
@@ -303,7 +308,8 @@ def _load_spec(campaign: Path, name: str | None, search: dict, concurrency: int 
     try:
         return CampaignSpec(name=name or name_from(campaign.stem), intents_jsonl=campaign.read_text(),
                             search=search, concurrency=concurrency, baseline=baseline,
-                            rewriter={"mode": rewriter_mode}, budget_images=budget_images, budget_rule=budget_rule)
+                            rewriter={"mode": rewriter_mode}, budget_images=budget_images, budget_rule=budget_rule,
+                            budget_device_seconds=budget_device_seconds)
     except (ValidationError, ValueError) as exc:
         raise _fail(f"{campaign}: {exc}") from exc
 
@@ -385,6 +391,7 @@ def run(
     baseline: str = BASELINE, concurrency: int = CONCURRENCY, interval: float = INTERVAL, memory: bool = MEMORY,
     seed_mode: str = SEED_MODE, rewriter_mode: str = REWRITER_MODE,
     budget_images: int = BUDGET_IMAGES, budget_rule: str = BUDGET_RULE, ab: list[str] = AB,
+    budget_device_seconds: float = BUDGET_DEVICE_SECONDS,
     port: int = typer.Option(0, help="HTTP port of the local Serve app (0: any free port)."),
     rewriter_endpoint: str = REWRITER_ENDPOINT, rewriter_model: str = REWRITER_MODEL,
     critic_endpoint: str = CRITIC_ENDPOINT, critic_model: str = CRITIC_MODEL, endpoint_key_env: str = ENDPOINT_KEY_ENV,
@@ -396,7 +403,8 @@ def run(
                                           endpoints=endpoints)
     search = _search_overrides(rounds, beam_width, candidates_per_beam, seeds_per_prompt, max_images, seed, memory,
                                seed_mode)
-    spec = _load_spec(campaign, name, search, concurrency, baseline, rewriter_mode, budget_images, budget_rule)
+    spec = _load_spec(campaign, name, search, concurrency, baseline, rewriter_mode, budget_images, budget_rule,
+                      budget_device_seconds)
     if ab:
         spec = _with_ab(spec, ab)
     from pipelines.server.local import free_port, start_local_serve, stop_local_serve
@@ -561,12 +569,14 @@ def submit(
     baseline: str = BASELINE, concurrency: int = CONCURRENCY, interval: float = INTERVAL, memory: bool = MEMORY,
     seed_mode: str = SEED_MODE, rewriter_mode: str = REWRITER_MODE,
     budget_images: int = BUDGET_IMAGES, budget_rule: str = BUDGET_RULE,
+    budget_device_seconds: float = BUDGET_DEVICE_SECONDS,
 ) -> None:
     """Submit a campaign to a running endpoint; print the acceptance (JSON), or with --wait follow it and print its
     final status. Ctrl-C while following detaches: the campaign keeps running."""
     search = _search_overrides(rounds, beam_width, candidates_per_beam, seeds_per_prompt, max_images, seed, memory,
                                seed_mode)
-    spec = _load_spec(campaign, name, search, concurrency, baseline, rewriter_mode, budget_images, budget_rule)
+    spec = _load_spec(campaign, name, search, concurrency, baseline, rewriter_mode, budget_images, budget_rule,
+                      budget_device_seconds)
     with _client(endpoint) as client:
         accepted = client.submit(spec)
         _print_accepted(accepted)

@@ -131,6 +131,13 @@ class CampaignSpec(Record):
         "renders as many images as the search, on top. None: each intent is bounded by search.max_images alone. "
         "Not with planner workers (the allocator lives in the runner's process).",
     )
+    budget_device_seconds: float | None = Field(
+        default=None, gt=0, le=1e9,
+        description="Device seconds (the renderer's pipeline-call time, each image's share) the whole campaign's "
+        "search arm may use, shared among intents by the same rule as budget_images "
+        "(agents.allocation.DeviceSecondsAllocator): a round reserves its images at the dearest seconds per image "
+        "seen (first a probe of one image), and is charged what it took once rendered. Exclusive with budget_images.",
+    )
     budget_rule: Literal["adaptive", "even"] = Field(
         default="adaptive",
         description="adaptive: unspent shares go to intents still improving; even: each intent spends at most its "
@@ -164,6 +171,8 @@ class CampaignSpec(Record):
             raise ValueError(f"intent ids must be unique; repeated: {repeated[:5]}")
         if self.ab is not None:
             self._check_ab(self.ab)
+        if self.budget_images is not None and self.budget_device_seconds is not None:
+            raise ValueError("give budget_images or budget_device_seconds, not both")
         return self
 
     def _check_ab(self, ab: dict[str, ABVariant]) -> None:
@@ -239,6 +248,8 @@ class CampaignSpec(Record):
     def budget_identity(self) -> dict[str, Any]:
         """The campaign budget as it enters the id and the fingerprint: nothing when unset (campaigns stored before
         budgets existed keep theirs)."""
+        if self.budget_device_seconds is not None:
+            return {"budget_device_seconds": self.budget_device_seconds, "budget_rule": self.budget_rule}
         if self.budget_images is None:
             return {}
         return {"budget_images": self.budget_images, "budget_rule": self.budget_rule}
@@ -354,6 +365,7 @@ class Manifest(Record):
     )
     budget_images: int | None = Field(default=None, description="The campaign's image budget (search arm); None: none.")
     budget_rule: str | None = Field(default=None, description="How the budget is shared (adaptive, even).")
+    budget_device_seconds: float | None = Field(default=None, description="The campaign's device-seconds budget.")
 
     @staticmethod
     def compute_fingerprint(spec: CampaignSpec, search: SearchConfig, models: ModelsRecord) -> str:
@@ -386,9 +398,13 @@ class Manifest(Record):
                 parts.append(f"{section}: " + ", ".join(f"{k} stored {x!r} requested {y!r}" for k, (x, y) in changed.items()))
         if self.baseline != other.baseline:
             parts.append(f"baseline: stored {self.baseline!r}, requested {other.baseline!r}")
-        if (self.budget_images, self.budget_rule) != (other.budget_images, other.budget_rule):
-            parts.append(f"budget: stored {self.budget_images!r} ({self.budget_rule}), requested "
-                         f"{other.budget_images!r} ({other.budget_rule})")
+        if (self.budget_images, self.budget_device_seconds, self.budget_rule) != (
+                other.budget_images, other.budget_device_seconds, other.budget_rule):
+            def says(m: Manifest) -> str:
+                kind = f"{m.budget_device_seconds!r} device seconds" if m.budget_device_seconds else repr(m.budget_images)
+                return f"{kind} ({m.budget_rule})"
+
+            parts.append(f"budget: stored {says(self)}, requested {says(other)}")
         return "; ".join(parts) or "intent texts or checks differ"
 
 

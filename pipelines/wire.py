@@ -87,6 +87,15 @@ class CampaignStatus(CampaignSummary):
         default=None, description="Search-arm images granted so far, in flight included (earlier runs too)."
     )
     images_remaining: int | None = Field(default=None, description="budget_images - images_spent.")
+    budget_device_seconds: float | None = Field(
+        default=None, description="The campaign's device-seconds budget (CampaignSpec.budget_device_seconds).")
+    device_seconds_spent: float | None = Field(
+        default=None, description="Device seconds charged so far: rendered rounds at what they took, rounds in flight "
+        "at their reservation, the probes (earlier runs too).")
+    device_seconds_remaining: float | None = Field(default=None, description="budget - spent.")
+    device_seconds_overshoot: float | None = Field(
+        default=None, description="Seconds charged beyond the reservations (images dearer than any seen before "
+        "them); 0 while the budget's guarantee holds.")
     projected_finish_s: float | None = Field(
         default=None,
         description="Seconds until the campaign ends, projected from this run's rate so far: the sooner of the "

@@ -243,4 +243,13 @@ PROJECTED_FINISH = MetricSpec(
     "Seconds until a budgeted campaign ends at this run's rates (the status's projected_finish_s); 0 once every "
     "intent has finished", ("campaign",),
 )
-ALL += [BUDGET_IMAGES, BUDGET_SPENT, PROJECTED_FINISH]
+BUDGET_DEVICE_SECONDS = MetricSpec(
+    "promptbeam_campaign_budget_device_seconds", "gauge",
+    "The campaign's device-seconds budget for its search arm (CampaignSpec.budget_device_seconds)", ("campaign",),
+)
+BUDGET_SPENT_DEVICE_SECONDS = MetricSpec(
+    "promptbeam_campaign_budget_spent_device_seconds", "gauge",
+    "Device seconds a budgeted campaign has charged so far (rendered rounds, reservations in flight, probes)",
+    ("campaign",),
+)
+ALL += [BUDGET_IMAGES, BUDGET_SPENT, PROJECTED_FINISH, BUDGET_DEVICE_SECONDS, BUDGET_SPENT_DEVICE_SECONDS]

@@ -49,6 +49,11 @@ PANELS: list[tuple[str, str, list[tuple[str, str]], str]] = [
         (f"max by (campaign) ({e(m.BUDGET_IMAGES)}{C})", "budget {{campaign}}"),
     ], "Campaigns with budget_images: search-arm images granted so far (earlier runs included) against the budget; "
        "never above it. Remaining = budget - spent."),
+    ("Campaign budget: device seconds spent / budget", "s", [
+        (f"max by (campaign) ({e(m.BUDGET_SPENT_DEVICE_SECONDS)}{C})", "spent {{campaign}}"),
+        (f"max by (campaign) ({e(m.BUDGET_DEVICE_SECONDS)}{C})", "budget {{campaign}}"),
+    ], "Campaigns with budget_device_seconds: renderer seconds charged so far (rounds rendered at what they took, "
+       "rounds in flight at their reservation, the probes) against the budget."),
     ("Campaign budget: projected finish", "s", [
         (f"max by (campaign) ({e(m.PROJECTED_FINISH)}{C})", "{{campaign}}"),
     ], "Seconds until a budgeted campaign ends at this run's rates: the sooner of the remaining budget at its spend "

@@ -283,7 +283,8 @@ class CampaignIngress:
                 logger.warning("could not read the renderer's live replicas (%s); concurrency from its maximum", exc)
                 concurrency = ceiling
         if problem := budget_problem(spec, search, self.planners is not None):
-            raise validation_error([{"loc": ("budget_images",), "msg": problem}])
+            field = "budget_device_seconds" if spec.budget_device_seconds is not None else "budget_images"
+            raise validation_error([{"loc": (field,), "msg": problem}])
         cid = spec.campaign_id()
         runner = CampaignRunner(spec, search, renderer, self.rewriter_llm, self._store(cid),
                                 models=self.renderer_models[spec.renderer],
