@@ -161,12 +161,17 @@ def test_every_dashboard_expression_returns_data_from_real_prometheus(serve_app,
                     "search": {"rounds": 2, "max_images": 8, "steps": 2},
                     "budget_images": 100}  # a budget (never binding here), for the budget panels' series
             assert client.post("/v1/campaigns", json=body).status_code == 202
+            # a campaign with a device-seconds budget, for that budget panel's series
+            seconds = {"name": "metrics-seconds", "intents": intents[:1], "budget_device_seconds": 600,
+                       "search": {"rounds": 1, "max_images": 2, "steps": 2}}
+            assert client.post("/v1/campaigns", json=seconds).status_code == 202
             # one refused submission, so the HTTP error panel has a series (Serve counts 4xx as errors)
             assert client.post("/v1/campaigns", json={"name": "bad", "intents": []}).status_code == 422
             deadline = time.time() + 600
-            while CampaignStatus.model_validate_json(client.get("/v1/campaigns/metrics-demo").content).state == "running":
-                assert time.time() < deadline
-                time.sleep(1)
+            for cid in ("metrics-demo", "metrics-seconds"):
+                while CampaignStatus.model_validate_json(client.get(f"/v1/campaigns/{cid}").content).state == "running":
+                    assert time.time() < deadline
+                    time.sleep(1)
             # resubmitted: a resume (promptbeam_campaign_resumes) with nothing left to redo
             accepted = client.post("/v1/campaigns", json=body)
             assert accepted.status_code == 202 and accepted.json()["resumed_intents"] == 4, accepted.text
