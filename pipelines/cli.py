@@ -569,21 +569,27 @@ def submit(
     baseline: str = BASELINE, concurrency: int = CONCURRENCY, interval: float = INTERVAL, memory: bool = MEMORY,
     seed_mode: str = SEED_MODE, rewriter_mode: str = REWRITER_MODE,
     budget_images: int = BUDGET_IMAGES, budget_rule: str = BUDGET_RULE,
-    budget_device_seconds: float = BUDGET_DEVICE_SECONDS,
+    budget_device_seconds: float = BUDGET_DEVICE_SECONDS, ab: list[str] = AB,
 ) -> None:
     """Submit a campaign to a running endpoint; print the acceptance (JSON), or with --wait follow it and print its
-    final status. Ctrl-C while following detaches: the campaign keeps running."""
+    final status (a model A/B: its comparison). Ctrl-C while following detaches: the campaign keeps running."""
     search = _search_overrides(rounds, beam_width, candidates_per_beam, seeds_per_prompt, max_images, seed, memory,
                                seed_mode)
     spec = _load_spec(campaign, name, search, concurrency, baseline, rewriter_mode, budget_images, budget_rule,
                       budget_device_seconds)
+    if ab:
+        spec = _with_ab(spec, ab)
     with _client(endpoint) as client:
         accepted = client.submit(spec)
         _print_accepted(accepted)
         if not wait:
             _print_json(accepted)
             return
-        final = _watch_to_end(client, accepted.id, endpoint, interval, accepted.intents, accepted.resumed_intents)
+        try:
+            final = (_follow_ab(client, accepted.id, interval, accepted.intents) if accepted.variants else
+                     _follow(client, accepted.id, interval, accepted.intents, accepted.resumed_intents))
+        except KeyboardInterrupt:
+            raise _detached(accepted.id, endpoint) from None
     _print_json(final)
     raise typer.Exit(STATE_EXIT.get(final.state, EXIT_ERROR))
 
