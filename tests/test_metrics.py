@@ -163,7 +163,7 @@ def test_every_dashboard_expression_returns_data_from_real_prometheus(serve_app,
             assert client.post("/v1/campaigns", json=body).status_code == 202
             # a campaign with a device-seconds budget, for that budget panel's series
             seconds = {"name": "metrics-seconds", "intents": intents[:1], "budget_device_seconds": 600,
-                       "search": {"rounds": 1, "max_images": 2, "steps": 2}}
+                       "search": {"rounds": 1, "max_images": 6, "steps": 2}}
             assert client.post("/v1/campaigns", json=seconds).status_code == 202
             # one refused submission, so the HTTP error panel has a series (Serve counts 4xx as errors)
             assert client.post("/v1/campaigns", json={"name": "bad", "intents": []}).status_code == 422
