@@ -169,9 +169,12 @@ def test_every_dashboard_expression_returns_data_from_real_prometheus(serve_app,
             assert client.post("/v1/campaigns", json={"name": "bad", "intents": []}).status_code == 422
             deadline = time.time() + 600
             for cid in ("metrics-demo", "metrics-seconds"):
-                while CampaignStatus.model_validate_json(client.get(f"/v1/campaigns/{cid}").content).state == "running":
+                while (st := CampaignStatus.model_validate_json(client.get(f"/v1/campaigns/{cid}").content)
+                       ).state == "running":
                     assert time.time() < deadline
                     time.sleep(1)
+                assert st.state == "done", st
+            assert st.budget_device_seconds == 600 and 0 < st.device_seconds_spent <= 600, st
             # resubmitted: a resume (promptbeam_campaign_resumes) with nothing left to redo
             accepted = client.post("/v1/campaigns", json=body)
             assert accepted.status_code == 202 and accepted.json()["resumed_intents"] == 4, accepted.text
@@ -193,7 +196,9 @@ def test_every_dashboard_expression_returns_data_from_real_prometheus(serve_app,
             assert resp["status"] == "success", (q, resp)
             if not resp["data"]["result"] and not any(series in q for series in excused):
                 missing.append(q)
-        assert not missing, "expressions without data:\n" + "\n".join(missing)
+        names = httpx.get(f"{api}/label/__name__/values", timeout=10).json()["data"]
+        assert not missing, ("expressions without data:\n" + "\n".join(missing) + "\nseries: "
+                             + ", ".join(n for n in names if "promptbeam_campaign" in n))
     finally:
         proc.terminate()
         proc.wait(10)

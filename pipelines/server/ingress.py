@@ -286,7 +286,10 @@ class CampaignIngress:
             field = "budget_device_seconds" if spec.budget_device_seconds is not None else "budget_images"
             raise validation_error([{"loc": (field,), "msg": problem}])
         cid = spec.campaign_id()
+        # With planner workers the store is one every node reaches (their requirement), so the renderer writes the
+        # images to it itself and only the critic's copies travel back to the workers.
         runner = CampaignRunner(spec, search, renderer, self.rewriter_llm, self._store(cid),
+                                renderer_stores=True if self.planners is not None else None,
                                 models=self.renderer_models[spec.renderer],
                                 concurrency=concurrency, critic_llm=self.critic_llm, planners=self.planners,
                                 concurrency_now=follow, max_concurrency=ceiling)
