@@ -19,6 +19,15 @@ default):
 ``even`` is the same budget split evenly with no pool: an intent spends at most its share, and a share left unspent is
 not used (the comparison arm of ``benchmarks/bench_budget.py``).
 
+**A budget of device seconds** (``CampaignSpec.budget_device_seconds``, :class:`DeviceSecondsAllocator`): the same
+rule on a ledger of milliseconds of renderer time (each image's share of its pipeline call, what the lineage's
+``render_share_s`` records). A round's images cost what they will take, known only once they are rendered, so a grant
+*reserves* images x the dearest seconds per image seen so far (first: a probe, one image alone at the campaign's
+settings; a batch of one is the dearest per image), and once the round is rendered the reservation is *settled* to
+what its images took; the difference goes back. The budget is never exceeded while no image costs more than the
+dearest one seen before it; an image that does is charged in full and reported (``overshoot``), and the
+reservations follow it from then on.
+
 What counts is what was *granted*: images granted to a round whose render then failed count, so a resumed campaign
 never renders past the budget (the runner persists the grants in the store's ``budget.json`` before it renders).
 The baseline arm is not counted: it renders, round by round, as many images as the search does.
@@ -29,6 +38,7 @@ The pool is first come, first served (with concurrency > 1 which intent draws it
 
 from __future__ import annotations
 
+import math
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Literal
 
@@ -60,6 +70,7 @@ class ImageAllocator:
         self.finished: set[str] = set()
         self._reserved = self.share * len(ids)  # sum over intents of what each holds back from the pool
         self.spent = 0  # sum(granted)
+        self.overshoot = 0  # charged beyond reservations (a device-seconds ledger only; an image is never dearer)
         for intent_id, n in (granted or {}).items():
             if intent_id in self.granted and n > 0:
                 self._set(intent_id, n)
@@ -107,7 +118,8 @@ class ImageAllocator:
         n -= n % self.unit
         if n > 0:
             self._set(intent_id, self.granted[intent_id] + n)
-        assert self.spent <= self.budget and self._reserved <= self.budget, "image budget overdrawn"
+        assert self.spent <= self.budget + self.overshoot and self._reserved <= self.budget + self.overshoot, \
+            "budget overdrawn"
         return n
 
     def release(self, intent_id: str) -> None:
@@ -127,8 +139,8 @@ class ImageAllocator:
 
 
 class IntentAllowance:
-    """One intent's view of the allocator, what the planner holds (``BeamSearchPlanner(allowance=...)``). ``save``
-    (the runner's: write the ledger to the store) is awaited after every grant, before the round renders."""
+    """One intent's view of the allocator, what the planner holds (``BeamSearchPlanner(allowance=...)``), in images.
+    ``save`` (the runner's: write the ledger to the store) is awaited after every grant, before the round renders."""
 
     def __init__(self, allocator: ImageAllocator, intent_id: str, save: Callable[[], Awaitable[None]] | None = None):
         self.allocator = allocator
@@ -144,8 +156,101 @@ class IntentAllowance:
             await self._save()
         return n
 
+    async def settle(self, images: int, seconds: float) -> None:
+        """The granted round was rendered: ``images`` took ``seconds`` of device time (an image budget counts images
+        at grant; nothing to settle)."""
+
     def release(self) -> None:
         self.allocator.release(self.intent_id)
+
+
+PROBES = "@probes"
+"""The key of ``budget.json`` that holds the probes' milliseconds (no intent id can be it: ids are safe names)."""
+
+
+class DeviceSecondsAllocator(ImageAllocator):
+    """The allocator's rule on a budget of device seconds, kept in whole milliseconds (see the module docstring):
+    grants reserve images x :attr:`cost_ms` (the dearest milliseconds per image seen so far), :meth:`settle` charges
+    what the round took. ``unit`` is in images here (whole prompts: ``seeds_per_prompt``)."""
+
+    def __init__(self, budget_s: float, intent_ids: Iterable[str], *, seconds_per_image: float, unit: int = 1,
+                 rule: BudgetRule = "adaptive", granted: dict[str, int] | None = None, finished: Iterable[str] = (),
+                 probe_ms: int = 0):
+        """``probe_ms``: this run's probe; the probes of earlier runs come back with ``granted``. The intents' shares
+        are split from what every probe left of the budget."""
+        if seconds_per_image <= 0:
+            raise ValueError(f"seconds_per_image must be positive but is {seconds_per_image}")
+        budget_ms = int(budget_s * 1000)
+        granted = dict(granted or {})
+        probes = granted.pop(PROBES, 0) + probe_ms
+        super().__init__(max(1, budget_ms - probes), intent_ids, max_per_intent=budget_ms, unit=1, rule=rule,
+                         granted=granted, finished=finished)
+        self.budget = budget_ms
+        self.probes = probes  # every run's probe, charged before the shares
+        self.spent += probes
+        self.spent_at_start = self.spent
+        self._reserved += probes
+        self.image_unit = unit
+        self.cost_ms = math.ceil(seconds_per_image * 1000)
+
+    def snapshot(self) -> dict[str, int]:
+        return {**super().snapshot(), **({PROBES: self.probes} if self.probes else {})}
+
+    def images_available(self, intent_id: str, improving: bool) -> int:
+        return self.available(intent_id, improving) // self.cost_ms
+
+    def grant_images(self, intent_id: str, wanted: int, improving: bool) -> tuple[int, int]:
+        """(images granted, milliseconds reserved for them): whole multiples of ``unit`` images."""
+        n = min(wanted, self.images_available(intent_id, improving))
+        n -= n % self.image_unit
+        if n <= 0:
+            return 0, 0
+        reserved = n * self.cost_ms
+        self.grant(intent_id, reserved, improving)
+        return n, reserved
+
+    def settle(self, intent_id: str, images: int, reserved_ms: int, seconds: float) -> None:
+        """Replace a round's reservation by what its ``images`` took (``seconds``); the dearest image seen raises
+        what later grants reserve."""
+        actual = math.ceil(seconds * 1000)
+        self.overshoot += max(0, actual - reserved_ms)
+        self._set(intent_id, self.granted[intent_id] - reserved_ms + actual)
+        if images:
+            self.cost_ms = max(self.cost_ms, math.ceil(actual / images))
+
+    def for_intent(self, intent_id: str, save: Callable[[], Awaitable[None]] | None = None) -> DeviceSecondsAllowance:
+        return DeviceSecondsAllowance(self, intent_id, save)
+
+
+class DeviceSecondsAllowance(IntentAllowance):
+    """One intent's view of a :class:`DeviceSecondsAllocator`, in images as the planner asks; each grant's
+    reservation is settled when its round has rendered."""
+
+    allocator: DeviceSecondsAllocator
+
+    def __init__(self, allocator: DeviceSecondsAllocator, intent_id: str,
+                 save: Callable[[], Awaitable[None]] | None = None):
+        super().__init__(allocator, intent_id, save)
+        self._reserved: list[tuple[int, int]] = []  # (images, ms) of grants not settled yet, oldest first
+
+    def available(self, improving: bool) -> int:
+        return self.allocator.images_available(self.intent_id, improving)
+
+    async def grant(self, wanted: int, improving: bool) -> int:
+        n, reserved = self.allocator.grant_images(self.intent_id, wanted, improving)
+        if n:
+            self._reserved.append((n, reserved))
+            if self._save is not None:
+                await self._save()
+        return n
+
+    async def settle(self, images: int, seconds: float) -> None:
+        """Charge the oldest unsettled grant what its round took, and save the ledger."""
+        if self._reserved:
+            granted, reserved = self._reserved.pop(0)
+            self.allocator.settle(self.intent_id, images, reserved, seconds)
+            if self._save is not None:
+                await self._save()
 
 
 def projected_finish_s(elapsed_s: float, spent: int, remaining: int, finished: int, unfinished: int) -> float | None:

@@ -288,6 +288,8 @@ class BeamSearchPlanner:
             self._render_and_critique(state, state.search, candidates),
             *([self._render_and_critique(state, state.baseline, baseline)] if baseline else []),
         )
+        if self.allowance is not None:  # a device-seconds budget charges what the round's images took
+            await self.allowance.settle(len(candidates), sum(c.timings.get("render_share_s", 0.0) for c in candidates))
         state.rounds_done = r + 1
         scores = self._branch_scores(state)
         if self.memory is not None:  # campaign memory learns from every new prompt against its parent

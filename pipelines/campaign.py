@@ -20,7 +20,7 @@ from fsspec.implementations.local import LocalFileSystem
 from fsspec.implementations.memory import MemoryFileSystem
 from pydantic import Field
 
-from agents.allocation import ImageAllocator, IntentAllowance, projected_finish_s
+from agents.allocation import DeviceSecondsAllocator, ImageAllocator, IntentAllowance, projected_finish_s
 from agents.budget import ImageBudget
 from agents.config import CriticConfig, RewriterConfig, SearchConfig
 from agents.critic import Critic
@@ -41,6 +41,7 @@ from agents.rewriter import Rewriter
 from agents.safety import KeywordModerator, OutputFilter
 from agents.stats import TIE_EPS
 from pipelines.records import (
+    DEFAULT_RENDERER,
     CampaignSpec,
     IntentOutcome,
     IntentPart,
@@ -226,6 +227,7 @@ class IntentJob(Record):
     runs_baseline: bool
     lessons: list[Lesson] | None = Field(default=None, description="The campaign's lessons now; None: memory off.")
     renderer_stores: bool = Field(description="The renderer writes images to the store itself.")
+    renderer: str = Field(default=DEFAULT_RENDERER, description="The renderer deployment (CampaignSpec.renderer).")
     max_image_bytes_in_flight: int = Field(ge=1)
 
 
@@ -255,6 +257,9 @@ def review_problem(spec: CampaignSpec, planner_workers: bool) -> str | None:
 
 def budget_problem(spec: CampaignSpec, search: SearchConfig, planner_workers: bool) -> str | None:
     """Why the campaign's ``budget_images`` cannot be run as given (None if it can, or none is set)."""
+    if spec.budget_device_seconds is not None and planner_workers:
+        return ("budget_device_seconds needs the campaign's intents searched in the runner's process (its allocator "
+                "grants every round); it cannot be used with planner workers")
     if spec.budget_images is None:
         return None
     if planner_workers:
@@ -342,17 +347,26 @@ class CampaignRunner:
         status = self.tally.status(self.id, state, self.started_at, finished_at, self.gate.limit, self.rewriter_knows)
         if self._wakes:
             status = status.model_copy(update={"intents_waiting": len(self._wakes)})
-        return status if self.spec.budget_images is None else status.model_copy(update=self._budget_status(status))
+        if self.spec.budget_images is None and self.spec.budget_device_seconds is None:
+            return status
+        return status.model_copy(update=self._budget_status(status))
 
     def _budget_status(self, status: CampaignStatus) -> dict[str, Any]:
-        budget = self.spec.budget_images
         a = self.allocator
-        spent = a.spent if a is not None else None
         projected = None
         if a is not None and status.state is CampaignState.running:
             finished = status.intents_finished - status.intents_skipped
             projected = projected_finish_s(time.time() - self.started_at, a.spent - a.spent_at_start, a.remaining,
                                            finished, status.intents_total - status.intents_finished)
+        if self.spec.budget_device_seconds is not None:
+            spent_s = a.spent / 1000 if a is not None else None
+            return {"budget_device_seconds": self.spec.budget_device_seconds, "device_seconds_spent": spent_s,
+                    "device_seconds_remaining": (self.spec.budget_device_seconds - spent_s
+                                                 if spent_s is not None else None),
+                    "device_seconds_overshoot": a.overshoot / 1000 if a is not None else None,
+                    "projected_finish_s": projected}
+        budget = self.spec.budget_images
+        spent = a.spent if a is not None else None
         return {"budget_images": budget, "images_spent": spent,
                 "images_remaining": budget - spent if spent is not None else None, "projected_finish_s": projected}
 
@@ -365,7 +379,8 @@ class CampaignRunner:
             versions=package_versions(),
             seeds={"base_seed": self.search.base_seed, "derivation": "sha256(base_seed, candidate id)"},
             rewriter_knows=self.rewriter_knows, budget_images=self.spec.budget_images,
-            budget_rule=self.spec.budget_rule if self.spec.budget_images is not None else None,
+            budget_device_seconds=self.spec.budget_device_seconds,
+            budget_rule=self.spec.budget_rule if self.spec.budget_identity() else None,
             review=self.spec.review,
         )
 
@@ -402,6 +417,14 @@ class CampaignRunner:
                 self.allocator = ImageAllocator(
                     self.spec.budget_images, [i.id for i in self.spec.intents], max_per_intent=self.search.max_images,
                     unit=self.search.seeds_per_prompt, rule=self.spec.budget_rule, granted=granted, finished=done)
+            elif self.spec.budget_device_seconds is not None and len(done) < len(self.spec.intents):
+                granted = await self.store.call(self.store.read_budget)
+                probe_s = await self._probe_seconds_per_image()
+                self.allocator = DeviceSecondsAllocator(
+                    self.spec.budget_device_seconds, [i.id for i in self.spec.intents], seconds_per_image=probe_s,
+                    unit=self.search.seeds_per_prompt, rule=self.spec.budget_rule, granted=granted, finished=done,
+                    probe_ms=math.ceil(probe_s * 1000))
+                await self._save_budget()
         except Exception as exc:  # before the first intent: the status says failed and why, never 'running'
             logger.exception("campaign %s could not start", self.id)
             self.tally.note(f"campaign could not start: {type(exc).__name__}: {exc}")
@@ -554,6 +577,18 @@ class CampaignRunner:
             allowance=self.allocator.for_intent(intent.id, self._save_budget) if self.allocator is not None else None,
             steering=self.steering)
 
+    async def _probe_seconds_per_image(self) -> float:
+        """Device seconds of one image alone at the campaign's settings (a batch of one: the dearest per image), the
+        first estimate a device-seconds budget reserves by; charged to the budget. Not stored, not in the lineage."""
+        intent = self.spec.intents[0]
+        s = self.search
+        probe = RenderRequest(request_id=f"{intent.id}/budget-probe", prompt=intent.text[:1000],
+                              negative_prompt=intent.negative_prompt, seed=s.base_seed, steps=s.steps,
+                              guidance_scale=s.guidance_scale, width=s.width, height=s.height, intent=intent.id,
+                              campaign=self.id)
+        (result,) = await self.renderer.renderer.render([probe])
+        return max(result.render_seconds / max(1, result.batch_size), 0.001)
+
     async def _save_budget(self) -> None:
         """Write the grants to the store before the granted round renders, so a resumed run counts them. Writes are
         serialised and each writes the ledger as it is then, so the last write holds every grant made before it."""
@@ -567,7 +602,7 @@ class CampaignRunner:
             campaign_id=self.id, intent=intent, search=self.search, rewriter=self.spec.rewriter,
             critic=self.spec.critic, runs_baseline=self.spec.runs_baseline(intent.id, self.search),
             lessons=None if self.memory is None else self.memory.lessons(),
-            renderer_stores=self.renderer.store is not None,
+            renderer_stores=self.renderer.store is not None, renderer=self.spec.renderer,
             max_image_bytes_in_flight=self.spec.max_image_bytes_in_flight,
         )
         done = await self.planners.run(job)
@@ -610,6 +645,17 @@ class CampaignRunner:
         cid = self.id
         metrics.set_gauge(metrics.INTENTS_TOTAL, summary.intents_total, campaign=cid)
         metrics.set_gauge(metrics.BACKLOG, summary.intents_total - summary.intents_finished, campaign=cid)
+        if self.allocator is not None:  # the budget, spent and projected finish (the status's fields)
+            status = self.status
+            if status.budget_images is not None:
+                metrics.set_gauge(metrics.BUDGET_IMAGES, status.budget_images, campaign=cid)
+                metrics.set_gauge(metrics.BUDGET_SPENT, status.images_spent, campaign=cid)
+            else:
+                metrics.set_gauge(metrics.BUDGET_DEVICE_SECONDS, status.budget_device_seconds, campaign=cid)
+                metrics.set_gauge(metrics.BUDGET_SPENT_DEVICE_SECONDS, status.device_seconds_spent, campaign=cid)
+            left = summary.intents_total - summary.intents_finished
+            if status.projected_finish_s is not None or not left:
+                metrics.set_gauge(metrics.PROJECTED_FINISH, status.projected_finish_s if left else 0.0, campaign=cid)
         imp = summary.improvement
         if imp.mean is not None:
             metrics.set_gauge(metrics.IMPROVEMENT, imp.mean, campaign=cid)

@@ -97,8 +97,16 @@ INTERVAL = typer.Option(1.0, min=0.1, help="Seconds between status polls while f
 BUDGET_IMAGES = typer.Option(None, "--budget-images", min=1,
                              help="Images the whole campaign's search arm may render, shared among its intents "
                              "(docs/search.md: a campaign image budget). Default: none (max-images per intent).")
+BUDGET_DEVICE_SECONDS = typer.Option(
+    None, "--budget-device-seconds", min=0.001,
+    help="Device seconds (renderer time) the whole campaign's search arm may use, shared among its intents like "
+    "--budget-images (docs/search.md). Exclusive with --budget-images.")
 BUDGET_RULE = typer.Option("adaptive", "--budget-rule",
                            help="adaptive (unspent shares go to intents still improving) | even.")
+AB = typer.Option(None, "--ab", help="Model A/B: give it twice, NAME:key=value[,key=value] with keys renderer, steps, "
+                  "guidance_scale (e.g. --ab a:steps=12 --ab b:steps=4, or b:renderer=diffusion_b for a renderer "
+                  "the config's `renderers` serves). The intents run on both with the same search and seeds; "
+                  "docs/search.md, 'Model A/B'.")
 
 # OpenAI-compatible endpoints for the rewriter and the critic (shared by search, run and serve).
 REWRITER_ENDPOINT = typer.Option(None, "--rewriter-endpoint", help="OpenAI-compatible API root for the rewriter "
@@ -288,7 +296,8 @@ def _print_lineage(campaign_dir: Path) -> None:
 
 
 def _load_spec(campaign: Path, name: str | None, search: dict, concurrency: int | None, baseline: str,
-               rewriter_mode: str = "rewrite", budget_images: int | None = None, budget_rule: str = "adaptive"):
+               rewriter_mode: str = "rewrite", budget_images: int | None = None, budget_rule: str = "adaptive",
+               budget_device_seconds: float | None = None):
     """Read a JSONL campaign file into a CampaignSpec; exit 2 with the reason on bad input."""
     from pydantic import ValidationError
 
@@ -299,7 +308,8 @@ def _load_spec(campaign: Path, name: str | None, search: dict, concurrency: int 
     try:
         return CampaignSpec(name=name or name_from(campaign.stem), intents_jsonl=campaign.read_text(),
                             search=search, concurrency=concurrency, baseline=baseline,
-                            rewriter={"mode": rewriter_mode}, budget_images=budget_images, budget_rule=budget_rule)
+                            rewriter={"mode": rewriter_mode}, budget_images=budget_images, budget_rule=budget_rule,
+                            budget_device_seconds=budget_device_seconds)
     except (ValidationError, ValueError) as exc:
         raise _fail(f"{campaign}: {exc}") from exc
 
@@ -380,7 +390,8 @@ def run(
     seeds_per_prompt: int = SEEDS, max_images: int = MAX_IMAGES, seed: int = SEED,
     baseline: str = BASELINE, concurrency: int = CONCURRENCY, interval: float = INTERVAL, memory: bool = MEMORY,
     seed_mode: str = SEED_MODE, rewriter_mode: str = REWRITER_MODE,
-    budget_images: int = BUDGET_IMAGES, budget_rule: str = BUDGET_RULE,
+    budget_images: int = BUDGET_IMAGES, budget_rule: str = BUDGET_RULE, ab: list[str] = AB,
+    budget_device_seconds: float = BUDGET_DEVICE_SECONDS,
     port: int = typer.Option(0, help="HTTP port of the local Serve app (0: any free port)."),
     rewriter_endpoint: str = REWRITER_ENDPOINT, rewriter_model: str = REWRITER_MODEL,
     critic_endpoint: str = CRITIC_ENDPOINT, critic_model: str = CRITIC_MODEL, endpoint_key_env: str = ENDPOINT_KEY_ENV,
@@ -392,7 +403,10 @@ def run(
                                           endpoints=endpoints)
     search = _search_overrides(rounds, beam_width, candidates_per_beam, seeds_per_prompt, max_images, seed, memory,
                                seed_mode)
-    spec = _load_spec(campaign, name, search, concurrency, baseline, rewriter_mode, budget_images, budget_rule)
+    spec = _load_spec(campaign, name, search, concurrency, baseline, rewriter_mode, budget_images, budget_rule,
+                      budget_device_seconds)
+    if ab:
+        spec = _with_ab(spec, ab)
     from pipelines.server.local import free_port, start_local_serve, stop_local_serve
 
     port = port or free_port()
@@ -403,14 +417,75 @@ def run(
             accepted = client.submit(spec)
             _print_accepted(accepted)
             try:
-                final = _follow(client, accepted.id, interval, accepted.intents, accepted.resumed_intents)
+                if accepted.variants:
+                    final = _follow_ab(client, accepted.id, interval, accepted.intents)
+                else:
+                    final = _follow(client, accepted.id, interval, accepted.intents, accepted.resumed_intents)
             except KeyboardInterrupt:
                 console.print("stopped with the local app; run the same command again to resume")
                 raise typer.Exit(EXIT_DETACHED) from None
     finally:
         stop_local_serve()
-    _finish_report(out / spec.campaign_id(), final)
+    if accepted.variants:
+        from pipelines.store import campaign_store
+
+        _ab_report(str(out / spec.campaign_id()), campaign_store(str(out), spec.campaign_id()))
+        _print_ab(final)
+    else:
+        _finish_report(out / spec.campaign_id(), final)
     raise typer.Exit(STATE_EXIT.get(final.state, EXIT_ERROR))
+
+
+def _with_ab(spec, options: list[str]):
+    """The spec with the ``--ab NAME:key=value,...`` variants; exit 2 naming the problem."""
+    from pydantic import ValidationError
+
+    from pipelines.records import CampaignSpec
+
+    variants: dict[str, dict] = {}
+    for option in options:
+        name, _, rest = option.partition(":")
+        try:
+            variants[name] = dict(kv.split("=", 1) for kv in rest.split(",") if kv) if rest else {}
+        except ValueError:
+            raise _fail(f"--ab {option!r}: expected NAME:key=value[,key=value]") from None
+    try:
+        return CampaignSpec.model_validate({**spec.model_dump(exclude_none=True), "ab": variants})
+    except ValidationError as exc:
+        raise _fail(f"--ab: {exc.errors(include_url=False)[0]['msg']}") from None
+
+
+def _follow_ab(client, campaign_id: str, interval_s: float, total: int):
+    """Follow a model A/B with one progress bar per variant until both end; the last comparison."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console) as progress:
+        tasks: dict[str, Any] = {}
+        comparison = None
+        for comparison in client.follow_ab(campaign_id, interval_s):
+            for s in comparison.variants:
+                if s.variant not in tasks:
+                    tasks[s.variant] = progress.add_task(f"{s.variant} ({s.renderer})", total=total)
+                progress.update(tasks[s.variant], completed=s.intents_finished)
+        return comparison
+
+
+def _print_ab(c) -> None:
+    table = Table(title=f"model A/B {c.id} (solved: best score >= {c.solved_at:.2f})")
+    for col in ("variant", "campaign", "renderer", "steps", "accuracy [95% CI]", "images", "render s",
+                "images/solved", "render s/solved"):
+        table.add_column(col)
+    for s in c.variants:
+        acc = f"{s.accuracy:.3f} [{s.accuracy_ci[0]:.3f}, {s.accuracy_ci[1]:.3f}]" if s.accuracy is not None else "-"
+        table.add_row(s.variant, s.campaign, s.renderer, str(s.steps or "campaign's"), acc, str(s.images),
+                      f"{s.render_seconds:.1f}", f"{s.images_per_solved:.1f}" if s.images_per_solved else "-",
+                      f"{s.render_seconds_per_solved:.2f}" if s.render_seconds_per_solved else "-")
+    Console().print(table)
+    d = c.solved_difference
+    if d.mean is not None:
+        console.print(f"{c.difference}, paired over {d.n} intents: accuracy {100 * d.mean:+.1f} points (95% CI "
+                      f"{100 * d.ci_low:+.1f} … {100 * d.ci_high:+.1f}), {d.wins}/{d.ties}/{d.losses} better/tied/worse")
 
 
 def _print_accepted(accepted) -> None:
@@ -494,19 +569,27 @@ def submit(
     baseline: str = BASELINE, concurrency: int = CONCURRENCY, interval: float = INTERVAL, memory: bool = MEMORY,
     seed_mode: str = SEED_MODE, rewriter_mode: str = REWRITER_MODE,
     budget_images: int = BUDGET_IMAGES, budget_rule: str = BUDGET_RULE,
+    budget_device_seconds: float = BUDGET_DEVICE_SECONDS, ab: list[str] = AB,
 ) -> None:
     """Submit a campaign to a running endpoint; print the acceptance (JSON), or with --wait follow it and print its
-    final status. Ctrl-C while following detaches: the campaign keeps running."""
+    final status (a model A/B: its comparison). Ctrl-C while following detaches: the campaign keeps running."""
     search = _search_overrides(rounds, beam_width, candidates_per_beam, seeds_per_prompt, max_images, seed, memory,
                                seed_mode)
-    spec = _load_spec(campaign, name, search, concurrency, baseline, rewriter_mode, budget_images, budget_rule)
+    spec = _load_spec(campaign, name, search, concurrency, baseline, rewriter_mode, budget_images, budget_rule,
+                      budget_device_seconds)
+    if ab:
+        spec = _with_ab(spec, ab)
     with _client(endpoint) as client:
         accepted = client.submit(spec)
         _print_accepted(accepted)
         if not wait:
             _print_json(accepted)
             return
-        final = _watch_to_end(client, accepted.id, endpoint, interval, accepted.intents, accepted.resumed_intents)
+        try:
+            final = (_follow_ab(client, accepted.id, interval, accepted.intents) if accepted.variants else
+                     _follow(client, accepted.id, interval, accepted.intents, accepted.resumed_intents))
+        except KeyboardInterrupt:
+            raise _detached(accepted.id, endpoint) from None
     _print_json(final)
     raise typer.Exit(STATE_EXIT.get(final.state, EXIT_ERROR))
 
@@ -612,17 +695,34 @@ def report(
     campaign_dir: str = typer.Argument(..., help="A campaign: a directory (OUT/NAME) or any fsspec URL "
                                        "(s3://bucket/runs/NAME, gs://..., file://...)."),
 ) -> None:
-    """(Re)write the campaign's report.html and print the summary."""
+    """(Re)write the campaign's report.html and print the summary. A model A/B (a folder with ab.json): each
+    variant's report, then the side-by-side page."""
     from pipelines.store import CampaignStore
 
     try:
         store = CampaignStore(campaign_dir)
         found = store.fs.isfile(store.path("manifest.json"))
+        is_ab = not found and store.fs.isfile(store.path("ab.json"))
     except (ImportError, ValueError) as exc:  # an unknown protocol, or its fsspec backend not installed
         raise _fail(f"cannot open {campaign_dir!r}: {exc}") from exc
+    if is_ab:
+        _ab_report(campaign_dir, store)
+        return
     if not found:
         raise _fail(f"{campaign_dir} holds no campaign (no manifest.json)")
     _finish_report(campaign_dir)
+
+
+def _ab_report(campaign_dir: str, store) -> None:
+    from pipelines.report import write_ab_report
+
+    root, name = campaign_dir.rstrip("/").rsplit("/", 1) if "/" in campaign_dir.rstrip("/") else (".", campaign_dir)
+    ab = store.read_ab()
+    for cid in ab.campaigns.values():
+        if store.fs.isfile(f"{store.root.rsplit('/', 1)[0]}/{cid}/manifest.json"):
+            _finish_report(f"{root}/{cid}")
+    path = write_ab_report(root, name)
+    console.print(f"model A/B {name}: {', '.join(f'{v} = {c}' for v, c in ab.campaigns.items())}; report: {path}")
 
 
 def _action_id(intent: str, kind: str, text: str | None) -> str:

@@ -38,7 +38,17 @@ from agents.memory import LESSONS, Lesson
 from agents.messages import ActionRequest, HumanAction
 from pipelines.records import CampaignSpec, IntentOutcome
 from pipelines.server.auth import AuthSettings
-from pipelines.wire import CampaignAccepted, CampaignPage, CampaignState, CampaignStatus, ErrorBody, FieldError, Health
+from pipelines.wire import (
+    ABComparison,
+    ABIntent,
+    CampaignAccepted,
+    CampaignPage,
+    CampaignState,
+    CampaignStatus,
+    ErrorBody,
+    FieldError,
+    Health,
+)
 from pipelines.wire import ReviewListing
 from serving.retry import RETRY_STATUS, RetryPolicy, call_sync, parse_retry_after
 
@@ -220,6 +230,29 @@ class CampaignClient:
         except httpx.TransportError as exc:
             raise ServerUnavailable(f"the results stream of {campaign_id!r} broke: {type(exc).__name__}: {exc}") \
                 from exc
+        finally:
+            response.close()
+
+    def ab(self, campaign_id: str) -> ABComparison:
+        """A model A/B's comparison: both variants side by side and the paired difference (pipelines/ab.py)."""
+        return ABComparison.model_validate_json(self._send("GET", f"/v1/campaigns/{campaign_id}/ab").content)
+
+    def follow_ab(self, campaign_id: str, interval_s: float = 1.0) -> Iterator[ABComparison]:
+        """:meth:`ab` every ``interval_s`` while either variant runs; the last one yielded is the final."""
+        while True:
+            comparison = self.ab(campaign_id)
+            yield comparison
+            if comparison.state != CampaignState.running:
+                return
+            self._sleep(interval_s)
+
+    def ab_results(self, campaign_id: str) -> Iterator[ABIntent]:
+        """A model A/B's intents in campaign order, each with every variant's outcome (None while unfinished)."""
+        response = self._send("GET", f"/v1/campaigns/{campaign_id}/ab/results", stream=True)
+        try:
+            for line in response.iter_lines():
+                if line:
+                    yield ABIntent.model_validate_json(line)
         finally:
             response.close()
 

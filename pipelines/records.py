@@ -7,6 +7,7 @@
                       improvement
     LineageRecord     one candidate, a line of lineage.jsonl: the planner's Candidate and the arm it belongs to
     IntentPart        one committed intent in the store: its outcome and its lineage
+    ABManifest        a model A/B's parent (ab.json): its two variants and their campaigns (pipelines/ab.py)
 
 Stored files are these records as JSON; code outside this module reads them through the models, never by key. The
 HTTP API's own answers (CampaignStatus, CampaignPage, ErrorBody, ...) are :mod:`pipelines.wire`; the fold of
@@ -55,6 +56,11 @@ class Record(BaseModel):
 # Submission
 # ---------------------------------------------------------------------------------------------------------------------
 
+DEFAULT_RENDERER = "diffusion"
+"""The app's renderer deployment for the preset's diffusion model; others are named in ``AppConfig.renderers``."""
+VARIANT_PATTERN = r"^[a-z][a-z0-9_]{0,19}$"
+"""A/B variant names: short, lower case; a variant's campaign is ``<campaign>.<variant>``."""
+
 SearchOverrides = partial_model(SearchConfig, "SearchOverrides")
 """SearchConfig's fields, each optional: what a campaign sets; the rest come from the model preset's defaults
 (image size, steps, guidance) and SearchConfig's own defaults."""
@@ -71,6 +77,18 @@ def parse_intents_jsonl(text: str) -> list[Intent]:
         except ValueError as exc:
             raise ValueError(f"line {n}: {exc}") from exc
     return intents
+
+
+class ABVariant(Record):
+    """One side of a model A/B: the renderer deployment it renders on and the render settings it changes. Everything
+    else (intents, search, seeds, rewriter, critic, baseline, budget) is the campaign's, the same for both sides."""
+
+    renderer: str = Field(default=DEFAULT_RENDERER, pattern=SAFE_NAME, max_length=63,
+                          description="A renderer deployment of the app: 'diffusion' (the preset's model) or a name in "
+                          "the app's `renderers` (AppConfig).")
+    steps: int | None = Field(default=None, ge=1, le=200, description="Denoising steps; None: the campaign's.")
+    guidance_scale: float | None = Field(default=None, ge=0.0, le=30.0,
+                                         description="Classifier-free guidance; None: the campaign's.")
 
 
 class CampaignSpec(Record):
@@ -114,10 +132,28 @@ class CampaignSpec(Record):
         "renders as many images as the search, on top. None: each intent is bounded by search.max_images alone. "
         "Not with planner workers (the allocator lives in the runner's process).",
     )
+    budget_device_seconds: float | None = Field(
+        default=None, gt=0, le=1e9,
+        description="Device seconds (the renderer's pipeline-call time, each image's share) the whole campaign's "
+        "search arm may use, shared among intents by the same rule as budget_images "
+        "(agents.allocation.DeviceSecondsAllocator): a round reserves its images at the dearest seconds per image "
+        "seen (first a probe of one image), and is charged what it took once rendered. Exclusive with budget_images.",
+    )
     budget_rule: Literal["adaptive", "even"] = Field(
         default="adaptive",
         description="adaptive: unspent shares go to intents still improving; even: each intent spends at most its "
         "even share (the comparison arm).",
+    )
+    renderer: str = Field(
+        default=DEFAULT_RENDERER, pattern=SAFE_NAME, max_length=63,
+        description="The renderer deployment this campaign renders on: 'diffusion' (the preset's model) or a name in "
+        "the app's `renderers`.",
+    )
+    ab: dict[str, ABVariant] | None = Field(
+        default=None,
+        description="Model A/B: exactly two variants, keyed by name (lower case, e.g. 'a', 'fast'). The campaign runs "
+        "as two campaigns '<id>.<variant>', one per variant, with the same intents, search and seeds; "
+        "GET /v1/campaigns/{id}/ab compares them paired by intent (pipelines/ab.py).",
     )
     review: ReviewConfig | None = Field(
         default=None,
@@ -140,7 +176,43 @@ class CampaignSpec(Record):
         repeated = sorted(i for i, n in Counter(i.id for i in self.intents).items() if n > 1)
         if repeated:
             raise ValueError(f"intent ids must be unique; repeated: {repeated[:5]}")
+        if self.ab is not None:
+            self._check_ab(self.ab)
+        if self.budget_images is not None and self.budget_device_seconds is not None:
+            raise ValueError("give budget_images or budget_device_seconds, not both")
         return self
+
+    def _check_ab(self, ab: dict[str, ABVariant]) -> None:
+        if len(ab) != 2:
+            raise ValueError(f"ab needs exactly two variants but has {len(ab)}")
+        bad = [n for n in ab if re.fullmatch(VARIANT_PATTERN, n) is None]
+        if bad:
+            raise ValueError(f"ab variant names must match {VARIANT_PATTERN} (lower case, at most 20 characters); "
+                             f"not {bad[0][:40]!r}")
+        if self.renderer != DEFAULT_RENDERER:
+            raise ValueError("with ab, each variant names its renderer; leave the campaign's `renderer` unset")
+        first, second = ab.values()
+        if first == second:
+            raise ValueError("the two ab variants are the same (renderer, steps and guidance_scale): nothing to compare")
+        longest = len(self.campaign_id()) + 1 + max(map(len, ab))
+        if longest > MAX_NAME_CHARS:
+            raise ValueError(f"a variant's campaign id '<name>.<variant>' would have {longest} characters; the most "
+                             f"is {MAX_NAME_CHARS}: use a shorter name")
+
+    def variants(self) -> dict[str, CampaignSpec]:
+        """An A/B campaign's two campaigns, by variant name: this spec with the variant's renderer and render settings,
+        named ``<id>.<variant>``. Seeds derive from the base seed, the intent id and the candidate id, so both sides
+        draw the same seeds for the same candidates."""
+        if self.ab is None:
+            raise ValueError("this campaign has no ab variants")
+        out = {}
+        for name, variant in self.ab.items():
+            search = {**self.search_overrides(), **variant.model_dump(include={"steps", "guidance_scale"},
+                                                                      exclude_none=True)}
+            out[name] = self.model_copy(update={
+                "name": f"{self.campaign_id()}.{name}", "ab": None, "renderer": variant.renderer,
+                "search": SearchOverrides.model_validate(search)})
+        return out
 
     @property
     def baseline_fraction(self) -> float:
@@ -176,15 +248,28 @@ class CampaignSpec(Record):
             "critic": self.critic.model_dump(mode="json"),
             "baseline": self.baseline,
             **self.budget_identity(),
+            **self.renderer_identity(),
         }
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
     def budget_identity(self) -> dict[str, Any]:
         """The campaign budget as it enters the id and the fingerprint: nothing when unset (campaigns stored before
         budgets existed keep theirs)."""
+        if self.budget_device_seconds is not None:
+            return {"budget_device_seconds": self.budget_device_seconds, "budget_rule": self.budget_rule}
         if self.budget_images is None:
             return {}
         return {"budget_images": self.budget_images, "budget_rule": self.budget_rule}
+
+    def renderer_identity(self) -> dict[str, Any]:
+        """The renderer choice and the A/B variants as they enter the id: nothing when unset (campaigns stored before
+        either existed keep theirs)."""
+        out: dict[str, Any] = {}
+        if self.renderer != DEFAULT_RENDERER:
+            out["renderer"] = self.renderer
+        if self.ab is not None:
+            out["ab"] = {k: v.model_dump(mode="json") for k, v in sorted(self.ab.items())}
+        return out
 
     def campaign_id(self) -> str:
         return self.name or "c-" + self.spec_hash()[:12]
@@ -193,6 +278,25 @@ class CampaignSpec(Record):
 # ---------------------------------------------------------------------------------------------------------------------
 # The store's manifest
 # ---------------------------------------------------------------------------------------------------------------------
+
+
+class ABManifest(Record):
+    """``ab.json`` in the parent campaign's folder: the two variants and their campaigns, in the spec's order."""
+
+    id: str
+    created_at: float
+    fingerprint: str = Field(description="The A/B spec's hash: a resubmission with another setup is refused.")
+    variants: dict[str, ABVariant]
+    campaigns: dict[str, str] = Field(description="Variant name -> its campaign id ('<id>.<variant>').")
+    solved_at: float = Field(description="A best score at or above this counts as solved (search.score_threshold).")
+
+    @classmethod
+    def of(cls, spec: CampaignSpec, solved_at: float, created_at: float) -> ABManifest:
+        children = spec.variants()
+        return cls(id=spec.campaign_id(), created_at=created_at, fingerprint=spec.spec_hash(), variants=spec.ab,
+                   campaigns={name: child.campaign_id() for name, child in children.items()}, solved_at=solved_at)
+
+
 
 
 class ModelsRecord(Record):
@@ -211,6 +315,8 @@ class ModelsRecord(Record):
     critic_endpoint: str | None = Field(
         default=None, description="'<model> at <base_url>' when the critic runs on an OpenAI-compatible endpoint."
     )
+    renderer: str = Field(default=DEFAULT_RENDERER,
+                          description="The renderer deployment (recorded; its model is `diffusion`, which counts).")
 
     @classmethod
     def of(cls, preset: ModelPreset) -> ModelsRecord:
@@ -229,7 +335,7 @@ class ModelsRecord(Record):
 
     def identity(self) -> dict[str, Any]:
         # Endpoint fields count only when set, so campaigns stored before they existed keep their fingerprint.
-        identity = self.model_dump(exclude={"preset"})
+        identity = self.model_dump(exclude={"preset", "renderer"})
         for key in ("rewriter_endpoint", "critic_endpoint"):
             if identity[key] is None:
                 del identity[key]
@@ -266,6 +372,7 @@ class Manifest(Record):
     )
     budget_images: int | None = Field(default=None, description="The campaign's image budget (search arm); None: none.")
     budget_rule: str | None = Field(default=None, description="How the budget is shared (adaptive, even).")
+    budget_device_seconds: float | None = Field(default=None, description="The campaign's device-seconds budget.")
     review: ReviewConfig | None = Field(default=None, description="When intents wait for a person (CampaignSpec.review); "
                                         "not part of the fingerprint.")
 
@@ -300,9 +407,13 @@ class Manifest(Record):
                 parts.append(f"{section}: " + ", ".join(f"{k} stored {x!r} requested {y!r}" for k, (x, y) in changed.items()))
         if self.baseline != other.baseline:
             parts.append(f"baseline: stored {self.baseline!r}, requested {other.baseline!r}")
-        if (self.budget_images, self.budget_rule) != (other.budget_images, other.budget_rule):
-            parts.append(f"budget: stored {self.budget_images!r} ({self.budget_rule}), requested "
-                         f"{other.budget_images!r} ({other.budget_rule})")
+        if (self.budget_images, self.budget_device_seconds, self.budget_rule) != (
+                other.budget_images, other.budget_device_seconds, other.budget_rule):
+            def says(m: Manifest) -> str:
+                kind = f"{m.budget_device_seconds!r} device seconds" if m.budget_device_seconds else repr(m.budget_images)
+                return f"{kind} ({m.budget_rule})"
+
+            parts.append(f"budget: stored {says(self)}, requested {says(other)}")
         return "; ".join(parts) or "intent texts or checks differ"
 
 

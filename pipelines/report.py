@@ -239,3 +239,62 @@ def write_report(store: CampaignStore, out_name: str = "report.html") -> str:
     path = store.path(out_name)
     write_atomic(store.fs, path, html.encode())
     return path
+
+
+AB_ROWS = 1000
+"""Intents an A/B report shows (every intent: GET /v1/campaigns/{id}/ab/results)."""
+
+
+@dataclass
+class _ABCell:
+    src: str
+    score: float | None
+    solved: bool
+    images: int
+    prompt: str | None
+    status: str
+
+
+def write_ab_report(root: str, campaign_id: str, out_name: str = "report.html") -> str:
+    """A model A/B's side-by-side page, ``<root>/<campaign_id>/report.html``: both variants' accuracy, cost per solved
+    intent and the paired difference (pipelines/ab.py), then each intent's best image on each variant. Images are
+    embedded for small campaigns, else linked into the variants' folders. Returns the page's path."""
+    from pipelines.ab import read_comparison, solved, stored_state
+    from pipelines.store import campaign_store
+
+    parent = campaign_store(root, campaign_id)
+    ab = parent.read_ab()
+    if ab is None:
+        raise FileNotFoundError(f"{parent.uri} is not a model A/B (no ab.json)")
+    comparison = read_comparison(root, ab, {n: stored_state(root, cid) for n, cid in ab.campaigns.items()})
+    stores = {n: campaign_store(root, cid) for n, cid in ab.campaigns.items()}
+    embed = max(s.intents_total for s in comparison.variants) <= EMBED_UP_TO
+    got: dict[str, dict] = {}
+    ids: list[str] = []
+    for name, store in stores.items():
+        manifest = store.read_manifest()
+        if manifest is None:
+            got[name] = {}
+            continue
+        ids = ids or manifest.intent_ids
+        images = _Images(store, embed=embed, prefix=f"../{ab.campaigns[name]}/", thumbnails=False)
+        got[name] = {}
+        for part in store.iter_parts(manifest.intent_ids[:AB_ROWS]):
+            o = part.outcome
+            images.know(part.lineage)
+            best = o.search.best_image if o.search else None
+            got[name][o.intent_id] = (o.intent, _ABCell(
+                src=images.src(best), score=o.search.best_score if o.search else None,
+                solved=bool(solved(o, ab.solved_at)), images=o.search.counts.images if o.search else 0,
+                prompt=o.search.best_prompt if o.search else None, status=o.status))
+    rows = []
+    for iid in ids[:AB_ROWS]:
+        cells = [got[n].get(iid) for n in ab.campaigns]
+        text = next((c[0] for c in cells if c is not None), "")
+        rows.append({"intent_id": iid, "text": text, "cells": [c[1] if c is not None else None for c in cells]})
+    html = _templates().get_template("ab.html").render(
+        title=f"promptbeam · A/B {ab.id}", ab=ab, c=comparison, names=list(ab.campaigns), rows=rows,
+        links={n: f"../{cid}/report.html" for n, cid in ab.campaigns.items()}, truncated=len(ids) > AB_ROWS)
+    path = parent.path(out_name)
+    write_atomic(parent.fs, path, html.encode())
+    return path

@@ -48,7 +48,15 @@ from pydantic import ValidationError
 
 from agents.memory import LESSONS, Lesson
 from agents.messages import SAFE_NAME, HumanAction, SearchCheckpoint, StoredImage
-from pipelines.records import MAX_NAME_CHARS, STORE_FORMAT, IntentOutcome, IntentPart, LineageRecord, Manifest
+from pipelines.records import (
+    MAX_NAME_CHARS,
+    STORE_FORMAT,
+    ABManifest,
+    IntentOutcome,
+    IntentPart,
+    LineageRecord,
+    Manifest,
+)
 from pipelines.wire import CampaignStatus
 from serving.retry import RetryPolicy
 from serving.files import open_atomic, write_atomic
@@ -210,6 +218,17 @@ class CampaignStore:
 
     def write_budget(self, granted: dict[str, int]) -> None:
         self._write_atomic(self._p("budget.json"), json.dumps({"granted": granted}, sort_keys=True).encode())
+
+    # -- a model A/B's parent (pipelines/ab.py) ---------------------------------------------------------------------
+
+    def read_ab(self) -> ABManifest | None:
+        """``ab.json``: this campaign is a model A/B of two variant campaigns (None: it is not)."""
+        data = self._read_json("ab.json")
+        return None if data is None else ABManifest.model_validate_json(data)
+
+    def write_ab(self, manifest: ABManifest) -> None:
+        self._io("create", self.root, lambda: self.fs.makedirs(self.root, exist_ok=True))
+        self._write_atomic(self._p("ab.json"), manifest.model_dump_json(indent=2).encode())
 
     # -- images ---------------------------------------------------------------------------------------------------
 

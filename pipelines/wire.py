@@ -4,6 +4,8 @@
     CampaignSummary   counts, per-arm costs and paired statistics over the finished intents (constant size)
     CampaignStatus    the summary with state and times: what GET /v1/campaigns/{id} returns
     CampaignAccepted  the answer to a submission
+    ABComparison      GET /v1/campaigns/{id}/ab: a model A/B's two sides (ABSide) and their paired difference;
+                      ABIntent, a line of its /ab/results
     CampaignPage      GET /v1/campaigns: a page of CampaignListing (id, state, progress, created time)
     ErrorBody         every error answer: a one-line detail and the fields at fault (FieldError)
     Health            the ingress's liveness answer
@@ -22,7 +24,7 @@ from pydantic import Field
 
 from agents.messages import CallCounts
 from agents.stats import PairedSummary
-from pipelines.records import ModelsRecord, Record
+from pipelines.records import IntentOutcome, ModelsRecord, Record
 
 MAX_ERRORS = 20
 """Infrastructure errors a status keeps (the last ones)."""
@@ -86,6 +88,15 @@ class CampaignStatus(CampaignSummary):
         default=None, description="Search-arm images granted so far, in flight included (earlier runs too)."
     )
     images_remaining: int | None = Field(default=None, description="budget_images - images_spent.")
+    budget_device_seconds: float | None = Field(
+        default=None, description="The campaign's device-seconds budget (CampaignSpec.budget_device_seconds).")
+    device_seconds_spent: float | None = Field(
+        default=None, description="Device seconds charged so far: rendered rounds at what they took, rounds in flight "
+        "at their reservation, the probes (earlier runs too).")
+    device_seconds_remaining: float | None = Field(default=None, description="budget - spent.")
+    device_seconds_overshoot: float | None = Field(
+        default=None, description="Seconds charged beyond the reservations (images dearer than any seen before "
+        "them); 0 while the budget's guarantee holds.")
     projected_finish_s: float | None = Field(
         default=None,
         description="Seconds until the campaign ends, projected from this run's rate so far: the sooner of the "
@@ -93,6 +104,51 @@ class CampaignStatus(CampaignSummary):
         "was spent or finished, and once the campaign has ended.",
     )
     intents_waiting: int = Field(default=0, description="Intents waiting for review now (CampaignSpec.review).")
+
+
+class ABSide(Record):
+    """One variant's outcomes: progress, accuracy and cost."""
+
+    variant: str
+    campaign: str
+    renderer: str
+    steps: int | None
+    state: CampaignState | None = Field(default=None, description="Its campaign's state; None if never started.")
+    intents_total: int
+    intents_finished: int = 0
+    solved: int = 0
+    accuracy: float | None = Field(default=None, description="Solved share of the finished intents with a score.")
+    accuracy_ci: tuple[float, float] | None = None
+    mean_best_score: float | None = None
+    images: int = Field(default=0, description="Search-arm images rendered.")
+    render_seconds: float = Field(default=0.0, description="Search-arm device seconds (each image's share of its "
+                                                           "pipeline call).")
+    images_per_solved: float | None = None
+    render_seconds_per_solved: float | None = None
+    improvement: PairedSummary = Field(default_factory=lambda: PairedSummary(n=0),
+                                       description="This variant's search over its own best-of-N baseline.")
+
+
+class ABComparison(Record):
+    """GET /v1/campaigns/{id}/ab: both sides and the paired difference (second variant minus first)."""
+
+    id: str
+    state: CampaignState = Field(description="running while either variant runs; else done if both are done.")
+    variants: list[ABSide]
+    difference: str = Field(description="Which side is subtracted from which, e.g. 'b - a'.")
+    solved_difference: PairedSummary = Field(
+        description="Per intent both finished: solved (0/1) of the second minus the first; the mean is the accuracy "
+        "difference, with its 95% interval and wins/ties/losses.")
+    score_difference: PairedSummary = Field(description="Per intent both finished: best score, second minus first.")
+    solved_at: float
+
+
+class ABIntent(Record):
+    """One line of GET /v1/campaigns/{id}/ab/results: an intent as each variant finished it."""
+
+    intent_id: str
+    intent: str
+    variants: dict[str, IntentOutcome | None] = Field(description="Variant -> its outcome; None: not finished yet.")
 
 
 class CampaignAccepted(Record):
@@ -103,6 +159,7 @@ class CampaignAccepted(Record):
     concurrency: int = Field(description="Intents searched at once.")
     status_url: str
     results_url: str
+    variants: dict[str, str] | None = Field(default=None, description="A model A/B: variant -> its campaign id.")
 
 
 class CampaignListing(Record):

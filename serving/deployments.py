@@ -265,9 +265,10 @@ def build_diffusion_deployment(
     on_gpu: bool = False,
     batch_seconds: float = 30.0,
     options: dict[str, Any] | None = None,
+    name: str = "diffusion",
 ):
     opts = merge_options(diffusion_options(engine, on_gpu=on_gpu, batch_seconds=batch_seconds), options)
-    return serve.deployment(DiffusionDeployment, name="diffusion", **opts).bind(engine, engine_cls)
+    return serve.deployment(DiffusionDeployment, name=name, **opts).bind(engine, engine_cls)
 
 
 def build_llm_deployment(

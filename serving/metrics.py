@@ -227,3 +227,29 @@ LESSONS_SUPPORTED = MetricSpec(
     "promptbeam_lessons_supported", "gauge", "Supported lessons in the campaign's memory now", ("campaign",),
 )
 ALL += [LESSONS_LEARNED, LESSONS_APPLIED, LESSONS_SUPPORTED]
+
+# -- appended: campaign image budget (issue 30) ----------------------------------------------------------------------
+BUDGET_IMAGES = MetricSpec(
+    "promptbeam_campaign_budget_images", "gauge",
+    "The campaign's image budget for its search arm (CampaignSpec.budget_images); absent without one", ("campaign",),
+)
+BUDGET_SPENT = MetricSpec(
+    "promptbeam_campaign_budget_spent_images", "gauge",
+    "Search-arm images the campaign's allocator granted so far, earlier runs included (never above the budget)",
+    ("campaign",),
+)
+PROJECTED_FINISH = MetricSpec(
+    "promptbeam_campaign_projected_finish_seconds", "gauge",
+    "Seconds until a budgeted campaign ends at this run's rates (the status's projected_finish_s); 0 once every "
+    "intent has finished", ("campaign",),
+)
+BUDGET_DEVICE_SECONDS = MetricSpec(
+    "promptbeam_campaign_budget_device_seconds", "gauge",
+    "The campaign's device-seconds budget for its search arm (CampaignSpec.budget_device_seconds)", ("campaign",),
+)
+BUDGET_SPENT_DEVICE_SECONDS = MetricSpec(
+    "promptbeam_campaign_budget_spent_device_seconds", "gauge",
+    "Device seconds a budgeted campaign has charged so far (rendered rounds, reservations in flight, probes)",
+    ("campaign",),
+)
+ALL += [BUDGET_IMAGES, BUDGET_SPENT, PROJECTED_FINISH, BUDGET_DEVICE_SECONDS, BUDGET_SPENT_DEVICE_SECONDS]

@@ -164,13 +164,17 @@ def ray_cluster():
 
 @pytest.fixture(scope="session")
 def serve_app(ray_cluster, tiny_models, tmp_path_factory):
-    """The promptbeam Serve app with the real engines on the tiny models, at route '/'."""
+    """The promptbeam Serve app with the real engines on the tiny models, at route '/' (two renderer deployments)."""
     from ray import serve
 
     from pipelines.app import AppConfig, compose_app
 
     store = tmp_path_factory.mktemp("serve-store")
-    config = AppConfig(preset="tiny", tiny_dir=str(tiny_models["diffusion"].parent), store_root=str(store))
+    # a second renderer deployment (the same tiny model, writing WebP) for the model A/B test (tests/test_ab.py)
+    config = AppConfig(preset="tiny", tiny_dir=str(tiny_models["diffusion"].parent), store_root=str(store),
+                       renderers={"diffusion_b": {"image_format": "webp"}})
     batching = {"user_config": {"max_batch_size": 8, "batch_wait_timeout_s": 0.2}}
-    serve.run(compose_app(config, deployments={"diffusion": batching}), name="promptbeam", route_prefix="/")
+    serve.run(compose_app(config, deployments={"diffusion": batching,
+                                               "diffusion_b": {**batching, "ray_actor_options": {"num_cpus": 0}}}),
+              name="promptbeam", route_prefix="/")
     return {**ray_cluster, "store": store}

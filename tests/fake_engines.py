@@ -9,9 +9,12 @@ starts, ``<id>.shutdown`` when its ``shutdown`` runs. A test marks one dead from
 from __future__ import annotations
 
 import asyncio
+import io
 import os
+import struct
 import time
 import uuid
+import zlib
 from concurrent.futures import Future
 from pathlib import Path
 
@@ -50,6 +53,35 @@ def mark_dead(state_dir: Path, instance: str) -> None:
     (Path(state_dir) / f"{instance}.dead").touch()
 
 
+_REALISTIC: dict[tuple[int, int], bytes] = {}
+
+
+def _with_text(png: bytes, **text: str) -> bytes:
+    """``png`` with tEXt chunks spliced in before IEND (no re-encoding)."""
+    chunks = b""
+    for key, value in text.items():
+        data = key.encode("latin-1") + b"\0" + value.encode("latin-1", "replace")
+        chunks += struct.pack(">I", len(data)) + b"tEXt" + data + struct.pack(">I", zlib.crc32(b"tEXt" + data))
+    return png[:-12] + chunks + png[-12:]
+
+
+def realistic(request: RenderRequest) -> tuple[bytes, bytes]:
+    """(image, critic copy) as heavy as a real render's: a noise PNG of the requested size (encoded once per size,
+    ~790 KB at 512²) and a 64² PNG critic copy, both carrying the request's prompt and seed as text chunks (what the
+    scripted critic reads)."""
+    import numpy as np
+    from PIL import Image
+
+    for size in ((request.width, request.height), (64, 64)):
+        if size not in _REALISTIC:
+            buf = io.BytesIO()
+            rng = np.random.default_rng(size[0] * 10_000 + size[1])
+            Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(buf, format="PNG")
+            _REALISTIC[size] = buf.getvalue()
+    meta = {"prompt": request.prompt, "seed": str(request.seed)}
+    return _with_text(_REALISTIC[request.width, request.height], **meta), _with_text(_REALISTIC[64, 64], **meta)
+
+
 class FakeDiffusionEngine(_Registered):
     def __init__(self, config: DiffusionEngineConfig):
         super().__init__(config.model)
@@ -63,7 +95,21 @@ class FakeDiffusionEngine(_Registered):
         ids = [(r.campaign, r.request_id) for r in requests]
         if len(set(ids)) != len(ids):  # as the real engine
             raise ValueError("request ids in one render call must be unique")
-        return asyncio.run(self._renderer.render(requests))  # the deployment calls this in a worker thread
+        results = asyncio.run(self._renderer.render(requests))  # the deployment calls this in a worker thread
+        if (self.state_dir / "realistic_images").exists():  # a test asked for images as heavy as real ones
+            results = [self._realistic(request, result) for request, result in zip(requests, results)]
+        return results
+
+    @staticmethod
+    def _realistic(request: RenderRequest, result: RenderResult) -> RenderResult:
+        """As the real engine returns it: written to ``image_uri`` where the request names one (the bytes then stay
+        here; serving/images.py), with a small critic copy."""
+        from serving.images import try_write_image
+
+        png, critic = realistic(request)
+        stored = try_write_image(request.image_uri, png)
+        return result.model_copy(update={"png": b"" if stored is not None else png, "stored": stored,
+                                         "critic_image": critic})
 
     def start_render(self, requests: list[RenderRequest]) -> PendingRender:
         """The real engine's two-stage interface: here every image is ready when the call returns."""

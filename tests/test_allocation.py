@@ -261,3 +261,102 @@ def test_the_stored_status_of_a_finished_budgeted_campaign_keeps_its_budget_fiel
     stored = store.read_status()
     assert stored.state == "done" and stored.budget_images == 12 and stored.projected_finish_s is None
     assert stored.images_spent == live.images_spent <= 12 and stored.images_remaining == 12 - stored.images_spent
+
+
+# -- a budget of device seconds -----------------------------------------------------------------------------------
+
+
+class TimedRenderer(FakeRenderer):
+    """FakeRenderer whose pipeline calls take ``fixed_s + per_image_s`` x batch of device time (as reported in
+    RenderResult.render_seconds): a batch of one is the dearest per image, as on a GPU."""
+
+    def __init__(self, per_image_s: float = 0.01, fixed_s: float = 0.01):
+        super().__init__()
+        self.per_image_s, self.fixed_s = per_image_s, fixed_s
+        self.device_seconds = 0.0
+
+    async def render(self, requests):
+        results = await super().render(requests)
+        seconds = self.fixed_s + self.per_image_s * len(requests)
+        self.device_seconds += seconds
+        return [r.model_copy(update={"render_seconds": seconds, "batch_size": len(requests)}) for r in results]
+
+
+def test_device_second_grants_reserve_at_the_dearest_image_and_settle_to_what_the_round_took():
+    from agents.allocation import PROBES, DeviceSecondsAllocator
+
+    a = DeviceSecondsAllocator(1.0, ["x", "y"], seconds_per_image=0.02, unit=2, probe_ms=20)
+    assert (a.budget, a.share, a.cost_ms, a.spent) == (1000, 490, 20, 20)  # shares split what the probe left
+    x = a.for_intent("x")
+    assert x.available(improving=False) == 24  # its share at 20 ms an image
+    assert asyncio.run(x.grant(7, improving=False)) == 6  # whole prompts of 2 images
+    assert a.granted["x"] == 120  # reserved at the dearest image
+    asyncio.run(x.settle(6, 0.045))  # rendered in 45 ms: 75 ms go back
+    assert a.granted["x"] == 45 and a.spent == 65 and a.overshoot == 0
+    asyncio.run(x.settle(0, 0.0))  # nothing left to settle: no change
+    assert a.granted["x"] == 45
+    assert asyncio.run(x.grant(2, improving=False)) == 2
+    asyncio.run(x.settle(2, 0.1))  # dearer than any image seen: charged in full, reported, and reserved by from now on
+    assert a.overshoot == 60 and a.cost_ms == 50 and a.granted["x"] == 145
+    assert a.snapshot() == {"x": 145, PROBES: 20}
+    restored = DeviceSecondsAllocator(1.0, ["x", "y"], seconds_per_image=0.05, granted=a.snapshot(), finished=["x"])
+    assert restored.spent == 165 and restored.probes == 20 and restored.pool == 1000 - 165 - 490
+
+
+def test_random_device_second_rounds_never_pass_the_budget_while_no_image_is_dearer_than_the_probe():
+    import random
+
+    from agents.allocation import DeviceSecondsAllocator
+
+    rng = random.Random(0)
+    for _ in range(200):
+        ids = [f"i{k}" for k in range(rng.randint(1, 6))]
+        a = DeviceSecondsAllocator(rng.uniform(0.1, 3.0), ids, seconds_per_image=0.03, unit=rng.choice([1, 2]),
+                                   rule=rng.choice(["adaptive", "even"]), probe_ms=30)
+        allowances = {i: a.for_intent(i) for i in ids}
+        for _ in range(40):
+            i = rng.choice(ids)
+            n = asyncio.run(allowances[i].grant(rng.randint(1, 8), rng.random() < 0.5))
+            if n:
+                asyncio.run(allowances[i].settle(n, n * rng.uniform(0.005, 0.03)))  # never dearer than the probe's 30 ms
+            if rng.random() < 0.2:
+                allowances[i].release()
+            assert a.spent <= a.budget and a.overshoot == 0
+
+
+def test_a_device_seconds_budget_through_the_runner_is_never_exceeded_and_survives_a_resume(tmp_path):
+    intents = [Intent(id=f"{kind}{k}", text=f"{kind} thing {k}") for k in range(4) for kind in ("easy", "hard")]
+    s = CampaignSpec(intents=intents, search=SEARCH, concurrency=3, budget_device_seconds=0.9)
+    store = CampaignStore(str(tmp_path))
+    renderer = TimedRenderer()
+    renderer.fail_on = "hard2/r1"  # one intent fails mid-search (infrastructure): retried by the resume
+    first = run(s, store, renderer)
+    assert first.status.state is CampaignState.failed and first.status.intents_failed == 1
+    renderer.fail_on = None
+    second = run(s, store, renderer)
+    st = second.status
+    assert st.state is CampaignState.done and st.intents_done == 8
+    ledger = json.loads(store.fs.cat_file(store.path("budget.json")))["granted"]
+    assert ledger["@probes"] == 2 * 20  # one probe a run, each a batch of one: 10 + 10 ms
+    assert st.budget_device_seconds == 0.9 and st.device_seconds_spent == sum(ledger.values()) / 1000 <= 0.9
+    assert st.device_seconds_remaining == pytest.approx(0.9 - st.device_seconds_spent)
+    assert st.device_seconds_overshoot == 0 and st.images_spent is None
+    # what the search arm's images took (the lineage's shares), with the probes, is what was charged, at most
+    shares = sum(c.timings["render_share_s"] for c in store.iter_lineage() if c.mode == "beam")
+    assert shares + 0.04 <= st.device_seconds_spent + 1e-9 and renderer.device_seconds <= st.device_seconds_spent + 1e-9
+    stops = [o.search.stop_reason for o in store.iter_outcomes([i.id for i in intents])]
+    assert "budget" in stops  # the budget bound: hard intents ran out of device seconds
+
+
+def test_both_budgets_at_once_and_a_device_seconds_budget_on_planner_workers_are_refused():
+    from pydantic import ValidationError
+
+    from pipelines.campaign import budget_problem
+
+    intents = [Intent(id="a", text="a box")]
+    with pytest.raises(ValidationError, match="not both"):
+        CampaignSpec(intents=intents, budget_images=10, budget_device_seconds=1.0)
+    s = CampaignSpec(intents=intents, budget_device_seconds=1.0)
+    assert "planner workers" in budget_problem(s, s.search_config(), planner_workers=True)
+    assert budget_problem(s, s.search_config(), planner_workers=False) is None
+    assert s.campaign_id() != CampaignSpec(intents=intents, budget_device_seconds=2.0).campaign_id()

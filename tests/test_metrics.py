@@ -158,14 +158,23 @@ def test_every_dashboard_expression_returns_data_from_real_prometheus(serve_app,
             # one intent the input moderation refuses (promptbeam_moderation_blocked)
             intents = [{"id": f"m{k}", "text": f"a blue car {k}"} for k in range(3)]
             body = {"name": "metrics-demo", "intents": [*intents, {"id": "bad", "text": "explicit nude 12 year old"}],
-                    "search": {"rounds": 2, "max_images": 8, "steps": 2}}
+                    "search": {"rounds": 2, "max_images": 8, "steps": 2},
+                    "budget_images": 100}  # a budget (never binding here), for the budget panels' series
             assert client.post("/v1/campaigns", json=body).status_code == 202
+            # a campaign with a device-seconds budget, for that budget panel's series
+            seconds = {"name": "metrics-seconds", "intents": intents[:1], "budget_device_seconds": 600,
+                       "search": {"rounds": 1, "max_images": 6, "steps": 2}}
+            assert client.post("/v1/campaigns", json=seconds).status_code == 202
             # one refused submission, so the HTTP error panel has a series (Serve counts 4xx as errors)
             assert client.post("/v1/campaigns", json={"name": "bad", "intents": []}).status_code == 422
             deadline = time.time() + 600
-            while CampaignStatus.model_validate_json(client.get("/v1/campaigns/metrics-demo").content).state == "running":
-                assert time.time() < deadline
-                time.sleep(1)
+            for cid in ("metrics-demo", "metrics-seconds"):
+                while (st := CampaignStatus.model_validate_json(client.get(f"/v1/campaigns/{cid}").content)
+                       ).state == "running":
+                    assert time.time() < deadline
+                    time.sleep(1)
+                assert st.state == "done", st
+            assert st.budget_device_seconds == 600 and 0 < st.device_seconds_spent <= 600, st
             # resubmitted: a resume (promptbeam_campaign_resumes) with nothing left to redo
             accepted = client.post("/v1/campaigns", json=body)
             assert accepted.status_code == 202 and accepted.json()["resumed_intents"] == 4, accepted.text
@@ -187,7 +196,9 @@ def test_every_dashboard_expression_returns_data_from_real_prometheus(serve_app,
             assert resp["status"] == "success", (q, resp)
             if not resp["data"]["result"] and not any(series in q for series in excused):
                 missing.append(q)
-        assert not missing, "expressions without data:\n" + "\n".join(missing)
+        names = httpx.get(f"{api}/label/__name__/values", timeout=10).json()["data"]
+        assert not missing, ("expressions without data:\n" + "\n".join(missing) + "\nseries: "
+                             + ", ".join(n for n in names if "promptbeam_campaign" in n))
     finally:
         proc.terminate()
         proc.wait(10)

@@ -156,15 +156,20 @@ def test_config_is_accepted_as_serve_deploy_would(name):
     named = {d["name"] for d in app["deployments"]}
     # the app's deployments, each configured: an llm exactly when the preset serves one, a planner exactly when the
     # args turn planner workers on
-    planner = {"planner"} if AppConfig.model_validate(app["args"]).planner_workers else set()
-    assert set(infos) == named == {"diffusion", "ingress"} | ({"llm"} if preset.needs_llm else set()) | planner
-    batching = DiffusionBatchConfig.model_validate(entry(config, "diffusion")["user_config"])
-    assert batching.max_batch_size <= preset.diffusion.max_batch_size  # the replica's reconfigure would refuse it
+    app_config = AppConfig.model_validate(app["args"])
+    planner = {"planner"} if app_config.planner_workers else set()
+    renderers = set(app_config.renderers)  # more renderer deployments (model A/B), each configured
+    assert set(infos) == named == ({"diffusion", "ingress"} | ({"llm"} if preset.needs_llm else set()) | planner
+                                   | renderers)
+    for name in ("diffusion", *renderers):
+        engine = app_config.resolve(name)
+        batching = DiffusionBatchConfig.model_validate(entry(config, name)["user_config"])
+        assert batching.max_batch_size <= engine.diffusion.max_batch_size  # the replica's reconfigure would refuse it
+        d = entry(config, name)
+        held = -(-d["max_ongoing_requests"] // batching.max_batch_size)
+        assert held == BATCHES_HELD and d["graceful_shutdown_timeout_s"] >= held * engine.batch_seconds
     IngressConfig.model_validate(entry(config, "ingress")["user_config"])
-    d = entry(config, "diffusion")
-    held = -(-d["max_ongoing_requests"] // batching.max_batch_size)
-    assert held == BATCHES_HELD and d["graceful_shutdown_timeout_s"] >= held * preset.batch_seconds
-    models = [n for n in ("diffusion", "llm") if n in infos]
+    models = [n for n in ("diffusion", "llm", *renderers) if n in infos]
     if preset.on_gpu:
         assert all(gpus(infos[n]) > 0 for n in models)  # every model on a GPU, none left on the CPU
     else:

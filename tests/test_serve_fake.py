@@ -433,3 +433,55 @@ def test_cli_submit_status_results_cancel_and_report_against_the_app(fake_app, t
     rep = cli("report", (fake_app.store / "cli-camp").as_uri())  # file:// is an fsspec URL like s3://
     assert rep.exit_code == 0, rep.output
     assert (fake_app.store / "cli-camp" / "report.html").is_file()
+
+
+def diffusion_pids(dashboard: str, app: str) -> list[int]:
+    from ray.util.state import list_actors
+
+    return [a.pid for a in list_actors(address=dashboard, filters=[("state", "=", "ALIVE")], detail=True, limit=1000)
+            if a.class_name == f"ServeReplica:{app}:diffusion"]
+
+
+def test_a_campaign_budget_is_never_exceeded_through_the_app_when_the_renderer_replica_is_killed(fake_app, ray_cluster):
+    """A campaign with an image budget through the Serve app; mid-campaign the renderer's replica is SIGKILLed
+    (Serve starts another). Intents whose render failed are retried on resume; the images granted (budget.json, what
+    counts: a round whose render failed still counts), the search-arm images in the lineage and the status's
+    images_spent all stay within the budget, and the campaign finishes with every intent once."""
+    import json
+    import os
+    import signal
+
+    from pipelines.records import LineageRecord
+    from tests.store_checks import assert_each_intent_once
+
+    cid, n, budget = "budget-kill", 12, 60
+    body = {"name": cid, "intents": intents(n), "search": SEARCH, "budget_images": budget, "concurrency": 3}
+    (fake_app.state / "render_delay_s").write_text("0.3")
+    killed = None
+    try:
+        with httpx.Client(base_url=fake_app.url, timeout=60) as client:
+            assert client.post("/v1/campaigns", json=body).status_code == 202
+            deadline = time.time() + 300
+            while (st := CampaignStatus.model_validate_json(client.get(f"/v1/campaigns/{cid}").content)
+                   ).state == "running":
+                assert time.time() < deadline, st
+                if killed is None and (st.images_spent or 0) >= budget // 3:
+                    (killed,) = diffusion_pids(ray_cluster["dashboard"], "fake")
+                    os.kill(killed, signal.SIGKILL)
+                time.sleep(0.2)
+            assert killed is not None, "the campaign ended before the renderer could be killed"
+            for _ in range(5):  # intents the kill failed are retried by a resubmission (resume)
+                if st.state == "done":
+                    break
+                assert client.post("/v1/campaigns", json=body).status_code == 202
+                st = wait_done(client, cid)
+            assert st.state == "done" and st.intents_done == n, st
+            assert st.budget_images == budget and st.images_spent <= budget
+    finally:
+        (fake_app.state / "render_delay_s").unlink(missing_ok=True)
+    store = CampaignStore(str(fake_app.store / cid))
+    granted = json.loads(store.fs.cat_file(store.path("budget.json")))["granted"]
+    beam = [c for c in (LineageRecord.model_validate_json(x) for x in
+                        (fake_app.store / cid / "lineage.jsonl").read_text().splitlines()) if c.mode == "beam"]
+    assert 0 < len(beam) <= sum(granted.values()) <= budget
+    assert_each_intent_once(store, [f"i{k}" for k in range(n)])

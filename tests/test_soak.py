@@ -1,5 +1,6 @@
-"""Soak: 1,000 intents through the Serve app with zero-cost fake engines (64² images), searched on a planner worker
-(the cluster shape: the ingress admits, hands out and folds). While it runs, a sampler reads the campaign's status every
+"""Soak: 1,000 intents through the Serve app with zero-cost fake engines, searched on a planner worker (the cluster
+shape: the ingress admits, hands out and folds), at 64² and at 512² (there each image a ~790 KB PNG the renderer writes
+to the store itself and a small critic copy, as heavy as a real render's bytes; ~4,000 images, ~3 GB written). While it runs, a sampler reads the campaign's status every
 0.25 s (latency and HTTP code) and the RSS of the ingress, planner and model replica processes; midway the
 campaign is cancelled and resubmitted (which resumes it). Checked: every process's memory stays within ±10% of its
 level after warm-up, status p95 < 200 ms, no 5xx, and every intent once in results (every candidate once in lineage).
@@ -7,6 +8,7 @@ The figures are printed."""
 
 from __future__ import annotations
 
+import shutil
 import statistics
 import threading
 import time
@@ -27,6 +29,7 @@ pytestmark = [pytest.mark.soak, pytest.mark.slow, pytest.mark.serve]
 APP = "soak"
 N = 1000
 SEARCH = {"beam_width": 1, "candidates_per_beam": 2, "rounds": 1, "seeds_per_prompt": 1, "max_images": 4}
+SIDES = [64, 512]
 WARM_UP = 0.2  # memory is compared from the point 20% of the intents are done
 CANCEL_AT = 0.5
 
@@ -83,10 +86,18 @@ class Sampler(threading.Thread):
                 self.stop.wait(self.every_s)
 
 
-def test_a_thousand_intents_keep_memory_flat_and_status_fast(soak_app):
+@pytest.mark.parametrize("side", SIDES)
+def test_a_thousand_intents_keep_memory_flat_and_status_fast(soak_app, side):
     url, store_root = soak_app
-    cid = "soak"
-    body = {"name": cid, "intents": intents(N), "search": SEARCH, "concurrency": 32}
+    cid = f"soak-{side}"
+    state = store_root.parent / "state"
+    state.mkdir(exist_ok=True)
+    realistic = state / "realistic_images"  # the fake renderer's images as heavy as real ones (tests/fake_engines.py)
+    if side > 64:
+        realistic.touch()
+    else:
+        realistic.unlink(missing_ok=True)
+    body = {"name": cid, "intents": intents(N), "search": {**SEARCH, "width": side, "height": side}, "concurrency": 32}
     processes = replica_processes()
     assert set(processes) == {"ingress", "planner", "diffusion", "llm"}, processes
     sampler = Sampler(url, cid, processes)
@@ -114,7 +125,7 @@ def test_a_thousand_intents_keep_memory_flat_and_status_fast(soak_app):
 
     p95 = statistics.quantiles(sampler.latencies, n=20)[18]
     warm = [r for done, r in sampler.rss if done >= WARM_UP * N]
-    print(f"\nsoak: {N} intents in {elapsed:.0f} s ({N / elapsed:.1f}/s), cancelled at {cancelled.intents_finished} "
+    print(f"\nsoak at {side}²: {N} intents in {elapsed:.0f} s ({N / elapsed:.1f}/s), cancelled at {cancelled.intents_finished} "
           f"and resumed; status polled {len(sampler.latencies)} times: p50 "
           f"{statistics.median(sampler.latencies) * 1e3:.0f} ms, p95 {p95 * 1e3:.0f} ms, max "
           f"{max(sampler.latencies) * 1e3:.0f} ms; codes {dict(sampler.codes)}")
@@ -134,3 +145,7 @@ def test_a_thousand_intents_keep_memory_flat_and_status_fast(soak_app):
     for name, (low, high) in spread.items():
         assert -0.10 <= low and high <= 0.10, f"{name} RSS moved {low:+.1%} / {high:+.1%} after warm-up"
     assert_each_intent_once(CampaignStore(str(store_root / cid)), [f"i{k}" for k in range(N)])
+    if side > 64:
+        stored = [c for c in CampaignStore(str(store_root / cid)).iter_lineage() if c.mode == "beam"]
+        assert stored and all(c.image_size > 500_000 for c in stored)  # the heavy images
+        shutil.rmtree(store_root / cid, ignore_errors=True)

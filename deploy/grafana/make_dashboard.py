@@ -44,6 +44,20 @@ PANELS: list[tuple[str, str, list[tuple[str, str]], str]] = [
         (f"max by (campaign) ({e(m.BACKLOG)}{C}) / (sum by (campaign) "
          f"(rate({e(m.INTENTS_FINISHED)}{C}[{ETA_WINDOW}])) > 0)", "{{campaign}}"),
     ], "Backlog over the intents finished per second in the last 30 minutes; no value when none finished in 30m."),
+    ("Campaign budget: images spent / budget", "short", [
+        (f"max by (campaign) ({e(m.BUDGET_SPENT)}{C})", "spent {{campaign}}"),
+        (f"max by (campaign) ({e(m.BUDGET_IMAGES)}{C})", "budget {{campaign}}"),
+    ], "Campaigns with budget_images: search-arm images granted so far (earlier runs included) against the budget; "
+       "never above it. Remaining = budget - spent."),
+    ("Campaign budget: device seconds spent / budget", "s", [
+        (f"max by (campaign) ({e(m.BUDGET_SPENT_DEVICE_SECONDS)}{C})", "spent {{campaign}}"),
+        (f"max by (campaign) ({e(m.BUDGET_DEVICE_SECONDS)}{C})", "budget {{campaign}}"),
+    ], "Campaigns with budget_device_seconds: renderer seconds charged so far (rounds rendered at what they took, "
+       "rounds in flight at their reservation, the probes) against the budget."),
+    ("Campaign budget: projected finish", "s", [
+        (f"max by (campaign) ({e(m.PROJECTED_FINISH)}{C})", "{{campaign}}"),
+    ], "Seconds until a budgeted campaign ends at this run's rates: the sooner of the remaining budget at its spend "
+       "rate and the unfinished intents at their finish rate (the status's projected_finish_s); 0 when finished."),
     ("Images by mode (at intent commit)", "short", [
         (f"sum by (campaign, mode) (rate({e(m.IMAGES_RENDERED)}{C}[{RI}]))", "{{mode}} {{campaign}}"),
     ], "Search (beam) versus baseline (best_of_n) images, counted when each intent commits."),

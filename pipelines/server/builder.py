@@ -17,7 +17,7 @@ from typing import Any
 
 from ray import serve
 
-from pipelines.server.configs import AppConfig, IngressConfig
+from pipelines.server.configs import DEPLOYMENTS, AppConfig, IngressConfig
 from pipelines.server.ingress import CampaignIngress
 from pipelines.server.planner import PlannerWorker
 from serving.clients import ServeLanguageModel
@@ -38,7 +38,6 @@ PLANNER_OPTIONS: dict[str, Any] = {
                            "target_ongoing_requests": 32},
     "graceful_shutdown_timeout_s": 30,
 }
-DEPLOYMENTS = ("diffusion", "llm", "planner", "ingress")
 
 
 def build_app(args: dict[str, Any] | AppConfig | None = None):
@@ -52,9 +51,10 @@ def compose_app(config: AppConfig, deployments: dict[str, dict[str, Any]] | None
     Serve options keyed ``diffusion``/``llm``/``ingress``, in the shape of a Serve config's ``deployments:`` entries,
     merged over this code's defaults (the same options a Serve config would set)."""
     deployments = deployments or {}
-    unknown = set(deployments) - set(DEPLOYMENTS)
+    names = [*DEPLOYMENTS, *config.renderers]
+    unknown = set(deployments) - set(names)
     if unknown:
-        raise ValueError(f"unknown deployments {sorted(unknown)}; the app has {', '.join(map(repr, DEPLOYMENTS))}")
+        raise ValueError(f"unknown deployments {sorted(unknown)}; the app has {', '.join(map(repr, names))}")
     if "planner" in deployments and not config.planner_workers:
         raise ValueError("options for the 'planner' deployment, but planner_workers is off: set it in the args")
     # Replicas may run in another working directory: hand them absolute local paths.
@@ -68,15 +68,22 @@ def compose_app(config: AppConfig, deployments: dict[str, dict[str, Any]] | None
         preset.diffusion, import_object(config.engines.diffusion), on_gpu=preset.on_gpu,
         batch_seconds=preset.batch_seconds, options=deployments.get("diffusion"),
     )
+    renderers = {}  # more renderer deployments (model A/B, a campaign's `renderer`), each with its own options
+    for name in config.renderers:
+        other = config.resolve(name)
+        ensure_models(other)
+        renderers[name] = build_diffusion_deployment(
+            other.diffusion, import_object(config.engines.diffusion), on_gpu=other.on_gpu,
+            batch_seconds=other.batch_seconds, options=deployments.get(name), name=name)
     llm, llm_client = llm_backend(config, preset, deployments.get("llm"))
     planner = None
     if config.planner_workers:
         planner = serve.deployment(PlannerWorker, name="planner",
                                    **merge_options(PLANNER_OPTIONS, deployments.get("planner"))
-                                   ).bind(diffusion, llm, config, llm_client)
+                                   ).bind(diffusion, llm, config, llm_client, renderers=renderers)
     ingress = serve.deployment(CampaignIngress, name="ingress",
                                **merge_options(INGRESS_OPTIONS, deployments.get("ingress")))
-    return ingress.bind(diffusion, llm, config, llm_client, planner=planner)
+    return ingress.bind(diffusion, llm, config, llm_client, planner=planner, renderers=renderers)
 
 
 def llm_backend(config: AppConfig, preset: ModelPreset, options: dict[str, Any] | None

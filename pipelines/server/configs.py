@@ -5,15 +5,20 @@ are Serve deployment options in the config's ``deployments:`` section (defaults 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from agents.messages import MAX_IMAGE_SIDE
-from pipelines.records import MAX_INTENTS
+from pipelines.records import DEFAULT_RENDERER, MAX_INTENTS
 from serving.openai_client import LanguageModelEndpoints
 from serving.presets import DiffusionOverrides, LLMOverrides, ModelPreset, RenderDefaultsOverrides, resolve_preset
+
+
+DEPLOYMENTS = ("diffusion", "llm", "planner", "ingress")
+"""The app's own deployments (``renderers`` add more, by their names)."""
 
 
 class EngineClasses(BaseModel):
@@ -63,10 +68,39 @@ class AppConfig(BaseModel):
         description="Search intents on the `planner` deployment (workers Ray places on any node, autoscaled on "
         "their own; pipelines/server/planner.py) instead of inside the ingress. Needs a store every node reaches.",
     )
+    renderers: dict[str, DiffusionOverrides] = Field(  # type: ignore[valid-type]
+        default_factory=dict,
+        description="More renderer deployments, by name (each a Serve deployment of that name, with its own replicas "
+        "and options): DiffusionEngineConfig fields over the preset's diffusion (another checkpoint, dtype, ...). A "
+        "campaign picks one with `renderer`; a model A/B (`ab`) renders on two.",
+    )
 
-    def resolve(self) -> ModelPreset:
-        return resolve_preset(self.preset, self.tiny_dir, diffusion=self.diffusion, llm=self.llm,
+    @model_validator(mode="after")
+    def _renderer_names(self) -> AppConfig:
+        for name in self.renderers:
+            if name in DEPLOYMENTS or not is_deployment_name(name):
+                raise ValueError(f"renderer name {name[:60]!r} must be lower case letters, digits and '_' (at most 63) "
+                                 f"and not one of the app's own deployments {', '.join(DEPLOYMENTS)}")
+        return self
+
+    def resolve(self, renderer: str = DEFAULT_RENDERER) -> ModelPreset:
+        """The preset with this config's overrides; for a renderer of ``renderers``, its diffusion fields over
+        them (raises KeyError for a name the app does not serve)."""
+        diffusion = self.diffusion
+        if renderer != DEFAULT_RENDERER:
+            extra = self.renderers[renderer]
+            base = diffusion.model_dump(exclude_none=True) if diffusion is not None else {}
+            diffusion = type(extra).model_validate({**base, **extra.model_dump(exclude_none=True)})
+        return resolve_preset(self.preset, self.tiny_dir, diffusion=diffusion, llm=self.llm,
                               defaults=self.defaults, endpoints=self.endpoints)
+
+    def renderer_names(self) -> list[str]:
+        """Every renderer deployment the app serves: 'diffusion' first, then ``renderers``."""
+        return [DEFAULT_RENDERER, *self.renderers]
+
+
+def is_deployment_name(name: str) -> bool:
+    return re.fullmatch(r"[a-z][a-z0-9_]{0,62}", name) is not None
 
 
 class IngressConfig(BaseModel):

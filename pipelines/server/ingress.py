@@ -26,6 +26,7 @@ from ray import serve
 from agents.config import SearchConfig
 from agents.memory import Lesson
 from agents.messages import SAFE_NAME, ActionRequest, HumanAction
+from pipelines.ab import joined, read_comparison, stored_state
 from pipelines.campaign import (
     CampaignConflict,
     CampaignRunner,
@@ -33,7 +34,7 @@ from pipelines.campaign import (
     intent_concurrency,
     review_problem,
 )
-from pipelines.records import MAX_NAME_CHARS, CampaignSpec, ModelsRecord
+from pipelines.records import DEFAULT_RENDERER, MAX_NAME_CHARS, ABManifest, CampaignSpec, ModelsRecord
 from pipelines.server.auth import BEARER_SCHEME, AuthSettings, BearerAuth, check_bind
 from pipelines.server.configs import AppConfig, IngressConfig
 from pipelines.server.http import install_error_handlers, parse_spec, read_body, validation_error
@@ -49,7 +50,15 @@ from pipelines.store import (
 )
 from pipelines.tally import CampaignTally
 from pipelines.version import __version__
-from pipelines.wire import CampaignAccepted, CampaignListing, CampaignPage, CampaignState, CampaignStatus, Health
+from pipelines.wire import (
+    ABComparison,
+    CampaignAccepted,
+    CampaignListing,
+    CampaignPage,
+    CampaignState,
+    CampaignStatus,
+    Health,
+)
 from pipelines.wire import ReviewListing
 from serving.clients import ServeLanguageModel, ServeRenderer, open_role_models
 
@@ -140,7 +149,7 @@ class CampaignIngress:
 
     def __init__(self, diffusion, llm, config: AppConfig,
                  llm_client: Callable[[Any], Any] = ServeLanguageModel, auth: AuthSettings | None = None,
-                 planner=None):
+                 planner=None, renderers: dict[str, Any] | None = None):
         auth = auth or AuthSettings()
         token = auth.token()
         named = auth.named_tokens()  # the single token among them, named 'api'
@@ -150,6 +159,11 @@ class CampaignIngress:
         self.preset = config.resolve()
         self.models = ModelsRecord.of(self.preset)
         self.renderer = ServeRenderer(diffusion)
+        # every renderer deployment a campaign may name (`renderer`, `ab`), with the models it records
+        self.renderers = {DEFAULT_RENDERER: self.renderer,
+                          **{name: ServeRenderer(h) for name, h in (renderers or {}).items()}}
+        self.renderer_models = {name: ModelsRecord.of(config.resolve(name)).model_copy(update={"renderer": name})
+                                for name in self.renderers}
         self.llm = None if llm is None else llm_client(llm)
         # Roles with an OpenAI-compatible endpoint talk to it directly (one pooled client per endpoint).
         self.rewriter_llm, self.critic_llm = open_role_models(self.preset.endpoints, self.llm)
@@ -197,11 +211,73 @@ class CampaignIngress:
             raise validation_error(errors) from exc
         except ValueError as exc:
             raise validation_error([{"loc": ("intents",), "msg": str(exc)}]) from exc
+        if spec.ab is not None:
+            return await self._admit_ab(spec)
         check_limits(limits, search, len(spec.intents or []), spec.baseline_fraction)
         return await self._admit(spec, search)
 
+    def _renderer_of(self, name: str, field: str = "renderer"):
+        if name not in self.renderers:
+            raise validation_error([{"loc": tuple(field.split(".")), "msg": f"this app serves no renderer {name!r}; "
+                                     f"it has {', '.join(map(repr, self.renderers))} (AppConfig.renderers)"}])
+        return self.renderers[name]
+
+    async def _admit_ab(self, spec: CampaignSpec) -> CampaignAccepted:
+        """A model A/B: its two variant campaigns admitted together (both or neither), after ``ab.json`` records
+        which is which. Resubmitting resumes both."""
+        children = spec.variants()
+        searches = {}
+        for name, child in children.items():
+            self._renderer_of(child.renderer, f"ab.{name}.renderer")
+            try:
+                searches[name] = await asyncio.to_thread(child.search_config, self.preset.defaults)
+            except ValidationError as exc:
+                raise validation_error([{**e, "loc": ("ab", name, *e["loc"])}
+                                        for e in exc.errors(include_url=False, include_input=False)]) from exc
+            check_limits(self.limits, searches[name], len(spec.intents or []), spec.baseline_fraction)
+        running = self._running()
+        if busy := [c.campaign_id() for c in children.values() if c.campaign_id() in running]:
+            raise HTTPException(409, f"campaign {busy[0]!r} is already running")
+        if len(running) + len(children) > self.limits.max_running_campaigns:
+            raise HTTPException(429, f"{len(running)} campaigns are running and a model A/B starts two; the limit is "
+                                     f"{self.limits.max_running_campaigns}. Retry later.",
+                                headers={"Retry-After": str(self.limits.retry_after_s)})
+        parent = self._store(spec.campaign_id())
+        first = next(iter(searches.values()))
+
+        def record() -> None:
+            stored = parent.read_ab()
+            if stored is not None and stored.fingerprint != spec.spec_hash():
+                raise CampaignConflict(f"campaign {spec.campaign_id()!r} already exists as another model A/B; choose "
+                                       "another name")
+            if stored is None and parent.read_manifest() is not None:
+                raise CampaignConflict(f"campaign {spec.campaign_id()!r} already exists (not a model A/B); choose "
+                                       "another name")
+            parent.write_ab(ABManifest.of(spec, first.score_threshold,
+                                          stored.created_at if stored else time.time()))
+
+        try:
+            await asyncio.to_thread(record)
+        except CampaignConflict as exc:
+            raise HTTPException(409, str(exc)) from exc
+        accepted: dict[str, CampaignAccepted] = {}
+        try:
+            for name, child in children.items():
+                accepted[name] = await self._admit(child, searches[name])
+        except BaseException:  # the second could not start: stop the first too (a resubmission resumes both)
+            for a in accepted.values():
+                await self._stop(a.id)
+            raise
+        cid = spec.campaign_id()
+        return CampaignAccepted(
+            id=cid, state=CampaignState.running, intents=len(spec.intents),
+            resumed_intents=min(a.resumed_intents for a in accepted.values()),
+            concurrency=sum(a.concurrency for a in accepted.values()), status_url=f"/v1/campaigns/{cid}/ab",
+            results_url=f"/v1/campaigns/{cid}/ab/results", variants={n: a.id for n, a in accepted.items()})
+
     async def _admit(self, spec: CampaignSpec, search: SearchConfig) -> CampaignAccepted:
-        capacity = await self.renderer.capacity()  # batch size x the renderer's largest replica count
+        renderer = self._renderer_of(spec.renderer)
+        capacity = await renderer.capacity()  # batch size x the renderer's largest replica count
         follow = None
         if spec.concurrency:  # the user's fixed figure
             concurrency = ceiling = spec.concurrency
@@ -209,7 +285,7 @@ class CampaignIngress:
             ceiling = intent_concurrency(search, capacity)
 
             async def follow() -> int:
-                live = await self.renderer.live_replicas()
+                live = await renderer.live_replicas()
                 return intent_concurrency(search, capacity.model_copy(update={"replicas": live}))
 
             try:
@@ -218,11 +294,16 @@ class CampaignIngress:
                 logger.warning("could not read the renderer's live replicas (%s); concurrency from its maximum", exc)
                 concurrency = ceiling
         if problem := budget_problem(spec, search, self.planners is not None):
-            raise validation_error([{"loc": ("budget_images",), "msg": problem}])
+            field = "budget_device_seconds" if spec.budget_device_seconds is not None else "budget_images"
+            raise validation_error([{"loc": (field,), "msg": problem}])
         if problem := review_problem(spec, self.planners is not None):
             raise validation_error([{"loc": ("review",), "msg": problem}])
         cid = spec.campaign_id()
-        runner = CampaignRunner(spec, search, self.renderer, self.rewriter_llm, self._store(cid), models=self.models,
+        # With planner workers the store is one every node reaches (their requirement), so the renderer writes the
+        # images to it itself and only the critic's copies travel back to the workers.
+        runner = CampaignRunner(spec, search, renderer, self.rewriter_llm, self._store(cid),
+                                renderer_stores=True if self.planners is not None else None,
+                                models=self.renderer_models[spec.renderer],
                                 concurrency=concurrency, critic_llm=self.critic_llm, planners=self.planners,
                                 concurrency_now=follow, max_concurrency=ceiling)
         # Admission: the checks and the registration happen with no await in between.
@@ -348,6 +429,9 @@ class CampaignIngress:
             return compiled
         manifest = await asyncio.to_thread(store.read_manifest)
         if manifest is None:
+            if (ab := await asyncio.to_thread(store.read_ab)) is not None:
+                raise HTTPException(404, f"campaign {campaign_id!r} is a model A/B of "
+                                         f"{' and '.join(ab.campaigns.values())}: GET /v1/campaigns/{campaign_id}/ab")
             raise HTTPException(404, f"no campaign {campaign_id!r}")
 
         def fold() -> CampaignStatus:  # a run that ended without compiling (its process died): fold the parts
@@ -403,19 +487,71 @@ class CampaignIngress:
             raise HTTPException(404, f"no image {name[:120]!r} in campaign {campaign_id!r}") from exc
         return Response(png, media_type="image/png")
 
-    @api.delete("/v1/campaigns/{campaign_id}", response_model=CampaignStatus, dependencies=V1)
-    async def cancel(self, campaign_id: str) -> CampaignStatus:
-        """Cancel a running campaign. Finished intents stay; resubmitting resumes it."""
+    @api.delete("/v1/campaigns/{campaign_id}", response_model=CampaignStatus | ABComparison, dependencies=V1)
+    async def cancel(self, campaign_id: str) -> CampaignStatus | ABComparison:
+        """Cancel a running campaign (a model A/B: both variants). Finished intents stay; resubmitting resumes it."""
         if campaign_id not in self.runs:
+            ab = await asyncio.to_thread(self._store(campaign_id).read_ab)
+            if ab is not None:
+                for cid in ab.campaigns.values():
+                    await self._stop(cid)
+                return await self.ab(campaign_id)
             raise HTTPException(404, f"no running campaign {campaign_id[:120]!r}")
         runner, task = self.runs[campaign_id]
         if task is None:
             raise HTTPException(409, f"campaign {campaign_id!r} is still starting; retry in a moment")
-        if not task.done():
+        await self._stop(campaign_id)
+        return runner.status
+
+    async def _stop(self, campaign_id: str) -> None:
+        """Cancel a campaign's run here, if it is running (it leaves the registry: a user's cancel)."""
+        task = self.runs.get(campaign_id, (None, None))[1]
+        if task is not None and not task.done():
             self.cancelled_by_user.add(campaign_id)
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
-        return runner.status
+
+    async def _ab_manifest(self, campaign_id: str) -> ABManifest:
+        store = self._store(campaign_id)
+        manifest = await asyncio.to_thread(store.read_ab)
+        if manifest is None:
+            exists = await asyncio.to_thread(store.read_manifest) is not None
+            raise HTTPException(404, f"campaign {campaign_id!r} is not a model A/B" if exists else
+                                f"no campaign {campaign_id!r}")
+        return manifest
+
+    @api.get("/v1/campaigns/{campaign_id}/ab", response_model=ABComparison, dependencies=V1)
+    async def ab(self, campaign_id: str) -> ABComparison:
+        """A model A/B's two variants side by side (accuracy with its interval, mean best score, images, render
+        seconds, cost per solved intent, each variant over its own baseline) and the paired difference of the second
+        minus the first over the intents both finished (pipelines/ab.py). Live while the variants run."""
+        manifest = await self._ab_manifest(campaign_id)
+        states = {}
+        for name, cid in manifest.campaigns.items():
+            states[name] = (self.runs[cid][0].state if cid in self.runs else
+                            await asyncio.to_thread(stored_state, self.config.store_root, cid))
+        return await asyncio.to_thread(read_comparison, self.config.store_root, manifest, states)
+
+    @api.get("/v1/campaigns/{campaign_id}/ab/results", dependencies=V1)
+    async def ab_results(self, campaign_id: str) -> StreamingResponse:
+        """One line per intent, in campaign order: its text and each variant's IntentOutcome (null until that variant
+        finished it). A variant's images: GET /v1/campaigns/<its campaign>/images/<name>."""
+        manifest = await self._ab_manifest(campaign_id)
+
+        def read() -> tuple[list[str], dict[str, str], dict]:
+            outcomes, ids, texts = {}, [], {}
+            for name, cid in manifest.campaigns.items():
+                store = campaign_store(self.config.store_root, cid)
+                stored = store.read_manifest()
+                ids = ids or (stored.intent_ids if stored else [])
+                got = {o.intent_id: o for o in store.iter_outcomes(stored.intent_ids)} if stored else {}
+                texts.update({i: o.intent for i, o in got.items()})
+                outcomes[name] = got
+            return ids, texts, outcomes
+
+        ids, texts, outcomes = await asyncio.to_thread(read)
+        lines = (line.model_dump_json() + "\n" for line in joined(ids, texts, outcomes))
+        return StreamingResponse(lines, media_type="application/x-ndjson")
 
     @api.get("/healthz", response_model=Health)
     async def healthz(self) -> Health:

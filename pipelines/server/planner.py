@@ -36,7 +36,7 @@ from agents.ports import LanguageModel, Renderer
 from agents.rewriter import Rewriter
 from agents.safety import KeywordModerator, OutputFilter
 from pipelines.campaign import CampaignRenderer, IntentDone, IntentJob, make_agent, plan_intent
-from pipelines.records import ModelsRecord
+from pipelines.records import DEFAULT_RENDERER, ModelsRecord
 from pipelines.server.configs import AppConfig
 from pipelines.steering import StoreSteering
 from pipelines.store import campaign_store
@@ -53,11 +53,15 @@ class PlannerWorker:
     """The ``planner`` deployment: searches one intent per :meth:`run` call, with the same model deployments (and
     endpoints) as the ingress. Many calls run at once on one replica (one asyncio loop; the models do the work)."""
 
-    def __init__(self, diffusion, llm, config: AppConfig, llm_client: Callable[[Any], Any] = ServeLanguageModel):
+    def __init__(self, diffusion, llm, config: AppConfig, llm_client: Callable[[Any], Any] = ServeLanguageModel,
+                 renderers: dict[str, Any] | None = None):
         self.config = config
         preset = config.resolve()
         self.models = ModelsRecord.of(preset)
         self.renderer = ServeRenderer(diffusion)
+        # a job names the renderer deployment its campaign renders on (CampaignSpec.renderer)
+        self.renderers = {DEFAULT_RENDERER: self.renderer,
+                          **{name: ServeRenderer(h) for name, h in (renderers or {}).items()}}
         self.llm = None if llm is None else llm_client(llm)
         self.rewriter_llm, self.critic_llm = open_role_models(preset.endpoints, self.llm)
         # The in-flight image cap holds per worker and campaign (a campaign's cap times its busy workers in all).
@@ -75,7 +79,7 @@ class PlannerWorker:
         return budget
 
     async def run(self, job: IntentJob) -> IntentDone:
-        return await run_job(job, renderer=self.renderer, rewriter_llm=self.rewriter_llm, critic_llm=self.critic_llm,
+        return await run_job(job, renderer=self.renderers[job.renderer], rewriter_llm=self.rewriter_llm, critic_llm=self.critic_llm,
                              models=self.models, store_root=self.config.store_root, image_budget=self._budget(job),
                              worker=self.name)
 
