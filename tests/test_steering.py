@@ -332,3 +332,24 @@ def test_promptbeam_review_takes_one_action_with_an_intent_or_none_to_list():
                  ["--intent", "a", "--accept", "--parent", "x"]):
         result = CliRunner().invoke(app, ["review", "camp", *args, *endpoint])
         assert result.exit_code == EXIT_USAGE, (args, result.output)
+
+
+def test_an_action_body_is_parsed_with_the_field_at_fault_named_and_never_a_500():
+    from fastapi import HTTPException
+
+    from pipelines.server.ingress import parse_action
+
+    ok = parse_action(b'{"id": "x", "intent_id": "a", "kind": "pin", "target": "a cat"}', "application/json")
+    assert (ok.kind, ok.target) == ("pin", "a cat")
+    lone_surrogate = b'{"id": "x", "intent_id": "a", "kind": "add_prompt", "prompt": "\\ud800"}'
+    cases = {b"{": 400, b"\xff\xfe": 400, lone_surrogate: 400, b"[]": 422, b'{"id": "x", "intent_id": "a", "kind": "accept", "by": "mallory"}': 422,
+             b'{"id": "../x", "intent_id": "a", "kind": "accept"}': 422,
+             b'{"id": "x", "intent_id": "a", "kind": "pin"}': 422,
+             b'{"id": "x", "intent_id": "a", "kind": "accept", "prompt": "p"}': 422}
+    for body, code in cases.items():
+        with pytest.raises(HTTPException) as refused:
+            parse_action(body, "application/json")
+        assert refused.value.status_code == code, body
+    with pytest.raises(HTTPException) as refused:
+        parse_action(b"{}", "text/plain")
+    assert refused.value.status_code == 415

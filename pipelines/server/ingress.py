@@ -125,6 +125,25 @@ SPEC_BODY = {"requestBody": {"required": True, "content": {"application/json": {
     "schema": {"$ref": "#/components/schemas/CampaignSpec"}}}}}
 
 
+MAX_ACTION_BYTES = 64 * 1024
+"""The largest action body (an action is a few kilobytes at most: ids, a prompt, a note)."""
+ACTION_BODY = {"requestBody": {"required": True, "content": {"application/json": {
+    "schema": ActionRequest.model_json_schema()}}}}
+
+
+def parse_action(body: bytes, content_type: str | None) -> ActionRequest:
+    """A person's action from its body: 415 another content type, 400 not JSON, 422 naming the field at fault."""
+    if content_type and content_type.split(";")[0].strip().lower() not in ("application/json", "text/json"):
+        raise HTTPException(415, f"send the action as application/json, not {content_type[:60]!r}")
+    try:
+        return ActionRequest.model_validate_json(body)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False, include_input=False)
+        if any(e["type"] == "json_invalid" for e in errors):
+            raise HTTPException(400, "the body is not valid JSON (UTF-8)") from None
+        raise validation_error(errors, exc.error_count()) from None
+
+
 def _log_failure(task: asyncio.Task) -> None:
     """A campaign task that died (not cancelled) leaves its reason in the replica log; its status says 'failed'."""
     if not task.cancelled() and task.exception() is not None:
@@ -561,14 +580,16 @@ class CampaignIngress:
     # -- a human in the loop (agents.steering, pipelines.steering) ------------------------------------------------
 
     @api.post("/v1/campaigns/{campaign_id}/actions", status_code=201, response_model=HumanAction, dependencies=V1,
-              responses={200: {"model": HumanAction, "description": "The same action was posted before: stored one."}})
-    async def post_action(self, campaign_id: str, body: ActionRequest, response: Response,
+              responses={200: {"model": HumanAction, "description": "The same action was posted before: stored one."}},
+              openapi_extra=ACTION_BODY)
+    async def post_action(self, campaign_id: str, request: Request, response: Response,
                           who: str = Depends(require_token)) -> HumanAction:
         """A person's action on an intent of a running (or resumable) campaign: pin or veto a branch, add a prompt to
         its next round, or accept it while it waits for review. Recorded with the token's name and the server's time,
         stored before it is answered (201). Idempotent: the same ``id`` with the same body answers the stored action
         (200); with another body, 409. 404: no such campaign or intent; 409: the intent is finished; 422: a pin or veto
-        naming no branch (``target``), a prompt the output filter refuses (``prompt``)."""
+        naming no branch (``target``), a prompt the output filter refuses (``prompt``); 413 over 64 KiB."""
+        body = parse_action(await read_body(request, MAX_ACTION_BYTES), request.headers.get("content-type"))
         store = self._store(campaign_id)
         manifest = await asyncio.to_thread(store.read_manifest)
         if manifest is None:
