@@ -178,8 +178,8 @@ class DeviceSecondsAllocator(ImageAllocator):
                  probe_ms: int = 0):
         """``probe_ms``: this run's probe; the probes of earlier runs come back with ``granted``. The intents' shares
         are split from what every probe left of the budget."""
-        if seconds_per_image <= 0:
-            raise ValueError(f"seconds_per_image must be positive but is {seconds_per_image}")
+        if seconds_per_image < 0:
+            raise ValueError(f"seconds_per_image must not be negative but is {seconds_per_image}")
         budget_ms = int(budget_s * 1000)
         granted = dict(granted or {})
         probes = granted.pop(PROBES, 0) + probe_ms
@@ -191,7 +191,7 @@ class DeviceSecondsAllocator(ImageAllocator):
         self.spent_at_start = self.spent
         self._reserved += probes
         self.image_unit = unit
-        self.cost_ms = math.ceil(seconds_per_image * 1000)
+        self.cost_ms = max(1, math.ceil(seconds_per_image * 1000))  # 0: no estimate (nothing left to grant)
 
     def snapshot(self) -> dict[str, int]:
         return {**super().snapshot(), **({PROBES: self.probes} if self.probes else {})}

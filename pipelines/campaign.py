@@ -417,14 +417,16 @@ class CampaignRunner:
                 self.allocator = ImageAllocator(
                     self.spec.budget_images, [i.id for i in self.spec.intents], max_per_intent=self.search.max_images,
                     unit=self.search.seeds_per_prompt, rule=self.spec.budget_rule, granted=granted, finished=done)
-            elif self.spec.budget_device_seconds is not None and len(done) < len(self.spec.intents):
+            elif self.spec.budget_device_seconds is not None:  # the earlier runs' charges and probes count
                 granted = await self.store.call(self.store.read_budget)
-                probe_s = await self._probe_seconds_per_image()
+                # a run with intents left measures one image first; one with none left only reports the ledger
+                probe_s = await self._probe_seconds_per_image() if len(done) < len(self.spec.intents) else 0.0
                 self.allocator = DeviceSecondsAllocator(
                     self.spec.budget_device_seconds, [i.id for i in self.spec.intents], seconds_per_image=probe_s,
                     unit=self.search.seeds_per_prompt, rule=self.spec.budget_rule, granted=granted, finished=done,
                     probe_ms=math.ceil(probe_s * 1000))
-                await self._save_budget()
+                if probe_s:
+                    await self._save_budget()
         except Exception as exc:  # before the first intent: the status says failed and why, never 'running'
             logger.exception("campaign %s could not start", self.id)
             self.tally.note(f"campaign could not start: {type(exc).__name__}: {exc}")

@@ -346,6 +346,10 @@ def test_a_device_seconds_budget_through_the_runner_is_never_exceeded_and_surviv
     assert shares + 0.04 <= st.device_seconds_spent + 1e-9 and renderer.device_seconds <= st.device_seconds_spent + 1e-9
     stops = [o.search.stop_reason for o in store.iter_outcomes([i.id for i in intents])]
     assert "budget" in stops  # the budget bound: hard intents ran out of device seconds
+    calls = len(renderer.calls)
+    third = run(s, store, renderer)  # nothing left: no probe, the ledger reported as it stands
+    assert len(renderer.calls) == calls and third.status.device_seconds_spent == st.device_seconds_spent
+    assert json.loads(store.fs.cat_file(store.path("budget.json")))["granted"] == ledger
 
 
 def test_both_budgets_at_once_and_a_device_seconds_budget_on_planner_workers_are_refused():
