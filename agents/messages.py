@@ -334,8 +334,9 @@ class Proposal(Message):
     error: str | None = None
     round: int = Field(default=0, ge=0)
     retry: bool = False
-    source: Literal["rewriter", "lessons"] = Field(
-        default="rewriter", description="Who proposed: the rewriter, or campaign memory applying its lessons."
+    source: Literal["rewriter", "lessons", "human"] = Field(
+        default="rewriter", description="Who proposed: the rewriter, campaign memory applying its lessons, or a person "
+        "(add_prompt)."
     )
 
 
@@ -363,10 +364,97 @@ class Critique(Message):
     held_out: dict[str, float] = Field(default_factory=dict, description="Reported, never optimised.")
 
 
+# --------------------------------------------------------------------------------------------------------------------
+# A human in the loop (agents.steering): actions a person takes on a running intent, and their marks in the lineage
+# --------------------------------------------------------------------------------------------------------------------
+
+HumanActionKind = Literal["pin", "veto", "add_prompt", "accept"]
+"""pin: keep a branch in the beam whatever its rank; veto: drop a branch, never expand it, withhold its images from the
+results; add_prompt: render a person's prompt in the intent's next round; accept: finish an intent waiting for review
+as it is."""
+
+
+class ActionRequest(Message):
+    """What a person posts (``POST /v1/campaigns/{id}/actions``): ``id`` is their idempotency key (re-posting it with the
+    same body changes nothing). Who and when are set by the server (:class:`HumanAction`)."""
+
+    id: str = Field(min_length=1, max_length=128, pattern=SAFE_NAME,
+                    description="Idempotency key chosen by the client; letters, digits, '_.-', not starting with a dot.")
+    intent_id: str = Field(min_length=1, max_length=128, pattern=SAFE_NAME)
+    kind: HumanActionKind
+    target: str | None = Field(
+        default=None, max_length=MAX_PROMPT_CHARS,
+        description="pin/veto: the branch, as its prompt or one of its candidate ids; add_prompt: the branch the prompt "
+        "continues (optional; none: a new root).",
+    )
+    prompt: str | None = Field(default=None, max_length=MAX_PROMPT_CHARS, description="add_prompt: the prompt to render.")
+    note: str | None = Field(default=None, max_length=500, description="Why, in the person's words (shown, never used).")
+
+    @field_validator("target", "prompt", "note")
+    @classmethod
+    def _no_controls(cls, v: str | None, info) -> str | None:
+        return v if v is None else check_text(v, info.field_name)
+
+    @model_validator(mode="after")
+    def _fields_of_kind(self) -> ActionRequest:
+        if self.kind in ("pin", "veto") and not (self.target or "").strip():
+            raise ValueError(f"`target` is required for {self.kind}: the branch's prompt or a candidate id")
+        if self.kind == "add_prompt" and not (self.prompt or "").strip():
+            raise ValueError("`prompt` is required for add_prompt and must contain non-whitespace characters")
+        if self.kind != "add_prompt" and self.prompt is not None:
+            raise ValueError(f"`prompt` is only for add_prompt, not {self.kind}")
+        if self.kind == "accept" and self.target is not None:
+            raise ValueError("`target` is not used by accept (it finishes the whole intent)")
+        return self
+
+
+class HumanAction(ActionRequest):
+    """A stored action: the request plus who (the bearer token's name) and when (server time, seconds since the
+    epoch)."""
+
+    by: str = Field(min_length=1, max_length=100, description="The name of the token the action was posted with.")
+    at: float = Field(description="When the server accepted it (seconds since the epoch).")
+
+    def request(self) -> ActionRequest:
+        return ActionRequest.model_validate(self.model_dump(exclude={"by", "at"}))
+
+
+class HumanMark(Message):
+    """On a candidate in the lineage: a person's action that made it (add_prompt) or changed it (pin, veto)."""
+
+    action_id: str
+    kind: HumanActionKind
+    by: str
+    at: float
+
+
+class AppliedAction(Message):
+    """An action as the planner applied it: the round boundary it took effect at, and what came of it."""
+
+    action: HumanAction
+    round: int = Field(ge=0, description="The round it took effect before (the next round's index).")
+    note: str | None = Field(default=None, description="Set when it had no effect, saying why (e.g. no such branch).")
+
+
+class ReviewState(Message):
+    """An intent whose search stopped with its best score under the campaign's review threshold
+    (``CampaignSpec.review``): it waits for a person, and how that ended."""
+
+    since: float = Field(description="When it started waiting (seconds since the epoch).")
+    best_score: float | None = None
+    ended: Literal["accepted", "timed_out", "steered"] | None = Field(
+        default=None, description="accepted: a person finished it; timed_out: nobody acted in time; steered: a person "
+        "acted and it ran another round.",
+    )
+    by: str | None = Field(default=None, description="Who ended the wait (accepted or steered).")
+    ended_at: float | None = None
+
+
 class CandidateStatus(str, enum.Enum):
     scored = "scored"
     failed = "failed"  # model-caused failure (recorded, search continues)
     withheld = "withheld"  # the output check withheld its image (no image, no score, never in the beam)
+    vetoed = "vetoed"  # a person vetoed its branch (score kept for the record; never best, never in the beam)
 
 
 class Candidate(Message):
@@ -378,10 +466,11 @@ class Candidate(Message):
     round: int = Field(ge=0)
     prompt: str
     seed: int
-    source: Literal["original", "rewrite", "lesson", "reseed", "baseline"] = Field(
+    source: Literal["original", "rewrite", "lesson", "reseed", "baseline", "human"] = Field(
         description="original: the intent's text; rewrite: a rewriter proposal; lesson: campaign memory's edit of the "
         "parent by lessons learned on other intents; reseed: a beam prompt on new seeds "
-        "(a round whose rewrites were all unusable); baseline: best-of-N on the original."
+        "(a round whose rewrites were all unusable); baseline: best-of-N on the original; human: a person's prompt "
+        "(add_prompt)."
     )
     image: str | None = Field(default=None, description="Image reference: a store path/URI or a content hash.")
     image_size: int | None = Field(default=None, ge=0, description="Bytes of the stored image.")
@@ -392,6 +481,9 @@ class Candidate(Message):
     status: CandidateStatus = CandidateStatus.scored
     error: str | None = None
     timings: dict[str, float] = Field(default_factory=dict)
+    human: list[HumanMark] = Field(
+        default_factory=list, description="The people's actions that made (add_prompt) or changed (pin, veto) it."
+    )
 
 
 class CallCounts(Message):
@@ -437,6 +529,8 @@ class SearchResult(Message):
     branch_score_per_round: list[float | None] = Field(default_factory=list)
     counts: CallCounts
     checks: list[Check] = Field(default_factory=list)
+    human_actions: list[AppliedAction] = Field(default_factory=list, description="People's actions, as applied.")
+    review: ReviewState | None = Field(default=None, description="Set when the intent waited for review.")
 
     @property
     def best(self) -> Candidate | None:
@@ -568,3 +662,12 @@ class SearchCheckpoint(Message):
     best_branch_score: float | None = Field(default=None, description="Best branch score at the last improvement.")
     stale_rounds: int = Field(default=0, ge=0, description="Rounds since the last improvement (plateau rule).")
     stop_reason: StopReason | None = Field(default=None, description="Set once the search has stopped.")
+    human_actions: list[AppliedAction] = Field(
+        default_factory=list, description="People's actions applied so far, in order: a resumed run skips these ids."
+    )
+    pinned: list[str] = Field(default_factory=list, description="Prompts a person pinned (kept in the beam).")
+    vetoed: list[str] = Field(default_factory=list, description="Prompts a person vetoed (never in the beam).")
+    round_limit: int | None = Field(
+        default=None, description="Rounds the search may run when a person granted more than config.rounds (review)."
+    )
+    review: ReviewState | None = Field(default=None, description="The intent's wait for review, when it waits or did.")

@@ -20,7 +20,12 @@ A run, as :meth:`BeamSearchPlanner.run_with_baseline` does it (the campaign runn
       select the B best branches among the old beam and this round's prompts by the branch score;
    e. stop rules: score threshold, plateau, budget, rounds;
    f. hand a :class:`SearchCheckpoint` to ``on_round``: a run resumed from it continues with the next round;
-4. return one :class:`SearchResult` per arm.
+   With a ``steering`` port (``agents.steering``: a human in the loop), each round first applies the people's actions
+   it has not applied yet: pins (kept in the beam whatever their rank), vetoes (out of the beam, their candidates
+   ``vetoed``), added prompts (rendered first in this round, ``source="human"``);
+4. with a review threshold, an intent whose best score is under it waits for a person (``AwaitingReview``) and may
+   run more rounds with their input (``agents.steering``);
+5. return one :class:`SearchResult` per arm.
 
 **Branch score**, used by selection and by the threshold and plateau rules alike: a prompt's mean critic score over
 its seeds, seed-adjusted (``agents.stats.seed_adjusted_means``) so that prompts rendered on different seed sets are
@@ -45,9 +50,12 @@ from agents.config import SearchConfig
 from agents.messages import (
     ArmState,
     BranchStep,
+    AppliedAction,
     Candidate,
     CandidateStatus,
     Check,
+    HumanAction,
+    HumanMark,
     MAX_IMAGE_PIXELS,
     Intent,
     PromptScore,
@@ -55,6 +63,7 @@ from agents.messages import (
     RenderRequest,
     RenderResult,
     RewriteContext,
+    ReviewState,
     RewriteReply,
     SearchCheckpoint,
     SearchResult,
@@ -65,6 +74,7 @@ from agents.ports import CriticError, ImageCritic, PromptRewriter, Renderer
 from agents.rewriter import clean_prompt
 from agents.safety import KeywordModerator, Moderator, OutputFilter, normalize
 from agents.stats import seed_adjusted_means
+from agents.steering import AwaitingReview, Steering
 
 ImageSink = Callable[[Candidate, bytes], Awaitable[str]]
 """Stores a candidate's PNG and returns its reference (store path or URI), recorded as ``Candidate.image``."""
@@ -152,6 +162,7 @@ class BeamSearchPlanner:
         memory: CampaignMemory | None = None,
         image_budget: ImageBudget | None = None,
         allowance: IntentAllowance | None = None,
+        steering: Steering | None = None,
     ):
         self.renderer = renderer
         self.rewriter = rewriter
@@ -165,6 +176,8 @@ class BeamSearchPlanner:
         self.image_budget = image_budget
         # the campaign's image budget as this intent sees it (agents.allocation); None: only max_images bounds it
         self.allowance = allowance
+        # people's actions on this intent and the review policy (agents.steering); None: no human in the loop
+        self.steering = steering
         # the critic's image size, made by the renderer; a critic that names none (a judge, scorers) sees the whole image
         self.critic_max_pixels = getattr(critic, "image_max_pixels", None) or MAX_IMAGE_PIXELS
 
@@ -193,7 +206,10 @@ class BeamSearchPlanner:
         prompt's round-0 seeds, so the two arms share noise where they overlap. Each arm's costs are its own.
 
         ``checkpoint`` resumes from a snapshot handed to ``on_round`` (same intent and config; raises ValueError
-        otherwise); the result equals that of an uninterrupted run when the models are deterministic."""
+        otherwise); the result equals that of an uninterrupted run when the models are deterministic.
+
+        With ``steering`` and a review policy, raises :class:`AwaitingReview` after handing the waiting state to
+        ``on_round``: run it again from that checkpoint when a person acts or the wait times out."""
         # 1. Check inputs
         self._check(intent)
         if checkpoint is None:
@@ -206,12 +222,15 @@ class BeamSearchPlanner:
         else:
             state = self._restore(checkpoint, intent, baseline)
         max_tokens = (await self.renderer.info()).max_prompt_tokens
-        # 3. Rounds
-        while state.stop_reason is None:
-            await self._round(state, max_tokens)
-            if on_round is not None:
-                await on_round(state.model_copy(deep=True))
-        # 4. Results
+        # 3. Rounds (4. and more with a person's input, while the intent waits for review)
+        while True:
+            while state.stop_reason is None:
+                await self._round(state, max_tokens)
+                if on_round is not None:
+                    await on_round(state.model_copy(deep=True))
+            if not await self._review(state, on_round):
+                break
+        # 5. Results
         search = self._result(state, state.search, "beam")
         return search, self._result(state, state.baseline, "best_of_n") if state.baseline else None
 
@@ -236,13 +255,19 @@ class BeamSearchPlanner:
     async def _round(self, state: SearchCheckpoint, max_tokens: int | None) -> None:
         cfg = self.config
         r = state.rounds_done
+        # people's pins and vetoes change the beam before it is extended; their prompts are rendered first
+        human = await self._steer(state, r, max_tokens) if self.steering is not None else []
+        if r > 0 and (self._budget_left(state) < cfg.seeds_per_prompt or not (state.beam or human)):
+            state.stop_reason = "budget" if state.beam or human else "no_candidates"  # only after a person's round
+            return
         # with a campaign budget, a round that could not get one prompt's images is not run
         improving = r > 0 and state.stale_rounds == 0  # the best branch score rose in the last round
         if self.allowance is not None and self.allowance.available(improving) < cfg.seeds_per_prompt:
             state.stop_reason = "budget"
             return
         # a. Propose: the original and K rewrites in round 0, K children per beam branch later
-        plan = await self._propose_round(state, r, max_tokens)
+        plan = [(parent_id, prompt, "human") for parent_id, prompt, _ in human]
+        plan += await self._propose_round(state, r, max_tokens) if state.beam or r == 0 else []
         # b. Candidates: whole prompts x S seeds within the budget; the baseline gets as many images
         slots = self._budget_left(state) // cfg.seeds_per_prompt
         plan = plan[:slots]
@@ -253,6 +278,10 @@ class BeamSearchPlanner:
                 state.stop_reason = "budget"
                 return
         candidates = self._candidates(state, plan, r)
+        marks = {prompt: mark for _, prompt, mark in human}
+        for c in candidates:
+            if c.source == "human":
+                c.human.append(marks[c.prompt])
         baseline = self._baseline_candidates(state, len(candidates), r) if state.baseline is not None else []
         # c. Render and critique both arms concurrently
         await asyncio.gather(
@@ -267,8 +296,7 @@ class BeamSearchPlanner:
             self._learn(state, candidates, scores)
         # d. Select the B best branches among the old beam and this round's prompts
         pool = list(dict.fromkeys(state.beam + [c.prompt for c in candidates]))
-        ranked = sorted((p for p in pool if p in scores), key=lambda p: -scores[p])  # stable: older first on ties
-        state.beam = ranked[: cfg.beam_width]
+        state.beam = self._select(state, pool, scores)
         # e. Stop rules, on the best branch's score
         top = scores[state.beam[0]] if state.beam else None
         state.branch_score_per_round.append(top)
@@ -280,12 +308,19 @@ class BeamSearchPlanner:
             state.stop_reason = "threshold"
         elif not state.beam:
             state.stop_reason = "no_candidates"  # nothing scored: no branch to extend
-        elif state.rounds_done >= cfg.rounds:
+        elif state.rounds_done >= (state.round_limit or cfg.rounds):
             state.stop_reason = "rounds"
         elif state.stale_rounds >= cfg.patience:
             state.stop_reason = "plateau"
         elif self._budget_left(state) < cfg.seeds_per_prompt:
             state.stop_reason = "budget"
+
+    def _select(self, state: SearchCheckpoint, pool: list[str], scores: dict[str, float]) -> list[str]:
+        """The beam: the B best-scored prompts of ``pool``, best first; pinned ones stay whatever their rank and the
+        best others fill the remaining places (more pins than B: all of them)."""
+        ranked = sorted((p for p in pool if p in scores), key=lambda p: -scores[p])  # stable: older first on ties
+        others = [p for p in ranked if p not in state.pinned][: max(0, self.config.beam_width - len(state.pinned))]
+        return [p for p in ranked if p in state.pinned or p in others]
 
     async def _propose_round(self, state: SearchCheckpoint, r: int, max_tokens: int | None) -> list[tuple]:
         """(parent candidate id, prompt, source) for the round, in beam order."""
@@ -351,8 +386,8 @@ class BeamSearchPlanner:
         texts = [clean_prompt(p) if isinstance(p, str) else "" for reply in replies for p in reply.prompts]
         tokens = iter(await self.renderer.count_tokens(texts) if texts and max_tokens else [0] * len(texts))
         seen = ({normalize(state.intent.text)} | {normalize(c.prompt) for c in state.search.candidates}
-                | {normalize(p) for prop in state.search.proposals if prop.round == r and prop.source == "lessons"
-                   for p in prop.prompts})
+                | {normalize(p) for prop in state.search.proposals
+                   if prop.round == r and prop.source in ("lessons", "human") for p in prop.prompts})
         proposals = []
         for parent, reply in zip(parents, replies):
             parent_id = self._best(state, parent).id if parent is not None else None
@@ -416,7 +451,7 @@ class BeamSearchPlanner:
         by_id = {c.id: c for c in state.search.candidates}
         out = []
         for p_index, (parent_id, prompt, source) in enumerate(plan):
-            parent_prompt = by_id[parent_id].prompt if parent_id and source in ("rewrite", "lesson") else None
+            parent_prompt = by_id[parent_id].prompt if parent_id and source in ("rewrite", "lesson", "human") else None
             seeds = self._seeds_for(state, parent_prompt, source, r)
             for s in range(self.config.seeds_per_prompt):
                 cid = f"{intent.id}/r{r}/p{p_index}/s{s}"
@@ -550,8 +585,9 @@ class BeamSearchPlanner:
 
     @staticmethod
     def _branch_scores(state: SearchCheckpoint) -> dict[str, float]:
-        """Branch score of every scored prompt (see the module docstring)."""
-        return seed_adjusted_means((c.prompt, c.seed, c.score) for c in state.search.candidates if c.score is not None)
+        """Branch score of every scored prompt (see the module docstring); vetoed branches have none."""
+        return seed_adjusted_means((c.prompt, c.seed, c.score) for c in state.search.candidates
+                                   if c.score is not None and c.status is CandidateStatus.scored)
 
     def _budget_left(self, state: SearchCheckpoint) -> int:
         return self.config.max_images - len(state.search.candidates)
@@ -636,6 +672,126 @@ class BeamSearchPlanner:
                                 fixed if state.checks else None)
 
     # ------------------------------------------------------------------------------------------------------------
+    # A human in the loop (agents.steering)
+    # ------------------------------------------------------------------------------------------------------------
+
+    async def _unapplied(self, state: SearchCheckpoint, r: int) -> list[HumanAction]:
+        """The intent's actions this run has not applied yet, in the order they were posted."""
+        done = {a.action.id for a in state.human_actions}
+        actions = await self.steering.actions(state.intent.id, r)
+        return [a for a in sorted(actions, key=lambda a: (a.at, a.id)) if a.id not in done]
+
+    def _target(self, state: SearchCheckpoint, target: str | None) -> str | None:
+        """The rendered prompt an action names, by candidate id or by the prompt itself (None: no such branch)."""
+        for c in state.search.candidates:
+            if target in (c.id, c.prompt):
+                return c.prompt
+        return None
+
+    async def _steer(self, state: SearchCheckpoint, r: int, max_tokens: int | None) -> list[tuple]:
+        """Apply the actions not applied yet, in order: pins and vetoes change ``state.beam`` now; added prompts that
+        pass the rewrites' checks come back as (parent candidate id, prompt, mark) to be rendered first this round.
+        Each is recorded in ``state.human_actions`` (with a note when it had no effect), so it is applied once."""
+        out: list[tuple] = []
+        for action in await self._unapplied(state, r):
+            note = self._apply(state, action) if action.kind != "add_prompt" else None
+            if action.kind == "add_prompt":
+                proposal, note = await self._human_prompt(state, action, r, max_tokens)
+                state.search.proposals.append(proposal)
+                if proposal.prompts:
+                    mark = HumanMark(action_id=action.id, kind=action.kind, by=action.by, at=action.at)
+                    out.append((proposal.parent_id, proposal.prompts[0], mark))
+            state.human_actions.append(AppliedAction(action=action, round=r, note=note))
+        return out
+
+    def _apply(self, state: SearchCheckpoint, action: HumanAction) -> str | None:
+        """A pin, veto or accept: its effect on the state now; the reason it had none, if so."""
+        if action.kind == "accept":
+            return None if state.review is not None else "not waiting for review: the intent will not wait"
+        prompt = self._target(state, action.target)
+        if prompt is None:
+            return f"no branch {action.target[:80]!r} in this intent"
+        mark = HumanMark(action_id=action.id, kind=action.kind, by=action.by, at=action.at)
+        branch = [c for c in state.search.candidates if c.prompt == prompt]
+        if action.kind == "pin":
+            state.pinned = [*dict.fromkeys([*state.pinned, prompt])]
+            state.vetoed = [p for p in state.vetoed if p != prompt]
+            for c in branch:
+                c.human.append(mark)
+                if c.status is CandidateStatus.vetoed:  # the later action wins
+                    c.status = CandidateStatus.scored
+            state.beam = self._select(state, [*state.beam, prompt], self._branch_scores(state))
+            return None
+        state.vetoed = [*dict.fromkeys([*state.vetoed, prompt])]
+        state.pinned = [p for p in state.pinned if p != prompt]
+        state.beam = [p for p in state.beam if p != prompt]
+        for c in branch:
+            c.human.append(mark)
+            if c.status is CandidateStatus.scored and c.score is not None:
+                c.status = CandidateStatus.vetoed
+        return None
+
+    async def _human_prompt(self, state: SearchCheckpoint, action: HumanAction, r: int, max_tokens: int | None
+                            ) -> tuple[Proposal, str | None]:
+        """A person's prompt, checked like any rewrite (length in renderer tokens, duplicates, output filter); its
+        parent is the best image of the branch it names (none named or found: a new root)."""
+        parent = self._target(state, action.target) if action.target else None
+        parent_id = self._best(state, parent).id if parent is not None and self._branch(state, parent) else None
+        text = clean_prompt(action.prompt or "")
+        tokens = iter(await self.renderer.count_tokens([text]) if max_tokens else [0])
+        seen = ({normalize(state.intent.text)} | {normalize(c.prompt) for c in state.search.candidates}
+                | {normalize(p) for prop in state.search.proposals if prop.round == r and prop.source == "human"
+                   for p in prop.prompts})
+        proposal = self._check_reply(RewriteReply(prompts=[text]), parent_id, seen, tokens, max_tokens)
+        proposal.round, proposal.source = r, "human"
+        if not proposal.prompts:
+            proposal.error = None
+            why = [*proposal.dropped, *proposal.blocked]
+            return proposal, f"not rendered: {why[0][1] if why else 'unusable'}"
+        if action.target and parent is None:
+            return proposal, f"no branch {action.target[:80]!r}: rendered as a new root"
+        return proposal, None
+
+    def _best_score(self, state: SearchCheckpoint) -> float | None:
+        return max((c.score for c in state.search.candidates
+                    if c.score is not None and c.status is CandidateStatus.scored), default=None)
+
+    async def _review(self, state: SearchCheckpoint, on_round: RoundCallback | None) -> bool:
+        """The search stopped: with a review policy and its best score under the threshold, the intent waits for a
+        person (see ``agents.steering``). True: a person acted, run another round; False: finish."""
+        review = self.steering.review if self.steering is not None else None
+        best = self._best_score(state)
+        if review is None or (best is not None and best >= review.threshold):
+            return False
+        if state.review is not None and state.review.ended in ("accepted", "timed_out"):
+            return False
+        now = self.steering.now()
+        if state.review is None or state.review.ended is not None:  # it begins waiting (again, after a person's round)
+            state.review = ReviewState(since=now, best_score=best)
+        new = await self._unapplied(state, state.rounds_done)
+        accepted = [a for a in new if a.kind == "accept"]
+        if accepted or any(a.action.kind == "accept" for a in state.human_actions):
+            for action in new:  # pins and vetoes still change what the result shows; prompts are not rendered
+                note = ("not rendered: the intent was accepted" if action.kind == "add_prompt"
+                        else self._apply(state, action))
+                state.human_actions.append(AppliedAction(action=action, round=state.rounds_done, note=note))
+            who = accepted[0].by if accepted else next(a.action.by for a in state.human_actions
+                                                        if a.action.kind == "accept")
+            state.review = state.review.model_copy(update={"ended": "accepted", "by": who, "ended_at": now})
+            return False
+        if new:  # one more round with the person's input (applied at its start)
+            state.review = state.review.model_copy(update={"ended": "steered", "by": new[-1].by, "ended_at": now})
+            state.stop_reason, state.round_limit = None, state.rounds_done + 1
+            return True
+        deadline = state.review.since + review.timeout_s
+        if now >= deadline:
+            state.review = state.review.model_copy(update={"ended": "timed_out", "ended_at": now})
+            return False
+        if on_round is not None:
+            await on_round(state.model_copy(deep=True))
+        raise AwaitingReview(state.intent.id, state.review.since, deadline)
+
+    # ------------------------------------------------------------------------------------------------------------
     # Checks, checkpoints, results
     # ------------------------------------------------------------------------------------------------------------
 
@@ -664,8 +820,11 @@ class BeamSearchPlanner:
         return checkpoint.model_copy(deep=True)
 
     def _result(self, state: SearchCheckpoint, arm: ArmState, mode: str) -> SearchResult:
-        scored = [c for c in arm.candidates if c.score is not None]
+        scored = [c for c in arm.candidates if c.score is not None and c.status is CandidateStatus.scored]
         best = max(scored, key=lambda c: c.score) if scored else None  # max keeps the first of equal scores
+        per_round = arm.best_score_per_round
+        if any(c.status is CandidateStatus.vetoed for c in arm.candidates):  # a vetoed image is no round's best
+            per_round = [max((c.score for c in scored if c.round == r), default=None) for r in range(len(per_round))]
         return SearchResult(
             intent=state.intent,
             mode=mode,
@@ -674,8 +833,10 @@ class BeamSearchPlanner:
             best_id=best.id if best else None,
             rounds_run=state.rounds_done,
             stop_reason=state.stop_reason if arm.candidates else "no_candidates",
-            best_score_per_round=arm.best_score_per_round,
+            best_score_per_round=per_round,
             branch_score_per_round=state.branch_score_per_round if mode == "beam" else [],
             counts=arm.counts,
             checks=state.checks,
+            human_actions=state.human_actions if mode == "beam" else [],
+            review=state.review if mode == "beam" else None,
         )

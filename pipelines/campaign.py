@@ -36,6 +36,7 @@ from agents.messages import (
 )
 from agents.planner import BeamSearchPlanner, IntentRejected
 from agents.ports import LanguageModel, Renderer
+from agents.steering import AwaitingReview, Steering
 from agents.rewriter import Rewriter
 from agents.safety import KeywordModerator, OutputFilter
 from agents.stats import TIE_EPS
@@ -50,6 +51,7 @@ from pipelines.records import (
     Record,
     lineage_of,
 )
+from pipelines.steering import StoreSteering
 from pipelines.store import CampaignStore, campaign_store
 from pipelines.tally import CampaignTally
 from pipelines.wire import CampaignState, CampaignStatus
@@ -166,14 +168,17 @@ class CampaignRenderer:
 
 async def plan_intent(intent: Intent, *, renderer: CampaignRenderer, rewriter, critic, search: SearchConfig,
                       store: CampaignStore, memory: CampaignMemory | None, image_budget: ImageBudget,
-                      runs_baseline: bool, allowance: IntentAllowance | None = None) -> IntentPart:
+                      runs_baseline: bool, allowance: IntentAllowance | None = None,
+                      steering: Steering | None = None) -> IntentPart:
     """Search one intent and commit it: its part written to the store (whole or absent), its checkpoint cleared.
     The one place an intent is searched, in the ingress or on a planner worker. An intent whose part is already in
     the store is not searched again (a worker that committed and then died before answering: its retry returns
     what was committed), so each intent commits exactly once. An interrupted intent continues after its last
     checkpointed round. Raises on infrastructure failures (nothing committed; a resume retries the intent). With
     ``allowance`` (a campaign image budget) each round's images are granted by the campaign's allocator, and an intent
-    that stops or is refused gives back what it did not spend."""
+    that stops or is refused gives back what it did not spend. With ``steering`` (``agents.steering``) people's actions
+    apply at round boundaries, and an intent that waits for review raises :class:`AwaitingReview` with its checkpoint
+    written (nothing committed; its allowance kept)."""
     committed = await store.call(store.read_part, intent.id)
     if committed is not None:
         if allowance is not None:
@@ -190,7 +195,7 @@ async def plan_intent(intent: Intent, *, renderer: CampaignRenderer, rewriter, c
         return await store.call(store.read_stored_image, stored)
 
     planner = BeamSearchPlanner(renderer, rewriter, critic, search, image_sink=sink, image_source=source,
-                                memory=memory, image_budget=image_budget, allowance=allowance)
+                                memory=memory, image_budget=image_budget, allowance=allowance, steering=steering)
     try:
         checkpoint = await store.call(store.read_checkpoint, intent.id)
         result, baseline = await planner.run_with_baseline(intent, baseline=runs_baseline, checkpoint=checkpoint,
@@ -240,6 +245,14 @@ class Planners(Protocol):
     (:class:`pipelines.server.planner.ServePlanners`: the planner deployment)."""
 
     async def run(self, job: IntentJob) -> IntentDone: ...
+
+
+def review_problem(spec: CampaignSpec, planner_workers: bool) -> str | None:
+    """Why the campaign's ``review`` cannot be run as given (None if it can, or none is set)."""
+    if spec.review is not None and planner_workers:
+        return ("review needs the campaign's intents searched in the runner's process (a waiting intent is run again "
+                "there when a person acts); it cannot be used with planner workers")
+    return None
 
 
 def budget_problem(spec: CampaignSpec, search: SearchConfig, planner_workers: bool) -> str | None:
@@ -299,7 +312,8 @@ class CampaignRunner:
         self.max_concurrency = max(self.concurrency, max_concurrency or self.concurrency)
         self.gate = ConcurrencyGate(self.concurrency)
         self.planners = planners  # None: intents are searched in this process
-        if problem := budget_problem(spec, search, planners is not None):
+        workers = planners is not None
+        if problem := budget_problem(spec, search, workers) or review_problem(spec, workers):
             raise ValueError(problem)
         self.allocator: ImageAllocator | None = None  # built from the store's budget.json when the run starts
         self._budget_saved = asyncio.Lock()
@@ -319,6 +333,11 @@ class CampaignRunner:
         self._prepared = False
         self._resuming = False
         self.memory: CampaignMemory | None = None  # loaded from the store when the run starts (memory on)
+        # A human in the loop (agents.steering): people's actions from the store; intents waiting for review
+        self.steering = StoreSteering(store, spec.review)
+        self._reviews: set[asyncio.Task] = set()  # one per intent waiting for review (it holds no concurrency slot)
+        self._wakes: dict[str, asyncio.Event] = {}
+        self._woken: set[str] = set()  # actions posted while the intent ran: it must not sleep past them
 
     @property
     def status(self) -> CampaignStatus:
@@ -326,6 +345,8 @@ class CampaignRunner:
 
     def _status_as(self, state: CampaignState, finished_at: float | None) -> CampaignStatus:
         status = self.tally.status(self.id, state, self.started_at, finished_at, self.gate.limit, self.rewriter_knows)
+        if self._wakes:
+            status = status.model_copy(update={"intents_waiting": len(self._wakes)})
         if self.spec.budget_images is None and self.spec.budget_device_seconds is None:
             return status
         return status.model_copy(update=self._budget_status(status))
@@ -360,6 +381,7 @@ class CampaignRunner:
             rewriter_knows=self.rewriter_knows, budget_images=self.spec.budget_images,
             budget_device_seconds=self.spec.budget_device_seconds,
             budget_rule=self.spec.budget_rule if self.spec.budget_identity() else None,
+            review=self.spec.review,
         )
 
     def prepare_store(self) -> int:
@@ -421,6 +443,8 @@ class CampaignRunner:
         try:
             workers = [asyncio.ensure_future(self._worker(pending)) for _ in range(self.max_concurrency)]
             await asyncio.gather(*workers)
+            while waiting := [t for t in self._reviews if not t.done()]:  # intents waiting for a person
+                await asyncio.gather(*waiting)
             final = CampaignState.failed if self.tally.summary(exact=False).intents_failed else CampaignState.done
         except asyncio.CancelledError:
             final = CampaignState.cancelled
@@ -433,6 +457,9 @@ class CampaignRunner:
             raise
         finally:
             heartbeat.cancel()
+            for review in self._reviews:  # a cancelled or failed run: waiting intents keep their checkpoints
+                review.cancel()
+            await asyncio.gather(*self._reviews, return_exceptions=True)
             self._publish_gauges()
             await self._write_records(final, time.time())
         return self.status
@@ -491,11 +518,43 @@ class CampaignRunner:
                 intent = next(pending, None)  # the shared iterator hands each intent to exactly one worker
                 if intent is None:
                     return
-                await self._run_intent(intent)
+                waiting = await self._run_intent(intent)
+            if waiting is not None:
+                self._wakes[intent.id] = asyncio.Event()
+                if intent.id in self._woken:  # an action came after the planner last read them: look again at once
+                    self._wakes[intent.id].set()
+                self._reviews.add(asyncio.ensure_future(self._await_review(intent, waiting)))
 
-    async def _run_intent(self, intent: Intent) -> None:
+    async def _await_review(self, intent: Intent, waiting: AwaitingReview) -> None:
+        """An intent waiting for a person holds no concurrency slot: it sleeps until an action for it is posted
+        (:meth:`wake`) or its deadline passes, then runs again under the gate from its checkpoint (the planner decides
+        whether it goes on, finishes or waits again)."""
+        wake = self._wakes[intent.id]
+        try:
+            while waiting is not None:
+                try:
+                    await asyncio.wait_for(wake.wait(), max(0.0, waiting.deadline - time.time()) + 0.05)
+                except TimeoutError:
+                    pass
+                wake.clear()  # an action posted while it runs wakes it again at once
+                async with self.gate:
+                    waiting = await self._run_intent(intent)
+        finally:
+            self._wakes.pop(intent.id, None)
+
+    def wake(self, intent_id: str) -> None:
+        """An action was posted for ``intent_id``: if it waits for review, it runs again now."""
+        if (event := self._wakes.get(intent_id)) is not None:
+            event.set()
+        else:
+            self._woken.add(intent_id)
+
+    async def _run_intent(self, intent: Intent) -> AwaitingReview | None:
+        self._woken.discard(intent.id)  # this run reads every action posted so far
         try:
             part = await (self._plan_remote(intent) if self.planners is not None else self._plan_here(intent))
+        except AwaitingReview as waiting:  # its checkpoint says so; nothing committed
+            return waiting
         except asyncio.CancelledError:
             raise
         except StoreWriteError:  # the store itself failed for good: every other intent would too; stop the campaign
@@ -504,19 +563,21 @@ class CampaignRunner:
             logger.exception("intent %s failed", intent.id)
             self.tally.fail(intent.id, f"{type(exc).__name__}: {exc}")
             metrics.inc(metrics.INTENTS_FINISHED, campaign=self.id, status="failed")
-            return
+            return None
         await self._save_memory()
         self.tally.fold(part.outcome)
         self._record_metrics(part.outcome, part.lineage)
         if self.on_intent_done:
             self.on_intent_done(part.outcome)
+        return None
 
     async def _plan_here(self, intent: Intent) -> IntentPart:
         return await plan_intent(
             intent, renderer=self.renderer, rewriter=self.rewriter, critic=self.critic, search=self.search,
             store=self.store, memory=self.memory, image_budget=self.image_budget,
             runs_baseline=self.spec.runs_baseline(intent.id, self.search),
-            allowance=self.allocator.for_intent(intent.id, self._save_budget) if self.allocator is not None else None)
+            allowance=self.allocator.for_intent(intent.id, self._save_budget) if self.allocator is not None else None,
+            steering=self.steering)
 
     async def _probe_seconds_per_image(self) -> float:
         """Device seconds of one image alone at the campaign's settings (a batch of one: the dearest per image), the

@@ -725,6 +725,80 @@ def _ab_report(campaign_dir: str, store) -> None:
     console.print(f"model A/B {name}: {', '.join(f'{v} = {c}' for v, c in ab.campaigns.items())}; report: {path}")
 
 
+def _action_id(intent: str, kind: str, text: str | None) -> str:
+    """The id of an action made from the command line: the same command makes the same id, so running it again is
+    a no-op on the server (idempotent), and another action gets another id."""
+    import hashlib
+
+    return f"cli-{kind}-" + hashlib.sha256(f"{intent}\x00{kind}\x00{text or ''}".encode()).hexdigest()[:16]
+
+
+@app.command("review")
+def review_cmd(
+    campaign_id: str = CAMPAIGN_ID, endpoint: str = ENDPOINT,
+    intent: str = typer.Option(None, help="The intent to act on (with one of the actions below)."),
+    pin: str = typer.Option(None, help="Keep this branch (its prompt or a candidate id) in the beam, whatever its "
+                            "rank."),
+    veto: str = typer.Option(None, help="Drop this branch (prompt or candidate id): never expanded, never the result."),
+    add_prompt: str = typer.Option(None, "--add-prompt", help="Render this prompt in the intent's next round."),
+    parent: str = typer.Option(None, help="With --add-prompt: the branch it continues (default: a new root)."),
+    accept: bool = typer.Option(False, "--accept", help="Finish the waiting intent as it is."),
+    action_id: str = typer.Option(None, "--id", help="The action's idempotency key (default: made from the command, "
+                                  "so running the same command again changes nothing)."),
+    note: str = typer.Option(None, help="Why, in your words (recorded with the action)."),
+) -> None:
+    """List the intents waiting for review, or act on one: --intent X with --pin, --veto, --add-prompt or --accept.
+    The action is recorded with your token's name (PROMPTBEAM_API_TOKEN) and the server's time."""
+    import datetime
+    import time
+
+    chosen = [(kind, text) for kind, text in (("pin", pin), ("veto", veto), ("add_prompt", add_prompt),
+                                              ("accept", "" if accept else None)) if text is not None]
+    if len(chosen) > 1 or (chosen and not intent) or (intent and not chosen):
+        raise _fail("act with --intent and exactly one of --pin, --veto, --add-prompt, --accept (or give neither "
+                    "to list the waiting intents)")
+    if parent is not None and not add_prompt:
+        raise _fail("--parent goes with --add-prompt")
+    if chosen:
+        from pydantic import ValidationError
+
+        from agents.messages import ActionRequest
+
+        kind, text = chosen[0]
+        fields = {"prompt": text, "target": parent} if kind == "add_prompt" else {"target": text or None}
+        try:
+            request = ActionRequest(id=action_id or _action_id(intent, kind, f"{text}\x00{parent or ''}"),
+                                    intent_id=intent, kind=kind, note=note, **fields)
+        except ValidationError as exc:
+            raise _fail(str(exc)) from exc
+        with _client(endpoint) as client:
+            done = client.act(campaign_id, request)
+        console.print(f"{done.kind} on {done.intent_id} recorded as {done.id!r} by {done.by}")
+        _print_json(done)
+        return
+    with _client(endpoint) as client:
+        listing = client.review(campaign_id)
+    if listing.threshold is None:
+        console.print(f"campaign {campaign_id} has no review threshold: its intents never wait")
+    table = Table(title=f"intents of {campaign_id} waiting for review (threshold {listing.threshold})")
+    for col in ("intent", "best", "waiting since (UTC)", "times out in", "branch", "score", "", "candidates"):
+        table.add_column(col)
+    now = time.time()
+    for w in listing.intents:
+        since = datetime.datetime.fromtimestamp(w.waiting_since, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S")
+        head = [w.intent_id, f"{w.best_score:.3f}" if w.best_score is not None else "-", since,
+                f"{max(0.0, w.timeout_at - now):.0f} s"]
+        for n, b in enumerate(w.branches):
+            flags = " ".join(f for f, on in (("beam", b.in_beam), ("pinned", b.pinned), ("vetoed", b.vetoed),
+                                             ("human", b.source == "human")) if on)
+            table.add_row(*(head if n == 0 else [""] * 4), b.prompt[:80],
+                          f"{b.score:.3f}" if b.score is not None else "-", flags, ", ".join(b.candidate_ids[:2]))
+    Console().print(table)
+    if listing.intents:
+        console.print(f"act: promptbeam review {campaign_id} --intent ID --pin PROMPT | --veto PROMPT | "
+                      "--add-prompt TEXT | --accept")
+
+
 def main() -> None:  # pragma: no cover - console script entry
     logging.basicConfig(level=os.environ.get("PROMPTBEAM_LOG", "WARNING"))
     app()

@@ -31,10 +31,11 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
-from pydantic import Field
+from pydantic import Field, TypeAdapter
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from agents.memory import LESSONS, Lesson
+from agents.messages import ActionRequest, HumanAction
 from pipelines.records import CampaignSpec, IntentOutcome
 from pipelines.server.auth import AuthSettings
 from pipelines.wire import (
@@ -48,12 +49,14 @@ from pipelines.wire import (
     FieldError,
     Health,
 )
+from pipelines.wire import ReviewListing
 from serving.retry import RETRY_STATUS, RetryPolicy, call_sync, parse_retry_after
 
 DEFAULT_ENDPOINT = "http://127.0.0.1:8000"
 DEFAULT_RETRY = RetryPolicy(attempts=6, backoff_s=0.5, max_backoff_s=10.0)
 """Six tries over ~15 s of backoff (0.5, 1, 2, 4, 8 s): a restarting proxy or ingress should not end a long campaign's
 watch."""
+HUMAN_ACTIONS = TypeAdapter(list[HumanAction])
 SUBMIT_RETRY_STATUS = RETRY_STATUS & {429, 503}
 """Answers to a submission that mean it was not started: over the running-campaign limit, no replica to take it. The
 part of :data:`serving.retry.RETRY_STATUS` (what an idempotent call retries on) that is safe for a submission."""
@@ -269,6 +272,27 @@ class CampaignClient:
     def health(self) -> Health:
         """Liveness and the models served (needs no token)."""
         return Health.model_validate_json(self._send("GET", "/healthz").content)
+
+    # -- a human in the loop (agents.steering) ---------------------------------------------------------------------
+
+    def act(self, campaign_id: str, action: ActionRequest) -> HumanAction:
+        """Post a person's action (pin, veto, add_prompt, accept) on one of the campaign's intents; the stored action,
+        with who (this client's token's name) and when. Retried like a read: its ``id`` makes it idempotent (the same id
+        and body answer the stored action; another body with that id is :class:`CampaignRejected` 409)."""
+        response = self._send("POST", f"/v1/campaigns/{campaign_id}/actions",
+                              content=action.model_dump_json(exclude_none=True),
+                              headers={"content-type": "application/json"})
+        return HumanAction.model_validate_json(response.content)
+
+    def actions(self, campaign_id: str, intent: str | None = None) -> list[HumanAction]:
+        """The people's actions on the campaign (or one intent), in the order they were posted per intent."""
+        params = {"intent": intent} if intent else {}
+        response = self._send("GET", f"/v1/campaigns/{campaign_id}/actions", params=params)
+        return HUMAN_ACTIONS.validate_json(response.content)
+
+    def review(self, campaign_id: str) -> ReviewListing:
+        """The intents waiting for a person (their best score stayed under the campaign's review threshold)."""
+        return ReviewListing.model_validate_json(self._send("GET", f"/v1/campaigns/{campaign_id}/review").content)
 
     # -- transport -----------------------------------------------------------------------------------------------
 

@@ -25,8 +25,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from agents.config import CriticConfig, RewriterConfig, SearchConfig
-from agents.messages import SAFE_NAME, CallCounts, Candidate, Intent, SearchResult
+from agents.messages import SAFE_NAME, AppliedAction, CallCounts, Candidate, Intent, ReviewState, SearchResult
 from agents.planner import baseline_fraction, baseline_sampled, check_intent
+from agents.steering import ReviewConfig
 from serving.presets import ModelPreset, RenderDefaults, partial_model
 
 MAX_INTENTS = 100_000
@@ -153,6 +154,12 @@ class CampaignSpec(Record):
         description="Model A/B: exactly two variants, keyed by name (lower case, e.g. 'a', 'fast'). The campaign runs "
         "as two campaigns '<id>.<variant>', one per variant, with the same intents, search and seeds; "
         "GET /v1/campaigns/{id}/ab compares them paired by intent (pipelines/ab.py).",
+    )
+    review: ReviewConfig | None = Field(
+        default=None,
+        description="A human in the loop (agents.steering): an intent whose best score stays under review.threshold "
+        "waits for a person (GET .../review) until one acts or review.timeout_s passes. None: intents never wait. Not "
+        "part of the campaign's identity: a resume may change it.",
     )
 
     @model_validator(mode="after")
@@ -366,6 +373,8 @@ class Manifest(Record):
     budget_images: int | None = Field(default=None, description="The campaign's image budget (search arm); None: none.")
     budget_rule: str | None = Field(default=None, description="How the budget is shared (adaptive, even).")
     budget_device_seconds: float | None = Field(default=None, description="The campaign's device-seconds budget.")
+    review: ReviewConfig | None = Field(default=None, description="When intents wait for a person (CampaignSpec.review); "
+                                        "not part of the fingerprint.")
 
     @staticmethod
     def compute_fingerprint(spec: CampaignSpec, search: SearchConfig, models: ModelsRecord) -> str:
@@ -466,6 +475,10 @@ class IntentOutcome(Record):
     resumed_from_round: int | None = Field(
         default=None, description="Set when this intent continued from a checkpoint: the rounds finished before.",
     )
+    human_actions: list[AppliedAction] = Field(
+        default_factory=list, description="People's actions on this intent (who, when, the round they took effect at).",
+    )
+    review: ReviewState | None = Field(default=None, description="Set when the intent waited for review: how it ended.")
 
     @classmethod
     def done(cls, search: SearchResult, baseline: SearchResult | None) -> IntentOutcome:
@@ -479,6 +492,7 @@ class IntentOutcome(Record):
             intent_id=search.intent.id, intent=search.intent.text, status="done", search=arm, baseline=base,
             improvement=improvement, held_out_improvement=held_out, checks=[c.question for c in search.checks],
             rewrites_blocked=sum(len(p.blocked) for p in search.proposals),
+            human_actions=search.human_actions, review=search.review,
         )
 
     @classmethod

@@ -13,6 +13,8 @@ Layout of one campaign::
                             (CampaignSpec.budget_images; agents.allocation)
     lessons.json            campaign memory (agents.memory.Lesson list), rewritten after every committed intent
                             when memory is on; a resumed run continues with it
+    actions/<intent>/<id>.json  HumanAction: a person's pin, veto, added prompt or accept (agents.steering), written
+                            once when posted; the planner applies each at a round boundary, once
 
 Why parts: object stores have no append, and a crash mid-append leaves half a line. A part is written once, atomically
 (temp file + rename locally; a single PUT on object stores), and its presence is what "this intent is done" means —
@@ -45,7 +47,7 @@ from fsspec.implementations.local import LocalFileSystem
 from pydantic import ValidationError
 
 from agents.memory import LESSONS, Lesson
-from agents.messages import SAFE_NAME, SearchCheckpoint, StoredImage
+from agents.messages import SAFE_NAME, HumanAction, SearchCheckpoint, StoredImage
 from pipelines.records import (
     MAX_NAME_CHARS,
     STORE_FORMAT,
@@ -292,6 +294,45 @@ class CampaignStore:
             intent_id = posixpath.basename(name)[: -len(".json")]
             if name.endswith(".json") and intent_id in done:
                 self.clear_checkpoint(intent_id)
+
+    def waiting_checkpoints(self) -> list[SearchCheckpoint]:
+        """The checkpoints of intents that wait for review now (agents.steering), in intent id order."""
+        out = []
+        for name in sorted(self._list(self._p("checkpoints"))):
+            if not name.endswith(".json"):
+                continue
+            checkpoint = self.read_checkpoint(posixpath.basename(name)[: -len(".json")])
+            if checkpoint is not None and checkpoint.review is not None and checkpoint.review.ended is None:
+                out.append(checkpoint)
+        return out
+
+    # -- people's actions (agents.steering) -----------------------------------------------------------------------
+
+    def write_action(self, action: HumanAction) -> None:
+        """Store a person's action (whole or absent); the caller checked that its id is new or its body the same."""
+        folder = self._p("actions", action.intent_id)
+        self._io("create", folder, lambda: self.fs.makedirs(folder, exist_ok=True))
+        self._write_atomic(posixpath.join(folder, f"{action.id}.json"), action.model_dump_json().encode())
+
+    def read_action(self, intent_id: str, action_id: str) -> HumanAction | None:
+        data = self._read_json(posixpath.join("actions", intent_id, f"{action_id}.json"))
+        return None if data is None else HumanAction.model_validate_json(data)
+
+    def read_actions(self, intent_id: str) -> list[HumanAction]:
+        """The intent's actions in the order they were posted (server time, then id)."""
+        actions = []
+        for name in self._list(self._p("actions", intent_id)):
+            base = posixpath.basename(name)
+            if base.endswith(".json") and is_safe_name(base[: -len(".json")], 128):
+                action = self.read_action(intent_id, base[: -len(".json")])
+                if action is not None:
+                    actions.append(action)
+        return sorted(actions, key=lambda a: (a.at, a.id))
+
+    def acted_intents(self) -> list[str]:
+        """Intents with at least one action, in id order."""
+        return sorted(n for n in (posixpath.basename(p.rstrip("/")) for p in self._list(self._p("actions")))
+                      if is_safe_name(n, 128))
 
     # -- per-intent parts -----------------------------------------------------------------------------------------
 

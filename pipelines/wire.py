@@ -9,6 +9,7 @@
     CampaignPage      GET /v1/campaigns: a page of CampaignListing (id, state, progress, created time)
     ErrorBody         every error answer: a one-line detail and the fields at fault (FieldError)
     Health            the ingress's liveness answer
+    ReviewListing     GET /v1/campaigns/{id}/review: the intents waiting for a person (WaitingIntent, ReviewBranch)
 
 What a campaign submits and stores (CampaignSpec, IntentOutcome, ...) is :mod:`pipelines.records`; the fold that
 makes a CampaignSummary out of stored outcomes is :mod:`pipelines.tally`.
@@ -102,6 +103,7 @@ class CampaignStatus(CampaignSummary):
         "remaining budget at its spend rate and the unfinished intents at their finish rate; None before anything "
         "was spent or finished, and once the campaign has ended.",
     )
+    intents_waiting: int = Field(default=0, description="Intents waiting for review now (CampaignSpec.review).")
 
 
 class ABSide(Record):
@@ -199,3 +201,40 @@ class Health(Record):
     preset: str
     models: ModelsRecord
     code_version: str | None
+
+
+class ReviewBranch(Record):
+    """One branch (a distinct prompt) of an intent waiting for review, as a person sees it to act on it."""
+
+    prompt: str
+    score: float | None = Field(description="Its branch score (seed-adjusted mean over its seeds); None: unscored.")
+    seeds: int = Field(description="Images of it that were scored.")
+    candidate_ids: list[str] = Field(description="Its candidates: any of them (or the prompt) names it in an action.")
+    best_image: str | None = Field(description="Its best-scored image (store path, GET .../images/<name>).")
+    in_beam: bool
+    pinned: bool
+    vetoed: bool
+    source: str = Field(description="Who made it: original, rewrite, lesson, reseed or human.")
+
+
+class WaitingIntent(Record):
+    """An intent whose search stopped under the review threshold and waits for a person."""
+
+    intent_id: str
+    intent: str = Field(description="The intent's text.")
+    best_score: float | None
+    best_id: str | None
+    best_image: str | None
+    waiting_since: float = Field(description="Seconds since the epoch.")
+    timeout_at: float = Field(description="When it finishes as it is unless a person acts (seconds since the epoch).")
+    rounds: int
+    branches: list[ReviewBranch] = Field(description="Best first; unscored ones last.")
+
+
+class ReviewListing(Record):
+    """GET /v1/campaigns/{id}/review."""
+
+    campaign: str
+    threshold: float | None = Field(description="The campaign's review threshold; None: intents never wait.")
+    timeout_s: float | None = None
+    intents: list[WaitingIntent]

@@ -25,13 +25,21 @@ from ray import serve
 
 from agents.config import SearchConfig
 from agents.memory import Lesson
+from agents.messages import SAFE_NAME, ActionRequest, HumanAction
 from pipelines.ab import joined, read_comparison, stored_state
-from pipelines.campaign import CampaignConflict, CampaignRunner, budget_problem, intent_concurrency
+from pipelines.campaign import (
+    CampaignConflict,
+    CampaignRunner,
+    budget_problem,
+    intent_concurrency,
+    review_problem,
+)
 from pipelines.records import DEFAULT_RENDERER, MAX_NAME_CHARS, ABManifest, CampaignSpec, ModelsRecord
 from pipelines.server.auth import BEARER_SCHEME, AuthSettings, BearerAuth, check_bind
 from pipelines.server.configs import AppConfig, IngressConfig
 from pipelines.server.http import install_error_handlers, parse_spec, read_body, validation_error
 from pipelines.server.planner import ServePlanners
+from pipelines.steering import ActionRefused, check_action, waiting_intent
 from pipelines.store import (
     CampaignStore,
     RunningRegistry,
@@ -51,6 +59,7 @@ from pipelines.wire import (
     CampaignStatus,
     Health,
 )
+from pipelines.wire import ReviewListing
 from serving.clients import ServeLanguageModel, ServeRenderer, open_role_models
 
 logger = logging.getLogger(__name__)
@@ -87,13 +96,13 @@ install_error_handlers(api)
 
 
 def require_token(request: Request,
-                  credentials: HTTPAuthorizationCredentials | None = Security(BEARER_SCHEME)) -> None:
+                  credentials: HTTPAuthorizationCredentials | None = Security(BEARER_SCHEME)) -> str:
     """The /v1 routes' dependency: the token check of the ingress serving this app (set when it starts; until then
-    every /v1 request is refused)."""
+    every /v1 request is refused). Answers the token's name (who acted, for people's actions)."""
     auth: BearerAuth | None = getattr(request.app.state, "auth", None)
     if auth is None:
         raise HTTPException(503, "the ingress is still starting; retry in a moment", headers={"Retry-After": "5"})
-    auth.check(credentials)
+    return auth.check(credentials)
 
 
 V1 = [Depends(require_token)]
@@ -114,6 +123,25 @@ def _openapi() -> dict[str, Any]:
 api.openapi = _openapi  # type: ignore[method-assign]
 SPEC_BODY = {"requestBody": {"required": True, "content": {"application/json": {
     "schema": {"$ref": "#/components/schemas/CampaignSpec"}}}}}
+
+
+MAX_ACTION_BYTES = 64 * 1024
+"""The largest action body (an action is a few kilobytes at most: ids, a prompt, a note)."""
+ACTION_BODY = {"requestBody": {"required": True, "content": {"application/json": {
+    "schema": ActionRequest.model_json_schema()}}}}
+
+
+def parse_action(body: bytes, content_type: str | None) -> ActionRequest:
+    """A person's action from its body: 415 another content type, 400 not JSON, 422 naming the field at fault."""
+    if content_type and content_type.split(";")[0].strip().lower() not in ("application/json", "text/json"):
+        raise HTTPException(415, f"send the action as application/json, not {content_type[:60]!r}")
+    try:
+        return ActionRequest.model_validate_json(body)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False, include_input=False)
+        if any(e["type"] == "json_invalid" for e in errors):
+            raise HTTPException(400, "the body is not valid JSON (UTF-8)") from None
+        raise validation_error(errors, exc.error_count()) from None
 
 
 def _log_failure(task: asyncio.Task) -> None:
@@ -143,8 +171,9 @@ class CampaignIngress:
                  planner=None, renderers: dict[str, Any] | None = None):
         auth = auth or AuthSettings()
         token = auth.token()
-        check_bind(_serve_http_host() or "0.0.0.0", token, auth)
-        api.state.auth = BearerAuth(token)
+        named = auth.named_tokens()  # the single token among them, named 'api'
+        check_bind(_serve_http_host() or "0.0.0.0", token or next(iter(named.values()), None), auth)
+        api.state.auth = BearerAuth(token, named)
         self.config = config
         self.preset = config.resolve()
         self.models = ModelsRecord.of(self.preset)
@@ -163,6 +192,7 @@ class CampaignIngress:
         self.runs: dict[str, tuple[CampaignRunner, asyncio.Task | None]] = {}
         self.registry = RunningRegistry(config.store_root)
         self.cancelled_by_user: set[str] = set()
+        self.actions_posted: dict[str, asyncio.Lock] = {}  # per campaign: one action's check-and-write at a time
         # Campaigns a previous ingress was running when it died: resumed as soon as this one serves (Serve runs
         # the constructor on the replica's event loop).
         try:
@@ -285,6 +315,8 @@ class CampaignIngress:
         if problem := budget_problem(spec, search, self.planners is not None):
             field = "budget_device_seconds" if spec.budget_device_seconds is not None else "budget_images"
             raise validation_error([{"loc": (field,), "msg": problem}])
+        if problem := review_problem(spec, self.planners is not None):
+            raise validation_error([{"loc": ("review",), "msg": problem}])
         cid = spec.campaign_id()
         # With planner workers the store is one every node reaches (their requirement), so the renderer writes the
         # images to it itself and only the critic's copies travel back to the workers.
@@ -544,3 +576,79 @@ class CampaignIngress:
     async def healthz(self) -> Health:
         """Liveness, the models served and the app's code version (unchanged by in-place config updates)."""
         return Health(preset=self.preset.name, models=self.models, code_version=serve.get_replica_context().code_version)
+
+    # -- a human in the loop (agents.steering, pipelines.steering) ------------------------------------------------
+
+    @api.post("/v1/campaigns/{campaign_id}/actions", status_code=201, response_model=HumanAction, dependencies=V1,
+              responses={200: {"model": HumanAction, "description": "The same action was posted before: stored one."}},
+              openapi_extra=ACTION_BODY)
+    async def post_action(self, campaign_id: str, request: Request, response: Response,
+                          who: str = Depends(require_token)) -> HumanAction:
+        """A person's action on an intent of a running (or resumable) campaign: pin or veto a branch, add a prompt to
+        its next round, or accept it while it waits for review. Recorded with the token's name and the server's time,
+        stored before it is answered (201). Idempotent: the same ``id`` with the same body answers the stored action
+        (200); with another body, 409. 404: no such campaign or intent; 409: the intent is finished; 422: a pin or veto
+        naming no branch (``target``), a prompt the output filter refuses (``prompt``); 413 over 64 KiB."""
+        body = parse_action(await read_body(request, MAX_ACTION_BYTES), request.headers.get("content-type"))
+        store = self._store(campaign_id)
+        manifest = await asyncio.to_thread(store.read_manifest)
+        if manifest is None:
+            raise HTTPException(404, f"no campaign {campaign_id!r}")
+        async with self.actions_posted.setdefault(campaign_id, asyncio.Lock()):
+            stored = await asyncio.to_thread(store.read_action, body.intent_id, body.id)
+            if stored is not None:
+                if stored.request() != body:
+                    raise HTTPException(409, f"action {body.id!r} was posted before with another body (by "
+                                             f"{stored.by!r}); choose a new id")
+                response.status_code = 200
+                return stored
+
+            def checked() -> None:
+                known = body.intent_id in manifest.intent_ids
+                finished = known and store.read_part(body.intent_id) is not None
+                checkpoint = store.read_checkpoint(body.intent_id) if known else None
+                check_action(body, manifest.intent_ids, finished, checkpoint)
+
+            try:
+                await asyncio.to_thread(checked)
+            except ActionRefused as exc:
+                if exc.status == 422:
+                    raise validation_error([{"loc": (exc.field,), "msg": str(exc)}]) from exc
+                raise HTTPException(exc.status, str(exc)) from exc
+            action = HumanAction(**body.model_dump(), by=who, at=time.time())
+            await asyncio.to_thread(store.write_action, action)
+        if campaign_id in self.runs:
+            self.runs[campaign_id][0].wake(action.intent_id)
+        return action
+
+    @api.get("/v1/campaigns/{campaign_id}/actions", response_model=list[HumanAction], dependencies=V1)
+    async def list_actions(
+        self, campaign_id: str,
+        intent: str | None = Query(None, max_length=128, pattern=SAFE_NAME, description="Only this intent's."),
+    ) -> list[HumanAction]:
+        """People's actions on the campaign (who, when), in the order they were posted per intent, intents in id
+        order. Whether and how each took effect: the intent's ``human_actions`` in its results."""
+        store = self._store(campaign_id)
+        if await asyncio.to_thread(store.read_manifest) is None:
+            raise HTTPException(404, f"no campaign {campaign_id!r}")
+
+        def read() -> list[HumanAction]:
+            intents = [intent] if intent is not None else store.acted_intents()
+            return [a for i in intents for a in store.read_actions(i)]
+
+        return await asyncio.to_thread(read)
+
+    @api.get("/v1/campaigns/{campaign_id}/review", response_model=ReviewListing, dependencies=V1)
+    async def review(self, campaign_id: str) -> ReviewListing:
+        """The intents waiting for a person (their best score stayed under ``CampaignSpec.review.threshold``): each
+        with its best image and its branches (prompt, score, candidate ids, pinned/vetoed/in the beam), waiting since
+        and until when. Act on one with POST .../actions."""
+        store = self._store(campaign_id)
+        manifest = await asyncio.to_thread(store.read_manifest)
+        if manifest is None:
+            raise HTTPException(404, f"no campaign {campaign_id!r}")
+        review = self.runs[campaign_id][0].spec.review if campaign_id in self.runs else manifest.review
+        waiting = await asyncio.to_thread(store.waiting_checkpoints)
+        return ReviewListing(campaign=campaign_id, threshold=review.threshold if review else None,
+                             timeout_s=review.timeout_s if review else None,
+                             intents=[waiting_intent(cp, review) for cp in waiting])

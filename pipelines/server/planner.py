@@ -38,6 +38,7 @@ from agents.safety import KeywordModerator, OutputFilter
 from pipelines.campaign import CampaignRenderer, IntentDone, IntentJob, make_agent, plan_intent
 from pipelines.records import DEFAULT_RENDERER, ModelsRecord
 from pipelines.server.configs import AppConfig
+from pipelines.steering import StoreSteering
 from pipelines.store import campaign_store
 from serving.clients import ServeLanguageModel, ServeRenderer, open_role_models, with_retries
 from serving.retry import RetryPolicy
@@ -101,6 +102,7 @@ async def run_job(job: IntentJob, *, renderer: Renderer, rewriter_llm: LanguageM
         rewriter=make_agent(models.rewriter, Rewriter, rewriter_llm, job.rewriter),
         critic=make_agent(models.critic, Critic, critic_llm or rewriter_llm, job.critic),
         search=job.search, store=store, memory=memory, image_budget=image_budget, runs_baseline=job.runs_baseline,
+        steering=StoreSteering(store, None),  # people's actions from the shared store (review: refused at submit)
     )
     return IntentDone(part=part, memory=None if memory is None else memory.take_delta(), worker=worker,
                       notes=notes[-5:])

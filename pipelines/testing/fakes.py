@@ -17,6 +17,7 @@ from agents.messages import (
     ChatResult,
     Check,
     Critique,
+    HumanAction,
     Intent,
     RendererInfo,
     RenderRequest,
@@ -24,6 +25,7 @@ from agents.messages import (
     RewriteContext,
     RewriteReply,
 )
+from agents.steering import ReviewConfig
 
 
 def origin(png: bytes) -> tuple[str, int]:
@@ -236,3 +238,22 @@ def one_find_rewriter(llm, config):
 
 def square_critic(llm, config):
     return ScriptedCritic(square_score, config)
+
+
+class ScriptedSteering:
+    """A :class:`agents.steering.Steering` for tests: ``released[r]`` are the actions a person has posted by round boundary ``r``
+    (each boundary sees every action released at or before it); ``clock`` is the time :meth:`now` tells."""
+
+    def __init__(self, released: dict[int, list[HumanAction]] | None = None, review: ReviewConfig | None = None,
+                 clock: float = 0.0):
+        self.released = released or {}
+        self.review = review
+        self.clock = clock
+        self.calls: list[tuple[str, int]] = []
+
+    async def actions(self, intent_id: str, round: int) -> list[HumanAction]:
+        self.calls.append((intent_id, round))
+        return [a for r in sorted(self.released) if r <= round for a in self.released[r] if a.intent_id == intent_id]
+
+    def now(self) -> float:
+        return self.clock
