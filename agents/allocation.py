@@ -147,7 +147,8 @@ class IntentAllowance:
         self.intent_id = intent_id
         self._save = save
 
-    def available(self, improving: bool) -> int:
+    async def available(self, improving: bool) -> int:
+        """The most the next round could be granted now, in images (async: a worker asks the runner's ledger)."""
         return self.allocator.available(self.intent_id, improving)
 
     async def grant(self, wanted: int, improving: bool) -> int:
@@ -233,7 +234,7 @@ class DeviceSecondsAllowance(IntentAllowance):
         super().__init__(allocator, intent_id, save)
         self._reserved: list[tuple[int, int]] = []  # (images, ms) of grants not settled yet, oldest first
 
-    def available(self, improving: bool) -> int:
+    async def available(self, improving: bool) -> int:
         return self.allocator.images_available(self.intent_id, improving)
 
     async def grant(self, wanted: int, improving: bool) -> int:

@@ -262,7 +262,7 @@ class BeamSearchPlanner:
             return
         # with a campaign budget, a round that could not get one prompt's images is not run
         improving = r > 0 and state.stale_rounds == 0  # the best branch score rose in the last round
-        if self.allowance is not None and self.allowance.available(improving) < cfg.seeds_per_prompt:
+        if self.allowance is not None and await self.allowance.available(improving) < cfg.seeds_per_prompt:
             state.stop_reason = "budget"
             return
         # a. Propose: the original and K rewrites in round 0, K children per beam branch later

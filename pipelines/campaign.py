@@ -14,7 +14,7 @@ import math
 import posixpath
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from fsspec.implementations.local import LocalFileSystem
 from fsspec.implementations.memory import MemoryFileSystem
@@ -228,6 +228,9 @@ class IntentJob(Record):
     lessons: list[Lesson] | None = Field(default=None, description="The campaign's lessons now; None: memory off.")
     renderer_stores: bool = Field(description="The renderer writes images to the store itself.")
     renderer: str = Field(default=DEFAULT_RENDERER, description="The renderer deployment (CampaignSpec.renderer).")
+    budget: Literal["images", "device_seconds"] | None = Field(
+        default=None, description="The campaign's budget, if any: each round's images are granted by the runner's "
+        "allocator, asked through the ingress (pipelines.server.planner.RemoteAllowance).")
     max_image_bytes_in_flight: int = Field(ge=1)
 
 
@@ -255,16 +258,11 @@ def review_problem(spec: CampaignSpec, planner_workers: bool) -> str | None:
     return None
 
 
-def budget_problem(spec: CampaignSpec, search: SearchConfig, planner_workers: bool) -> str | None:
-    """Why the campaign's ``budget_images`` cannot be run as given (None if it can, or none is set)."""
-    if spec.budget_device_seconds is not None and planner_workers:
-        return ("budget_device_seconds needs the campaign's intents searched in the runner's process (its allocator "
-                "grants every round); it cannot be used with planner workers")
+def budget_problem(spec: CampaignSpec, search: SearchConfig, planner_workers: bool = False) -> str | None:
+    """Why the campaign's ``budget_images`` cannot be run as given (None if it can, or none is set). With planner
+    workers a budget works as in the runner's process: each worker asks the runner's allocator for its rounds."""
     if spec.budget_images is None:
         return None
-    if planner_workers:
-        return ("budget_images needs the campaign's intents searched in the runner's process (its allocator grants "
-                "every round); it cannot be used with planner workers")
     least = len(spec.intents) * search.seeds_per_prompt
     if spec.budget_images < least:
         return (f"budget_images ({spec.budget_images}) must be at least one prompt per intent: {len(spec.intents)} "
@@ -316,6 +314,7 @@ class CampaignRunner:
         if problem := budget_problem(spec, search, workers) or review_problem(spec, workers):
             raise ValueError(problem)
         self.allocator: ImageAllocator | None = None  # built from the store's budget.json when the run starts
+        self._remote_allowances: dict[str, IntentAllowance] = {}  # intents out on planner workers, with a budget
         self._budget_saved = asyncio.Lock()
         self.on_intent_done = on_intent_done
         self.id = spec.campaign_id()
@@ -579,6 +578,23 @@ class CampaignRunner:
             allowance=self.allocator.for_intent(intent.id, self._save_budget) if self.allocator is not None else None,
             steering=self.steering)
 
+    async def remote_budget(self, intent_id: str, op: str, *, wanted: int = 0, improving: bool = False,
+                            images: int = 0, seconds: float = 0.0) -> int:
+        """A planner worker's budget call for an intent it searches (``pipelines.server.planner.RemoteAllowance``,
+        through the ingress): ``available``, ``grant`` or ``settle`` on the intent's allowance, which the runner
+        holds from hand-out until the job returns (then it releases it, as :func:`plan_intent` does in-process)."""
+        allowance = self._remote_allowances.get(intent_id)
+        if allowance is None:
+            raise KeyError(f"intent {intent_id!r} of campaign {self.id!r} is not out on a planner worker")
+        if op == "available":
+            return await allowance.available(improving)
+        if op == "grant":
+            return await allowance.grant(wanted, improving)
+        if op == "settle":
+            await allowance.settle(images, seconds)
+            return 0
+        raise ValueError(f"unknown budget operation {op!r}")
+
     async def _probe_seconds_per_image(self) -> float:
         """Device seconds of one image alone at the campaign's settings (a batch of one: the dearest per image), the
         first estimate a device-seconds budget reserves by; charged to the budget. Not stored, not in the lineage."""
@@ -606,8 +622,18 @@ class CampaignRunner:
             lessons=None if self.memory is None else self.memory.lessons(),
             renderer_stores=self.renderer.store is not None, renderer=self.spec.renderer,
             max_image_bytes_in_flight=self.spec.max_image_bytes_in_flight,
+            budget=None if self.allocator is None else
+            "device_seconds" if self.spec.budget_device_seconds is not None else "images",
         )
-        done = await self.planners.run(job)
+        if self.allocator is None:
+            done = await self.planners.run(job)
+        else:  # the worker asks this allowance for its rounds; released once the intent is committed
+            allowance = self._remote_allowances[intent.id] = self.allocator.for_intent(intent.id, self._save_budget)
+            try:
+                done = await self.planners.run(job)
+                allowance.release()
+            finally:
+                del self._remote_allowances[intent.id]
         for note in done.notes:
             self.tally.note(note)
         if self.memory is not None and done.memory is not None:

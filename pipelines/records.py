@@ -130,7 +130,7 @@ class CampaignSpec(Record):
         "intent starts with an even share (budget / intents, at most search.max_images); an intent that stops early "
         "gives back what it did not spend, and intents still improving draw on it. Never exceeded. The baseline arm "
         "renders as many images as the search, on top. None: each intent is bounded by search.max_images alone. "
-        "Not with planner workers (the allocator lives in the runner's process).",
+        "With planner workers the workers ask the runner's allocator for each round.",
     )
     budget_device_seconds: float | None = Field(
         default=None, gt=0, le=1e9,

@@ -208,9 +208,6 @@ def test_budget_refusals(tmp_path):
     with pytest.raises(ValueError, match="at least one prompt per intent"):
         CampaignRunner(s, s.search_config(), FakeRenderer(), None, CampaignStore(str(tmp_path / "a")), models=MODELS)
     s = spec(intents, budget=40)
-    with pytest.raises(ValueError, match="planner workers"):
-        CampaignRunner(s, s.search_config(), FakeRenderer(), None, CampaignStore(str(tmp_path / "b")), models=MODELS,
-                       planners=object())
     assert spec(intents).campaign_id() != s.campaign_id()  # the budget is part of the campaign's identity
 
 
@@ -220,7 +217,8 @@ def test_budget_problem_is_what_the_ingress_refuses_with_422():
     intents = [Intent(id=f"i{k}", text=f"hard {k}") for k in range(4)]
     s = spec(intents, budget=40)
     assert budget_problem(s, s.search_config(), planner_workers=False) is None
-    assert "planner workers" in budget_problem(s, s.search_config(), planner_workers=True)
+    assert budget_problem(s, s.search_config(), planner_workers=True) is None  # workers ask the runner's allocator
+    assert "at least one prompt per intent" in budget_problem(spec(intents, budget=3), s.search_config())
     assert budget_problem(spec(intents), s.search_config(), planner_workers=True) is None  # no budget: no problem
 
 
@@ -288,7 +286,7 @@ def test_device_second_grants_reserve_at_the_dearest_image_and_settle_to_what_th
     a = DeviceSecondsAllocator(1.0, ["x", "y"], seconds_per_image=0.02, unit=2, probe_ms=20)
     assert (a.budget, a.share, a.cost_ms, a.spent) == (1000, 490, 20, 20)  # shares split what the probe left
     x = a.for_intent("x")
-    assert x.available(improving=False) == 24  # its share at 20 ms an image
+    assert asyncio.run(x.available(improving=False)) == 24  # its share at 20 ms an image
     assert asyncio.run(x.grant(7, improving=False)) == 6  # whole prompts of 2 images
     assert a.granted["x"] == 120  # reserved at the dearest image
     asyncio.run(x.settle(6, 0.045))  # rendered in 45 ms: 75 ms go back
@@ -352,7 +350,7 @@ def test_a_device_seconds_budget_through_the_runner_is_never_exceeded_and_surviv
     assert json.loads(store.fs.cat_file(store.path("budget.json")))["granted"] == ledger
 
 
-def test_both_budgets_at_once_and_a_device_seconds_budget_on_planner_workers_are_refused():
+def test_both_budgets_at_once_are_refused_and_the_device_seconds_budget_enters_the_id():
     from pydantic import ValidationError
 
     from pipelines.campaign import budget_problem
@@ -361,6 +359,56 @@ def test_both_budgets_at_once_and_a_device_seconds_budget_on_planner_workers_are
     with pytest.raises(ValidationError, match="not both"):
         CampaignSpec(intents=intents, budget_images=10, budget_device_seconds=1.0)
     s = CampaignSpec(intents=intents, budget_device_seconds=1.0)
-    assert "planner workers" in budget_problem(s, s.search_config(), planner_workers=True)
-    assert budget_problem(s, s.search_config(), planner_workers=False) is None
+    assert budget_problem(s, s.search_config(), planner_workers=True) is None
     assert s.campaign_id() != CampaignSpec(intents=intents, budget_device_seconds=2.0).campaign_id()
+
+
+class BudgetedWorkers:
+    """The planners port over run_job in this process (jobs and answers through JSON, as between processes), whose
+    budget calls go to the runner's allocator as a worker's go through the ingress."""
+
+    def __init__(self, root: str, renderer: FakeRenderer):
+        self.root, self.renderer, self.runner, self.calls = root, renderer, None, []
+
+    async def budget_call(self, campaign_id: str, intent_id: str, op: str, **kwargs) -> int:
+        self.calls.append(op)
+        return await self.runner.remote_budget(intent_id, op, **kwargs)
+
+    async def run(self, job):
+        from agents.budget import ImageBudget
+        from pipelines.campaign import IntentDone, IntentJob
+        from pipelines.server.planner import run_job
+
+        job = IntentJob.model_validate_json(job.model_dump_json())
+        assert job.budget is not None
+        done = await run_job(job, renderer=self.renderer, rewriter_llm=None, critic_llm=None, models=MODELS,
+                             store_root=self.root, image_budget=ImageBudget(job.max_image_bytes_in_flight),
+                             worker="w", budget_call=self.budget_call)
+        return IntentDone.model_validate_json(done.model_dump_json())
+
+
+@pytest.mark.parametrize("kind", ["images", "device_seconds"])
+def test_a_budget_on_planner_workers_grants_as_in_the_runners_process(tmp_path, kind):
+    """Each worker asks the runner's allocator for its rounds: the grants, images and outcomes equal those of the same
+    campaign searched in the runner's process, and the budget holds."""
+    intents = [Intent(id=f"{k}{n}", text=f"{k} thing {n}") for n in range(3) for k in ("easy", "hard")]
+    budget = {"budget_images": 20} if kind == "images" else {"budget_device_seconds": 0.5}
+    s = CampaignSpec(intents=intents, search=SEARCH, concurrency=1, **budget)
+    ledgers, images = {}, {}
+    for where in ("here", "workers"):
+        store = CampaignStore(str(tmp_path / where / s.campaign_id()))
+        renderer = TimedRenderer()
+        planners = BudgetedWorkers(str(tmp_path / where), renderer) if where == "workers" else None
+        runner = CampaignRunner(s, s.search_config(), renderer, None, store, models=MODELS, planners=planners)
+        if planners is not None:
+            planners.runner = runner
+        status = asyncio.run(runner.run())
+        assert status.state is CampaignState.done and status.intents_done == 6, status
+        ledgers[where] = json.loads(store.fs.cat_file(store.path("budget.json")))["granted"]
+        images[where] = search_images(store, s)
+        if planners is not None:
+            assert {"available", "grant"} <= set(planners.calls) and not runner._remote_allowances
+            assert ("settle" in planners.calls) == (kind == "device_seconds")
+    assert ledgers["workers"] == ledgers["here"] and images["workers"] == images["here"]
+    limit = 20 if kind == "images" else 500
+    assert sum(ledgers["workers"].values()) <= limit

@@ -158,12 +158,30 @@ def test_a_campaign_on_planner_workers_follows_the_renderers_autoscaling_and_sur
     assert running("planner") == 2  # Serve replaced the killed worker
 
 
-def test_a_budget_with_planner_workers_is_422_naming_the_field(planner_app):
-    """The campaign budget's allocator grants every round in the runner's process: with planner workers the ingress
-    refuses it before anything starts, naming the field."""
+def test_a_budget_with_planner_workers_is_granted_by_the_runner_and_never_exceeded(planner_app):
+    """With planner workers each round's images are granted by the campaign's one allocator, in the ingress's runner:
+    the workers ask it through the ingress (RemoteAllowance). The budget binds (some intents stop on it), the grants
+    and the rendered search images stay within it, and every intent commits once."""
+    import json
+
+    from pipelines.records import LineageRecord
+
+    cid, n, budget = "budgeted", 8, 24  # round 0 of each intent (3 images); later rounds only from the pool
     with httpx.Client(base_url=planner_app.url, timeout=30) as client:
-        resp = client.post("/v1/campaigns", json={"name": "budgeted", "intents": intents(3), "search": SEARCH,
-                                                  "budget_images": 30})
-        assert resp.status_code == 422, resp.text
-        assert resp.json()["errors"][0]["field"] == "budget_images" and "planner workers" in resp.text
-        assert client.get("/v1/campaigns/budgeted").status_code == 404  # nothing was started or stored
+        resp = client.post("/v1/campaigns", json={"name": cid, "intents": intents(n), "search": SEARCH,
+                                                  "budget_images": budget, "concurrency": 4})
+        assert resp.status_code == 202, resp.text
+        deadline = time.time() + 300
+        while (st := CampaignStatus.model_validate_json(client.get(f"/v1/campaigns/{cid}").content)
+               ).state == "running":
+            assert time.time() < deadline, st
+            time.sleep(0.5)
+    assert st.state == "done" and st.intents_done == n and st.budget_images == budget, st
+    store = CampaignStore(str(planner_app.store / cid))
+    granted = json.loads(store.fs.cat_file(store.path("budget.json")))["granted"]
+    beam = [c for c in (LineageRecord.model_validate_json(x) for x in
+                        (planner_app.store / cid / "lineage.jsonl").read_text().splitlines()) if c.mode == "beam"]
+    assert 0 < len(beam) == sum(granted.values()) == st.images_spent <= budget
+    stops = [o.search.stop_reason for o in store.iter_outcomes([f"i{k}" for k in range(n)])]
+    assert "budget" in stops, stops  # the budget bound
+    assert_each_intent_once(store, [f"i{k}" for k in range(n)])

@@ -522,6 +522,13 @@ class CampaignIngress:
         await self._stop(campaign_id)
         return runner.status
 
+    async def budget(self, campaign_id: str, intent_id: str, op: str, **kwargs) -> int:
+        """A planner worker's call to a running campaign's budget (not an HTTP route: Serve handles only;
+        :meth:`pipelines.campaign.CampaignRunner.remote_budget`)."""
+        if campaign_id not in self.runs:
+            raise KeyError(f"campaign {campaign_id!r} is not running here")
+        return await self.runs[campaign_id][0].remote_budget(intent_id, op, **kwargs)
+
     async def _stop(self, campaign_id: str) -> None:
         """Cancel a campaign's run here, if it is running (it leaves the registry: a user's cancel)."""
         task = self.runs.get(campaign_id, (None, None))[1]

@@ -24,7 +24,7 @@ every node reaches (an object store, or a filesystem the nodes share).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ray import serve
@@ -67,9 +67,18 @@ class PlannerWorker:
         # The in-flight image cap holds per worker and campaign (a campaign's cap times its busy workers in all).
         self.budgets: dict[str, ImageBudget] = {}
         try:
-            self.name = serve.get_replica_context().replica_id.unique_id
+            context = serve.get_replica_context()
+            self.name, self.app_name = context.replica_id.unique_id, context.app_name
         except Exception:  # noqa: BLE001 - constructed outside Serve (tests)
-            self.name = "local"
+            self.name, self.app_name = "local", None
+        self._ingress = None  # the ingress's handle, for budget calls (made on the first budgeted job)
+
+    async def _budget_call(self, campaign_id: str, intent_id: str, op: str, **kwargs) -> int:
+        """One call to the campaign's allocator, which lives with its runner in the ingress. Not retried: a grant
+        whose answer was lost stays granted (counted, never over the budget); the intent fails and is retried."""
+        if self._ingress is None:
+            self._ingress = serve.get_deployment_handle("ingress", app_name=self.app_name)
+        return await self._ingress.budget.remote(campaign_id, intent_id, op, **kwargs)
 
     def _budget(self, job: IntentJob) -> ImageBudget:
         budget = self.budgets.pop(job.campaign_id, None) or ImageBudget(job.max_image_bytes_in_flight)
@@ -79,14 +88,37 @@ class PlannerWorker:
         return budget
 
     async def run(self, job: IntentJob) -> IntentDone:
-        return await run_job(job, renderer=self.renderers[job.renderer], rewriter_llm=self.rewriter_llm, critic_llm=self.critic_llm,
-                             models=self.models, store_root=self.config.store_root, image_budget=self._budget(job),
-                             worker=self.name)
+        return await run_job(job, renderer=self.renderers[job.renderer], rewriter_llm=self.rewriter_llm,
+                             critic_llm=self.critic_llm, models=self.models, store_root=self.config.store_root,
+                             image_budget=self._budget(job), worker=self.name, budget_call=self._budget_call)
+
+
+class RemoteAllowance:
+    """A worker's view of its intent's share of the campaign budget (:class:`agents.allocation.IntentAllowance`'s
+    interface): each call goes to the runner's allocator through the ingress, so one ledger, written by the runner
+    only, grants every round of every worker. Releasing is the runner's, once the job returns."""
+
+    def __init__(self, call: Callable[..., Awaitable[int]], campaign_id: str, intent_id: str, settles: bool):
+        self.call, self.campaign_id, self.intent_id = call, campaign_id, intent_id
+        self.settles = settles  # a device-seconds budget charges each round what it took; an image budget at grant
+
+    async def available(self, improving: bool) -> int:
+        return await self.call(self.campaign_id, self.intent_id, "available", improving=improving)
+
+    async def grant(self, wanted: int, improving: bool) -> int:
+        return await self.call(self.campaign_id, self.intent_id, "grant", wanted=wanted, improving=improving)
+
+    async def settle(self, images: int, seconds: float) -> None:
+        if self.settles:
+            await self.call(self.campaign_id, self.intent_id, "settle", images=images, seconds=seconds)
+
+    def release(self) -> None:
+        """The runner releases the intent's allowance when the job returns."""
 
 
 async def run_job(job: IntentJob, *, renderer: Renderer, rewriter_llm: LanguageModel | None,
                   critic_llm: LanguageModel | None, models: ModelsRecord, store_root: str, image_budget: ImageBudget,
-                  worker: str) -> IntentDone:
+                  worker: str, budget_call: Callable[..., Awaitable[int]] | None = None) -> IntentDone:
     """One job, as a worker runs it: the campaign's store opened from its root, the agents the preset names, a
     recording copy of the campaign's lessons; the intent searched and committed (:func:`plan_intent`)."""
     notes: list[str] = []
@@ -103,6 +135,8 @@ async def run_job(job: IntentJob, *, renderer: Renderer, rewriter_llm: LanguageM
         critic=make_agent(models.critic, Critic, critic_llm or rewriter_llm, job.critic),
         search=job.search, store=store, memory=memory, image_budget=image_budget, runs_baseline=job.runs_baseline,
         steering=StoreSteering(store, None),  # people's actions from the shared store (review: refused at submit)
+        allowance=(RemoteAllowance(budget_call, job.campaign_id, job.intent.id, job.budget == "device_seconds")
+                   if job.budget is not None else None),
     )
     return IntentDone(part=part, memory=None if memory is None else memory.take_delta(), worker=worker,
                       notes=notes[-5:])
