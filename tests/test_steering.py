@@ -272,6 +272,33 @@ def test_a_waiting_intent_finishes_as_it_is_when_nobody_acts_in_time(tmp_path):
     assert outcome.review.ended == "timed_out" and outcome.review.ended_at >= outcome.review.since + 0.3
 
 
+def test_an_action_posted_after_the_planner_last_read_them_wakes_the_intent_at_once(tmp_path):
+    """The race: a person accepts while the intent is writing its waiting checkpoint (after the planner read the
+    actions for the last time, before the runner set up the intent's wake-up). The intent must look again at once,
+    not sleep until its timeout (60 s here; the run is given 20)."""
+    spec = CampaignSpec(intents=[Intent(id="i0", text="a red apple")], baseline="none",
+                        review={"threshold": 0.999, "timeout_s": 60},
+                        search={"beam_width": 1, "candidates_per_beam": 1, "rounds": 1, "seeds_per_prompt": 1})
+    holder: dict[str, CampaignRunner] = {}
+
+    class RacingStore(CampaignStore):
+        async def call(self, operation, *args):
+            out = await super().call(operation, *args)
+            cp = args[0] if args else None
+            if (getattr(operation, "__name__", "") == "write_checkpoint" and cp.review is not None
+                    and cp.review.ended is None and not self.read_actions("i0")):
+                post(self, holder["runner"], "i0", "ok", "accept", "alice")  # the waiting state is written: act now
+            return out
+
+    store = RacingStore(str(tmp_path))
+    renderer = FakeRenderer()
+    holder["runner"] = CampaignRunner(spec, spec.search_config(), renderer, ScriptedLLM(renderer), store)
+    status = asyncio.run(asyncio.wait_for(holder["runner"].run(), 20))
+    assert status.state is CampaignState.done and status.intents_done == 1
+    [outcome] = store.iter_outcomes(["i0"])
+    assert (outcome.review.ended, outcome.review.by) == ("accepted", "alice")
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Named tokens: who acted
 # ---------------------------------------------------------------------------------------------------------------------
