@@ -248,7 +248,7 @@ class DeviceSecondsAllowance(IntentAllowance):
     async def settle(self, images: int, seconds: float) -> None:
         """Charge the oldest unsettled grant what its round took, and save the ledger."""
         if self._reserved:
-            granted, reserved = self._reserved.pop(0)
+            _, reserved = self._reserved.pop(0)
             self.allocator.settle(self.intent_id, images, reserved, seconds)
             if self._save is not None:
                 await self._save()

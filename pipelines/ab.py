@@ -91,24 +91,31 @@ def compare(manifest: ABManifest, outcomes: dict[str, Iterable[IntentOutcome]], 
                         score_difference=paired_summary(score_d), solved_at=manifest.solved_at)
 
 
-def joined(intent_ids: Iterable[str], intent_texts: dict[str, str], outcomes: dict[str, dict[str, IntentOutcome]]
-           ) -> Iterator[ABIntent]:
+def joined(intent_ids: Iterable[str], outcomes: dict[str, dict[str, IntentOutcome]]) -> Iterator[ABIntent]:
     """Per intent, in campaign order, each variant's outcome (None while unfinished)."""
     for iid in intent_ids:
-        yield ABIntent(intent_id=iid, intent=intent_texts.get(iid, ""),
-                       variants={name: got.get(iid) for name, got in outcomes.items()})
+        got = {name: by_id.get(iid) for name, by_id in outcomes.items()}
+        text = next((o.intent for o in got.values() if o is not None), "")
+        yield ABIntent(intent_id=iid, intent=text, variants=got)
+
+
+def read_variants(root: str, manifest: ABManifest) -> tuple[list[str], dict[str, dict[str, IntentOutcome]]]:
+    """(the intents in campaign order, each variant's committed outcomes by intent id) from the store under ``root``
+    (blocking: store reads; a variant never started has none)."""
+    ids: list[str] = []
+    outcomes: dict[str, dict[str, IntentOutcome]] = {}
+    for name, cid in manifest.campaigns.items():
+        store = campaign_store(root, cid)
+        stored = store.read_manifest()
+        ids = ids or (stored.intent_ids if stored is not None else [])
+        outcomes[name] = {o.intent_id: o for o in store.iter_outcomes(stored.intent_ids)} if stored else {}
+    return ids, outcomes
 
 
 def read_comparison(root: str, manifest: ABManifest, states: dict[str, CampaignState | None]) -> ABComparison:
     """:func:`compare` over the variants' committed outcomes in the store under ``root`` (blocking: store reads)."""
-    outcomes, total = {}, 0
-    for name, cid in manifest.campaigns.items():
-        store = campaign_store(root, cid)
-        stored = store.read_manifest()
-        ids = stored.intent_ids if stored is not None else []
-        total = max(total, len(ids))
-        outcomes[name] = list(store.iter_outcomes(ids))
-    return compare(manifest, outcomes, total, states)
+    ids, outcomes = read_variants(root, manifest)
+    return compare(manifest, {name: got.values() for name, got in outcomes.items()}, len(ids), states)
 
 
 def stored_state(root: str, campaign_id: str) -> CampaignState | None:

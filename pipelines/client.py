@@ -196,10 +196,14 @@ class CampaignClient:
     def follow(self, campaign_id: str, interval_s: float = 1.0) -> Iterator[CampaignStatus]:
         """Its status every ``interval_s`` while it runs; the last one yielded is the final (state not running).
         Stopping the iteration (or Ctrl-C) only stops watching: the campaign keeps running on the server."""
+        return self._poll(lambda: self.status(campaign_id), interval_s)
+
+    def _poll(self, fetch: Callable[[], Any], interval_s: float) -> Iterator[Any]:
+        """``fetch()`` every ``interval_s`` until its answer's state is not running (that answer is yielded last)."""
         while True:
-            status = self.status(campaign_id)
-            yield status
-            if status.state != CampaignState.running:
+            answer = fetch()
+            yield answer
+            if answer.state != CampaignState.running:
                 return
             self._sleep(interval_s)
 
@@ -222,7 +226,11 @@ class CampaignClient:
     def results_lines(self, campaign_id: str, offset: int = 0, limit: int | None = None) -> Iterator[str]:
         """:meth:`results` as the server's JSON lines, unparsed (what ``promptbeam results`` writes out)."""
         params: dict[str, int] = {"offset": offset, **({"limit": limit} if limit is not None else {})}
-        response = self._send("GET", f"/v1/campaigns/{campaign_id}/results", params=params, stream=True)
+        return self._lines(f"/v1/campaigns/{campaign_id}/results", campaign_id, params)
+
+    def _lines(self, path: str, campaign_id: str, params: dict[str, int] | None = None) -> Iterator[str]:
+        """An NDJSON stream's lines; opening it is retried, a stream cut midway raises :class:`ServerUnavailable`."""
+        response = self._send("GET", path, params=params or {}, stream=True)
         try:
             for line in response.iter_lines():
                 if line:
@@ -239,22 +247,12 @@ class CampaignClient:
 
     def follow_ab(self, campaign_id: str, interval_s: float = 1.0) -> Iterator[ABComparison]:
         """:meth:`ab` every ``interval_s`` while either variant runs; the last one yielded is the final."""
-        while True:
-            comparison = self.ab(campaign_id)
-            yield comparison
-            if comparison.state != CampaignState.running:
-                return
-            self._sleep(interval_s)
+        return self._poll(lambda: self.ab(campaign_id), interval_s)
 
     def ab_results(self, campaign_id: str) -> Iterator[ABIntent]:
         """A model A/B's intents in campaign order, each with every variant's outcome (None while unfinished)."""
-        response = self._send("GET", f"/v1/campaigns/{campaign_id}/ab/results", stream=True)
-        try:
-            for line in response.iter_lines():
-                if line:
-                    yield ABIntent.model_validate_json(line)
-        finally:
-            response.close()
+        for line in self._lines(f"/v1/campaigns/{campaign_id}/ab/results", campaign_id):
+            yield ABIntent.model_validate_json(line)
 
     def lessons(self, campaign_id: str) -> list[Lesson]:
         """The campaign's memory: lessons with their evidence, supported first ([] when memory is off)."""

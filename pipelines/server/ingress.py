@@ -26,7 +26,7 @@ from ray import serve
 from agents.config import SearchConfig
 from agents.memory import Lesson
 from agents.messages import SAFE_NAME, ActionRequest, HumanAction
-from pipelines.ab import joined, read_comparison, stored_state
+from pipelines.ab import joined, read_comparison, read_variants, stored_state
 from pipelines.campaign import (
     CampaignConflict,
     CampaignRunner,
@@ -563,20 +563,8 @@ class CampaignIngress:
         """One line per intent, in campaign order: its text and each variant's IntentOutcome (null until that variant
         finished it). A variant's images: GET /v1/campaigns/<its campaign>/images/<name>."""
         manifest = await self._ab_manifest(campaign_id)
-
-        def read() -> tuple[list[str], dict[str, str], dict]:
-            outcomes, ids, texts = {}, [], {}
-            for name, cid in manifest.campaigns.items():
-                store = campaign_store(self.config.store_root, cid)
-                stored = store.read_manifest()
-                ids = ids or (stored.intent_ids if stored else [])
-                got = {o.intent_id: o for o in store.iter_outcomes(stored.intent_ids)} if stored else {}
-                texts.update({i: o.intent for i, o in got.items()})
-                outcomes[name] = got
-            return ids, texts, outcomes
-
-        ids, texts, outcomes = await asyncio.to_thread(read)
-        lines = (line.model_dump_json() + "\n" for line in joined(ids, texts, outcomes))
+        ids, outcomes = await asyncio.to_thread(read_variants, self.config.store_root, manifest)
+        lines = (line.model_dump_json() + "\n" for line in joined(ids, outcomes))
         return StreamingResponse(lines, media_type="application/x-ndjson")
 
     @api.get("/healthz", response_model=Health)
